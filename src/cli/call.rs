@@ -1,0 +1,117 @@
+//! `abacus call`: one RPC against a running server, printed for humans.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::client::{CallError, Client, ClientConfig, tcp_channel};
+
+/// Arguments of `abacus call`.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:50051", global = true)]
+    pub addr: String,
+    /// The RPC.
+    #[command(subcommand)]
+    pub rpc: Rpc,
+}
+
+/// One RPC and its arguments.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Rpc {
+    /// A + B
+    Add(Operands),
+    /// A - B
+    #[command(alias = "sub")]
+    Subtract(Operands),
+    /// A * B
+    #[command(alias = "mul")]
+    Multiply(Operands),
+    /// A / B
+    #[command(alias = "div")]
+    Divide(Operands),
+    /// Add DELTA to a register (created at 0). Not idempotent.
+    #[command(alias = "acc")]
+    Accumulate {
+        /// Register name (1..=64 bytes).
+        #[arg(long, short)]
+        register: String,
+        /// Amount to add.
+        #[arg(allow_negative_numbers = true)]
+        delta: f64,
+        /// Request ID to send (reuse it to see the server replay).
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Read a register.
+    Get {
+        /// Register name.
+        register: String,
+    },
+    /// Show the server's counters (applied updates, dedup store).
+    Stats,
+}
+
+/// Two operands.
+#[derive(Debug, Clone, Args)]
+pub struct Operands {
+    /// First operand.
+    #[arg(allow_negative_numbers = true)]
+    pub a: f64,
+    /// Second operand.
+    #[arg(allow_negative_numbers = true)]
+    pub b: f64,
+}
+
+/// Makes the call and prints its result or error.
+pub async fn run(args: CallArgs) -> ExitCode {
+    super::init_logging("warn");
+    let channel = match tcp_channel(&args.addr) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid address {:?}: {e}", args.addr);
+            return ExitCode::from(2);
+        }
+    };
+    let client = Client::new(channel, ClientConfig::default());
+    match execute(&client, &args.rpc).await {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `rpc` and renders its result as one line.
+pub async fn execute(client: &Client, rpc: &Rpc) -> Result<String, CallError> {
+    Ok(match rpc {
+        Rpc::Add(o) => format!("{} + {} = {}", o.a, o.b, client.add(o.a, o.b).await?),
+        Rpc::Subtract(o) => format!("{} - {} = {}", o.a, o.b, client.subtract(o.a, o.b).await?),
+        Rpc::Multiply(o) => format!("{} * {} = {}", o.a, o.b, client.multiply(o.a, o.b).await?),
+        Rpc::Divide(o) => format!("{} / {} = {}", o.a, o.b, client.divide(o.a, o.b).await?),
+        Rpc::Accumulate {
+            register,
+            delta,
+            request_id,
+        } => {
+            let (value, replayed) = client
+                .accumulate_with_id(register, *delta, request_id)
+                .await?;
+            format!(
+                "{register} += {delta} -> {value}{}",
+                if replayed {
+                    " (replayed by the server: not applied again)"
+                } else {
+                    ""
+                }
+            )
+        }
+        Rpc::Get { register } => format!("{register} = {}", client.get(register).await?),
+        Rpc::Stats => format!("{}", crate::client::Reply::Stats(client.stats().await?)),
+    })
+}

@@ -1,0 +1,205 @@
+//! The innermost service of the client stack: sends one attempt of a
+//! [`Call`] over a tonic channel and classifies its failure.
+//!
+//! Classification is conservative. A failure counts as *not applied* only
+//! when that is certain: the connection was never established (our own
+//! connector's [`ConnectFailed`] is in the error chain), or the server
+//! attached its not-applied marker. Everything else that can follow a sent
+//! request is *outcome unknown*.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tonic::{
+    Code, Status,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint, Uri},
+};
+
+use crate::{
+    client::{
+        call::{Call, Method, Payload, Reply},
+        error::{CallError, Cause},
+    },
+    error::{NOT_APPLIED_KEY, PUSHBACK_KEY},
+    pb::{self, calculator_client::CalculatorClient},
+    server::deadline::encode_grpc_timeout,
+    trace::Outcome,
+};
+
+/// Error our connectors return when a connection cannot be made, so the
+/// transport can prove that nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {addr}: {source}")]
+pub struct ConnectFailed {
+    /// Where we tried to connect.
+    pub addr: String,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Builds a lazily-connecting channel to `uri` over `connector`, with HTTP/2
+/// keepalive so a connection silently broken by a partition is noticed and
+/// replaced rather than waited on forever.
+pub fn channel_with_connector<C, IO, Fut>(uri: Uri, connector: C) -> Channel
+where
+    C: FnMut(Uri) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<IO, ConnectFailed>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let mut connector = connector;
+    let service = tower::service_fn(move |uri: Uri| {
+        let fut = connector(uri);
+        async move { fut.await.map(TokioIo::new) }
+    });
+    Endpoint::from(uri)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(1))
+        .keep_alive_while_idle(true)
+        .connect_with_connector_lazy(service)
+}
+
+/// A channel to `addr` (`host:port`) over real TCP.
+pub fn tcp_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let uri: Uri = format!("http://{addr}")
+        .parse()
+        .map_err(|_| Endpoint::from_shared(addr.to_owned()).unwrap_err())?;
+    Ok(channel_with_connector(uri, |uri: Uri| async move {
+        let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        match tokio::net::TcpStream::connect(&addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Err(source) => Err(ConnectFailed { addr, source }),
+        }
+    }))
+}
+
+/// Sends calls over a tonic channel.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    client: CalculatorClient<Channel>,
+}
+
+impl Transport {
+    /// A transport over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: CalculatorClient::new(channel),
+        }
+    }
+}
+
+fn request<T>(msg: T, call: &Call) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(deadline) = call.effective_deadline() {
+        // Tell the server how long we will wait, so it can stop work that
+        // nobody will collect.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Ok(v) = encode_grpc_timeout(remaining).parse() {
+            req.metadata_mut().insert("grpc-timeout", v);
+        }
+    }
+    if call.attempt > 1 {
+        req.metadata_mut().insert(
+            "grpc-previous-rpc-attempts",
+            MetadataValue::from(call.attempt - 1),
+        );
+    }
+    req
+}
+
+/// Turns a tonic status into a classified attempt error.
+pub fn classify(status: &Status) -> CallError {
+    let pushback_ms = status
+        .metadata()
+        .get(PUSHBACK_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let server_says_not_applied = status.metadata().get(NOT_APPLIED_KEY).is_some();
+    let (cause, outcome) = if connect_failed(status) {
+        (Cause::Connect, Outcome::NotApplied)
+    } else if server_says_not_applied {
+        (Cause::Status, Outcome::NotApplied)
+    } else if status.source().is_some() {
+        (Cause::Transport, Outcome::Unknown)
+    } else {
+        (Cause::Status, Outcome::Unknown)
+    };
+    let mut err = CallError::new(status.code(), status.message(), cause, outcome);
+    err.pushback_ms = pushback_ms;
+    if err.code == Code::Unknown && err.cause == Cause::Transport {
+        // hyper reports a reset connection as UNKNOWN; for retry purposes it
+        // is the transient UNAVAILABLE of the gRPC spec.
+        err.code = Code::Unavailable;
+    }
+    err
+}
+
+fn connect_failed(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = status.source();
+    while let Some(err) = source {
+        if err.is::<ConnectFailed>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+impl tower::Service<Call> for Transport {
+    type Response = Reply;
+    type Error = CallError;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        // The tonic client buffers internally; readiness is checked per call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let result = match (&call.method, call.payload.clone()) {
+                (m, Payload::Binary(b)) => {
+                    let req = request(b, &call);
+                    let resp = match m {
+                        Method::Add => client.add(req).await,
+                        Method::Subtract => client.subtract(req).await,
+                        Method::Multiply => client.multiply(req).await,
+                        _ => client.divide(req).await,
+                    };
+                    resp.map(|r| Reply::Calc(r.into_inner().result))
+                }
+                (_, Payload::Accumulate(a)) => {
+                    client.accumulate(request(a, &call)).await.map(|r| {
+                        let r = r.into_inner();
+                        Reply::Accumulated {
+                            value: r.value,
+                            replayed: r.replayed,
+                        }
+                    })
+                }
+                (_, Payload::GetRegister(g)) => client
+                    .get_register(request(g, &call))
+                    .await
+                    .map(|r| Reply::Register(r.into_inner().value)),
+                (_, Payload::GetStats) => client
+                    .get_stats(request(pb::GetStatsRequest {}, &call))
+                    .await
+                    .map(|r| Reply::Stats(r.into_inner())),
+            };
+            result.map_err(|status| classify(&status))
+        })
+    }
+}
+
+use std::error::Error as _;

@@ -1,0 +1,226 @@
+//! Every error the service can answer with, as typed enums, and the one place
+//! where they become a `tonic::Status` (and an HTTP status for the REST twin).
+//!
+//! Keeping the mapping here means a newcomer can read, in one screen, which
+//! gRPC code each failure gets and whether the client may assume the request
+//! was *not* applied.
+
+use tonic::{Code, Status, metadata::MetadataValue};
+
+use crate::trace::num;
+
+/// Metadata key the server sets on every error it answers *without having
+/// applied the request*. Clients use it to tell "definitely not applied" from
+/// "outcome unknown": a status without it (a proxy's, a transport's, or the
+/// injected apply-then-drop fault's) proves nothing about the request.
+pub const NOT_APPLIED_KEY: &str = "abacus-not-applied";
+
+/// Metadata key carrying gRPC's retry pushback, in milliseconds. A negative
+/// value asks the client not to retry at all.
+pub const PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+
+/// Errors of the calculator rules themselves (the caller's fault).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CalcError {
+    /// `Divide` with `b == 0`.
+    #[error("division by zero: the divisor b must be non-zero")]
+    DivisionByZero,
+    /// NaN or an infinity was sent.
+    #[error("operand {operand} is {value}: operands must be finite numbers")]
+    NonFiniteOperand {
+        /// Which operand (`a`, `b` or `delta`).
+        operand: &'static str,
+        /// The value received.
+        value: f64,
+    },
+    /// The result does not fit in a finite `f64`.
+    #[error("overflow: {op}({}, {}) is not a finite number", num(*.a), num(*.b))]
+    Overflow {
+        /// Operation name.
+        op: &'static str,
+        /// First operand.
+        a: f64,
+        /// Second operand.
+        b: f64,
+    },
+    /// Accumulating would make the register non-finite.
+    #[error("overflow: register {register:?} holds {}; adding {} is not a finite number", num(*.current), num(*.delta))]
+    RegisterOverflow {
+        /// Register name.
+        register: String,
+        /// Its value before.
+        current: f64,
+        /// The refused delta.
+        delta: f64,
+    },
+    /// Register name missing.
+    #[error("register name must not be empty")]
+    EmptyRegisterName,
+    /// Register name above [`crate::core::REGISTER_NAME_BYTES_MAX`].
+    #[error("register name is {len} bytes; the limit is 64")]
+    RegisterNameTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Register name with a control character.
+    #[error("register name must not contain control characters")]
+    RegisterNameControlChar,
+    /// Reading a register that was never written.
+    #[error("register {0:?} does not exist (accumulate into it to create it)")]
+    UnknownRegister(String),
+    /// Creating a register beyond [`crate::core::REGISTERS_MAX`].
+    #[error("the server already holds {max} registers, its limit; use an existing one")]
+    TooManyRegisters {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Everything the server may answer with instead of a response.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    /// The request broke the calculator's rules.
+    #[error(transparent)]
+    Calc(#[from] CalcError),
+    /// `--fail-rate` fault: refused before applying.
+    #[error("injected fault: server unavailable (request not applied)")]
+    InjectedUnavailable,
+    /// `--drop-after-apply-rate` fault: applied, then the response is lost.
+    /// Deliberately indistinguishable from a lost connection: no
+    /// not-applied marker.
+    #[error("connection lost before the response was sent")]
+    ResponseDropped,
+    /// The caller's deadline passed before the server applied the request.
+    #[error("deadline exceeded before the request was applied")]
+    DeadlineExceeded,
+    /// Load shedding: too many requests in flight.
+    #[error(
+        "server overloaded: {in_flight} requests in flight (limit {limit}); retry after {pushback_ms} ms"
+    )]
+    Overloaded {
+        /// Requests in flight when refused.
+        in_flight: usize,
+        /// The configured limit.
+        limit: usize,
+        /// Suggested wait before retrying.
+        pushback_ms: u64,
+    },
+    /// `--require-request-id` and a mutating request without one.
+    #[error(
+        "request_id is required for Accumulate on this server (started with --require-request-id)"
+    )]
+    RequestIdRequired,
+    /// Request ID malformed (too long or control characters).
+    #[error("request_id is invalid: {0}")]
+    InvalidRequestId(&'static str),
+    /// Same request ID, different payload.
+    #[error(
+        "request_id {request_id:?} was first used for {first}; this request is {this}: a request ID must not be reused for a different request"
+    )]
+    RequestIdReused {
+        /// The ID.
+        request_id: String,
+        /// What the first request with this ID was.
+        first: String,
+        /// What this request is.
+        this: String,
+    },
+    /// The durable store failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl ServiceError {
+    /// The gRPC code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Calc(CalcError::UnknownRegister(_)) => Code::NotFound,
+            Self::Calc(CalcError::TooManyRegisters { .. }) => Code::ResourceExhausted,
+            Self::Calc(_) => Code::InvalidArgument,
+            Self::InjectedUnavailable | Self::ResponseDropped => Code::Unavailable,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::RequestIdRequired | Self::InvalidRequestId(_) => Code::InvalidArgument,
+            // FAILED_PRECONDITION, not INVALID_ARGUMENT: the request is valid on
+            // its own; it conflicts with state the server holds (an earlier
+            // request under the same ID). Retrying it unchanged can never
+            // succeed, and no default retry policy retries this code.
+            Self::RequestIdReused { .. } => Code::FailedPrecondition,
+            Self::Storage(_) => Code::Internal,
+        }
+    }
+
+    /// HTTP status for the REST twin, consistent with [`ServiceError::code`]
+    /// (gRPC's own HTTP mapping).
+    pub fn http_status(&self) -> u16 {
+        match self.code() {
+            Code::InvalidArgument => 400,
+            Code::NotFound => 404,
+            Code::FailedPrecondition => 409,
+            Code::ResourceExhausted => 429,
+            Code::Unavailable => 503,
+            Code::DeadlineExceeded => 504,
+            _ => 500,
+        }
+    }
+
+    /// False only when the server may have applied the request: the client
+    /// must then treat the outcome as unknown.
+    pub fn known_not_applied(&self) -> bool {
+        !matches!(self, Self::ResponseDropped | Self::Storage(_))
+    }
+
+    /// Pushback the server asks the client to honour, if any.
+    pub fn pushback_ms(&self) -> Option<i64> {
+        match self {
+            Self::Overloaded { pushback_ms, .. } => Some(*pushback_ms as i64),
+            // Retrying the same reused ID can never succeed: tell gRPC
+            // clients not to retry at all.
+            Self::RequestIdReused { .. } => Some(-1),
+            _ => None,
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Status {
+        let mut status = Status::new(err.code(), err.to_string());
+        let md = status.metadata_mut();
+        if err.known_not_applied() {
+            md.insert(NOT_APPLIED_KEY, MetadataValue::from_static("true"));
+        }
+        if let Some(ms) = err.pushback_ms() {
+            md.insert(PUSHBACK_KEY, MetadataValue::from(ms));
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_carry_code_message_and_markers() {
+        let s: Status = ServiceError::Calc(CalcError::DivisionByZero).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("division by zero"));
+        assert_eq!(s.metadata().get(NOT_APPLIED_KEY).unwrap(), "true");
+
+        let s: Status = ServiceError::ResponseDropped.into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.metadata().get(NOT_APPLIED_KEY).is_none());
+
+        let s: Status = ServiceError::Overloaded {
+            in_flight: 9,
+            limit: 8,
+            pushback_ms: 50,
+        }
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.metadata().get(PUSHBACK_KEY).unwrap(), "50");
+
+        let s: Status = ServiceError::Calc(CalcError::UnknownRegister("r".into())).into();
+        assert_eq!(s.code(), Code::NotFound);
+    }
+}

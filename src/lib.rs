@@ -1,0 +1,23 @@
+//! abacus: a distributed calculator over gRPC, built to show how an RPC
+//! system survives timeouts, retries, duplicate requests, partial failures and
+//! cascading outages — and to prove it by deterministic simulation.
+//!
+//! # Layout
+//! - [`core`]: pure arithmetic and register rules; no I/O, never awaits.
+//! - [`error`]: typed errors and their one mapping to `tonic::Status`.
+//! - [`pb`]: code generated from `proto/abacus/v1/calculator.proto`.
+//! - [`server`]: the tonic server, served over any connection stream.
+//! - [`client`]: the resilient client, a stack of tower layers.
+//! - [`trace`]: typed events shared by logs, the sim checker and snapshots.
+//! - [`cli`]: the `abacus` command line (serve, call, demo).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod core;
+pub mod error;
+pub mod pb;
+pub mod server;
+pub mod trace;

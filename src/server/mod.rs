@@ -1,0 +1,93 @@
+//! The abacus server: one function, [`serve`], that runs the real tonic
+//! server on whatever connection stream it is given — a tokio TCP listener in
+//! production and tests, turmoil's simulated listener in `sims/`. There is no
+//! test copy of the server.
+//!
+//! # Layout
+//! - [`grpc`]: the tonic adapter (`abacus.v1.Calculator`).
+//! - [`state`]: registers and everything committed together with them.
+//! - [`faults`]: seeded fault injection (fail, delay, apply-then-drop).
+//! - [`deadline`]: reads the caller's `grpc-timeout`.
+
+pub mod deadline;
+pub mod faults;
+pub mod grpc;
+pub mod state;
+
+use std::{future::Future, sync::Arc};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+
+pub use faults::{FaultConfig, Faults};
+pub use grpc::GrpcCalculator;
+pub use state::State;
+
+use crate::{
+    pb::{self, calculator_server::CalculatorServer},
+    trace::{Event, EventSink},
+};
+
+/// Largest request the server decodes. Every abacus message is well under
+/// 1 KiB; anything bigger is refused with RESOURCE_EXHAUSTED before it is
+/// buffered.
+pub const MESSAGE_BYTES_MAX: usize = 16 * 1024;
+
+/// Everything that shapes a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    /// Faults to inject (off by default).
+    pub faults: FaultConfig,
+    /// Where events go.
+    pub events: EventSink,
+}
+
+/// Error returned by [`serve`].
+pub type ServeError = tonic::transport::Error;
+
+/// Serves `abacus.v1.Calculator`, `grpc.health.v1.Health` and reflection
+/// (v1 and v1alpha) on every connection `incoming` yields, until `shutdown`
+/// completes; then stops accepting and lets in-flight calls finish.
+pub async fn serve<I, IO, IE>(
+    config: ServerConfig,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let events = config.events.clone();
+    let state = Arc::new(State::new(events.clone()));
+    let faults = Arc::new(Faults::new(config.faults.clone()));
+    let calculator = GrpcCalculator::new(state, faults, events.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CalculatorServer<GrpcCalculator>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set compiled by build.rs is valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the descriptor set compiled by build.rs is valid");
+
+    let calculator = CalculatorServer::new(calculator).max_decoding_message_size(MESSAGE_BYTES_MAX);
+
+    events.emit(Event::ServerStarted);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(calculator)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

@@ -1,0 +1,427 @@
+//! Typed events: the one vocabulary shared by logs, the simulation's history
+//! checker and its snapshots.
+//!
+//! Code that does something worth seeing (the server applying a request, the
+//! client starting an attempt or backing off, the breaker changing state)
+//! emits an [`Event`] through an [`EventSink`]. The sink always logs it with
+//! `tracing` (target `abacus::event`, filter with `RUST_LOG`), and may also
+//! hand it to a hook: the simulation installs one per host that stamps
+//! simulated time and the host name and appends to a history. So the trace a
+//! snapshot shows and the log a user reads are the same events.
+//!
+//! Rendering is deterministic: no addresses, no wall-clock time, no hash
+//! order. Floats print with Rust's shortest round-trip `Display`.
+
+use std::{fmt, sync::Arc};
+
+/// Where a call's effect stands when it ended. See the README's "Delivery
+/// semantics" section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// The server applied the request (a response arrived).
+    Applied,
+    /// The request provably did not take effect: it never left the client, or
+    /// the server said it refused it before applying.
+    NotApplied,
+    /// The request may or may not have been applied: a timeout after send, a
+    /// connection lost mid-call, an error without the server's not-applied
+    /// marker. Only deduplication makes retrying such a call safe.
+    Unknown,
+}
+
+impl Outcome {
+    /// Combines the outcomes of two attempts of the same logical call: once
+    /// any attempt may have been applied, the call may have been.
+    pub fn merge(self, other: Outcome) -> Outcome {
+        self.max(other)
+    }
+
+    /// Short lower-case label used in traces and CLI output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::NotApplied => "not-applied",
+            Self::Unknown => "outcome-unknown",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Something that happened, worth a line in a log and a trace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    // ---- server ----
+    /// The server is accepting connections.
+    ServerStarted,
+    /// A fault was injected into the handling of `method`.
+    FaultInjected {
+        /// RPC name.
+        method: &'static str,
+        /// `fail`, `delay <ms>ms` or `drop-after-apply`.
+        fault: String,
+    },
+    /// A pure RPC was evaluated.
+    Evaluated {
+        /// RPC name.
+        method: &'static str,
+        /// Result or error text.
+        result: String,
+    },
+    /// A register update was committed (together with its dedup record).
+    Applied {
+        /// Request ID, empty if none was sent.
+        request_id: String,
+        /// Register name.
+        register: String,
+        /// The delta added.
+        delta: f64,
+        /// The register's value after.
+        value: f64,
+    },
+    /// A mutating request was refused without being applied.
+    Rejected {
+        /// RPC name.
+        method: &'static str,
+        /// Request ID, empty if none.
+        request_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A repeat was answered from the dedup store.
+    DedupHit {
+        /// The repeated request ID.
+        request_id: String,
+        /// The stored value replayed.
+        value: f64,
+    },
+    /// A repeat arrived while the first execution was in flight and waited
+    /// for its outcome instead of executing again.
+    DedupJoined {
+        /// The request ID.
+        request_id: String,
+    },
+    /// A request ID was reused with a different payload.
+    DedupMismatch {
+        /// The request ID.
+        request_id: String,
+    },
+    /// A dedup record was dropped to keep the store bounded.
+    DedupEvicted {
+        /// The request ID.
+        request_id: String,
+        /// `capacity` or `ttl`.
+        reason: &'static str,
+    },
+    /// The caller's deadline passed before the server applied the request.
+    ServerDeadlineExpired {
+        /// RPC name.
+        method: &'static str,
+    },
+    /// The server shed a request because of load.
+    Shed {
+        /// RPC name.
+        method: &'static str,
+    },
+
+    // ---- client ----
+    /// A logical call began.
+    CallStarted {
+        /// Client-local call number.
+        call: u64,
+        /// RPC name.
+        method: &'static str,
+        /// Request ID if one is attached.
+        request_id: String,
+        /// The overall deadline, in ms from now.
+        deadline_ms: u64,
+    },
+    /// One attempt of a call was sent (or was about to be).
+    AttemptStarted {
+        /// Client-local call number.
+        call: u64,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// This attempt's timeout in ms.
+        timeout_ms: u64,
+    },
+    /// One attempt failed.
+    AttemptFailed {
+        /// Client-local call number.
+        call: u64,
+        /// 1-based attempt number.
+        attempt: u32,
+        /// gRPC code name.
+        code: String,
+        /// What the failure says about the request's effect.
+        outcome: Outcome,
+        /// Short reason.
+        reason: String,
+    },
+    /// The retry policy decided to retry after a pause.
+    Backoff {
+        /// Client-local call number.
+        call: u64,
+        /// The attempt that will follow.
+        next_attempt: u32,
+        /// Pause in ms.
+        delay_ms: u64,
+        /// True when the pause came from server pushback.
+        pushback: bool,
+    },
+    /// The retry policy decided not to retry.
+    GaveUp {
+        /// Client-local call number.
+        call: u64,
+        /// Why (`non-retryable`, `attempts exhausted`, `budget exhausted`, ...).
+        reason: String,
+    },
+    /// A logical call ended.
+    CallFinished {
+        /// Client-local call number.
+        call: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// `ok <value>` or `err <code>`.
+        result: String,
+        /// Effect of the call.
+        outcome: Outcome,
+    },
+    /// A circuit breaker changed state.
+    BreakerTransition {
+        /// Endpoint the breaker guards.
+        endpoint: String,
+        /// State before.
+        from: &'static str,
+        /// State after.
+        to: &'static str,
+    },
+    /// A call was refused by an open breaker without touching the network.
+    BreakerRejected {
+        /// Client-local call number.
+        call: u64,
+        /// Endpoint.
+        endpoint: String,
+    },
+}
+
+impl Event {
+    /// Short kind name, the first word of the rendered line.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ServerStarted => "server-started",
+            Self::FaultInjected { .. } => "fault",
+            Self::Evaluated { .. } => "evaluated",
+            Self::Applied { .. } => "applied",
+            Self::Rejected { .. } => "rejected",
+            Self::DedupHit { .. } => "dedup-hit",
+            Self::DedupJoined { .. } => "dedup-joined",
+            Self::DedupMismatch { .. } => "dedup-mismatch",
+            Self::DedupEvicted { .. } => "dedup-evicted",
+            Self::ServerDeadlineExpired { .. } => "deadline-expired",
+            Self::Shed { .. } => "shed",
+            Self::CallStarted { .. } => "call",
+            Self::AttemptStarted { .. } => "attempt",
+            Self::AttemptFailed { .. } => "attempt-failed",
+            Self::Backoff { .. } => "backoff",
+            Self::GaveUp { .. } => "gave-up",
+            Self::CallFinished { .. } => "call-finished",
+            Self::BreakerTransition { .. } => "breaker",
+            Self::BreakerRejected { .. } => "breaker-rejected",
+        }
+    }
+}
+
+/// Renders a request ID for a trace line; `-` when absent.
+fn id(request_id: &str) -> &str {
+    if request_id.is_empty() {
+        "-"
+    } else {
+        request_id
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind())?;
+        match self {
+            Self::ServerStarted => Ok(()),
+            Self::FaultInjected { method, fault } => write!(f, " {method} {fault}"),
+            Self::Evaluated { method, result } => write!(f, " {method} -> {result}"),
+            Self::Applied {
+                request_id,
+                register,
+                delta,
+                value,
+            } => write!(f, " id={} {register} += {delta} -> {value}", id(request_id)),
+            Self::Rejected {
+                method,
+                request_id,
+                reason,
+            } => write!(f, " {method} id={}: {reason}", id(request_id)),
+            Self::DedupHit { request_id, value } => {
+                write!(f, " id={} replayed {value}", id(request_id))
+            }
+            Self::DedupJoined { request_id } | Self::DedupMismatch { request_id } => {
+                write!(f, " id={}", id(request_id))
+            }
+            Self::DedupEvicted { request_id, reason } => {
+                write!(f, " id={} ({reason})", id(request_id))
+            }
+            Self::ServerDeadlineExpired { method } | Self::Shed { method } => {
+                write!(f, " {method}")
+            }
+            Self::CallStarted {
+                call,
+                method,
+                request_id,
+                deadline_ms,
+            } => write!(
+                f,
+                " #{call} {method} id={} deadline={deadline_ms}ms",
+                id(request_id)
+            ),
+            Self::AttemptStarted {
+                call,
+                attempt,
+                timeout_ms,
+            } => write!(f, " #{call}.{attempt} timeout={timeout_ms}ms"),
+            Self::AttemptFailed {
+                call,
+                attempt,
+                code,
+                outcome,
+                reason,
+            } => write!(f, " #{call}.{attempt} {code} {outcome}: {reason}"),
+            Self::Backoff {
+                call,
+                next_attempt,
+                delay_ms,
+                pushback,
+            } => write!(
+                f,
+                " #{call} {delay_ms}ms before attempt {next_attempt}{}",
+                if *pushback { " (server pushback)" } else { "" }
+            ),
+            Self::GaveUp { call, reason } => write!(f, " #{call}: {reason}"),
+            Self::CallFinished {
+                call,
+                attempts,
+                result,
+                outcome,
+            } => write!(f, " #{call} {result} [{outcome}, {attempts} attempt(s)]"),
+            Self::BreakerTransition { endpoint, from, to } => {
+                write!(f, " {endpoint} {from} -> {to}")
+            }
+            Self::BreakerRejected { call, endpoint } => {
+                write!(f, " #{call} {endpoint} circuit open, not sent")
+            }
+        }
+    }
+}
+
+type Hook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Where events go: always to `tracing`, and to an optional hook.
+#[derive(Clone, Default)]
+pub struct EventSink {
+    hook: Option<Hook>,
+}
+
+impl fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSink")
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+impl EventSink {
+    /// A sink that only logs.
+    pub fn log_only() -> Self {
+        Self::default()
+    }
+
+    /// A sink that logs and also calls `hook` for every event.
+    pub fn with_hook(hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        Self {
+            hook: Some(Arc::new(hook)),
+        }
+    }
+
+    /// Records one event.
+    pub fn emit(&self, event: Event) {
+        tracing::info!(target: "abacus::event", kind = event.kind(), "{event}");
+        if let Some(hook) = &self.hook {
+            hook(&event);
+        }
+    }
+}
+
+/// Formats a number for humans: plain decimals in the everyday range,
+/// scientific notation for the extremes (so `1e308` does not print 309
+/// digits).
+///
+/// ```
+/// use abacus::trace::num;
+/// assert_eq!(num(6.5).to_string(), "6.5");
+/// assert_eq!(num(1e308).to_string(), "1e308");
+/// ```
+pub fn num(v: f64) -> impl fmt::Display {
+    struct Num(f64);
+    impl fmt::Display for Num {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let a = self.0.abs();
+            if a != 0.0 && a.is_finite() && !(1e-6..1e15).contains(&a) {
+                write!(f, "{:e}", self.0)
+            } else {
+                write!(f, "{}", self.0)
+            }
+        }
+    }
+    Num(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn outcome_merge_is_pessimistic() {
+        use Outcome::*;
+        assert_eq!(NotApplied.merge(Unknown), Unknown);
+        assert_eq!(Unknown.merge(NotApplied), Unknown);
+        assert_eq!(NotApplied.merge(NotApplied), NotApplied);
+    }
+
+    #[test]
+    fn hook_sees_every_event_and_lines_render() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let sink = EventSink::with_hook(move |e| s2.lock().unwrap().push(e.to_string()));
+        sink.emit(Event::Applied {
+            request_id: String::new(),
+            register: "r".into(),
+            delta: 1.5,
+            value: 3.0,
+        });
+        sink.emit(Event::Backoff {
+            call: 2,
+            next_attempt: 3,
+            delay_ms: 40,
+            pushback: true,
+        });
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                "applied id=- r += 1.5 -> 3",
+                "backoff #2 40ms before attempt 3 (server pushback)"
+            ]
+        );
+    }
+}
