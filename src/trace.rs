@@ -184,7 +184,8 @@ pub enum Event {
     CallFinished {
         /// Client-local call number.
         call: u64,
-        /// Attempts made.
+        /// Attempts sent, for failed calls (0 for successes: the
+        /// `attempt` lines before it tell).
         attempts: u32,
         /// `ok <value>` or `err <code>`.
         result: String,
@@ -313,7 +314,16 @@ impl fmt::Display for Event {
                 attempts,
                 result,
                 outcome,
-            } => write!(f, " #{call} {result} [{outcome}, {attempts} attempt(s)]"),
+            } if *attempts == 0 => write!(f, " #{call} {result} [{outcome}]"),
+            Self::CallFinished {
+                call,
+                attempts,
+                result,
+                outcome,
+            } => write!(
+                f,
+                " #{call} {result} [{outcome}, {attempts} attempt(s) sent]"
+            ),
             Self::BreakerTransition { endpoint, from, to } => {
                 write!(f, " {endpoint} {from} -> {to}")
             }

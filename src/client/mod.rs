@@ -1,48 +1,125 @@
 //! The abacus client: a tower stack of small, composable layers over a tonic
 //! channel, and a facade with one method per RPC.
 //!
+//! The stack, outermost first:
+//!
+//! ```text
+//! RequestId   attach one ID per logical call (exactly-once mode)
+//! Deadline    stamp and enforce the overall deadline
+//! Observe     trace the call's start and outcome
+//! Retry       backoff with full jitter, budget, pushback, delivery mode
+//! Attempt     per-attempt timeout (clipped to the deadline); trace attempts
+//! Transport   one tonic RPC; classify the failure's outcome
+//! ```
+//!
 //! # Layout
 //! - [`call`]: the typed [`Call`]/[`Reply`] that flow through the stack.
 //! - [`error`]: [`CallError`], which says whether the request was applied.
-//! - [`transport`]: the innermost service; sends one attempt, classifies
-//!   failures, builds channels over any connector.
+//! - [`mode`]: [`Delivery`] semantics (at-most-once, at-least-once, exactly-once).
+//! - [`request_id`], [`deadline`], [`observe`], [`retry`], [`attempt`]: the layers.
+//! - [`service_config`]: the retry policy in gRPC service-config JSON.
+//! - [`transport`]: the innermost service; builds channels over any connector.
 
+pub mod attempt;
 pub mod call;
+pub mod deadline;
 pub mod error;
+pub mod mode;
+pub mod observe;
+pub mod request_id;
+pub mod retry;
+pub mod service_config;
 pub mod transport;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
-use tower::{ServiceExt, util::BoxCloneSyncService};
+use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
+pub use attempt::AttemptLayer;
 pub use call::{Call, Method, Payload, Reply};
+pub use deadline::DeadlineLayer;
 pub use error::{CallError, Cause};
+pub use mode::Delivery;
+pub use observe::ObserveLayer;
+pub use request_id::{IdGenerator, RequestIdLayer};
+pub use retry::{RetryConfig, RetryLayer, RetryPolicy};
+pub use service_config::{ServiceConfig, ServiceConfigError};
 pub use transport::{ConnectFailed, Transport, channel_with_connector, tcp_channel};
 
-use crate::{
-    pb,
-    trace::{Event, EventSink, Outcome},
-};
+use crate::{pb, trace::EventSink};
 
-/// How the client behaves.
-#[derive(Debug, Clone, Default)]
+/// How the client behaves. `Default` is a sensible production policy.
+#[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// Overall deadline of one logical call, retries and pauses included.
+    pub deadline: Duration,
+    /// Timeout of one attempt (clipped to what is left of the deadline).
+    pub attempt_timeout: Duration,
+    /// Delivery semantics for mutating calls.
+    pub mode: Delivery,
+    /// Retry policy (attempts, backoff, retryable codes, budget).
+    pub retry: RetryConfig,
+    /// Seed for jitter and request IDs. `None`: the OS's randomness (IDs)
+    /// and a random jitter seed. Simulations always set it.
+    pub seed: Option<u64>,
     /// Where events go.
     pub events: EventSink,
 }
 
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(1),
+            mode: Delivery::default(),
+            retry: RetryConfig::default(),
+            seed: None,
+            events: EventSink::default(),
+        }
+    }
+}
+
+/// A client configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientConfigError {
+    /// Retry settings out of range.
+    #[error(transparent)]
+    Retry(#[from] retry::RetryConfigError),
+    /// A zero or absurd timeout.
+    #[error("{0} must be between 1 ms and 1 hour")]
+    Timeout(&'static str),
+}
+
+impl ClientConfig {
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), ClientConfigError> {
+        let ok = |d: Duration| d >= Duration::from_millis(1) && d <= Duration::from_secs(3600);
+        if !ok(self.deadline) {
+            return Err(ClientConfigError::Timeout("deadline"));
+        }
+        if !ok(self.attempt_timeout) {
+            return Err(ClientConfigError::Timeout("attempt timeout"));
+        }
+        self.retry.validate()?;
+        Ok(())
+    }
+}
+
 type Stack = BoxCloneSyncService<Call, Reply, CallError>;
 
-/// A calculator client. Cheap to clone; clones share the channel and the
-/// call counter.
+/// A calculator client. Cheap to clone; clones share the channel, the retry
+/// budget and the call counter.
 #[derive(Clone)]
 pub struct Client {
     stack: Stack,
     next_call: Arc<AtomicU64>,
-    events: EventSink,
+    retry: RetryLayer,
 }
 
 impl std::fmt::Debug for Client {
@@ -52,42 +129,50 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client over `channel`.
+    /// A client over `channel` with the full resilient stack.
     pub fn new(channel: tonic::transport::Channel, config: ClientConfig) -> Self {
-        let stack = BoxCloneSyncService::new(Transport::new(channel));
+        let seed = config.seed.unwrap_or_else(request_id::os_seed);
+        let ids = match config.seed {
+            Some(s) => IdGenerator::seeded(s ^ 0x05ee_d1d5),
+            None => IdGenerator::os(),
+        };
+        let events = config.events.clone();
+        let retry = RetryLayer::new(
+            RetryPolicy::new(config.retry.clone(), config.mode),
+            seed,
+            events.clone(),
+        );
+        let stack = ServiceBuilder::new()
+            .option_layer(
+                config
+                    .mode
+                    .attaches_request_ids()
+                    .then(|| RequestIdLayer::new(ids)),
+            )
+            .layer(DeadlineLayer::new(config.deadline))
+            .layer(ObserveLayer::new(events.clone()))
+            .layer(retry.clone())
+            .layer(AttemptLayer::new(config.attempt_timeout, events))
+            .service(Transport::new(channel));
         Self {
-            stack,
+            stack: BoxCloneSyncService::new(stack),
             next_call: Arc::new(AtomicU64::new(1)),
-            events: config.events,
+            retry,
         }
+    }
+
+    /// Tokens left in the retry budget (`None` when throttling is off).
+    pub fn retry_budget_tokens(&self) -> Option<f64> {
+        self.retry.budget_tokens()
     }
 
     /// Runs one logical call through the stack.
     pub async fn call(&self, method: Method, payload: Payload) -> Result<Reply, CallError> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let call = Call::new(id, method, payload);
-        self.events.emit(Event::CallStarted {
-            call: id,
-            method: method.name(),
-            request_id: call.request_id().to_owned(),
-            deadline_ms: 0,
-        });
-        let result = self.stack.clone().oneshot(call).await;
-        self.events.emit(match &result {
-            Ok(reply) => Event::CallFinished {
-                call: id,
-                attempts: 1,
-                result: format!("ok {reply}"),
-                outcome: Outcome::Applied,
-            },
-            Err(e) => Event::CallFinished {
-                call: id,
-                attempts: e.attempts,
-                result: format!("err {:?}", e.code),
-                outcome: e.outcome,
-            },
-        });
-        result
+        self.stack
+            .clone()
+            .oneshot(Call::new(id, method, payload))
+            .await
     }
 
     async fn binary(&self, method: Method, a: f64, b: f64) -> Result<f64, CallError> {

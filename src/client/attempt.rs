@@ -1,0 +1,111 @@
+//! The per-attempt layer: gives each attempt its own timeout (never later
+//! than the call's overall deadline) and records every attempt that actually
+//! goes out, and how it failed.
+//!
+//! It is the innermost layer above the transport, so an attempt refused by
+//! the circuit breaker never shows up here: a trace with no `attempt` line
+//! proves nothing was sent.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use crate::{
+    client::{
+        call::{Call, Reply},
+        error::{CallError, Cause},
+    },
+    trace::{Event, EventSink, Outcome},
+};
+
+/// Applies a per-attempt timeout.
+#[derive(Debug, Clone)]
+pub struct AttemptLayer {
+    timeout: Duration,
+    events: EventSink,
+}
+
+impl AttemptLayer {
+    /// Each attempt gets at most `timeout`.
+    pub fn new(timeout: Duration, events: EventSink) -> Self {
+        Self { timeout, events }
+    }
+}
+
+impl<S> Layer<S> for AttemptLayer {
+    type Service = Attempt<S>;
+
+    fn layer(&self, inner: S) -> Attempt<S> {
+        Attempt {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The per-attempt service.
+#[derive(Debug, Clone)]
+pub struct Attempt<S> {
+    inner: S,
+    layer: AttemptLayer,
+}
+
+impl<S> Service<Call> for Attempt<S>
+where
+    S: Service<Call, Response = Reply, Error = CallError>,
+    S::Future: Send + 'static,
+{
+    type Response = Reply;
+    type Error = CallError;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut call: Call) -> Self::Future {
+        let now = Instant::now();
+        let mut until = now + self.layer.timeout;
+        if let Some(d) = call.deadline {
+            until = until.min(d);
+        }
+        call.attempt_deadline = Some(until);
+        let (id, attempt) = (call.id, call.attempt);
+        let events = self.layer.events.clone();
+        events.emit(Event::AttemptStarted {
+            call: id,
+            attempt,
+            timeout_ms: until.saturating_duration_since(now).as_millis() as u64,
+        });
+        let fut = self.inner.call(call);
+        Box::pin(async move {
+            let result = match tokio::time::timeout_at(until, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(CallError::new(
+                    Code::DeadlineExceeded,
+                    "attempt timed out",
+                    Cause::AttemptTimeout,
+                    // Sent, not answered: it may be running on the server.
+                    Outcome::Unknown,
+                )),
+            };
+            if let Err(e) = &result {
+                events.emit(Event::AttemptFailed {
+                    call: id,
+                    attempt,
+                    code: format!("{:?}", e.code),
+                    outcome: e.outcome,
+                    reason: e.reason(),
+                });
+            }
+            result
+        })
+    }
+}
