@@ -125,7 +125,17 @@ pub fn classify(status: &Status) -> CallError {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let server_says_not_applied = status.metadata().get(NOT_APPLIED_KEY).is_some();
-    let (cause, outcome) = if connect_failed(status) {
+    if in_chain::<tonic::TimeoutExpired>(status) {
+        // tonic's channel enforces the `grpc-timeout` we send, at the same
+        // instant as our attempt timeout: it is the same event.
+        return CallError::new(
+            Code::DeadlineExceeded,
+            "attempt timed out",
+            Cause::AttemptTimeout,
+            Outcome::Unknown,
+        );
+    }
+    let (cause, outcome) = if in_chain::<ConnectFailed>(status) {
         (Cause::Connect, Outcome::NotApplied)
     } else if server_says_not_applied {
         (Cause::Status, Outcome::NotApplied)
@@ -136,18 +146,20 @@ pub fn classify(status: &Status) -> CallError {
     };
     let mut err = CallError::new(status.code(), status.message(), cause, outcome);
     err.pushback_ms = pushback_ms;
-    if err.code == Code::Unknown && err.cause == Cause::Transport {
-        // hyper reports a reset connection as UNKNOWN; for retry purposes it
-        // is the transient UNAVAILABLE of the gRPC spec.
+    if err.cause == Cause::Transport {
+        // A failure of our own connection (hyper/h2 report a reset or closed
+        // connection as UNKNOWN or CANCELLED) is, for the caller, the
+        // transient UNAVAILABLE of the gRPC spec: the server did not answer.
         err.code = Code::Unavailable;
     }
     err
 }
 
-fn connect_failed(status: &Status) -> bool {
+/// True when an error of type `E` is in the status's source chain.
+fn in_chain<E: std::error::Error + 'static>(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = status.source();
     while let Some(err) = source {
-        if err.is::<ConnectFailed>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();
