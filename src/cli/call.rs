@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::client::{CallError, Client, ClientConfig, tcp_channel};
+use crate::{
+    cli::client_args::ClientArgs,
+    client::{CallError, Client, tcp_channel},
+};
 
 /// Arguments of `abacus call`.
 #[derive(Debug, Clone, Args)]
@@ -12,6 +15,9 @@ pub struct CallArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:50051", global = true)]
     pub addr: String,
+    /// Client policy.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// The RPC.
     #[command(subcommand)]
     pub rpc: Rpc,
@@ -74,7 +80,14 @@ pub async fn run(args: CallArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = Client::new(channel, ClientConfig::default());
+    let config = match args.client.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = Client::new(channel, config);
     match execute(&client, &args.rpc).await {
         Ok(line) => {
             println!("{line}");

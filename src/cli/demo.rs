@@ -8,16 +8,23 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
-    client::{CallError, Client, ClientConfig, tcp_channel},
-    server::{self, ServerConfig},
+    client::{CallError, Client, ClientConfig, Delivery, tcp_channel},
+    server::{self, FaultConfig, ServerConfig},
+    trace::{Event, EventSink, Outcome},
 };
 
 /// Arguments of `abacus demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Use this running server instead of starting an embedded one.
+    /// Use this running server for the fault-free part instead of starting
+    /// an embedded one. (The fault sections always start their own embedded
+    /// servers, with the faults they need.)
     #[arg(long)]
     pub addr: Option<String>,
+    /// Seed for the embedded servers' faults and the clients' jitter; the
+    /// same seed replays the same demo.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 /// A tally of what the demo saw, printed at the end.
@@ -56,29 +63,50 @@ impl Tally {
     }
 }
 
-async fn embedded_server() -> std::io::Result<(SocketAddr, oneshot::Sender<()>)> {
+/// A server running inside the demo's process; stops when dropped.
+struct Embedded {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn embedded_server(config: ServerConfig) -> std::io::Result<Embedded> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server::serve(
-        ServerConfig::default(),
+        config,
         TcpListenerStream::new(listener),
         async {
             let _ = stopped.await;
         },
     ));
-    Ok((addr, stop))
+    Ok(Embedded { addr, _stop: stop })
+}
+
+/// A client to `addr` whose every attempt, pause and decision is printed.
+fn narrated_client(addr: SocketAddr, mut config: ClientConfig) -> Client {
+    config.events = EventSink::with_hook(|e| match e {
+        Event::AttemptStarted { .. }
+        | Event::AttemptFailed { .. }
+        | Event::Backoff { .. }
+        | Event::GaveUp { .. }
+        | Event::BreakerTransition { .. }
+        | Event::BreakerRejected { .. } => println!("      · {e}"),
+        _ => {}
+    });
+    let channel = tcp_channel(&addr.to_string()).expect("a socket address is a valid authority");
+    Client::new(channel, config)
 }
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> ExitCode {
     super::init_logging("warn");
-    let (addr, _stop) = match &args.addr {
+    let (addr, _server) = match &args.addr {
         Some(a) => (a.clone(), None),
-        None => match embedded_server().await {
-            Ok((addr, stop)) => {
-                println!("Started an embedded abacus server on {addr}.");
-                (addr.to_string(), Some(stop))
+        None => match embedded_server(ServerConfig::default()).await {
+            Ok(server) => {
+                println!("Started an embedded abacus server on {}.", server.addr);
+                (server.addr.to_string(), Some(server))
             }
             Err(e) => {
                 eprintln!("error: cannot start the embedded server: {e}");
@@ -117,6 +145,11 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
     t.expect_ok("get(demo)", client.get("demo").await);
 
+    if let Err(e) = faults(&mut t, args.seed).await {
+        eprintln!("error: cannot start an embedded server: {e}");
+        return ExitCode::FAILURE;
+    }
+
     println!(
         "\nSummary: {} calls succeeded, {} failed as expected, {} surprise(s).",
         t.ok,
@@ -131,4 +164,103 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         }
         ExitCode::FAILURE
     }
+}
+
+/// The fault sections: retries, and what each delivery mode does when the
+/// server applies a request and the response is lost.
+async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
+    println!("\n4. Retries: a server that refuses 50% of requests (before applying them)");
+    let flaky = embedded_server(ServerConfig {
+        faults: FaultConfig {
+            fail_rate: 0.5,
+            seed,
+            ..FaultConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await?;
+    println!(
+        "   server: abacus serve --fail-rate 0.5 --fault-seed {seed}  ({})",
+        flaky.addr
+    );
+    let client = narrated_client(
+        flaky.addr,
+        ClientConfig {
+            seed: Some(seed),
+            ..ClientConfig::default()
+        },
+    );
+    for (a, b) in [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)] {
+        println!("   add({a}, {b}):");
+        t.expect_ok(&format!("  add({a}, {b})"), client.add(a, b).await);
+    }
+
+    println!(
+        "\n5. Partial failure: a server that applies Accumulate, then loses 50% of the responses"
+    );
+    let lossy = embedded_server(ServerConfig {
+        faults: FaultConfig {
+            drop_after_apply_rate: 0.5,
+            seed,
+            ..FaultConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await?;
+    println!(
+        "   server: abacus serve --drop-after-apply-rate 0.5 --fault-seed {seed}  ({})",
+        lossy.addr
+    );
+    for mode in [Delivery::AtLeastOnce, Delivery::AtMostOnce] {
+        let register = mode.name();
+        println!("\n   --mode {mode}: 5 × accumulate({register}, 1)");
+        let client = narrated_client(
+            lossy.addr,
+            ClientConfig {
+                mode,
+                seed: Some(seed),
+                ..ClientConfig::default()
+            },
+        );
+        let (mut acked, mut unknown) = (0, 0);
+        for _ in 0..5 {
+            match client.accumulate(register, 1.0).await {
+                Ok((v, replayed)) => {
+                    acked += 1;
+                    println!(
+                        "     ok -> {v}{}",
+                        if replayed { " (replayed)" } else { "" }
+                    );
+                }
+                Err(e) => {
+                    if e.outcome == Outcome::Unknown {
+                        unknown += 1;
+                    }
+                    println!("     error: {e}");
+                }
+            }
+        }
+        let value = client.get(register).await.unwrap_or(0.0);
+        println!(
+            "   => {acked} acknowledged, {unknown} with unknown outcome; register {register} = {value} (5 intended)"
+        );
+        match mode {
+            Delivery::AtLeastOnce if value > 5.0 => {
+                t.expected_errors += 1;
+                println!(
+                    "   => DOUBLE-APPLIED: retries re-sent requests the server had already applied."
+                );
+            }
+            Delivery::AtMostOnce if value <= 5.0 && value >= f64::from(acked) => {
+                t.ok += 1;
+                println!(
+                    "   => never applied twice; the unknown outcomes are reported, not retried."
+                );
+            }
+            _ => t.surprises.push(format!(
+                "{mode}: register {register} = {value} after {acked} acknowledged"
+            )),
+        }
+    }
+    Ok(())
 }

@@ -4,9 +4,11 @@
 //! # Layout
 //! - [`serve`]: `abacus serve`, a real server on a TCP socket.
 //! - [`call`]: `abacus call`, one RPC against a server.
+//! - [`client_args`]: the client policy flags shared by `call` and `demo`.
 //! - [`demo`]: `abacus demo`, a narrated tour against an embedded server.
 
 pub mod call;
+pub mod client_args;
 pub mod demo;
 pub mod serve;
 

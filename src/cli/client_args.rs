@@ -1,0 +1,103 @@
+//! Client policy flags shared by `abacus call` and `abacus demo`, turned
+//! into one validated [`ClientConfig`].
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use tonic::Code;
+
+use crate::{
+    client::{ClientConfig, Delivery, ServiceConfig, service_config::parse_code},
+    trace::EventSink,
+};
+
+/// How the client retries, times out and delivers.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Delivery semantics for Accumulate: at-most-once never re-sends a
+    /// request that may have been applied; at-least-once retries it (and may
+    /// apply it twice); exactly-once retries with a request ID the server
+    /// deduplicates.
+    #[arg(long, value_enum, default_value_t = Delivery::ExactlyOnce, global = true)]
+    pub mode: Delivery,
+    /// Overall deadline of one call, retries and pauses included (ms).
+    #[arg(long, default_value_t = 5000, value_name = "MS", global = true)]
+    pub deadline_ms: u64,
+    /// Timeout of one attempt (ms), clipped to what is left of the deadline.
+    #[arg(long, default_value_t = 1000, value_name = "MS", global = true)]
+    pub attempt_timeout_ms: u64,
+    /// Attempts per call, the first included (1 = no retries; max 10).
+    #[arg(long, default_value_t = 4, value_name = "N", global = true)]
+    pub attempts: u32,
+    /// Upper bound of the first retry's pause (ms); later pauses grow ×2,
+    /// each drawn uniformly below its bound (full jitter).
+    #[arg(long, default_value_t = 50, value_name = "MS", global = true)]
+    pub backoff_ms: u64,
+    /// Cap on any retry pause (ms).
+    #[arg(long, default_value_t = 1000, value_name = "MS", global = true)]
+    pub backoff_ms_max: u64,
+    /// Status codes to retry, comma-separated (e.g. UNAVAILABLE,RESOURCE_EXHAUSTED).
+    #[arg(
+        long,
+        default_value = "UNAVAILABLE",
+        value_name = "CODES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub retry_on: Vec<String>,
+    /// Disable the retry budget (gRPC token bucket: 10 tokens, 0.1 per success).
+    #[arg(long, global = true)]
+    pub no_retry_budget: bool,
+    /// Read the retry policy and deadline from a gRPC service-config JSON
+    /// file instead (`methodConfig[].retryPolicy`, `timeout`, `retryThrottling`).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub service_config: Option<PathBuf>,
+    /// Seed for jitter and request IDs (default: from the OS).
+    #[arg(long, value_name = "SEED", global = true)]
+    pub client_seed: Option<u64>,
+    /// Print every attempt, pause and give-up decision to stderr.
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+}
+
+impl ClientArgs {
+    /// The client configuration these flags describe.
+    pub fn to_config(&self) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig {
+            deadline: Duration::from_millis(self.deadline_ms),
+            attempt_timeout: Duration::from_millis(self.attempt_timeout_ms),
+            mode: self.mode,
+            seed: self.client_seed,
+            ..ClientConfig::default()
+        };
+        c.retry.attempts_max = self.attempts;
+        c.retry.backoff.initial = Duration::from_millis(self.backoff_ms);
+        c.retry.backoff.max = Duration::from_millis(self.backoff_ms_max);
+        c.retry.retryable_codes = self
+            .retry_on
+            .iter()
+            .map(|s| parse_code(&serde_json::Value::String(s.trim().to_owned())))
+            .collect::<Result<Vec<Code>, _>>()
+            .map_err(|e| format!("--retry-on: {e}"))?;
+        if self.no_retry_budget {
+            c.retry.throttle = None;
+        }
+        if let Some(path) = &self.service_config {
+            let json = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let sc =
+                ServiceConfig::from_json(&json).map_err(|e| format!("{}: {e}", path.display()))?;
+            if let Some(r) = sc.retry {
+                c.retry = r;
+            }
+            if let Some(t) = sc.timeout {
+                c.deadline = t;
+            }
+        }
+        if self.verbose {
+            c.events = EventSink::with_hook(|e| eprintln!("  · {e}"));
+        }
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+}
