@@ -1,0 +1,169 @@
+//! Benchmark: the resilient client stack against a bare tonic client, same
+//! server, same run, on loopback. Reports p50 latency and throughput ratios.
+//!
+//! Run: `cargo bench --bench client_overhead` (release). The two clients are
+//! measured in alternating rounds so that machine noise hits both alike;
+//! only the ratios are meant to be compared across machines.
+
+use std::time::{Duration, Instant};
+
+use abacus::{
+    client::{Client, ClientConfig, tcp_channel},
+    pb::{BinaryRequest, calculator_client::CalculatorClient},
+    server::{self, ServerConfig},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+const ROUNDS: usize = 10;
+const CALLS_PER_ROUND: usize = 2_000;
+const CONCURRENCY: usize = 16;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+async fn sequential_bare(
+    client: &mut CalculatorClient<tonic::transport::Channel>,
+    out: &mut Vec<Duration>,
+) {
+    for i in 0..CALLS_PER_ROUND {
+        let t = Instant::now();
+        let r = client
+            .add(BinaryRequest {
+                a: i as f64,
+                b: 1.0,
+            })
+            .await
+            .expect("bare call");
+        assert_eq!(r.into_inner().result, i as f64 + 1.0);
+        out.push(t.elapsed());
+    }
+}
+
+async fn sequential_stack(client: &Client, out: &mut Vec<Duration>) {
+    for i in 0..CALLS_PER_ROUND {
+        let t = Instant::now();
+        let r = client.add(i as f64, 1.0).await.expect("stack call");
+        assert_eq!(r, i as f64 + 1.0);
+        out.push(t.elapsed());
+    }
+}
+
+async fn concurrent_bare(client: &CalculatorClient<tonic::transport::Channel>) -> Duration {
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                for i in 0..CALLS_PER_ROUND / CONCURRENCY {
+                    c.add(BinaryRequest {
+                        a: i as f64,
+                        b: 1.0,
+                    })
+                    .await
+                    .expect("bare call");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    t.elapsed()
+}
+
+async fn concurrent_stack(client: &Client) -> Duration {
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                for i in 0..CALLS_PER_ROUND / CONCURRENCY {
+                    c.add(i as f64, 1.0).await.expect("stack call");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    t.elapsed()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(server::serve(
+            ServerConfig::default(),
+            TcpListenerStream::new(listener),
+            std::future::pending(),
+        ));
+        let mut bare = CalculatorClient::new(tcp_channel(&addr).expect("channel"));
+        let stack = Client::new(
+            tcp_channel(&addr).expect("channel"),
+            ClientConfig {
+                seed: Some(1),
+                ..ClientConfig::default()
+            },
+        );
+        // Warm up both connections.
+        sequential_bare(&mut bare, &mut Vec::new()).await;
+        sequential_stack(&stack, &mut Vec::new()).await;
+
+        let (mut lat_bare, mut lat_stack) = (Vec::new(), Vec::new());
+        let (mut conc_bare, mut conc_stack) = (Duration::ZERO, Duration::ZERO);
+        for round in 0..ROUNDS {
+            eprintln!("round {}/{ROUNDS}", round + 1);
+            // Alternate which goes first, so neither always runs warmer.
+            if round % 2 == 0 {
+                sequential_bare(&mut bare, &mut lat_bare).await;
+                sequential_stack(&stack, &mut lat_stack).await;
+                conc_bare += concurrent_bare(&bare).await;
+                conc_stack += concurrent_stack(&stack).await;
+            } else {
+                sequential_stack(&stack, &mut lat_stack).await;
+                sequential_bare(&mut bare, &mut lat_bare).await;
+                conc_stack += concurrent_stack(&stack).await;
+                conc_bare += concurrent_bare(&bare).await;
+            }
+        }
+        lat_bare.sort();
+        lat_stack.sort();
+        let calls = (ROUNDS * CALLS_PER_ROUND) as f64;
+        let tput_bare = calls / conc_bare.as_secs_f64();
+        let tput_stack = calls / conc_stack.as_secs_f64();
+        let p50_b = percentile(&lat_bare, 0.5);
+        let p50_s = percentile(&lat_stack, 0.5);
+        let p99_b = percentile(&lat_bare, 0.99);
+        let p99_s = percentile(&lat_stack, 0.99);
+        println!(
+            "client overhead, loopback, {ROUNDS} alternating rounds × {CALLS_PER_ROUND} Add calls"
+        );
+        println!("| client | p50 µs | p99 µs | throughput @{CONCURRENCY} (calls/s) |");
+        println!("|---|---:|---:|---:|");
+        println!(
+            "| bare tonic | {} | {} | {:.0} |",
+            p50_b.as_micros(),
+            p99_b.as_micros(),
+            tput_bare
+        );
+        println!(
+            "| resilient stack | {} | {} | {:.0} |",
+            p50_s.as_micros(),
+            p99_s.as_micros(),
+            tput_stack
+        );
+        println!(
+            "p50 overhead: {:+.1}%   throughput change: {:+.1}%",
+            (p50_s.as_secs_f64() / p50_b.as_secs_f64() - 1.0) * 100.0,
+            (tput_stack / tput_bare - 1.0) * 100.0
+        );
+    });
+}
