@@ -1,0 +1,329 @@
+//! The real `abacus` binary, as a person at a terminal would use it.
+//!
+//! - `--help` of each subcommand names its flags.
+//! - Bad flags exit with code 2 and say what is wrong.
+//! - `abacus call` against a real `abacus serve`: results on stdout, errors
+//!   on stderr with a non-zero exit, negative operands, and a refused
+//!   connection reported as not applied.
+//! - `abacus demo` runs to its summary.
+//!
+//! Every run goes through [`check`]. Servers are started on
+//! `127.0.0.1:0`; the test reads the bound address from the server's log
+//! line, so there is no port race and no polling.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_abacus");
+
+/// What a run must produce.
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    /// Exit code.
+    code: i32,
+    /// Fragments stdout must contain.
+    stdout: &'static [&'static str],
+    /// Fragments stderr must contain.
+    stderr: &'static [&'static str],
+}
+
+/// Exit 0, these fragments on stdout.
+const fn ok(stdout: &'static [&'static str]) -> Expect {
+    Expect {
+        code: 0,
+        stdout,
+        stderr: &[],
+    }
+}
+
+/// Exit `code`, these fragments on stderr, nothing on stdout.
+const fn fails(code: i32, stderr: &'static [&'static str]) -> Expect {
+    Expect {
+        code,
+        stdout: &[],
+        stderr,
+    }
+}
+
+/// Runs `abacus args...` to completion and asserts `expect`.
+fn check(args: &[&str], expect: Expect) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run abacus");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let context = format!(
+        "abacus {}\n  expected: {expect:?}\n  exit: {:?}\n  stdout: {stdout}\n  stderr: {stderr}",
+        args.join(" "),
+        out.status.code()
+    );
+    assert_eq!(out.status.code(), Some(expect.code), "{context}");
+    for want in expect.stdout {
+        assert!(stdout.contains(want), "stdout lacks {want:?}: {context}");
+    }
+    for want in expect.stderr {
+        assert!(stderr.contains(want), "stderr lacks {want:?}: {context}");
+    }
+    if expect.code != 0 {
+        assert!(stdout.is_empty(), "a failure printed a result: {context}");
+    }
+}
+
+/// An `abacus serve` child process, killed when dropped.
+#[derive(Debug)]
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts `abacus serve --addr 127.0.0.1:0 extra...` and waits for the
+    /// log line that carries the bound address (it is printed after bind,
+    /// so the port accepts connections from then on).
+    fn start(extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn abacus serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        // Reads every line, so the server never blocks on a full pipe; sends
+        // the address once.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = listening_addr(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let mut server = Self {
+            child,
+            addr: String::new(),
+        };
+        // A hang guard, not a timing assertion: the line comes at once.
+        server.addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("abacus serve logs its address");
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `addr=127.0.0.1:PORT` from the "listening" log line, ANSI colours or not.
+fn listening_addr(line: &str) -> Option<String> {
+    let plain = strip_ansi(line);
+    if !plain.contains("listening") {
+        return None;
+    }
+    let rest = &plain[plain.find("addr=")? + "addr=".len()..];
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip `ESC [ ... letter`.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn log_line_parsing() {
+    let colored = "\u{1b}[2m2026\u{1b}[0m INFO abacus listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:37337 \u{1b}[3mfaults";
+    assert_eq!(listening_addr(colored).as_deref(), Some("127.0.0.1:37337"));
+    let plain = "INFO abacus::cli::serve: abacus listening (no faults) addr=127.0.0.1:45265";
+    assert_eq!(listening_addr(plain).as_deref(), Some("127.0.0.1:45265"));
+    assert_eq!(listening_addr("INFO server-started"), None);
+}
+
+#[test]
+fn help_names_every_flag() {
+    let table: [(&[&str], Expect); 5] = [
+        (&["--help"], ok(&["serve", "call", "demo"])),
+        (
+            &["serve", "--help"],
+            ok(&[
+                "--addr",
+                "--fail-rate",
+                "--delay-ms",
+                "--drop-after-apply-rate",
+                "--fault-seed",
+            ]),
+        ),
+        (
+            &["call", "--help"],
+            ok(&[
+                "--addr",
+                "add",
+                "subtract",
+                "multiply",
+                "divide",
+                "accumulate",
+                "get",
+                "stats",
+            ]),
+        ),
+        (
+            &["call", "accumulate", "--help"],
+            ok(&["--register", "--request-id", "<DELTA>"]),
+        ),
+        (&["demo", "--help"], ok(&["--addr"])),
+    ];
+    for (args, expect) in table {
+        check(args, expect);
+    }
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_clear_message() {
+    let table: [(&[&str], Expect); 6] = [
+        (
+            &["serve", "--fail-rate", "2"],
+            fails(
+                2,
+                &["fail-rate must be a probability between 0 and 1, got 2"],
+            ),
+        ),
+        (
+            &["serve", "--drop-after-apply-rate=-0.5"],
+            fails(2, &["drop-after-apply-rate must be a probability"]),
+        ),
+        (
+            &["serve", "--delay-ms", "9..3"],
+            fails(2, &["delay range 9..3 is empty"]),
+        ),
+        (
+            &["serve", "--delay-ms", "soon"],
+            fails(2, &["\"soon\" is not a whole number of milliseconds"]),
+        ),
+        (
+            &["call", "add", "two", "3"],
+            fails(2, &["invalid value 'two'"]),
+        ),
+        (
+            &["call", "--addr", "not an addr", "add", "1", "1"],
+            fails(2, &["invalid address \"not an addr\""]),
+        ),
+    ];
+    for (args, expect) in table {
+        check(args, expect);
+    }
+}
+
+#[test]
+fn call_against_a_running_server() {
+    let server = Server::start(&[]);
+    let addr = server.addr.as_str();
+    let table: Vec<(Vec<&str>, Expect)> = vec![
+        (vec!["add", "2", "3"], ok(&["2 + 3 = 5"])),
+        (vec!["subtract", "10", "4.5"], ok(&["10 - 4.5 = 5.5"])),
+        (vec!["multiply", "-3", "7"], ok(&["-3 * 7 = -21"])),
+        (vec!["div", "1", "8"], ok(&["1 / 8 = 0.125"])),
+        (
+            vec!["divide", "1", "0"],
+            fails(1, &["division by zero", "NOT applied"]),
+        ),
+        (
+            vec!["get", "r"],
+            fails(1, &["NotFound", "register \"r\" does not exist"]),
+        ),
+        (
+            vec!["accumulate", "--register", "r", "--", "-2"],
+            ok(&["r += -2 -> -2"]),
+        ),
+        (
+            vec!["accumulate", "--register", "r", "-0.5"],
+            ok(&["r += -0.5 -> -2.5"]),
+        ),
+        (vec!["acc", "-r", "r", "10"], ok(&["r += 10 -> 7.5"])),
+        (vec!["get", "r"], ok(&["r = 7.5"])),
+        (vec!["stats"], ok(&["applied=3", "registers=1"])),
+    ];
+    for (rpc, expect) in table {
+        let mut args = vec!["call", "--addr", addr];
+        args.extend(rpc);
+        check(&args, expect);
+    }
+}
+
+#[test]
+fn call_with_faults_reports_the_outcome() {
+    let failing = Server::start(&["--fail-rate", "1"]);
+    let dropping = Server::start(&["--drop-after-apply-rate", "1"]);
+    let table = [
+        (
+            failing.addr.as_str(),
+            fails(1, &["Unavailable", "injected fault", "NOT applied"]),
+        ),
+        (
+            dropping.addr.as_str(),
+            fails(1, &["Unavailable", "OUTCOME UNKNOWN"]),
+        ),
+    ];
+    for (addr, expect) in table {
+        check(&["call", "--addr", addr, "acc", "-r", "r", "1"], expect);
+    }
+    // The dropped response was applied all the same.
+    check(
+        &["call", "--addr", dropping.addr.as_str(), "get", "r"],
+        ok(&["r = 1"]),
+    );
+}
+
+#[test]
+fn call_without_a_server_says_not_applied() {
+    // Port 1 is privileged and unused on a test machine: connection refused.
+    check(
+        &["call", "--addr", "127.0.0.1:1", "add", "1", "1"],
+        fails(1, &["cannot connect to 127.0.0.1:1", "NOT applied"]),
+    );
+}
+
+#[test]
+fn demo_runs_to_its_summary() {
+    check(&["demo"], ok(&["Summary", "0 surprise(s)"]));
+}
+
+#[test]
+#[should_panic(expected = "abacus call --addr 127.0.0.1:1 add 1 1")]
+fn check_fails_on_a_wrong_exit_code() {
+    // Negative control: `check` notices a failure expected to succeed.
+    check(
+        &["call", "--addr", "127.0.0.1:1", "add", "1", "1"],
+        ok(&["1 + 1 = 2"]),
+    );
+}

@@ -1,0 +1,78 @@
+//! `abacus::client`'s classification of failures against the real server:
+//! does an error say whether the request was applied? Kept in this one small
+//! file because the client's internals (retries, deadlines) are changing;
+//! only the facade methods and `CallError`'s fields are used.
+
+use abacus::{
+    client::{Cause, Client, ClientConfig, tcp_channel},
+    server::FaultConfig,
+    trace::Outcome,
+};
+use tonic::Code;
+
+use crate::harness::TestServer;
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Add(f64, f64),
+    Divide(f64, f64),
+    Accumulate(&'static str, f64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expect {
+    Ok(f64),
+    Err(Code, Cause, Outcome),
+}
+
+async fn check(addr: &str, op: Op, expect: Expect) {
+    let client = Client::new(tcp_channel(addr).expect("address"), ClientConfig::default());
+    let result = match op {
+        Op::Add(a, b) => client.add(a, b).await,
+        Op::Divide(a, b) => client.divide(a, b).await,
+        Op::Accumulate(r, d) => client.accumulate_with_id(r, d, "").await.map(|(v, _)| v),
+    };
+    let got = match &result {
+        Ok(v) => Expect::Ok(*v),
+        Err(e) => Expect::Err(e.code, e.cause.clone(), e.outcome),
+    };
+    assert_eq!(got, expect, "{op:?} against {addr}: {result:?}");
+}
+
+#[tokio::test]
+async fn failures_say_whether_the_request_was_applied() {
+    // A port that was just open and is now closed: connection refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let healthy = TestServer::healthy().await;
+    let dropping = TestServer::start(FaultConfig {
+        drop_after_apply_rate: 1.0,
+        ..FaultConfig::default()
+    })
+    .await;
+    let (healthy_addr, dropping_addr) = (healthy.addr.to_string(), dropping.addr.to_string());
+
+    let table = [
+        (&healthy_addr, Op::Add(2.0, 3.0), Expect::Ok(5.0)),
+        (
+            &closed,
+            Op::Add(1.0, 1.0),
+            Expect::Err(Code::Unavailable, Cause::Connect, Outcome::NotApplied),
+        ),
+        (
+            &healthy_addr,
+            Op::Divide(1.0, 0.0),
+            Expect::Err(Code::InvalidArgument, Cause::Status, Outcome::NotApplied),
+        ),
+        (
+            &dropping_addr,
+            Op::Accumulate("r", 1.0),
+            Expect::Err(Code::Unavailable, Cause::Status, Outcome::Unknown),
+        ),
+    ];
+    for (addr, op, expect) in table {
+        check(addr, op, expect).await;
+    }
+}

@@ -1,0 +1,22 @@
+//! End-to-end tests: the real server on a real loopback socket
+//! (`127.0.0.1:0`), called through tonic's generated clients.
+//!
+//! # Scenarios
+//! - [`rpcs`]: every Calculator RPC's happy path, and every refusal with its
+//!   code, a useful message and the not-applied marker.
+//! - [`limits`]: an oversized message and malformed bytes; the server
+//!   answers with a status and keeps serving.
+//! - [`discovery`]: `grpc.health.v1.Health` and reflection (v1 and v1alpha).
+//! - [`faults`]: `fail_rate`, `drop_after_apply_rate` and `delay_ms` as seen
+//!   on the wire, including the partial failure.
+//! - [`client`]: `abacus::client`'s outcome classification against the real
+//!   server (the only file that uses the client facade).
+//!
+//! Every table runs through [`harness::Conn::check`].
+
+mod client;
+mod discovery;
+mod faults;
+mod harness;
+mod limits;
+mod rpcs;

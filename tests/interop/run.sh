@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Interop check: a Python grpcio client (client.py) against the real
+# `abacus serve` on a free loopback port. Exits with the client's code.
+#
+#   bash tests/interop/run.sh
+#
+# Installs the pinned Python packages (requirements.txt) only when missing.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+python="${PYTHON:-python3}"
+
+if ! "$python" - "$here/requirements.txt" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if line:
+        name, want = line.split("==")
+        if version(name) != want:
+            sys.exit(1)
+PY
+then
+    echo "interop: installing $(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')"
+    "$python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+fi
+
+cd "$root"
+cargo build --quiet --bin abacus
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/abacus"
+
+logs=()
+servers=()
+cleanup() {
+    for pid in "${servers[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${servers[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -f "${logs[@]}"
+}
+trap cleanup EXIT
+
+# Starts `abacus serve --addr 127.0.0.1:0 "$@"` and sets $addr and $log. The
+# server logs its bound address right after binding; wait for that line
+# (bounded: 300 x 0.1 s), failing early if the server died.
+start_server() {
+    log="$(mktemp)"
+    logs+=("$log")
+    NO_COLOR=1 RUST_LOG=info "$bin" serve --addr 127.0.0.1:0 "$@" 2>"$log" &
+    local pid=$!
+    servers+=("$pid")
+    addr=""
+    for _ in $(seq 300); do
+        addr="$(sed -n 's/.*listening.*addr=\([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n1)"
+        [ -n "$addr" ] && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "interop: abacus serve $* never logged its address:"
+    cat "$log"
+    exit 1
+}
+
+# Negative control: against a server that refuses everything, the client
+# must report mismatches (not crash) and exit 1. Its output is kept out of
+# the way.
+start_server --fail-rate 1
+control=0
+"$python" "$here/client.py" "$addr" >"$log.control" 2>&1 || control=$?
+if [ "$control" -ne 1 ] || ! grep -Eq '^[0-9]+ passed, [1-9][0-9]* failed$' "$log.control"; then
+    echo "interop: FAILED: client.py should report failures against a --fail-rate 1 server (exit $control):"
+    cat "$log.control"
+    rm -f "$log.control"
+    exit 1
+fi
+rm -f "$log.control"
+echo "interop: negative control ok (client.py fails against --fail-rate 1)"
+
+start_server
+echo "interop: abacus serve on $addr"
+status=0
+"$python" "$here/client.py" "$addr" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "interop: FAILED (exit $status); server log:"
+    cat "$log"
+fi
+exit "$status"
