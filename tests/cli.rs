@@ -294,10 +294,24 @@ fn call_with_faults_reports_the_outcome() {
             fails(1, &["Unavailable", "OUTCOME UNKNOWN"]),
         ),
     ];
+    // At-most-once, so the unknown outcome is reported rather than retried.
     for (addr, expect) in table {
-        check(&["call", "--addr", addr, "acc", "-r", "r", "1"], expect);
+        check(
+            &[
+                "call",
+                "--addr",
+                addr,
+                "--mode",
+                "at-most-once",
+                "acc",
+                "-r",
+                "r",
+                "1",
+            ],
+            expect,
+        );
     }
-    // The dropped response was applied all the same.
+    // The dropped response was applied all the same, exactly once.
     check(
         &["call", "--addr", dropping.addr.as_str(), "get", "r"],
         ok(&["r = 1"]),

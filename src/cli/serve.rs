@@ -23,14 +23,24 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct FaultArgs {
     /// Probability (0..1) of answering UNAVAILABLE before applying a request.
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "P",
+        allow_negative_numbers = true
+    )]
     pub fail_rate: f64,
     /// Extra delay per request in ms: `D` or a range `A..B`, drawn uniformly.
     #[arg(long, value_parser = parse_delay_range, default_value = "0", value_name = "D|A..B")]
     pub delay_ms: RangeInclusive<u64>,
     /// Probability (0..1) of applying a request and then failing its response
     /// (the partial failure that makes blind retries double-apply).
-    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "P",
+        allow_negative_numbers = true
+    )]
     pub drop_after_apply_rate: f64,
     /// Seed for the fault RNG; the same seed replays the same faults.
     #[arg(long, default_value_t = 1, value_name = "SEED")]

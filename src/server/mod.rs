@@ -30,8 +30,8 @@ use crate::{
 };
 
 /// Largest request the server decodes. Every abacus message is well under
-/// 1 KiB; anything bigger is refused with RESOURCE_EXHAUSTED before it is
-/// buffered.
+/// 1 KiB; anything bigger is refused by tonic before the handler runs, with
+/// OUT_OF_RANGE ("decoded message length too large").
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024;
 
 /// Everything that shapes a server.
