@@ -32,7 +32,7 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
     effects(scenario, run, &mut v);
     registers(&run.records, &mut v);
     calls(scenario, &run.records, &mut v);
-    wrong_answers(&run.records, &mut v);
+    notes(scenario, &run.records, &mut v);
     v
 }
 
@@ -118,6 +118,18 @@ fn registers(records: &[Record], v: &mut Vec<Violation>) {
     }
 }
 
+/// Codes that say the request itself is wrong: repeating it unchanged can
+/// never succeed, so no correct client retries them.
+const NEVER_RETRY: [&str; 7] = [
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "FailedPrecondition",
+    "OutOfRange",
+    "Unauthenticated",
+];
+
 #[derive(Debug, Default)]
 struct CallInfo {
     started: Option<Duration>,
@@ -157,7 +169,11 @@ fn calls(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
             }
             Event::AttemptFailed { call, code, .. } => {
                 let c = calls.entry((host, *call)).or_default();
-                if code != "DeadlineExceeded" && !retryable.contains(code) {
+                // Caller errors are never worth retrying, whatever the
+                // client was configured with; other codes follow the policy.
+                if NEVER_RETRY.contains(&code.as_str())
+                    || (code != "DeadlineExceeded" && !retryable.contains(code))
+                {
                     c.non_retryable_at = Some(r.at);
                 }
             }
@@ -203,15 +219,33 @@ fn calls(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
     }
 }
 
-fn wrong_answers(records: &[Record], v: &mut Vec<Violation>) {
+/// What the workload itself noticed: wrong answers, and whether every
+/// client got through its liveness phase.
+fn notes(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
+    let mut phases = 0;
     for r in records {
-        if let Entry::Note(n) = &r.entry
-            && n.starts_with("WRONG")
-        {
+        let Entry::Note(n) = &r.entry else { continue };
+        if n.starts_with("WRONG") {
             v.push(Violation {
                 invariant: "correct-results",
                 detail: format!("{}: {n}", r.host),
             });
+        } else if n.starts_with("LIVENESS FAILED") {
+            v.push(Violation {
+                invariant: "liveness",
+                detail: format!("{} at {:?}, after every fault stopped: {n}", r.host, r.at),
+            });
+        } else if n.starts_with("liveness phase") {
+            phases += 1;
         }
+    }
+    if scenario.liveness_calls > 0 && phases != scenario.clients {
+        v.push(Violation {
+            invariant: "liveness",
+            detail: format!(
+                "{phases} of {} clients reached the liveness phase",
+                scenario.clients
+            ),
+        });
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 use abacus::{
     client::{CallError, Client, ClientConfig, Delivery, RetryConfig},
-    server::{self, FaultConfig, ServerConfig},
+    server::{self, FaultConfig, FaultSwitch, ServerConfig},
     trace::Outcome,
 };
 use rand::{Rng, SeedableRng};
@@ -22,29 +22,22 @@ use rand_chacha::ChaCha8Rng;
 use crate::{
     history::{Entry, History, Record},
     net,
+    plan::{FaultPlan, NetFault, Target, Window},
 };
 
-/// A network fault active during a window of simulated time.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NetFault {
-    /// Drop every message between the server and all clients.
-    Partition,
-    /// Queue every message between the server and all clients, delivering
-    /// them on release.
-    Hold,
-    /// Crash the server at the window's start, restart it at its end.
-    Crash,
-}
-
-/// A fault and when it is active.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Window {
-    /// What.
-    pub fault: NetFault,
-    /// From (simulated time since start).
-    pub from: Duration,
-    /// Until.
-    pub until: Duration,
+/// How the client's tower stack is put together. `Standard` is the
+/// library's own; the others are deliberately broken compositions used as
+/// negative controls, to prove the checker sees the bug they cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// `Client::new`: the real stack.
+    Standard,
+    /// BROKEN: a second retry layer around the first, so attempts multiply
+    /// (a classic bug when retries are configured at two levels).
+    DoubleRetry,
+    /// BROKEN: announces the deadline but does not pass it down, so the
+    /// retry loop and attempts ignore it.
+    DeadlineNotEnforced,
 }
 
 /// Everything that defines a scenario, apart from the seed.
@@ -56,8 +49,10 @@ pub struct Scenario {
     pub clients: usize,
     /// Logical calls per client.
     pub calls_per_client: usize,
-    /// Share of calls that are `Accumulate` (the rest are `Add`).
+    /// Share of calls that are `Accumulate`.
     pub accumulate_share: f64,
+    /// Share of the other calls that are invalid (`Divide` by zero).
+    pub invalid_share: f64,
     /// Client delivery mode.
     pub mode: Delivery,
     /// Client retry policy.
@@ -66,16 +61,18 @@ pub struct Scenario {
     pub deadline: Duration,
     /// Per-attempt timeout.
     pub attempt_timeout: Duration,
-    /// Server-side faults (the seed is replaced by one derived from the run's).
-    pub server_faults: FaultConfig,
-    /// Message latency range.
-    pub latency: (Duration, Duration),
-    /// turmoil link fail rate per step (kills connections).
-    pub link_fail_rate: f64,
-    /// Timed network and host faults.
-    pub windows: Vec<Window>,
+    /// How the client stack is composed.
+    pub stack: Stack,
+    /// Faults to inject.
+    pub plan: FaultPlan,
     /// What the scenario promises (which invariants must hold).
     pub promise: Promise,
+    /// Calls each client makes once every fault has stopped (VOPR-style
+    /// liveness phase): all of them must succeed.
+    pub liveness_calls: usize,
+    /// With a liveness phase: when the untimed faults (link failures, server
+    /// faults) stop. Timed windows stop at their own end.
+    pub quiet_after: Duration,
 }
 
 /// Which delivery promise the checker holds the run to.
@@ -97,18 +94,35 @@ impl Scenario {
             clients: 2,
             calls_per_client: 10,
             accumulate_share: 0.5,
+            invalid_share: 0.0,
             mode: Delivery::ExactlyOnce,
             retry: RetryConfig::default(),
             deadline: Duration::from_secs(3),
             attempt_timeout: Duration::from_millis(500),
-            server_faults: FaultConfig::default(),
-            latency: (Duration::from_millis(1), Duration::from_millis(5)),
-            link_fail_rate: 0.0,
-            windows: Vec::new(),
+            stack: Stack::Standard,
+            plan: FaultPlan::default(),
             promise: Promise::ExactlyOnceEffect,
+            liveness_calls: 0,
+            quiet_after: Duration::ZERO,
         }
     }
+
+    /// With a liveness phase, when every fault has stopped; `None` when the
+    /// faults never stop.
+    pub fn quiet_from(&self) -> Option<Duration> {
+        (self.liveness_calls > 0).then(|| self.quiet_after.max(self.plan.last_fault_end()))
+    }
+
+    /// When faults have stopped and the network has settled: the last timed
+    /// fault's end plus time for HTTP/2 keepalive to replace dead
+    /// connections (1 s interval + 1 s timeout) and a retry or two.
+    pub fn heal_at(&self) -> Duration {
+        self.quiet_from().unwrap_or_default() + SETTLE
+    }
 }
+
+/// Time allowed after the last fault before liveness is demanded.
+pub const SETTLE: Duration = Duration::from_secs(4);
 
 /// What one client's workload did for one logical Accumulate.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,23 +164,24 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let history = History::default();
     let ledger: Arc<Mutex<Vec<LogicalAccumulate>>> = Arc::default();
 
+    let plan = &scenario.plan;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(SIM_DURATION)
-        .min_message_latency(scenario.latency.0)
-        .max_message_latency(scenario.latency.1)
-        .fail_rate(scenario.link_fail_rate)
-        .repair_rate(if scenario.link_fail_rate > 0.0 {
-            0.5
-        } else {
-            1.0
-        })
+        .min_message_latency(Duration::from_millis(plan.latency_ms.0))
+        .max_message_latency(Duration::from_millis(plan.latency_ms.1))
+        .fail_rate(plan.link_fail_rate)
+        .repair_rate(if plan.link_fail_rate > 0.0 { 0.5 } else { 1.0 })
         .build();
 
+    let fault_switch = FaultSwitch::default();
     let server_config = ServerConfig {
+        fault_switch: fault_switch.clone(),
         faults: FaultConfig {
+            fail_rate: plan.fail_rate,
+            delay_ms: plan.delay_ms.0..=plan.delay_ms.1,
+            drop_after_apply_rate: plan.drop_rate,
             seed: seed ^ 0x5e4f_e4f5,
-            ..scenario.server_faults.clone()
         },
         events: history.sink("server"),
     };
@@ -189,17 +204,21 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
             seed: Some(seed.wrapping_mul(31).wrapping_add(index as u64 + 1)),
             events: history.sink(&host),
         };
+        let stack = scenario.stack;
         let workload = Workload {
             host: host.clone(),
             index,
             calls: scenario.calls_per_client,
             accumulate_share: scenario.accumulate_share,
+            invalid_share: scenario.invalid_share,
+            liveness_calls: scenario.liveness_calls,
+            heal_at: scenario.heal_at(),
             rng: ChaCha8Rng::seed_from_u64(seed ^ ((index as u64 + 1) << 32)),
             history: history.clone(),
             ledger: ledger.clone(),
         };
         sim.client(host, async move {
-            let client = Client::new(net::channel("server"), config);
+            let client = build_client(stack, config);
             workload.run(&client).await;
             Ok(())
         });
@@ -208,7 +227,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let clients: Vec<String> = (1..=scenario.clients)
         .map(|i| format!("client-{i}"))
         .collect();
-    let sim_result = drive(&mut sim, &scenario.windows, &clients, &history);
+    let quiet = scenario.quiet_from().map(|at| (at, fault_switch));
+    let sim_result = drive(&mut sim, &plan.windows, quiet, &clients, &history);
     let accumulates = ledger.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Run {
         seed,
@@ -219,45 +239,40 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
 }
 
 /// Steps the simulation, applying timed faults, until every client is done.
+/// At `quiet.0` link failures and server faults stop, so the liveness phase
+/// runs on a quiet network.
 fn drive(
     sim: &mut turmoil::Sim<'_>,
     windows: &[Window],
+    quiet: Option<(Duration, FaultSwitch)>,
     clients: &[String],
     history: &History,
 ) -> Result<(), String> {
     let mut started = vec![false; windows.len()];
     let mut ended = vec![false; windows.len()];
+    let mut quieted = false;
     loop {
         let now = sim.elapsed();
         for (i, w) in windows.iter().enumerate() {
             if !started[i] && now >= w.from {
                 started[i] = true;
-                history.push_at(now, "sim", Entry::Fault(fault_line(&w.fault, true)));
-                for c in clients {
-                    match w.fault {
-                        NetFault::Partition => sim.partition("server", c.as_str()),
-                        NetFault::Hold => sim.hold("server", c.as_str()),
-                        NetFault::Crash => {}
-                    }
-                }
-                if w.fault == NetFault::Crash {
-                    sim.crash("server");
-                }
+                history.push_at(now, "sim", Entry::Fault(fault_line(w, true)));
+                apply(sim, w, clients, true);
             }
-            if started[i] && !ended[i] && now >= w.until {
+            if started[i] && !ended[i] && now >= w.until() {
                 ended[i] = true;
-                history.push_at(now, "sim", Entry::Fault(fault_line(&w.fault, false)));
-                for c in clients {
-                    match w.fault {
-                        NetFault::Partition => sim.repair("server", c.as_str()),
-                        NetFault::Hold => sim.release("server", c.as_str()),
-                        NetFault::Crash => {}
-                    }
-                }
-                if w.fault == NetFault::Crash {
-                    sim.bounce("server");
-                }
+                history.push_at(now, "sim", Entry::Fault(fault_line(w, false)));
+                apply(sim, w, clients, false);
             }
+        }
+        if let Some((at, switch)) = &quiet
+            && !quieted
+            && now >= *at
+        {
+            quieted = true;
+            history.push_at(now, "sim", Entry::Fault("all faults stop".into()));
+            sim.set_fail_rate(0.0);
+            switch.turn_off();
         }
         match sim.step() {
             Ok(true) => return Ok(()),
@@ -267,14 +282,89 @@ fn drive(
     }
 }
 
-fn fault_line(fault: &NetFault, start: bool) -> String {
-    match (fault, start) {
-        (NetFault::Partition, true) => "partition server <-> clients".into(),
-        (NetFault::Partition, false) => "repair server <-> clients".into(),
-        (NetFault::Hold, true) => "hold server <-> clients".into(),
-        (NetFault::Hold, false) => "release server <-> clients".into(),
+fn apply(sim: &mut turmoil::Sim<'_>, w: &Window, clients: &[String], start: bool) {
+    let targets: Vec<&str> = match w.target {
+        Target::All => clients.iter().map(String::as_str).collect(),
+        Target::Client(n) => clients.get(n - 1).map(String::as_str).into_iter().collect(),
+    };
+    match (w.fault, start) {
+        (NetFault::Crash, true) => sim.crash("server"),
+        (NetFault::Crash, false) => sim.bounce("server"),
+        (fault, start) => {
+            for c in targets {
+                match (fault, start) {
+                    (NetFault::Partition, true) => sim.partition("server", c),
+                    (NetFault::Partition, false) => sim.repair("server", c),
+                    (NetFault::Hold, true) => sim.hold("server", c),
+                    _ => sim.release("server", c),
+                }
+            }
+        }
+    }
+}
+
+fn fault_line(w: &Window, start: bool) -> String {
+    let target = match w.target {
+        Target::All => "clients".to_owned(),
+        Target::Client(n) => format!("client-{n}"),
+    };
+    match (w.fault, start) {
+        (NetFault::Partition, true) => format!("partition server <-> {target}"),
+        (NetFault::Partition, false) => format!("repair server <-> {target}"),
+        (NetFault::Hold, true) => format!("hold server <-> {target}"),
+        (NetFault::Hold, false) => format!("release server <-> {target}"),
         (NetFault::Crash, true) => "crash server".into(),
         (NetFault::Crash, false) => "restart server".into(),
+    }
+}
+
+/// Builds the client for `stack` (see [`Stack`]).
+fn build_client(stack: Stack, config: ClientConfig) -> Client {
+    use abacus::client::{
+        AttemptLayer, Call, DeadlineLayer, ObserveLayer, RetryLayer, RetryPolicy, Transport,
+    };
+    use tower::{ServiceBuilder, util::BoxCloneSyncService};
+    let channel = net::channel("server");
+    let seed = config.seed.unwrap_or(0);
+    let retry = || {
+        RetryLayer::new(
+            RetryPolicy::new(config.retry.clone(), config.mode),
+            seed,
+            config.events.clone(),
+        )
+    };
+    match stack {
+        Stack::Standard => Client::new(channel, config),
+        Stack::DoubleRetry => Client::from_stack(BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(DeadlineLayer::new(config.deadline))
+                .layer(ObserveLayer::new(config.events.clone()))
+                .layer(retry())
+                .layer(retry())
+                .layer(AttemptLayer::new(
+                    config.attempt_timeout,
+                    config.events.clone(),
+                ))
+                .service(Transport::new(channel)),
+        )),
+        Stack::DeadlineNotEnforced => Client::from_stack(BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_request(move |mut call: Call| {
+                    call.deadline = Some(tokio::time::Instant::now() + config.deadline);
+                    call
+                })
+                .layer(ObserveLayer::new(config.events.clone()))
+                .map_request(|mut call: Call| {
+                    call.deadline = None;
+                    call
+                })
+                .layer(retry())
+                .layer(AttemptLayer::new(
+                    config.attempt_timeout,
+                    config.events.clone(),
+                ))
+                .service(Transport::new(channel)),
+        )),
     }
 }
 
@@ -284,6 +374,9 @@ struct Workload {
     index: usize,
     calls: usize,
     accumulate_share: f64,
+    invalid_share: f64,
+    liveness_calls: usize,
+    heal_at: Duration,
     rng: ChaCha8Rng,
     history: History,
     ledger: Arc<Mutex<Vec<LogicalAccumulate>>>,
@@ -311,6 +404,14 @@ impl Workload {
                         delta,
                         result,
                     });
+            } else if self.rng.random_bool(self.invalid_share) {
+                // Never valid: must fail INVALID_ARGUMENT without a retry.
+                if client.divide(1.0, 0.0).await.is_ok() {
+                    self.history.push(
+                        &self.host,
+                        Entry::Note("WRONG: divide(1, 0) succeeded".into()),
+                    );
+                }
             } else {
                 let a = self.rng.random_range(0..100) as f64;
                 let b = self.rng.random_range(0..100) as f64;
@@ -326,5 +427,23 @@ impl Workload {
         }
         self.history
             .push(&self.host, Entry::Note("workload done".into()));
+        if self.liveness_calls == 0 {
+            return;
+        }
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        tokio::time::sleep(self.heal_at.saturating_sub(now)).await;
+        self.history.push(
+            &self.host,
+            Entry::Note("liveness phase: faults stopped".into()),
+        );
+        for k in 0..self.liveness_calls {
+            let (a, b) = (k as f64, 1.0);
+            if let Err(e) = client.add(a, b).await {
+                self.history.push(
+                    &self.host,
+                    Entry::Note(format!("LIVENESS FAILED: add({a}, {b}): {e}")),
+                );
+            }
+        }
     }
 }

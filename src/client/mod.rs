@@ -119,7 +119,7 @@ type Stack = BoxCloneSyncService<Call, Reply, CallError>;
 pub struct Client {
     stack: Stack,
     next_call: Arc<AtomicU64>,
-    retry: RetryLayer,
+    retry: Option<RetryLayer>,
 }
 
 impl std::fmt::Debug for Client {
@@ -157,13 +157,24 @@ impl Client {
         Self {
             stack: BoxCloneSyncService::new(stack),
             next_call: Arc::new(AtomicU64::new(1)),
-            retry,
+            retry: Some(retry),
         }
     }
 
-    /// Tokens left in the retry budget (`None` when throttling is off).
+    /// A client over a stack you composed yourself from this module's
+    /// layers (or your own), e.g. to add a layer or to leave one out.
+    pub fn from_stack(stack: BoxCloneSyncService<Call, Reply, CallError>) -> Self {
+        Self {
+            stack,
+            next_call: Arc::new(AtomicU64::new(1)),
+            retry: None,
+        }
+    }
+
+    /// Tokens left in the retry budget (`None` when throttling is off or
+    /// the stack was composed with [`Client::from_stack`]).
     pub fn retry_budget_tokens(&self) -> Option<f64> {
-        self.retry.budget_tokens()
+        self.retry.as_ref()?.budget_tokens()
     }
 
     /// Runs one logical call through the stack.

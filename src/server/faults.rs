@@ -5,7 +5,15 @@
 //! of draws in the same order, so a seed fixes the sequence of plans no
 //! matter which faults are switched on.
 
-use std::{fmt, ops::RangeInclusive, sync::Mutex, time::Duration};
+use std::{
+    fmt,
+    ops::RangeInclusive,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -130,19 +138,48 @@ pub struct FaultPlan {
     pub drop_after_apply: bool,
 }
 
+/// Turns fault injection off at run time, e.g. when a simulation enters its
+/// liveness phase ("faults have stopped; now every client must progress").
+/// Clones share one switch. On by default.
+#[derive(Debug, Clone)]
+pub struct FaultSwitch(Arc<AtomicBool>);
+
+impl Default for FaultSwitch {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl FaultSwitch {
+    /// Stops every fault from now on.
+    pub fn turn_off(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    /// True while faults may fire.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The seeded source of fault plans.
 #[derive(Debug)]
 pub struct Faults {
     config: FaultConfig,
+    switch: FaultSwitch,
     // A std Mutex: held only for three RNG draws, never across an await.
     rng: Mutex<ChaCha8Rng>,
 }
 
 impl Faults {
-    /// Faults drawn from `config.seed`.
-    pub fn new(config: FaultConfig) -> Self {
+    /// Faults drawn from `config.seed`, until `switch` is turned off.
+    pub fn new(config: FaultConfig, switch: FaultSwitch) -> Self {
         let rng = Mutex::new(ChaCha8Rng::seed_from_u64(config.seed));
-        Self { config, rng }
+        Self {
+            config,
+            switch,
+            rng,
+        }
     }
 
     /// The configuration.
@@ -152,7 +189,7 @@ impl Faults {
 
     /// Draws the next request's plan. Always three draws, whatever is on.
     pub fn plan(&self) -> FaultPlan {
-        if self.config.is_off() {
+        if self.config.is_off() || !self.switch.is_on() {
             return FaultPlan::default();
         }
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,13 +218,13 @@ mod tests {
         };
         let a: Vec<_> = (0..200)
             .map({
-                let f = Faults::new(cfg.clone());
+                let f = Faults::new(cfg.clone(), FaultSwitch::default());
                 move |_| f.plan()
             })
             .collect();
         let b: Vec<_> = (0..200)
             .map({
-                let f = Faults::new(cfg.clone());
+                let f = Faults::new(cfg.clone(), FaultSwitch::default());
                 move |_| f.plan()
             })
             .collect();
@@ -202,11 +239,15 @@ mod tests {
                 .all(|p| (5..=10).contains(&(p.delay.as_millis() as u64)))
         );
         assert!(a.iter().any(|p| p.drop_after_apply));
+        let switch = FaultSwitch::default();
+        let f = Faults::new(cfg, switch.clone());
+        switch.turn_off();
+        assert!((0..50).all(|_| f.plan() == FaultPlan::default()));
     }
 
     #[test]
     fn off_by_default_and_validated() {
-        let f = Faults::new(FaultConfig::default());
+        let f = Faults::new(FaultConfig::default(), FaultSwitch::default());
         assert_eq!(f.plan(), FaultPlan::default());
         let bad = FaultConfig {
             fail_rate: 1.5,

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
-pub use faults::{FaultConfig, Faults};
+pub use faults::{FaultConfig, FaultSwitch, Faults};
 pub use grpc::GrpcCalculator;
 pub use state::State;
 
@@ -39,6 +39,8 @@ pub const MESSAGE_BYTES_MAX: usize = 16 * 1024;
 pub struct ServerConfig {
     /// Faults to inject (off by default).
     pub faults: FaultConfig,
+    /// Stops fault injection at run time.
+    pub fault_switch: FaultSwitch,
     /// Where events go.
     pub events: EventSink,
 }
@@ -61,7 +63,10 @@ where
 {
     let events = config.events.clone();
     let state = Arc::new(State::new(events.clone()));
-    let faults = Arc::new(Faults::new(config.faults.clone()));
+    let faults = Arc::new(Faults::new(
+        config.faults.clone(),
+        config.fault_switch.clone(),
+    ));
     let calculator = GrpcCalculator::new(state, faults, events.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -1,0 +1,61 @@
+//! Negative controls: deliberately broken client stacks that the default
+//! sweep must catch, one per checker, proving each checker can see its bug.
+
+use std::time::Duration;
+
+use abacus::client::Delivery;
+use tonic::Code;
+
+use crate::{
+    harness::{Scenario, Stack},
+    plan::{NetFault, Window},
+    sweep::{expect_violation, sweep},
+};
+
+fn pure_under_partition(name: &'static str) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.accumulate_share = 0.0;
+    s.plan.windows = vec![Window::all(NetFault::Partition, 100, 1500)];
+    s.retry.throttle = None;
+    s
+}
+
+#[test]
+fn control_double_retry_layer_exceeds_attempts() {
+    let mut s = pure_under_partition("control_double_retry_layer_exceeds_attempts");
+    s.stack = Stack::DoubleRetry;
+    s.deadline = Duration::from_secs(20);
+    s.attempt_timeout = Duration::from_millis(100);
+    expect_violation(&s, "attempts-bounded");
+}
+
+#[test]
+fn control_deadline_not_enforced_runs_past_it() {
+    let mut s = pure_under_partition("control_deadline_not_enforced_runs_past_it");
+    s.stack = Stack::DeadlineNotEnforced;
+    s.deadline = Duration::from_millis(300);
+    s.attempt_timeout = Duration::from_millis(250);
+    s.retry.attempts_max = 6;
+    expect_violation(&s, "within-deadline");
+}
+
+#[test]
+fn control_retrying_caller_errors_is_caught() {
+    let mut s = Scenario::new("control_retrying_caller_errors_is_caught");
+    s.accumulate_share = 0.0;
+    s.invalid_share = 0.5;
+    s.retry.retryable_codes = vec![Code::Unavailable, Code::InvalidArgument];
+    expect_violation(&s, "no-retry-on-non-retryable");
+}
+
+/// The same broken-looking setups with the real stack pass: the controls
+/// fail because of the bug they inject, not because of the scenario.
+#[test]
+fn controls_pass_with_the_real_stack() {
+    let mut s = pure_under_partition("controls_pass_with_the_real_stack");
+    s.deadline = Duration::from_millis(300);
+    s.attempt_timeout = Duration::from_millis(250);
+    s.invalid_share = 0.3;
+    s.mode = Delivery::ExactlyOnce;
+    sweep(&s);
+}

@@ -1,0 +1,86 @@
+//! Delivery semantics under the partial failure that makes retries
+//! dangerous: the server applies `Accumulate`, then the response is lost.
+
+use abacus::{client::Delivery, trace::Outcome};
+
+use crate::{
+    harness::{self, Promise, Scenario},
+    history::render,
+    sweep::{expect_violation, report, snapshot_fixed_seed, sweep},
+};
+
+fn apply_then_drop(name: &'static str, mode: Delivery) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.mode = mode;
+    s.accumulate_share = 1.0;
+    s.plan.drop_rate = 0.3;
+    s
+}
+
+/// NEGATIVE CONTROL for the exactly-once checker: blind retries without
+/// request IDs must double-apply, and the checker must say so.
+#[test]
+fn at_least_once_without_dedup_double_applies() {
+    let s = apply_then_drop(
+        "at_least_once_without_dedup_double_applies",
+        Delivery::AtLeastOnce,
+    );
+    let (run, violations) = expect_violation(&s, "applied-at-most-once");
+    let v = violations
+        .iter()
+        .find(|v| v.invariant == "applied-at-most-once")
+        .expect("found above");
+    let times: u32 = v
+        .detail
+        .rsplit("applied ")
+        .next()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        times >= 2,
+        "a double apply must be reported with its count: {v:?}"
+    );
+    // The report names the seed and a replay command that reproduces it.
+    let text = report(s.name, &run, &violations, None);
+    assert!(text.contains(&format!("SIM_SEED={} cargo test --test sims", run.seed)));
+    let again = harness::run(&s, run.seed);
+    assert_eq!(
+        render(&again.records),
+        render(&run.records),
+        "replay must be identical"
+    );
+}
+
+#[test]
+fn at_least_once_applies_every_acknowledged_call() {
+    let mut s = apply_then_drop(
+        "at_least_once_applies_every_acknowledged_call",
+        Delivery::AtLeastOnce,
+    );
+    // Held to its own promise: duplicates allowed, losses not.
+    s.promise = Promise::AtLeastOnce;
+    let runs = sweep(&s);
+    let acked = runs
+        .iter()
+        .flat_map(|r| &r.accumulates)
+        .filter(|a| a.result.is_ok())
+        .count();
+    assert!(acked > 0, "no Accumulate ever succeeded");
+}
+
+#[test]
+fn at_most_once_never_double_applies() {
+    let s = apply_then_drop("at_most_once_never_double_applies", Delivery::AtMostOnce);
+    let runs = sweep(&s);
+    let unknown = runs
+        .iter()
+        .flat_map(|r| &r.accumulates)
+        .filter(|a| matches!(a.result, Err((_, Outcome::Unknown))))
+        .count();
+    assert!(
+        unknown > 0,
+        "the apply-then-drop fault never produced an unknown outcome"
+    );
+    snapshot_fixed_seed(&s);
+}
