@@ -7,6 +7,7 @@
 //! - [`transport`]: the innermost service; sends one attempt, classifies
 //!   failures, builds channels over any connector.
 
+pub mod breaker;
 pub mod call;
 pub mod error;
 pub mod transport;
