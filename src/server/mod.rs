@@ -12,6 +12,7 @@
 pub mod deadline;
 pub mod faults;
 pub mod grpc;
+pub mod shed;
 pub mod state;
 
 use std::{future::Future, sync::Arc};
