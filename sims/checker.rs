@@ -111,8 +111,9 @@ fn registers(records: &[Record], v: &mut Vec<Violation>) {
                 }
                 values.insert(register, *value);
             }
-            // Server state is in memory: a crash resets every register.
-            Entry::Fault(f) if f == "crash server" => values.clear(),
+            // Server state is in memory: a crash, or a restart (which is a
+            // crash too when windows overlap), resets every register.
+            Entry::Fault(f) if f == "crash server" || f == "restart server" => values.clear(),
             _ => {}
         }
     }

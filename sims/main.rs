@@ -16,6 +16,7 @@
 //! - [`history`]: the recorded timeline.
 //! - [`checker`]: invariants over a history.
 //! - [`sweep`]: seeds, reports, replay commands, negative controls, snapshots.
+//! - [`shrink`]: minimises a failing seed's fault plan.
 //! - `scenarios/`: the tests — `basic` (happy path, bare tonic, determinism),
 //!   `delivery` (at-least-once / at-most-once under apply-then-drop),
 //!   `recovery` (partition, hold, crash, latency spikes, retry budget),
@@ -30,4 +31,5 @@ mod history;
 mod net;
 mod plan;
 mod scenarios;
+mod shrink;
 mod sweep;

@@ -8,6 +8,7 @@ use crate::{
     harness::{self, Run, Scenario},
     history::{Entry, render},
     plan::FaultPlan,
+    shrink,
 };
 
 /// Seeds swept by default: enough to reach the interesting paths, few
@@ -84,20 +85,31 @@ fn with_override(scenario: &Scenario) -> Scenario {
 /// Runs the scenario over the sweep's seeds; panics on the first seed that
 /// violates an invariant. Returns every run, for "was it reached" checks.
 pub fn sweep(scenario: &Scenario) -> Vec<Run> {
-    let scenario = &with_override(scenario);
+    sweep_with(|_| scenario.clone())
+}
+
+/// Like [`sweep`], for scenarios that depend on the seed (swarm plans).
+pub fn sweep_with(make: impl Fn(u64) -> Scenario) -> Vec<Run> {
     let single = std::env::var("SIM_SEED").is_ok();
     let mut runs = Vec::new();
     for seed in seeds() {
+        let scenario = &with_override(&make(seed));
         let (run, violations) = run_checked(scenario, seed);
         if single {
             // Replaying one seed: show the whole timeline (with --nocapture).
             eprintln!("{} seed {seed}:\n{}", scenario.name, render(&run.records));
         }
         if !violations.is_empty() {
-            panic!(
-                "{}",
-                report(scenario.name, &run, &violations, plan_override().as_ref())
-            );
+            let mut text = report(scenario.name, &run, &violations, plan_override().as_ref());
+            if !single {
+                let invariant = violations[0].invariant;
+                let (plan, steps) = shrink::shrink(scenario, seed, invariant);
+                text += &format!(
+                    "shrunk in {steps} runs to the smallest plan that still violates {invariant}:\n  {plan}\nreplay: {}\n",
+                    replay_command(scenario.name, seed, Some(&plan))
+                );
+            }
+            panic!("{text}");
         }
         runs.push(run);
     }
@@ -107,7 +119,17 @@ pub fn sweep(scenario: &Scenario) -> Vec<Run> {
 /// Negative control: the sweep must find a seed that violates `invariant`.
 /// Returns the first such run and its violations.
 pub fn expect_violation(scenario: &Scenario, invariant: &str) -> (Run, Vec<Violation>) {
+    expect_violation_with(|_| scenario.clone(), invariant)
+}
+
+/// Like [`expect_violation`], for scenarios that depend on the seed.
+pub fn expect_violation_with(
+    make: impl Fn(u64) -> Scenario,
+    invariant: &str,
+) -> (Run, Vec<Violation>) {
+    let name = make(0).name;
     for seed in seeds() {
+        let scenario = &make(seed);
         let (run, violations) = run_checked(scenario, seed);
         if violations.iter().any(|v| v.invariant == invariant) {
             eprintln!(
@@ -118,8 +140,7 @@ pub fn expect_violation(scenario: &Scenario, invariant: &str) -> (Run, Vec<Viola
         }
     }
     panic!(
-        "negative control {}: no seed in {:?} violated {invariant}; the checker cannot see this bug",
-        scenario.name,
+        "negative control {name}: no seed in {:?} violated {invariant}; the checker cannot see this bug",
         seeds()
     );
 }

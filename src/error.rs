@@ -135,7 +135,11 @@ impl ServiceError {
     pub fn code(&self) -> Code {
         match self {
             Self::Calc(CalcError::UnknownRegister(_)) => Code::NotFound,
-            Self::Calc(CalcError::TooManyRegisters { .. }) => Code::ResourceExhausted,
+            // FAILED_PRECONDITION rather than RESOURCE_EXHAUSTED: the fix is
+            // the caller's (use an existing register), and RESOURCE_EXHAUSTED
+            // is what load shedding answers — a server-health signal that
+            // retry policies and circuit breakers react to.
+            Self::Calc(CalcError::TooManyRegisters { .. }) => Code::FailedPrecondition,
             Self::Calc(_) => Code::InvalidArgument,
             Self::InjectedUnavailable | Self::ResponseDropped => Code::Unavailable,
             Self::DeadlineExceeded => Code::DeadlineExceeded,

@@ -4,3 +4,4 @@ mod basic;
 mod controls;
 mod delivery;
 mod recovery;
+mod swarm;

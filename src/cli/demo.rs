@@ -187,6 +187,8 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
         flaky.addr,
         ClientConfig {
             seed: Some(seed),
+            // This section is about retries; section 7 shows the breaker.
+            breaker: None,
             ..ClientConfig::default()
         },
     );
@@ -219,6 +221,7 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
             ClientConfig {
                 mode,
                 seed: Some(seed),
+                breaker: None,
                 ..ClientConfig::default()
             },
         );
@@ -240,7 +243,13 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
                 }
             }
         }
-        let value = client.get(register).await.unwrap_or(0.0);
+        let value = match client.get(register).await {
+            Ok(v) => v,
+            Err(e) => {
+                t.surprises.push(format!("get({register}): {e}"));
+                continue;
+            }
+        };
         println!(
             "   => {acked} acknowledged, {unknown} with unknown outcome; register {register} = {value} (5 intended)"
         );

@@ -14,6 +14,15 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
+    /// Calculator calls allowed in flight at once; beyond it, calls are
+    /// refused at once with RESOURCE_EXHAUSTED and a retry pushback instead
+    /// of queueing until every deadline has passed.
+    #[arg(long, default_value_t = server::IN_FLIGHT_MAX_DEFAULT, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub in_flight_max: usize,
+    /// Pushback (ms) sent with a shed call.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    pub shed_pushback_ms: u64,
     /// Fault injection.
     #[command(flatten)]
     pub faults: FaultArgs,
@@ -86,6 +95,8 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
     let config = ServerConfig {
         faults,
+        in_flight_max: args.in_flight_max,
+        shed_pushback_ms: args.shed_pushback_ms,
         ..ServerConfig::default()
     };
     let shutdown = async {

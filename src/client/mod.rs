@@ -8,6 +8,7 @@
 //! Deadline    stamp and enforce the overall deadline
 //! Observe     trace the call's start and outcome
 //! Retry       backoff with full jitter, budget, pushback, delivery mode
+//! Breaker     per endpoint: fail fast while the server keeps failing
 //! Attempt     per-attempt timeout (clipped to the deadline); trace attempts
 //! Transport   one tonic RPC; classify the failure's outcome
 //! ```
@@ -16,11 +17,13 @@
 //! - [`call`]: the typed [`Call`]/[`Reply`] that flow through the stack.
 //! - [`error`]: [`CallError`], which says whether the request was applied.
 //! - [`mode`]: [`Delivery`] semantics (at-most-once, at-least-once, exactly-once).
-//! - [`request_id`], [`deadline`], [`observe`], [`retry`], [`attempt`]: the layers.
+//! - [`request_id`], [`deadline`], [`observe`], [`retry`], [`breaker`],
+//!   [`attempt`]: the layers.
 //! - [`service_config`]: the retry policy in gRPC service-config JSON.
 //! - [`transport`]: the innermost service; builds channels over any connector.
 
 pub mod attempt;
+pub mod breaker;
 pub mod call;
 pub mod deadline;
 pub mod error;
@@ -42,6 +45,7 @@ use std::{
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 pub use attempt::AttemptLayer;
+pub use breaker::{BreakerConfig, BreakerHandle, BreakerLayer};
 pub use call::{Call, Method, Payload, Reply};
 pub use deadline::DeadlineLayer;
 pub use error::{CallError, Cause};
@@ -65,8 +69,12 @@ pub struct ClientConfig {
     pub mode: Delivery,
     /// Retry policy (attempts, backoff, retryable codes, budget).
     pub retry: RetryConfig,
-    /// Seed for jitter and request IDs. `None`: the OS's randomness (IDs)
-    /// and a random jitter seed. Simulations always set it.
+    /// Circuit breaker for the endpoint; `None` disables it.
+    pub breaker: Option<BreakerConfig>,
+    /// Name of the endpoint, for the breaker's events (e.g. its address).
+    pub endpoint: String,
+    /// Seed for jitter, breaker jitter and request IDs. `None`: the OS's
+    /// randomness. Simulations always set it.
     pub seed: Option<u64>,
     /// Where events go.
     pub events: EventSink,
@@ -79,6 +87,8 @@ impl Default for ClientConfig {
             attempt_timeout: Duration::from_secs(1),
             mode: Delivery::default(),
             retry: RetryConfig::default(),
+            breaker: Some(BreakerConfig::default()),
+            endpoint: "server".into(),
             seed: None,
             events: EventSink::default(),
         }
@@ -91,6 +101,9 @@ pub enum ClientConfigError {
     /// Retry settings out of range.
     #[error(transparent)]
     Retry(#[from] retry::RetryConfigError),
+    /// Breaker settings out of range.
+    #[error("circuit breaker: {0}")]
+    Breaker(#[from] breaker::BreakerConfigError),
     /// A zero or absurd timeout.
     #[error("{0} must be between 1 ms and 1 hour")]
     Timeout(&'static str),
@@ -107,6 +120,9 @@ impl ClientConfig {
             return Err(ClientConfigError::Timeout("attempt timeout"));
         }
         self.retry.validate()?;
+        if let Some(b) = &self.breaker {
+            b.validate()?;
+        }
         Ok(())
     }
 }
@@ -120,6 +136,7 @@ pub struct Client {
     stack: Stack,
     next_call: Arc<AtomicU64>,
     retry: Option<RetryLayer>,
+    breaker: Option<BreakerHandle>,
 }
 
 impl std::fmt::Debug for Client {
@@ -130,6 +147,11 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client over `channel` with the full resilient stack.
+    ///
+    /// # Panics
+    /// If `config` holds an invalid breaker configuration: call
+    /// [`ClientConfig::validate`] first when the configuration comes from a
+    /// user.
     pub fn new(channel: tonic::transport::Channel, config: ClientConfig) -> Self {
         let seed = config.seed.unwrap_or_else(request_id::os_seed);
         let ids = match config.seed {
@@ -142,6 +164,15 @@ impl Client {
             seed,
             events.clone(),
         );
+        let breaker = config.breaker.clone().map(|b| {
+            BreakerLayer::new(
+                config.endpoint.clone(),
+                b,
+                seed.rotate_left(17),
+                events.clone(),
+            )
+        });
+        let handle = breaker.as_ref().map(BreakerLayer::handle);
         let stack = ServiceBuilder::new()
             .option_layer(
                 config
@@ -152,12 +183,14 @@ impl Client {
             .layer(DeadlineLayer::new(config.deadline))
             .layer(ObserveLayer::new(events.clone()))
             .layer(retry.clone())
+            .option_layer(breaker)
             .layer(AttemptLayer::new(config.attempt_timeout, events))
             .service(Transport::new(channel));
         Self {
             stack: BoxCloneSyncService::new(stack),
             next_call: Arc::new(AtomicU64::new(1)),
             retry: Some(retry),
+            breaker: handle,
         }
     }
 
@@ -168,7 +201,13 @@ impl Client {
             stack,
             next_call: Arc::new(AtomicU64::new(1)),
             retry: None,
+            breaker: None,
         }
+    }
+
+    /// The circuit breaker's handle (state, counters), if the stack has one.
+    pub fn breaker(&self) -> Option<&BreakerHandle> {
+        self.breaker.as_ref()
     }
 
     /// Tokens left in the retry budget (`None` when throttling is off or

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tonic::Code;
 
 use crate::{
+    client::breaker::config::parse_code_name,
     client::retry::{Backoff, RetryConfig, RetryConfigError, ThrottleConfig},
     pb::SERVICE_NAME,
 };
@@ -119,27 +120,7 @@ pub fn parse_code(value: &serde_json::Value) -> Result<Code, ServiceConfigError>
     let name = value
         .as_str()
         .ok_or_else(|| ServiceConfigError::Code(text.clone()))?;
-    let code = match name.to_ascii_uppercase().as_str() {
-        "OK" => Code::Ok,
-        "CANCELLED" => Code::Cancelled,
-        "UNKNOWN" => Code::Unknown,
-        "INVALID_ARGUMENT" => Code::InvalidArgument,
-        "DEADLINE_EXCEEDED" => Code::DeadlineExceeded,
-        "NOT_FOUND" => Code::NotFound,
-        "ALREADY_EXISTS" => Code::AlreadyExists,
-        "PERMISSION_DENIED" => Code::PermissionDenied,
-        "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
-        "FAILED_PRECONDITION" => Code::FailedPrecondition,
-        "ABORTED" => Code::Aborted,
-        "OUT_OF_RANGE" => Code::OutOfRange,
-        "UNIMPLEMENTED" => Code::Unimplemented,
-        "INTERNAL" => Code::Internal,
-        "UNAVAILABLE" => Code::Unavailable,
-        "DATA_LOSS" => Code::DataLoss,
-        "UNAUTHENTICATED" => Code::Unauthenticated,
-        _ => return Err(ServiceConfigError::Code(name.to_owned())),
-    };
-    Ok(code)
+    parse_code_name(name).ok_or_else(|| ServiceConfigError::Code(name.to_owned()))
 }
 
 impl ServiceConfig {

@@ -8,10 +8,12 @@
 //! - [`state`]: registers and everything committed together with them.
 //! - [`faults`]: seeded fault injection (fail, delay, apply-then-drop).
 //! - [`deadline`]: reads the caller's `grpc-timeout`.
+//! - [`shed`]: load shedding — a cap on calls in flight.
 
 pub mod deadline;
 pub mod faults;
 pub mod grpc;
+pub mod shed;
 pub mod state;
 
 use std::{future::Future, sync::Arc};
@@ -34,15 +36,35 @@ use crate::{
 /// OUT_OF_RANGE ("decoded message length too large").
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024;
 
+/// Default cap on concurrent calls before the server sheds load.
+pub const IN_FLIGHT_MAX_DEFAULT: usize = 256;
+
 /// Everything that shapes a server.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Faults to inject (off by default).
     pub faults: FaultConfig,
     /// Stops fault injection at run time.
     pub fault_switch: FaultSwitch,
+    /// Calculator calls allowed in flight at once; beyond it the server
+    /// answers RESOURCE_EXHAUSTED at once instead of queueing (≥ 1).
+    pub in_flight_max: usize,
+    /// Pushback sent with a shed call (`grpc-retry-pushback-ms`).
+    pub shed_pushback_ms: u64,
     /// Where events go.
     pub events: EventSink,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            faults: FaultConfig::default(),
+            fault_switch: FaultSwitch::default(),
+            in_flight_max: IN_FLIGHT_MAX_DEFAULT,
+            shed_pushback_ms: 100,
+            events: EventSink::default(),
+        }
+    }
 }
 
 /// Error returned by [`serve`].
@@ -87,8 +109,14 @@ where
 
     let calculator = CalculatorServer::new(calculator).max_decoding_message_size(MESSAGE_BYTES_MAX);
 
+    let shed = shed::shed_layer(
+        config.in_flight_max.max(1),
+        config.shed_pushback_ms,
+        events.clone(),
+    );
     events.emit(Event::ServerStarted);
     tonic::transport::Server::builder()
+        .layer(shed)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,0 +1,1006 @@
+//! The breaker's decision as a plain state machine: no I/O, no clock, no
+//! locks. The caller passes in the time ([`Instant`]) and the RNG, so a test
+//! or the simulator decides both; the layer in `layer.rs` only carries the
+//! decisions out and announces them.
+//!
+//! ```text
+//!            trip rule met                    open duration over
+//!  Closed ─────────────────▶ Open ──────────────────────────────▶ HalfOpen
+//!    ▲                        ▲          (on the next call)          │
+//!    │                        └──────── a probe fails ───────────────┤
+//!    └──────────────── half_open_probes probes succeed ──────────────┘
+//! ```
+
+use std::{collections::VecDeque, fmt, sync::Arc, time::Duration};
+
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::Code;
+
+use super::config::{BreakerConfig, BreakerConfigError};
+
+/// Where a breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    /// Calls flow; outcomes are counted.
+    Closed,
+    /// Calls are refused without being sent.
+    Open,
+    /// A few probe calls test whether the endpoint recovered.
+    HalfOpen,
+}
+
+impl State {
+    /// Lower-case name used in events and CLI output: `closed`, `open`,
+    /// `half-open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A change of state, returned to the caller so it can announce it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// State before.
+    pub from: State,
+    /// State after.
+    pub to: State,
+}
+
+impl Transition {
+    /// True for the four edges of the state diagram; the policy never
+    /// returns anything else.
+    pub fn is_legal(self) -> bool {
+        use State::*;
+        matches!(
+            (self.from, self.to),
+            (Closed, Open) | (Open, HalfOpen) | (HalfOpen, Closed) | (HalfOpen, Open)
+        )
+    }
+}
+
+/// Proof that a call was admitted. Hand it back with
+/// [`BreakerPolicy::record`] when the call ends, or with
+/// [`BreakerPolicy::abandon`] if it was cancelled.
+///
+/// A half-open probe's slot is held by the ticket itself: dropping the ticket
+/// in any way (reported, abandoned or simply dropped) frees the slot, so a
+/// cancelled probe can never wedge the breaker half-open.
+#[derive(Debug)]
+#[must_use = "report the call's outcome with BreakerPolicy::record"]
+pub struct Ticket {
+    /// The policy's generation when the call was admitted. Every transition
+    /// starts a new generation; a report from an older one is stale (the
+    /// call straddled a transition) and cannot move the state.
+    generation: u64,
+    /// When the call was admitted, for the slow-call rule.
+    started: Instant,
+    /// For half-open probes: a clone of the generation's slot token. The
+    /// policy counts probes in flight as the token's clones still alive.
+    probe: Option<Arc<()>>,
+}
+
+impl Ticket {
+    /// True if this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+/// An admitted call.
+#[derive(Debug)]
+pub struct Admitted {
+    /// To be reported when the call ends.
+    pub ticket: Ticket,
+    /// Set when admitting the call moved the breaker (open → half-open).
+    pub transition: Option<Transition>,
+}
+
+/// A refused call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    /// `Open`, or `HalfOpen` when every probe slot is taken.
+    pub state: State,
+    /// Milliseconds until the breaker admits a probe (rounded up); 0 when
+    /// half-open, where the probes in flight decide.
+    pub probe_in_ms: u64,
+}
+
+/// How many times each transition happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// Closed → open: a trip rule fired.
+    pub closed_to_open: u64,
+    /// Open → half-open: the open duration ran out and a probe went out.
+    pub open_to_half_open: u64,
+    /// Half-open → closed: the probes succeeded.
+    pub half_open_to_closed: u64,
+    /// Half-open → open: a probe failed.
+    pub half_open_to_open: u64,
+}
+
+impl Transitions {
+    fn count(&mut self, t: Transition) {
+        use State::*;
+        let counter = match (t.from, t.to) {
+            (Closed, Open) => &mut self.closed_to_open,
+            (Open, HalfOpen) => &mut self.open_to_half_open,
+            (HalfOpen, Closed) => &mut self.half_open_to_closed,
+            (HalfOpen, Open) => &mut self.half_open_to_open,
+            _ => unreachable!("the policy only makes legal transitions, not {t:?}"),
+        };
+        *counter += 1;
+    }
+
+    /// All transitions.
+    pub fn total(&self) -> u64 {
+        self.closed_to_open
+            + self.open_to_half_open
+            + self.half_open_to_closed
+            + self.half_open_to_open
+    }
+}
+
+/// A breaker's state and counters at one instant, for the CLI and demos.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerSnapshot {
+    /// Current state. An open breaker whose duration ran out still reads
+    /// `Open` (with `probe_in_ms` 0) until the next call probes.
+    pub state: State,
+    /// Milliseconds until a probe may go out; 0 unless open.
+    pub probe_in_ms: u64,
+    /// Duration of the current open period (jitter included); 0 unless
+    /// open.
+    pub open_ms: u64,
+    /// Trips since the breaker last closed; drives the open duration's
+    /// growth.
+    pub trips: u32,
+    /// Calls in the sliding window (closed state).
+    pub window_calls: usize,
+    /// Failures among them.
+    pub window_failures: usize,
+    /// Failures in a row (closed state).
+    pub consecutive_failures: u32,
+    /// Probes in flight (half-open state).
+    pub probes_in_flight: u32,
+    /// Transitions so far, per kind.
+    pub transitions: Transitions,
+    /// Calls admitted.
+    pub admitted: u64,
+    /// Calls refused.
+    pub rejected: u64,
+    /// Reported calls that counted as successes.
+    pub successes: u64,
+    /// Reported calls that counted as failures (slow calls included).
+    pub failures: u64,
+    /// Failures that were successes, only too slow.
+    pub slow_calls: u64,
+    /// Calls cancelled before they reported (their tickets abandoned).
+    pub abandoned: u64,
+    /// Reports ignored because the call straddled a transition.
+    pub stale: u64,
+}
+
+impl fmt::Display for BreakerSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.state {
+            State::Closed => write!(
+                f,
+                "closed: window {}/{} failed, {} in a row",
+                self.window_failures, self.window_calls, self.consecutive_failures
+            )?,
+            State::Open => write!(
+                f,
+                "open for {} ms (trip {}): next probe in {} ms",
+                self.open_ms, self.trips, self.probe_in_ms
+            )?,
+            State::HalfOpen => {
+                write!(f, "half-open: {} probe(s) in flight", self.probes_in_flight)?
+            }
+        }
+        let t = &self.transitions;
+        write!(
+            f,
+            "; transitions closed->open={} open->half-open={} half-open->closed={} half-open->open={}; \
+             admitted={} rejected={} successes={} failures={} (slow {}) abandoned={} stale={}",
+            t.closed_to_open,
+            t.open_to_half_open,
+            t.half_open_to_closed,
+            t.half_open_to_open,
+            self.admitted,
+            self.rejected,
+            self.successes,
+            self.failures,
+            self.slow_calls,
+            self.abandoned,
+            self.stale
+        )
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Closed,
+    Open {
+        until: Instant,
+        open_ms: u64,
+    },
+    HalfOpen {
+        /// The slot token; every probe ticket of this generation holds a
+        /// clone, so `strong_count - 1` is the number of probes in flight.
+        slots: Arc<()>,
+        successes: u32,
+    },
+}
+
+/// A circuit breaker's decisions.
+///
+/// * **Closed**: every call is admitted and its outcome recorded in a
+///   count-based sliding window of the last `window_calls` calls. The
+///   breaker trips when the window holds at least `calls_min` calls and its
+///   failure rate is at or above `failure_rate_threshold`, or after
+///   `consecutive_failures_max` failures in a row.
+/// * **Open**: calls are refused with the time until the next probe. The
+///   open duration is `open_ms × 2^(trips−1)`, capped at `open_ms_max`, where
+///   `trips` counts openings since the breaker last closed; then shortened by
+///   a random fraction below `open_jitter_ratio` (see
+///   [`BreakerConfig::open_jitter_ratio`]).
+/// * **HalfOpen**: entered by the first call after the open duration; at
+///   most `half_open_probes` probes in flight. The breaker closes after
+///   `half_open_probes` probe successes (all of them, not one: more evidence
+///   before full traffic returns), and re-opens, with a doubled duration, on
+///   the first probe failure.
+///
+/// A call counts as a failure when its code is in `failure_codes`, or it
+/// took longer than `slow_call_ms`; anything else, caller errors included,
+/// counts as a success.
+///
+/// ```
+/// use std::time::Duration;
+/// use abacus::client::breaker::{BreakerConfig, BreakerPolicy, State};
+/// use rand::SeedableRng;
+/// use rand_chacha::ChaCha8Rng;
+/// use tokio::time::Instant;
+/// use tonic::Code;
+///
+/// let config = BreakerConfig {
+///     consecutive_failures_max: Some(2),
+///     open_ms: 1_000,
+///     open_jitter_ratio: 0.0,
+///     ..BreakerConfig::default()
+/// };
+/// let mut breaker = BreakerPolicy::new(config, ChaCha8Rng::seed_from_u64(7)).unwrap();
+/// let t0 = Instant::now();
+///
+/// for _ in 0..2 {
+///     let ticket = breaker.try_acquire(t0).unwrap().ticket;
+///     breaker.record(ticket, Code::Unavailable, t0);
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// assert_eq!(breaker.try_acquire(t0).unwrap_err().probe_in_ms, 1_000);
+///
+/// // After the open duration, the next call is a probe; its success closes.
+/// let probe = breaker.try_acquire(t0 + Duration::from_secs(1)).unwrap();
+/// assert_eq!(breaker.state(), State::HalfOpen);
+/// let closed = breaker.record(probe.ticket, Code::Ok, t0 + Duration::from_secs(1));
+/// assert_eq!(closed.map(|t| t.to), Some(State::Closed));
+/// ```
+#[derive(Debug)]
+pub struct BreakerPolicy<R> {
+    config: BreakerConfig,
+    rng: R,
+    phase: Phase,
+    /// Bumped on every transition; see [`Ticket`].
+    generation: u64,
+    /// Closed-state outcomes, oldest first; `true` is a failure. Bounded by
+    /// `window_calls`.
+    window: VecDeque<bool>,
+    window_failures: usize,
+    consecutive_failures: u32,
+    trips: u32,
+    transitions: Transitions,
+    admitted: u64,
+    rejected: u64,
+    successes: u64,
+    failures: u64,
+    slow_calls: u64,
+    abandoned: u64,
+    stale: u64,
+}
+
+impl<R: Rng> BreakerPolicy<R> {
+    /// A closed breaker, if `config` is valid. `rng` draws the open-duration
+    /// jitter; pass a seeded one for reproducible runs.
+    pub fn new(config: BreakerConfig, rng: R) -> Result<Self, BreakerConfigError> {
+        config.validate()?;
+        Ok(Self {
+            window: VecDeque::with_capacity(config.window_calls),
+            config,
+            rng,
+            phase: Phase::Closed,
+            generation: 0,
+            window_failures: 0,
+            consecutive_failures: 0,
+            trips: 0,
+            transitions: Transitions::default(),
+            admitted: 0,
+            rejected: 0,
+            successes: 0,
+            failures: 0,
+            slow_calls: 0,
+            abandoned: 0,
+            stale: 0,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    /// Current state (see [`BreakerSnapshot::state`] about an expired open
+    /// period).
+    pub fn state(&self) -> State {
+        match self.phase {
+            Phase::Closed => State::Closed,
+            Phase::Open { .. } => State::Open,
+            Phase::HalfOpen { .. } => State::HalfOpen,
+        }
+    }
+
+    /// Asks to send a call at `now`: a ticket, or the refusal and when to
+    /// come back.
+    pub fn try_acquire(&mut self, now: Instant) -> Result<Admitted, Rejected> {
+        let mut transition = None;
+        if let Phase::Open { until, .. } = self.phase {
+            if now < until {
+                self.rejected += 1;
+                return Err(Rejected {
+                    state: State::Open,
+                    probe_in_ms: ceil_ms(until - now),
+                });
+            }
+            transition = Some(self.enter(
+                Phase::HalfOpen {
+                    slots: Arc::new(()),
+                    successes: 0,
+                },
+                State::HalfOpen,
+            ));
+        }
+        let probe = match &self.phase {
+            Phase::Closed => None,
+            Phase::HalfOpen { slots, .. } => {
+                if in_flight(slots) >= self.config.half_open_probes {
+                    self.rejected += 1;
+                    return Err(Rejected {
+                        state: State::HalfOpen,
+                        probe_in_ms: 0,
+                    });
+                }
+                Some(Arc::clone(slots))
+            }
+            Phase::Open { .. } => unreachable!("an expired open phase was left above"),
+        };
+        self.admitted += 1;
+        Ok(Admitted {
+            ticket: Ticket {
+                generation: self.generation,
+                started: now,
+                probe,
+            },
+            transition,
+        })
+    }
+
+    /// Reports how an admitted call ended at `now`: `code` is its gRPC code
+    /// (`Code::Ok` for a reply). Returns the transition it caused, if any.
+    pub fn record(&mut self, ticket: Ticket, code: Code, now: Instant) -> Option<Transition> {
+        if ticket.generation != self.generation {
+            // The call started before a transition: in a closed breaker that
+            // has since opened, or as a probe of an earlier half-open round.
+            // Its outcome describes the endpoint as it was, not as it is.
+            self.stale += 1;
+            return None;
+        }
+        let slow = self
+            .config
+            .slow_call_ms
+            .is_some_and(|max| now.saturating_duration_since(ticket.started) > ms(max));
+        let failed = self.config.failure_codes.contains(code) || slow;
+        if failed {
+            self.failures += 1;
+            if slow && !self.config.failure_codes.contains(code) {
+                self.slow_calls += 1;
+            }
+        } else {
+            self.successes += 1;
+        }
+        // Release a probe's slot before deciding, so the count is exact.
+        drop(ticket);
+        match &mut self.phase {
+            Phase::Closed => {
+                self.remember(failed);
+                self.should_trip().then(|| self.open(now))
+            }
+            Phase::HalfOpen { successes, .. } => {
+                if failed {
+                    return Some(self.open(now));
+                }
+                *successes += 1;
+                (*successes >= self.config.half_open_probes).then(|| self.close())
+            }
+            // Tickets are only issued closed or half-open, and leaving either
+            // starts a new generation, so a current ticket never meets Open.
+            Phase::Open { .. } => unreachable!("current-generation ticket while open"),
+        }
+    }
+
+    /// Gives back the ticket of a call that was cancelled before it ended.
+    /// Nothing is recorded: a cancellation is the caller's doing and says
+    /// nothing about the endpoint. A probe's slot is freed (as it would be by
+    /// dropping the ticket); this only counts the abandonment.
+    pub fn abandon(&mut self, ticket: Ticket) {
+        self.abandoned += 1;
+        drop(ticket);
+    }
+
+    /// The breaker's state and counters at `now`.
+    pub fn snapshot(&self, now: Instant) -> BreakerSnapshot {
+        let (probe_in_ms, open_ms) = match self.phase {
+            Phase::Open { until, open_ms } => {
+                (ceil_ms(until.saturating_duration_since(now)), open_ms)
+            }
+            _ => (0, 0),
+        };
+        let probes_in_flight = match &self.phase {
+            Phase::HalfOpen { slots, .. } => in_flight(slots),
+            _ => 0,
+        };
+        BreakerSnapshot {
+            state: self.state(),
+            probe_in_ms,
+            open_ms,
+            trips: self.trips,
+            window_calls: self.window.len(),
+            window_failures: self.window_failures,
+            consecutive_failures: self.consecutive_failures,
+            probes_in_flight,
+            transitions: self.transitions,
+            admitted: self.admitted,
+            rejected: self.rejected,
+            successes: self.successes,
+            failures: self.failures,
+            slow_calls: self.slow_calls,
+            abandoned: self.abandoned,
+            stale: self.stale,
+        }
+    }
+
+    /// Adds a closed-state outcome to the window and the run of failures.
+    fn remember(&mut self, failed: bool) {
+        if self.window.len() == self.config.window_calls
+            && let Some(true) = self.window.pop_front()
+        {
+            self.window_failures -= 1;
+        }
+        self.window.push_back(failed);
+        if failed {
+            self.window_failures += 1;
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        } else {
+            self.consecutive_failures = 0;
+        }
+    }
+
+    fn should_trip(&self) -> bool {
+        let by_rate = self.config.failure_rate_threshold.is_some_and(|threshold| {
+            self.window.len() >= self.config.calls_min
+                && self.window_failures as f64 >= threshold * self.window.len() as f64
+        });
+        let by_run = self
+            .config
+            .consecutive_failures_max
+            .is_some_and(|max| self.consecutive_failures >= max);
+        by_rate || by_run
+    }
+
+    /// Opens for the next duration: base × 2^(trips−1), capped, minus jitter.
+    fn open(&mut self, now: Instant) -> Transition {
+        self.trips = self.trips.saturating_add(1);
+        let growth = 2u64.checked_pow(self.trips - 1).unwrap_or(u64::MAX);
+        let nominal_ms = self
+            .config
+            .open_ms
+            .saturating_mul(growth)
+            .min(self.config.open_ms_max);
+        // Subtractive jitter: never longer than the nominal (so the cap holds)
+        // and never shorter than (1 − ratio) of it (so the endpoint always
+        // gets most of its pause). Full jitter would let some clients probe
+        // almost at once, which is what the pause is meant to prevent.
+        let cut: f64 = self.rng.random::<f64>() * self.config.open_jitter_ratio;
+        let open_ms = ((nominal_ms as f64 * (1.0 - cut)).round() as u64).max(1);
+        self.enter(
+            Phase::Open {
+                until: now + ms(open_ms),
+                open_ms,
+            },
+            State::Open,
+        )
+    }
+
+    fn close(&mut self) -> Transition {
+        self.trips = 0;
+        self.enter(Phase::Closed, State::Closed)
+    }
+
+    /// Moves to `phase`, starting a new generation with empty statistics.
+    fn enter(&mut self, phase: Phase, to: State) -> Transition {
+        let transition = Transition {
+            from: self.state(),
+            to,
+        };
+        debug_assert!(transition.is_legal(), "{transition:?}");
+        self.transitions.count(transition);
+        self.generation += 1;
+        self.phase = phase;
+        // Each closed period judges the endpoint afresh: failures from before
+        // an outage must not re-trip a breaker the probes just closed.
+        self.window.clear();
+        self.window_failures = 0;
+        self.consecutive_failures = 0;
+        transition
+    }
+}
+
+fn in_flight(slots: &Arc<()>) -> u32 {
+    // One reference is the policy's own.
+    u32::try_from(Arc::strong_count(slots) - 1).unwrap_or(u32::MAX)
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// Whole milliseconds, rounded up so that "0 ms" only ever means "now".
+fn ceil_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::breaker::config::CodeSet;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    const FAIL: Code = Code::Unavailable;
+    const OK: Code = Code::Ok;
+
+    fn policy(config: BreakerConfig) -> BreakerPolicy<ChaCha8Rng> {
+        BreakerPolicy::new(config, ChaCha8Rng::seed_from_u64(1)).unwrap()
+    }
+
+    fn no_jitter() -> BreakerConfig {
+        BreakerConfig {
+            open_jitter_ratio: 0.0,
+            ..BreakerConfig::default()
+        }
+    }
+
+    /// Admits one call at `now` and reports `code` at once.
+    fn call(b: &mut BreakerPolicy<ChaCha8Rng>, code: Code, now: Instant) -> Option<Transition> {
+        let ticket = b.try_acquire(now).expect("admitted").ticket;
+        b.record(ticket, code, now)
+    }
+
+    fn t(from: State, to: State) -> Option<Transition> {
+        Some(Transition { from, to })
+    }
+
+    /// Trips a breaker configured to open on one failure.
+    fn trip(b: &mut BreakerPolicy<ChaCha8Rng>, now: Instant) {
+        assert_eq!(call(b, FAIL, now), t(State::Closed, State::Open));
+    }
+
+    #[test]
+    fn trips_on_failure_rate_only_after_calls_min() {
+        let mut b = policy(BreakerConfig {
+            window_calls: 10,
+            calls_min: 5,
+            failure_rate_threshold: Some(0.5),
+            consecutive_failures_max: None,
+            ..no_jitter()
+        });
+        let now = Instant::now();
+        for _ in 0..4 {
+            assert_eq!(call(&mut b, FAIL, now), None, "4 calls < calls_min");
+        }
+        assert_eq!(call(&mut b, FAIL, now), t(State::Closed, State::Open));
+    }
+
+    #[test]
+    fn rate_is_over_the_last_window_calls_only() {
+        let mut b = policy(BreakerConfig {
+            window_calls: 4,
+            calls_min: 4,
+            failure_rate_threshold: Some(0.75),
+            consecutive_failures_max: None,
+            ..no_jitter()
+        });
+        let now = Instant::now();
+        // F S S F: 2/4, below 0.75. Then S pushes the first F out: S S F S.
+        for code in [FAIL, OK, OK, FAIL, OK] {
+            assert_eq!(call(&mut b, code, now), None);
+        }
+        assert_eq!(b.snapshot(now).window_failures, 1);
+        assert_eq!(b.snapshot(now).window_calls, 4);
+        // S F S F: 2/4. Then F S F F: 3/4 trips.
+        assert_eq!(call(&mut b, FAIL, now), None);
+        assert_eq!(call(&mut b, FAIL, now), t(State::Closed, State::Open));
+    }
+
+    #[test]
+    fn a_steady_minority_of_failures_never_trips() {
+        let mut b = policy(BreakerConfig {
+            consecutive_failures_max: None,
+            ..no_jitter()
+        });
+        let now = Instant::now();
+        for i in 0..300 {
+            let code = if i % 3 == 0 { FAIL } else { OK };
+            assert_eq!(call(&mut b, code, now), None);
+        }
+    }
+
+    #[test]
+    fn trips_on_consecutive_failures() {
+        let mut b = policy(BreakerConfig {
+            failure_rate_threshold: None,
+            consecutive_failures_max: Some(3),
+            ..no_jitter()
+        });
+        let now = Instant::now();
+        for code in [FAIL, FAIL, OK, FAIL, FAIL] {
+            assert_eq!(call(&mut b, code, now), None, "a success resets the run");
+        }
+        assert_eq!(call(&mut b, FAIL, now), t(State::Closed, State::Open));
+    }
+
+    #[test]
+    fn caller_errors_never_trip() {
+        let mut b = policy(BreakerConfig {
+            window_calls: 5,
+            calls_min: 1,
+            failure_rate_threshold: Some(0.01),
+            consecutive_failures_max: Some(1),
+            ..no_jitter()
+        });
+        let now = Instant::now();
+        for code in super::super::config::CALLER_CODES {
+            for _ in 0..10 {
+                assert_eq!(call(&mut b, code, now), None, "{code:?}");
+            }
+        }
+        let s = b.snapshot(now);
+        assert_eq!((s.state, s.failures, s.successes), (State::Closed, 0, 80));
+    }
+
+    #[test]
+    fn failure_codes_are_configurable() {
+        let mut b = policy(BreakerConfig {
+            failure_codes: CodeSet::of(&[Code::Internal]),
+            consecutive_failures_max: Some(1),
+            ..no_jitter()
+        });
+        let now = Instant::now();
+        assert_eq!(call(&mut b, Code::Unavailable, now), None);
+        assert_eq!(
+            call(&mut b, Code::Internal, now),
+            t(State::Closed, State::Open)
+        );
+    }
+
+    #[test]
+    fn slow_calls_count_as_failures() {
+        let mut b = policy(BreakerConfig {
+            slow_call_ms: Some(100),
+            failure_rate_threshold: None,
+            consecutive_failures_max: Some(2),
+            ..no_jitter()
+        });
+        let t0 = Instant::now();
+        let exactly = b.try_acquire(t0).unwrap().ticket;
+        assert_eq!(b.record(exactly, OK, t0 + ms(100)), None);
+        assert_eq!(
+            b.snapshot(t0).consecutive_failures,
+            0,
+            "100 ms is not above 100 ms"
+        );
+        let slow = b.try_acquire(t0).unwrap().ticket;
+        assert_eq!(b.record(slow, OK, t0 + ms(101)), None);
+        let slow = b.try_acquire(t0).unwrap().ticket;
+        assert_eq!(
+            b.record(slow, OK, t0 + ms(150)),
+            t(State::Closed, State::Open)
+        );
+        let s = b.snapshot(t0);
+        assert_eq!((s.failures, s.slow_calls, s.successes), (2, 2, 1));
+    }
+
+    #[test]
+    fn open_rejects_until_the_jittered_duration() {
+        let mut durations = Vec::new();
+        for seed in 0..32 {
+            let config = BreakerConfig {
+                consecutive_failures_max: Some(1),
+                open_ms: 1_000,
+                open_jitter_ratio: 0.2,
+                ..BreakerConfig::default()
+            };
+            let mut b = BreakerPolicy::new(config, ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let t0 = Instant::now();
+            trip(&mut b, t0);
+            let open_ms = b.snapshot(t0).open_ms;
+            assert!((800..=1_000).contains(&open_ms), "{open_ms}");
+            assert_eq!(b.try_acquire(t0).unwrap_err().probe_in_ms, open_ms);
+            let last = b.try_acquire(t0 + ms(open_ms) - Duration::from_micros(1));
+            assert_eq!(
+                last.unwrap_err(),
+                Rejected {
+                    state: State::Open,
+                    probe_in_ms: 1
+                }
+            );
+            let probe = b.try_acquire(t0 + ms(open_ms)).unwrap();
+            assert_eq!(probe.transition, t(State::Open, State::HalfOpen));
+            assert!(probe.ticket.is_probe());
+            assert_eq!(b.snapshot(t0).rejected, 2);
+            durations.push(open_ms);
+        }
+        durations.sort_unstable();
+        durations.dedup();
+        assert!(
+            durations.len() > 16,
+            "seeds spread the probes: {durations:?}"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_durations() {
+        let run = || {
+            let mut b = policy(BreakerConfig {
+                consecutive_failures_max: Some(1),
+                ..BreakerConfig::default()
+            });
+            let t0 = Instant::now();
+            trip(&mut b, t0);
+            b.snapshot(t0).open_ms
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn open_duration_doubles_on_failed_probes_caps_and_resets_on_close() {
+        let mut b = policy(BreakerConfig {
+            consecutive_failures_max: Some(1),
+            open_ms: 100,
+            open_ms_max: 350,
+            ..no_jitter()
+        });
+        let mut now = Instant::now();
+        trip(&mut b, now);
+        let mut seen = vec![b.snapshot(now).open_ms];
+        for _ in 0..4 {
+            now += ms(b.snapshot(now).open_ms);
+            let probe = b.try_acquire(now).unwrap();
+            assert_eq!(
+                b.record(probe.ticket, FAIL, now),
+                t(State::HalfOpen, State::Open)
+            );
+            seen.push(b.snapshot(now).open_ms);
+        }
+        assert_eq!(seen, [100, 200, 350, 350, 350]);
+        now += ms(350);
+        let probe = b.try_acquire(now).unwrap();
+        assert_eq!(
+            b.record(probe.ticket, OK, now),
+            t(State::HalfOpen, State::Closed)
+        );
+        trip(&mut b, now);
+        assert_eq!(b.snapshot(now).open_ms, 100, "a close resets the growth");
+    }
+
+    #[test]
+    fn half_open_admits_at_most_n_probes_and_needs_all_to_succeed() {
+        let mut b = policy(BreakerConfig {
+            consecutive_failures_max: Some(1),
+            half_open_probes: 2,
+            open_ms: 100,
+            ..no_jitter()
+        });
+        let t0 = Instant::now();
+        trip(&mut b, t0);
+        let now = t0 + ms(100);
+        let p1 = b.try_acquire(now).unwrap();
+        let p2 = b.try_acquire(now).unwrap();
+        assert_eq!(p2.transition, None);
+        assert_eq!(
+            b.try_acquire(now).unwrap_err(),
+            Rejected {
+                state: State::HalfOpen,
+                probe_in_ms: 0
+            }
+        );
+        assert_eq!(b.snapshot(now).probes_in_flight, 2);
+        assert_eq!(b.record(p1.ticket, OK, now), None, "one success of two");
+        // The finished probe's slot is free again.
+        let p3 = b.try_acquire(now).unwrap();
+        assert_eq!(
+            b.record(p2.ticket, OK, now),
+            t(State::HalfOpen, State::Closed)
+        );
+        // p3 belongs to the finished half-open round: stale.
+        assert_eq!(b.record(p3.ticket, FAIL, now), None);
+        let s = b.snapshot(now);
+        assert_eq!((s.state, s.stale), (State::Closed, 1));
+    }
+
+    #[test]
+    fn a_probe_failure_reopens_and_late_probes_are_stale() {
+        let mut b = policy(BreakerConfig {
+            consecutive_failures_max: Some(1),
+            half_open_probes: 2,
+            ..no_jitter()
+        });
+        let t0 = Instant::now();
+        trip(&mut b, t0);
+        let now = t0 + ms(1_000);
+        let p1 = b.try_acquire(now).unwrap();
+        let p2 = b.try_acquire(now).unwrap();
+        assert_eq!(
+            b.record(p1.ticket, FAIL, now),
+            t(State::HalfOpen, State::Open)
+        );
+        assert_eq!(
+            b.record(p2.ticket, OK, now),
+            None,
+            "cannot close an open breaker"
+        );
+        assert_eq!(b.state(), State::Open);
+    }
+
+    #[test]
+    fn closed_calls_that_end_after_a_trip_are_stale() {
+        let mut b = policy(BreakerConfig {
+            consecutive_failures_max: Some(1),
+            ..no_jitter()
+        });
+        let now = Instant::now();
+        let slow = b.try_acquire(now).unwrap().ticket;
+        trip(&mut b, now);
+        assert_eq!(b.record(slow, OK, now), None);
+        assert_eq!(b.snapshot(now).stale, 1);
+    }
+
+    #[test]
+    fn a_dropped_or_abandoned_ticket_frees_its_probe_slot() {
+        let mut b = policy(BreakerConfig {
+            consecutive_failures_max: Some(1),
+            ..no_jitter()
+        });
+        let t0 = Instant::now();
+        trip(&mut b, t0);
+        let now = t0 + ms(1_000);
+        let probe = b.try_acquire(now).unwrap().ticket;
+        assert!(b.try_acquire(now).is_err());
+        drop(probe);
+        let probe = b
+            .try_acquire(now)
+            .expect("the dropped probe's slot is free");
+        assert!(b.try_acquire(now).is_err());
+        b.abandon(probe.ticket);
+        let probe = b
+            .try_acquire(now)
+            .expect("the abandoned probe's slot is free");
+        let s = b.snapshot(now);
+        // Nothing recorded for the abandoned probe: the one failure is the trip.
+        assert_eq!(
+            (s.state, s.abandoned, s.successes, s.failures),
+            (State::HalfOpen, 1, 0, 1)
+        );
+        assert_eq!(
+            b.record(probe.ticket, OK, now),
+            t(State::HalfOpen, State::Closed)
+        );
+    }
+
+    /// Drives a breaker with a seeded random mix of calls, outcomes, drops
+    /// and clock jumps, checking every transition against the diagram and
+    /// the counters against the transitions seen.
+    #[test]
+    fn only_legal_transitions_under_random_operation() {
+        let mut ops = ChaCha8Rng::seed_from_u64(42);
+        let mut b = policy(BreakerConfig {
+            window_calls: 8,
+            calls_min: 4,
+            consecutive_failures_max: Some(3),
+            slow_call_ms: Some(50),
+            half_open_probes: 3,
+            open_ms: 20,
+            open_ms_max: 200,
+            ..BreakerConfig::default()
+        });
+        let mut now = Instant::now();
+        let mut tickets: Vec<Ticket> = Vec::new();
+        let mut state = State::Closed;
+        let mut seen = Transitions::default();
+        let mut check = |tr: Option<Transition>, state: &mut State, b: &BreakerPolicy<_>| {
+            if let Some(tr) = tr {
+                assert!(tr.is_legal(), "{tr:?}");
+                assert_eq!(tr.from, *state);
+                *state = tr.to;
+                seen.count(tr);
+            }
+            assert_eq!(b.state(), *state);
+            seen
+        };
+        for _ in 0..20_000 {
+            match ops.random_range(0..10) {
+                0..4 => match b.try_acquire(now) {
+                    Ok(a) => {
+                        check(a.transition, &mut state, &b);
+                        tickets.push(a.ticket);
+                    }
+                    Err(r) => assert_ne!(r.state, State::Closed),
+                },
+                4..7 if !tickets.is_empty() => {
+                    let i = ops.random_range(0..tickets.len());
+                    let ticket = tickets.swap_remove(i);
+                    let code = if ops.random_bool(0.4) { FAIL } else { OK };
+                    let tr = b.record(ticket, code, now);
+                    check(tr, &mut state, &b);
+                }
+                7 if !tickets.is_empty() => {
+                    let i = ops.random_range(0..tickets.len());
+                    drop(tickets.swap_remove(i));
+                }
+                _ => now += ms(ops.random_range(0..30)),
+            }
+            if let Phase::HalfOpen { slots, .. } = &b.phase {
+                assert!(in_flight(slots) <= 3);
+            }
+        }
+        let totals = check(None, &mut state, &b);
+        assert_eq!(b.snapshot(now).transitions, totals);
+        // The run must have exercised every edge, or it proves little.
+        assert!(totals.closed_to_open > 0 && totals.half_open_to_open > 0);
+        assert!(totals.half_open_to_closed > 0 && totals.open_to_half_open > 0);
+    }
+
+    #[test]
+    fn snapshot_renders_for_humans() {
+        let mut b = policy(BreakerConfig {
+            consecutive_failures_max: Some(1),
+            ..no_jitter()
+        });
+        let t0 = Instant::now();
+        trip(&mut b, t0);
+        assert_eq!(
+            b.snapshot(t0 + ms(250)).to_string(),
+            "open for 1000 ms (trip 1): next probe in 750 ms; transitions closed->open=1 \
+             open->half-open=0 half-open->closed=0 half-open->open=0; admitted=1 rejected=0 \
+             successes=0 failures=1 (slow 0) abandoned=0 stale=0"
+        );
+    }
+}

@@ -1,0 +1,467 @@
+//! Server-side load shedding: past `in_flight_max` concurrent calls, answer
+//! at once with RESOURCE_EXHAUSTED and a `grpc-retry-pushback-ms` trailer,
+//! instead of queueing work whose callers will have given up by the time it
+//! runs. A fast "no" keeps the latency of admitted calls low and tells
+//! well-behaved clients (gRPC retry pushback) how long to back off.
+//!
+//! # Why not tower's `ConcurrencyLimit` + `LoadShed` (tonic's `load_shed`)
+//!
+//! They decide in `poll_ready`, before the request exists, and refuse with
+//! an `Overloaded` *error* that tonic turns into a bare
+//! `RESOURCE_EXHAUSTED "Too many active requests for the connection"`. That
+//! cannot give us what we need:
+//! - health checks and reflection must never be shed (an orchestrator that
+//!   sees a busy server as dead restarts it, which makes overload worse), and
+//!   only the request's path says which service a call is for;
+//! - the refusal must be [`ServiceError::Overloaded`]'s status: pushback
+//!   trailer and the not-applied marker, so clients know the request was
+//!   never applied and when to come back;
+//! - the shed must be an [`Event::Shed`] naming the method;
+//! - tonic's `concurrency_limit_per_connection` is per connection, while
+//!   overload is a property of the whole server.
+//!
+//! So this is a small layer over `http::Request` → `http::Response` that
+//! decides in `call`, with one atomic counter shared by every clone.
+//!
+//! # What is counted
+//!
+//! A call holds its slot until its response future completes or is dropped
+//! (an RAII guard). For unary RPCs — all of `abacus.v1.Calculator` — tonic's
+//! response future completes only after the handler returned, so the count
+//! covers the whole handling. A streaming RPC's body would outlive it;
+//! counting those would need the guard moved into the response body.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use pin_project_lite::pin_project;
+use tonic::{
+    Status,
+    codegen::http::{Request, Response},
+};
+use tower::{Layer, Service};
+
+use crate::{
+    error::ServiceError,
+    trace::{Event, EventSink},
+};
+
+/// Path prefixes that are never shed (nor counted): health checking and
+/// reflection must answer however busy the calculator is.
+pub const EXEMPT_PATH_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// Method names [`Event::Shed`] can report; `Event::Shed` holds a
+/// `&'static str`, and a name taken from a request must not be leaked to get
+/// one. Anything else is reported as `unknown`.
+const METHODS: [&str; 7] = [
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Divide",
+    "Accumulate",
+    "GetRegister",
+    "GetStats",
+];
+
+/// A load-shedding layer allowing `in_flight_max` concurrent calls and
+/// asking refused clients to wait `pushback_ms`.
+///
+/// # Panics
+///
+/// If `in_flight_max` is 0 (every call would be refused).
+pub fn shed_layer(in_flight_max: usize, pushback_ms: u64, events: EventSink) -> ShedLayer {
+    ShedLayer::new(in_flight_max, pushback_ms, events)
+}
+
+/// Sheds calls beyond a concurrency limit. Every service it builds shares
+/// one counter: the limit is for the whole server.
+#[derive(Debug, Clone)]
+pub struct ShedLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    in_flight_max: usize,
+    pushback_ms: u64,
+    events: EventSink,
+    /// Calls holding a slot. An atomic rather than a mutex: admission is a
+    /// single compare-and-swap, and the guard releases it from `Drop`.
+    in_flight: AtomicUsize,
+    /// Calls refused so far.
+    shed: AtomicU64,
+}
+
+impl ShedLayer {
+    /// See [`shed_layer`].
+    ///
+    /// # Panics
+    ///
+    /// If `in_flight_max` is 0.
+    pub fn new(in_flight_max: usize, pushback_ms: u64, events: EventSink) -> Self {
+        assert!(
+            in_flight_max > 0,
+            "in_flight_max must be at least 1: a limit of 0 would refuse every call"
+        );
+        Self {
+            shared: Arc::new(Shared {
+                in_flight_max,
+                pushback_ms,
+                events,
+                in_flight: AtomicUsize::new(0),
+                shed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Calls holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Calls shed so far.
+    pub fn shed(&self) -> u64 {
+        self.shared.shed.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// A service behind the load shedder. Built by [`ShedLayer`].
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Shed<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // The decision needs the path, so it is taken in `call`. tonic's
+        // router is always ready, so this never queues anything.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let path = req.uri().path();
+        if EXEMPT_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return ResponseFuture::called(self.inner.call(req), None);
+        }
+        match InFlight::enter(&self.shared) {
+            Ok(guard) => ResponseFuture::called(self.inner.call(req), Some(guard)),
+            Err(in_flight) => {
+                self.shared.shed.fetch_add(1, Ordering::Relaxed);
+                self.shared.events.emit(Event::Shed {
+                    method: method_name(path),
+                });
+                let status = Status::from(ServiceError::Overloaded {
+                    in_flight,
+                    limit: self.shared.in_flight_max,
+                    pushback_ms: self.shared.pushback_ms,
+                });
+                ResponseFuture::shed(status.into_http())
+            }
+        }
+    }
+}
+
+/// The RPC name for an event: the path's last segment, if it is one of ours.
+fn method_name(path: &str) -> &'static str {
+    let last = path.rsplit('/').next().unwrap_or_default();
+    METHODS
+        .iter()
+        .copied()
+        .find(|m| *m == last)
+        .unwrap_or("unknown")
+}
+
+/// One call's slot; released when dropped.
+#[derive(Debug)]
+struct InFlight {
+    shared: Arc<Shared>,
+}
+
+impl InFlight {
+    /// Takes a slot, or returns how many calls hold one.
+    fn enter(shared: &Arc<Shared>) -> Result<Self, usize> {
+        shared
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.in_flight_max).then_some(n + 1)
+            })
+            .map(|_| Self {
+                shared: Arc::clone(shared),
+            })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project! {
+    /// Response future of [`Shed`]: the inner call holding its slot, or
+    /// the ready overload answer.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F, B> {
+        Called {
+            #[pin]
+            future: F,
+            // Dropped when the call completes, or with the future if the
+            // connection goes away first.
+            guard: Option<InFlight>,
+        },
+        Shed {
+            // `None` once returned.
+            response: Option<Response<B>>,
+        },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn called(future: F, guard: Option<InFlight>) -> Self {
+        Self {
+            kind: Kind::Called { future, guard },
+        }
+    }
+
+    fn shed(response: Response<B>) -> Self {
+        Self {
+            kind: Kind::Shed {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future, guard } => {
+                let output = ready!(future.poll(cx));
+                // Free the slot now, not whenever the server drops the future.
+                drop(guard.take());
+                Poll::Ready(output)
+            }
+            KindProj::Shed { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, sync::Mutex, time::Duration};
+
+    use tokio::sync::Notify;
+    use tonic::{Code, body::Body};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::error::{NOT_APPLIED_KEY, PUSHBACK_KEY};
+
+    type Events = Arc<Mutex<Vec<String>>>;
+
+    fn sink() -> (EventSink, Events) {
+        let events = Events::default();
+        let e = Arc::clone(&events);
+        let sink = EventSink::with_hook(move |ev| e.lock().unwrap().push(ev.to_string()));
+        (sink, events)
+    }
+
+    /// An inner service whose every call waits for `release`.
+    fn blocking(
+        release: Arc<Notify>,
+    ) -> impl Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send + use<>,
+    > + Clone
+    + use<> {
+        tower::service_fn(move |_req: Request<Body>| {
+            let release = Arc::clone(&release);
+            async move {
+                release.notified().await;
+                Ok::<_, Infallible>(Response::new(Body::default()))
+            }
+        })
+    }
+
+    fn request(path: &str) -> Request<Body> {
+        Request::builder()
+            .uri(format!("http://abacus{path}"))
+            .body(Body::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sheds_beyond_the_limit_with_pushback_and_frees_slots() {
+        let release = Arc::new(Notify::new());
+        let (events, seen) = sink();
+        let layer = shed_layer(2, 50, events);
+        let svc = layer.layer(blocking(Arc::clone(&release)));
+
+        let first = tokio::spawn(svc.clone().oneshot(request("/abacus.v1.Calculator/Add")));
+        let second = tokio::spawn(svc.clone().oneshot(request("/abacus.v1.Calculator/Divide")));
+        tokio::task::yield_now().await;
+        assert_eq!(layer.in_flight(), 2);
+
+        let refused = svc
+            .clone()
+            .oneshot(request("/abacus.v1.Calculator/Accumulate"))
+            .await
+            .unwrap();
+        let status = Status::from_header_map(refused.headers()).expect("a trailers-only status");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("2 requests in flight (limit 2)"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(refused.headers()[PUSHBACK_KEY], "50");
+        assert_eq!(refused.headers()[NOT_APPLIED_KEY], "true");
+        assert_eq!(*seen.lock().unwrap(), ["shed Accumulate"]);
+        assert_eq!((layer.in_flight(), layer.shed()), (2, 1));
+
+        // Dropping an unfinished call (its client went away) frees a slot...
+        second.abort();
+        assert!(second.await.unwrap_err().is_cancelled());
+        assert_eq!(layer.in_flight(), 1);
+        // ...and so does completion.
+        release.notify_waiters();
+        first.await.unwrap().unwrap();
+        assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn health_and_reflection_are_never_shed_nor_counted() {
+        let release = Arc::new(Notify::new());
+        let layer = shed_layer(1, 50, EventSink::log_only());
+        let svc = layer.layer(blocking(Arc::clone(&release)));
+        let busy = tokio::spawn(svc.clone().oneshot(request("/abacus.v1.Calculator/Add")));
+        tokio::task::yield_now().await;
+        assert_eq!(layer.in_flight(), 1);
+
+        let mut exempt = Vec::new();
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            exempt.push(tokio::spawn(svc.clone().oneshot(request(path))));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!((layer.in_flight(), layer.shed()), (1, 0));
+        release.notify_waiters();
+        for call in exempt {
+            let response = call.await.unwrap().unwrap();
+            assert!(response.headers().get("grpc-status").is_none(), "not shed");
+        }
+        busy.await.unwrap().unwrap();
+        assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[test]
+    fn events_name_the_method_or_unknown() {
+        assert_eq!(method_name("/abacus.v1.Calculator/GetStats"), "GetStats");
+        assert_eq!(method_name("/other.Service/Thing"), "unknown");
+        assert_eq!(method_name(""), "unknown");
+    }
+
+    /// The real stack: a tonic server with the layer, a client over TCP. The
+    /// refusal must reach the client as RESOURCE_EXHAUSTED, not applied,
+    /// with the server's pushback.
+    #[tokio::test]
+    async fn a_tonic_client_sees_the_pushback() {
+        use tokio_stream::wrappers::TcpListenerStream;
+
+        use crate::{
+            client::{Call, Method, Payload, Transport, tcp_channel},
+            pb::{self, calculator_server::CalculatorServer},
+            server::{FaultConfig, FaultSwitch, Faults, GrpcCalculator, State},
+            trace::Outcome,
+        };
+
+        let events = EventSink::log_only();
+        let faults = FaultConfig {
+            // Long enough that the first call is surely still in flight when
+            // the second arrives, however slow the machine; the test never
+            // waits for it (it is aborted below).
+            delay_ms: 60_000..=60_000,
+            ..FaultConfig::default()
+        };
+        let calculator = GrpcCalculator::new(
+            Arc::new(State::new(events.clone())),
+            Arc::new(Faults::new(faults, FaultSwitch::default())),
+            events.clone(),
+        );
+        let layer = shed_layer(1, 75, events);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(layer.clone())
+                .add_service(CalculatorServer::new(calculator))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+
+        let transport = Transport::new(tcp_channel(&addr.to_string()).unwrap());
+        let add = || {
+            let payload = Payload::Binary(pb::BinaryRequest { a: 1.0, b: 2.0 });
+            transport
+                .clone()
+                .oneshot(Call::new(1, Method::Add, payload))
+        };
+        let slow = tokio::spawn(add());
+        while layer.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let err = add().await.unwrap_err();
+        assert_eq!(err.code, Code::ResourceExhausted);
+        assert_eq!(err.outcome, Outcome::NotApplied);
+        assert_eq!(err.pushback_ms, Some(75));
+        slow.abort();
+        server.abort();
+    }
+}
