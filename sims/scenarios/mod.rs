@@ -3,5 +3,6 @@
 mod basic;
 mod controls;
 mod delivery;
+mod determinism;
 mod recovery;
 mod swarm;

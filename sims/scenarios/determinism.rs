@@ -1,0 +1,117 @@
+//! Determinism self-check: the same seed must give a byte-identical
+//! timeline. Runs without crashes are compared within this process; runs
+//! with crashes are compared across two fresh processes of this test binary,
+//! because turmoil's crash/bounce drops a host's tasks in an order that can
+//! depend on process-wide state (tokio task IDs) — a known trap when one
+//! process runs the same seed twice.
+
+use std::process::Command;
+
+use abacus::client::Delivery;
+
+use crate::{
+    harness,
+    history::render,
+    scenarios::{basic, swarm::swarm},
+};
+
+/// Seeds checked by default (each is run twice).
+const SEEDS: [u64; 4] = [0, 1, 2, 3];
+
+/// The first line where two timelines differ, named for a report.
+fn first_divergence(a: &str, b: &str) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let i = la
+        .iter()
+        .zip(&lb)
+        .position(|(x, y)| x != y)
+        .unwrap_or(la.len().min(lb.len()));
+    Some(format!(
+        "line {}:\n  first run:  {}\n  second run: {}",
+        i + 1,
+        la.get(i).unwrap_or(&"<end of trace>"),
+        lb.get(i).unwrap_or(&"<end of trace>")
+    ))
+}
+
+#[test]
+fn same_seed_same_trace_in_process() {
+    for s in [basic::happy(), basic::plain_tonic()] {
+        for seed in SEEDS {
+            let a = render(&harness::run(&s, seed).records);
+            let b = render(&harness::run(&s, seed).records);
+            assert!(!a.is_empty());
+            if let Some(d) = first_divergence(&a, &b) {
+                panic!("{} seed {seed}: the same seed diverged at {d}", s.name);
+            }
+        }
+    }
+}
+
+/// Prints one swarm run's timeline; run by the cross-process check below
+/// (ignored in normal runs: it checks nothing by itself).
+#[test]
+#[ignore = "helper for same_seed_same_trace_across_processes"]
+fn dump_swarm_trace() {
+    let seed: u64 = std::env::var("SIM_DUMP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("SIM_DUMP_SEED must name a seed");
+    let s = swarm("dump_swarm_trace", Delivery::ExactlyOnce, seed);
+    print!(
+        "<<<TRACE\n{}TRACE>>>",
+        render(&harness::run(&s, seed).records)
+    );
+}
+
+fn trace_in_fresh_process(seed: u64) -> String {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let out = Command::new(exe)
+        .args([
+            "scenarios::determinism::dump_swarm_trace",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SIM_DUMP_SEED", seed.to_string())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "seed {seed}: dump failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = stdout.find("<<<TRACE\n").expect("trace start marker") + 9;
+    let end = stdout.find("TRACE>>>").expect("trace end marker");
+    stdout[start..end].to_owned()
+}
+
+#[test]
+fn same_seed_same_trace_across_processes() {
+    for seed in SEEDS {
+        let a = trace_in_fresh_process(seed);
+        let b = trace_in_fresh_process(seed);
+        assert!(
+            a.lines().count() > 10,
+            "seed {seed}: suspiciously short trace"
+        );
+        if let Some(d) = first_divergence(&a, &b) {
+            panic!(
+                "swarm seed {seed}: two processes diverged at {d}\nreplay: SIM_SEED={seed} cargo test --test sims swarm -- --nocapture"
+            );
+        }
+    }
+}
+
+#[test]
+fn divergence_is_named() {
+    // The checker of this file can fail: two different traces are reported
+    // with the first differing line.
+    let d = first_divergence("a\nb\nc\n", "a\nx\nc\n").expect("they differ");
+    assert!(d.contains("line 2") && d.contains("first run:  b") && d.contains("second run: x"));
+    assert_eq!(first_divergence("a\n", "a\n"), None);
+}
