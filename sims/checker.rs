@@ -33,7 +33,74 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
     registers(&run.records, &mut v);
     calls(scenario, &run.records, &mut v);
     notes(scenario, &run.records, &mut v);
+    if let Some(b) = &scenario.breaker {
+        breakers(b.half_open_probes, &run.records, &mut v);
+    }
     v
+}
+
+/// Breaker rules, per client: only legal transitions, each starting from
+/// the state the breaker was in; no attempt leaves while it is open; at most
+/// `probes_max` attempts while half-open.
+fn breakers(probes_max: u32, records: &[Record], v: &mut Vec<Violation>) {
+    #[derive(Default)]
+    struct Client {
+        state: &'static str,
+        probes: u32,
+    }
+    let mut clients: BTreeMap<&str, Client> = BTreeMap::new();
+    for r in records {
+        let Entry::Event(e) = &r.entry else { continue };
+        let c = clients.entry(r.host.as_str()).or_insert(Client {
+            state: "closed",
+            probes: 0,
+        });
+        match e {
+            Event::BreakerTransition { from, to, .. } => {
+                let legal = matches!(
+                    (*from, *to),
+                    ("closed", "open")
+                        | ("open", "half-open")
+                        | ("half-open", "closed")
+                        | ("half-open", "open")
+                );
+                if !legal || *from != c.state {
+                    v.push(Violation {
+                        invariant: "breaker-legal-transitions",
+                        detail: format!(
+                            "{} at {:?}: {from} -> {to} while the breaker was {}",
+                            r.host, r.at, c.state
+                        ),
+                    });
+                }
+                c.state = to;
+                c.probes = 0;
+            }
+            Event::AttemptStarted { call, attempt, .. } => match c.state {
+                "open" => v.push(Violation {
+                    invariant: "breaker-open-sends-nothing",
+                    detail: format!(
+                        "{} at {:?}: attempt #{call}.{attempt} went out while the breaker was open",
+                        r.host, r.at
+                    ),
+                }),
+                "half-open" => {
+                    c.probes += 1;
+                    if c.probes > probes_max {
+                        v.push(Violation {
+                            invariant: "breaker-probes-bounded",
+                            detail: format!(
+                                "{} at {:?}: probe {} while half-open (max {probes_max})",
+                                r.host, r.at, c.probes
+                            ),
+                        });
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
 }
 
 /// How many times the server applied each delta (deltas are unique per

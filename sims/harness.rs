@@ -51,6 +51,8 @@ pub struct Scenario {
     pub calls_per_client: usize,
     /// Share of calls that are `Accumulate`.
     pub accumulate_share: f64,
+    /// Think time between a client's calls, drawn from this range (ms).
+    pub think_ms: (u64, u64),
     /// Share of the other calls that are invalid (`Divide` by zero).
     pub invalid_share: f64,
     /// Client delivery mode.
@@ -65,6 +67,8 @@ pub struct Scenario {
     pub stack: Stack,
     /// The client's circuit breaker (off unless a scenario is about it).
     pub breaker: Option<BreakerConfig>,
+    /// The server's cap on calls in flight (load shedding).
+    pub in_flight_max: usize,
     /// Faults to inject.
     pub plan: FaultPlan,
     /// What the scenario promises (which invariants must hold).
@@ -96,6 +100,7 @@ impl Scenario {
             clients: 2,
             calls_per_client: 10,
             accumulate_share: 0.5,
+            think_ms: (0, 60),
             invalid_share: 0.0,
             mode: Delivery::ExactlyOnce,
             retry: RetryConfig::default(),
@@ -103,6 +108,7 @@ impl Scenario {
             attempt_timeout: Duration::from_millis(500),
             stack: Stack::Standard,
             breaker: None,
+            in_flight_max: abacus::server::IN_FLIGHT_MAX_DEFAULT,
             plan: FaultPlan::default(),
             promise: Promise::ExactlyOnceEffect,
             liveness_calls: 0,
@@ -194,6 +200,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
             seed: seed ^ 0x5e4f_e4f5,
         },
         events: history.sink("server"),
+        in_flight_max: scenario.in_flight_max,
         ..ServerConfig::default()
     };
     sim.host("server", move || {
@@ -223,6 +230,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
             index,
             calls: scenario.calls_per_client,
             accumulate_share: scenario.accumulate_share,
+            think_ms: scenario.think_ms,
             invalid_share: scenario.invalid_share,
             liveness_calls: scenario.liveness_calls,
             heal_at: scenario.heal_at(),
@@ -392,6 +400,7 @@ struct Workload {
     index: usize,
     calls: usize,
     accumulate_share: f64,
+    think_ms: (u64, u64),
     invalid_share: f64,
     liveness_calls: usize,
     heal_at: Duration,
@@ -405,7 +414,7 @@ impl Workload {
         for k in 0..self.calls {
             // Think time between calls (simulated), so that faults land in
             // the middle of the workload rather than after it.
-            let think = self.rng.random_range(0..60);
+            let think = self.rng.random_range(self.think_ms.0..=self.think_ms.1);
             tokio::time::sleep(std::time::Duration::from_millis(think)).await;
             if self.rng.random_bool(self.accumulate_share) {
                 let delta = (self.index * 1000 + k + 1) as f64;

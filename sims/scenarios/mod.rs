@@ -1,6 +1,7 @@
 //! The scenarios, one `#[test]` each, grouped by what they prove.
 
 mod basic;
+mod breaker;
 mod controls;
 mod delivery;
 mod determinism;
