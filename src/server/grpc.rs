@@ -190,7 +190,10 @@ impl Calculator for GrpcCalculator {
         // server and the network, which do not know whether an answer comes
         // from the dedup store: replays get them too.
         let plan = self.faults.plan();
-        let mut replayed = false;
+        // Set when the error answered is a recorded one, replayed: it gets
+        // the replayed marker too. (A fault's error never does: a dropped
+        // response must look like a lost connection, nothing more.)
+        let mut replayed_error = false;
         let result = async {
             if self.require_request_id && args.request_id.is_empty() {
                 return Err(ServiceError::RequestIdRequired);
@@ -202,10 +205,7 @@ impl Calculator for GrpcCalculator {
             // released without a record, so a retry executes.
             let plan = self.before_apply(METHOD, plan, deadline).await?;
             let done = match begin {
-                Begin::Replay(result) => {
-                    replayed = true;
-                    result?
-                }
+                Begin::Replay(result) => result.inspect_err(|_| replayed_error = true)?,
                 Begin::Execute(claim) => claim.commit()?,
             };
             // Committed: a drop here loses only the response, and a retry
@@ -234,7 +234,7 @@ impl Calculator for GrpcCalculator {
                     });
                 }
                 let mut status = Status::from(err);
-                if replayed {
+                if replayed_error {
                     mark_replayed(status.metadata_mut());
                 }
                 Err(status)
@@ -315,6 +315,15 @@ mod tests {
         assert_eq!(lost.code(), tonic::Code::Unavailable);
         assert!(lost.metadata().get(NOT_APPLIED_KEY).is_none());
         assert_eq!(state.stats().applied, 1, "applied before the drop");
+        // Faults hit replays too, and a dropped replay looks like any lost
+        // connection: no replayed marker, no not-applied marker.
+        let lost_again = dropping
+            .accumulate(request("x", 4.0, "r1"))
+            .await
+            .unwrap_err();
+        assert!(lost_again.metadata().get(REPLAYED_KEY).is_none());
+        assert!(lost_again.metadata().get(NOT_APPLIED_KEY).is_none());
+        assert_eq!(state.stats().applied, 1);
 
         let healthy = calculator(&state, FaultConfig::default());
         let retry = healthy.accumulate(request("x", 4.0, "r1")).await.unwrap();

@@ -322,9 +322,10 @@ impl State {
         fingerprint: u64,
         joined: bool,
     ) -> Result<Attempt<'a>, ServiceError> {
-        let now = Instant::now();
         let events = &self.events;
         let mut guard = self.lock();
+        // Read under the lock, so commit instants are in commit order.
+        let now = Instant::now();
         let inner = &mut *guard;
         let id = args.request_id.as_str();
         match inner
@@ -445,8 +446,10 @@ impl Claim<'_> {
     pub fn commit(mut self) -> Result<Accumulated, ServiceError> {
         let (state, args) = (self.state, self.args);
         let events = &state.events;
-        let now = Instant::now();
         let mut guard = state.lock();
+        // Read under the lock: records enter the FIFO in commit order, so
+        // their instants must be too, or TTL expiry (a front pop) lags.
+        let now = Instant::now();
         let inner = &mut *guard;
         // Released in the same critical section as the commit, so a waiter
         // woken below finds the record, never an empty slot.
@@ -530,7 +533,7 @@ fn wake(done: Option<Arc<Notify>>) {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if self.finished {
+        if self.finished || !self.keyed {
             return;
         }
         let done = {
