@@ -123,7 +123,6 @@ pub enum Begin<'a> {
 /// The right to execute one `Accumulate`. While it lives, duplicates of its
 /// request ID wait instead of executing; dropping it uncommitted releases
 /// the ID without a record, and one waiter takes over.
-#[derive(Debug)]
 #[must_use = "dropping a claim releases it without applying the request"]
 pub struct Claim<'a> {
     state: &'a State,
@@ -133,6 +132,17 @@ pub struct Claim<'a> {
     keyed: bool,
     /// Committed or released already; `Drop` has nothing left to do.
     finished: bool,
+}
+
+impl fmt::Debug for Claim<'_> {
+    // Not derived: that would print the whole state.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim")
+            .field("request_id", &self.args.request_id)
+            .field("keyed", &self.keyed)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An ID being executed.
@@ -324,7 +334,8 @@ impl State {
     ) -> Result<Attempt<'a>, ServiceError> {
         let events = &self.events;
         let mut guard = self.lock();
-        // Read under the lock, so commit instants are in commit order.
+        // Read under the lock, like commit's: expiry then never judges with
+        // an instant older than a commit already made.
         let now = Instant::now();
         let inner = &mut *guard;
         let id = args.request_id.as_str();

@@ -18,7 +18,7 @@
 //! answers whatever the keys, and nothing ever iterates the index, so
 //! behaviour and output stay deterministic.
 
-use std::{collections::VecDeque, hash::BuildHasher, time::Duration};
+use std::{collections::VecDeque, fmt, hash::BuildHasher, time::Duration};
 
 use hashbrown::HashTable;
 use tokio::time::Instant;
@@ -180,7 +180,6 @@ struct Record {
 }
 
 /// Bounded request-ID → first-outcome store. See the module doc.
-#[derive(Debug)]
 pub struct DedupStore {
     entries_max: usize,
     ttl: Duration,
@@ -193,6 +192,18 @@ pub struct DedupStore {
     hits: u64,
     evictions: u64,
     mismatches: u64,
+}
+
+impl fmt::Debug for DedupStore {
+    // Not derived: a million records are not a debug line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DedupStore")
+            .field("entries_max", &self.entries_max)
+            .field("ttl", &self.ttl)
+            .field("front_seq", &self.front_seq)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DedupStore {
