@@ -102,6 +102,22 @@ pub fn validate_register_name(name: &str) -> Result<(), CalcError> {
     Ok(())
 }
 
+/// Checks an `Accumulate` payload on its own, before any register is looked
+/// at: the errors it returns depend only on the payload, so the server
+/// refuses them before claiming a request ID (they are never executions and
+/// never recorded).
+///
+/// ```
+/// use abacus::core::validate_accumulate;
+/// assert!(validate_accumulate("x", 1.0).is_ok());
+/// assert!(validate_accumulate("", 1.0).is_err());
+/// assert!(validate_accumulate("x", f64::NAN).is_err());
+/// ```
+pub fn validate_accumulate(name: &str, delta: f64) -> Result<(), CalcError> {
+    validate_register_name(name)?;
+    finite("delta", delta)
+}
+
 /// Named accumulators. A `BTreeMap` (not `HashMap`) so that iteration order,
 /// and so every listing, snapshot and trace, is deterministic.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -118,8 +134,7 @@ impl Registers {
     /// Computes what `accumulate` would store, without storing it, so callers
     /// can validate first and commit together with other state.
     pub fn plan_accumulate(&self, name: &str, delta: f64) -> Result<f64, CalcError> {
-        validate_register_name(name)?;
-        finite("delta", delta)?;
+        validate_accumulate(name, delta)?;
         let current = match self.values.get(name) {
             Some(v) => *v,
             None if self.values.len() >= REGISTERS_MAX => {

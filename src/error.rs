@@ -125,6 +125,16 @@ pub enum ServiceError {
         /// What this request is.
         this: String,
     },
+    /// A duplicate waited for the first execution of its request ID, still
+    /// in flight, until its deadline or the server's join limit. Not marked
+    /// not-applied: that first execution may still apply.
+    #[error(
+        "request_id {request_id:?} is still being executed by an earlier attempt, which may yet apply; retry with the same request_id"
+    )]
+    StillInFlight {
+        /// The ID.
+        request_id: String,
+    },
     /// The durable store failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -150,6 +160,9 @@ impl ServiceError {
             // request under the same ID). Retrying it unchanged can never
             // succeed, and no default retry policy retries this code.
             Self::RequestIdReused { .. } => Code::FailedPrecondition,
+            // ABORTED: a concurrency conflict with another attempt of the same
+            // call, to be retried at the level of the whole call (same ID).
+            Self::StillInFlight { .. } => Code::Aborted,
             Self::Storage(_) => Code::Internal,
         }
     }
@@ -160,7 +173,7 @@ impl ServiceError {
         match self.code() {
             Code::InvalidArgument => 400,
             Code::NotFound => 404,
-            Code::FailedPrecondition => 409,
+            Code::FailedPrecondition | Code::Aborted => 409,
             Code::ResourceExhausted => 429,
             Code::Unavailable => 503,
             Code::DeadlineExceeded => 504,
@@ -171,7 +184,10 @@ impl ServiceError {
     /// False only when the server may have applied the request: the client
     /// must then treat the outcome as unknown.
     pub fn known_not_applied(&self) -> bool {
-        !matches!(self, Self::ResponseDropped | Self::Storage(_))
+        !matches!(
+            self,
+            Self::ResponseDropped | Self::Storage(_) | Self::StillInFlight { .. }
+        )
     }
 
     /// Pushback the server asks the client to honour, if any.

@@ -1,12 +1,15 @@
 //! `abacus serve`: the real server on a TCP socket, with optional seeded
-//! faults for demos.
+//! faults for demos, dedup limits, and durable state (`--data-dir`).
 
-use std::{net::SocketAddr, ops::RangeInclusive, process::ExitCode};
+use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Args;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::server::{self, FaultConfig, ServerConfig, faults::parse_delay_range};
+use crate::{
+    server::{self, DedupConfig, FaultConfig, ServerConfig, State, faults::parse_delay_range},
+    trace::EventSink,
+};
 
 /// Arguments of `abacus serve`.
 #[derive(Debug, Clone, Args)]
@@ -23,9 +26,53 @@ pub struct ServeArgs {
     /// Pushback (ms) sent with a shed call.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub shed_pushback_ms: u64,
+    /// Keep registers and dedup records in DIR (created if missing), so both
+    /// survive a restart. Without it, state lives in memory and a restart
+    /// resets registers and forgets which requests were applied.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Refuse Accumulate without a request_id (INVALID_ARGUMENT) instead of
+    /// applying it undeduplicated.
+    #[arg(long)]
+    pub require_request_id: bool,
+    /// Dedup store limits.
+    #[command(flatten)]
+    pub dedup: DedupArgs,
     /// Fault injection.
     #[command(flatten)]
     pub faults: FaultArgs,
+}
+
+/// Dedup store limits (see `abacus::server::dedup`).
+#[derive(Debug, Clone, Args)]
+pub struct DedupArgs {
+    /// Most dedup records retained; the oldest is evicted beyond.
+    #[arg(long, default_value_t = DedupConfig::default().entries_max, value_name = "N")]
+    pub dedup_entries_max: usize,
+    /// How long a dedup record is retained after its commit, in ms. Must
+    /// exceed every client's whole retry window.
+    #[arg(long, default_value_t = DedupConfig::default().ttl_ms, value_name = "MS")]
+    pub dedup_ttl_ms: u64,
+    /// Longest a duplicate waits for the in-flight first execution, in ms.
+    #[arg(long, default_value_t = DedupConfig::default().join_wait_ms_max, value_name = "MS")]
+    pub dedup_join_wait_ms_max: u64,
+    /// Most request IDs executing at once.
+    #[arg(long, default_value_t = DedupConfig::default().in_flight_max, value_name = "N")]
+    pub dedup_in_flight_max: usize,
+}
+
+impl DedupArgs {
+    /// The validated dedup configuration.
+    pub fn to_config(&self) -> Result<DedupConfig, String> {
+        let config = DedupConfig {
+            entries_max: self.dedup_entries_max,
+            ttl_ms: self.dedup_ttl_ms,
+            join_wait_ms_max: self.dedup_join_wait_ms_max,
+            in_flight_max: self.dedup_in_flight_max,
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
 }
 
 /// Fault-injection flags (all off by default, all seeded).
@@ -73,11 +120,30 @@ impl FaultArgs {
 /// Runs the server until Ctrl-C.
 pub async fn run(args: ServeArgs) -> ExitCode {
     super::init_logging("info");
-    let faults = match args.faults.to_config() {
-        Ok(f) => f,
-        Err(e) => {
+    let (faults, dedup) = match (args.faults.to_config(), args.dedup.to_config()) {
+        (Ok(f), Ok(d)) => (f, d),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
+        }
+    };
+    let events = EventSink::log_only();
+    let state = match &args.data_dir {
+        Some(dir) => match State::open(dedup.clone(), events.clone(), dir) {
+            Ok(state) => {
+                tracing::info!(dir = %dir.display(), "durable state: registers and dedup records survive restarts");
+                state
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            tracing::info!(
+                "in-memory state: registers and dedup records are lost on restart (use --data-dir to keep them)"
+            );
+            State::new(dedup.clone(), events.clone())
         }
     };
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
@@ -93,17 +159,27 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     } else {
         tracing::warn!(addr = %local, faults = %faults, "abacus listening WITH INJECTED FAULTS");
     }
+    tracing::info!(
+        dedup_entries_max = dedup.entries_max,
+        dedup_ttl_ms = dedup.ttl_ms,
+        require_request_id = args.require_request_id,
+        "dedup store"
+    );
     let config = ServerConfig {
         faults,
         in_flight_max: args.in_flight_max,
         shed_pushback_ms: args.shed_pushback_ms,
+        events,
+        dedup,
+        require_request_id: args.require_request_id,
         ..ServerConfig::default()
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C: finishing in-flight calls, then exiting");
     };
-    match server::serve(config, TcpListenerStream::new(listener), shutdown).await {
+    let incoming = TcpListenerStream::new(listener);
+    match server::serve_with_state(config, Arc::new(state), incoming, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: server failed: {e}");

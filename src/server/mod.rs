@@ -1,16 +1,22 @@
-//! The abacus server: one function, [`serve`], that runs the real tonic
-//! server on whatever connection stream it is given — a tokio TCP listener in
-//! production and tests, turmoil's simulated listener in `sims/`. There is no
-//! test copy of the server.
+//! The abacus server: [`serve_with_state`] runs the real tonic server on
+//! whatever connection stream it is given — a tokio TCP listener in
+//! production and tests, turmoil's simulated listener in `sims/` — over a
+//! [`State`] the caller may keep, and [`serve`] is the convenience that
+//! builds a fresh in-memory one. There is no test copy of the server.
 //!
 //! # Layout
 //! - [`grpc`]: the tonic adapter (`abacus.v1.Calculator`).
-//! - [`state`]: registers and everything committed together with them.
+//! - [`state`]: registers and everything committed together with them;
+//!   the begin/claim/commit protocol of `Accumulate`.
+//! - [`dedup`]: the idempotency design and the bounded dedup store.
+//! - [`durable`]: `--data-dir` persistence (redb).
 //! - [`faults`]: seeded fault injection (fail, delay, apply-then-drop).
 //! - [`deadline`]: reads the caller's `grpc-timeout`.
 //! - [`shed`]: load shedding — a cap on calls in flight.
 
 pub mod deadline;
+pub mod dedup;
+pub mod durable;
 pub mod faults;
 pub mod grpc;
 pub mod shed;
@@ -22,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
+pub use dedup::DedupConfig;
 pub use faults::{FaultConfig, FaultSwitch, Faults};
 pub use grpc::GrpcCalculator;
 pub use state::State;
@@ -53,6 +60,12 @@ pub struct ServerConfig {
     pub shed_pushback_ms: u64,
     /// Where events go.
     pub events: EventSink,
+    /// Dedup store limits, used by [`serve`] to build its [`State`] (a
+    /// state handed to [`serve_with_state`] brings its own).
+    pub dedup: DedupConfig,
+    /// Refuse `Accumulate` without a request ID (INVALID_ARGUMENT) instead
+    /// of applying it undeduplicated.
+    pub require_request_id: bool,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +76,8 @@ impl Default for ServerConfig {
             in_flight_max: IN_FLIGHT_MAX_DEFAULT,
             shed_pushback_ms: 100,
             events: EventSink::default(),
+            dedup: DedupConfig::default(),
+            require_request_id: false,
         }
     }
 }
@@ -72,7 +87,8 @@ pub type ServeError = tonic::transport::Error;
 
 /// Serves `abacus.v1.Calculator`, `grpc.health.v1.Health` and reflection
 /// (v1 and v1alpha) on every connection `incoming` yields, until `shutdown`
-/// completes; then stops accepting and lets in-flight calls finish.
+/// completes; then stops accepting and lets in-flight calls finish. State
+/// lives in memory and dies with this call: see [`serve_with_state`].
 pub async fn serve<I, IO, IE>(
     config: ServerConfig,
     incoming: I,
@@ -83,13 +99,34 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let state = Arc::new(State::new(config.dedup.clone(), config.events.clone()));
+    serve_with_state(config, state, incoming, shutdown).await
+}
+
+/// [`serve`] over a [`State`] the caller owns: a durable one
+/// ([`State::open`]), or, in the simulation, one kept outside a host so it
+/// outlives `sim.crash`/`sim.bounce` and is handed to the restarted server,
+/// which models durable storage. `config.dedup` is not used (the state
+/// has its limits already); events of the state go to the sink it was built
+/// with. Logs the state's counters when the server stops.
+pub async fn serve_with_state<I, IO, IE>(
+    config: ServerConfig,
+    state: Arc<State>,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let events = config.events.clone();
-    let state = Arc::new(State::new(events.clone()));
     let faults = Arc::new(Faults::new(
         config.faults.clone(),
         config.fault_switch.clone(),
     ));
-    let calculator = GrpcCalculator::new(state, faults, events.clone());
+    let calculator = GrpcCalculator::new(Arc::clone(&state), faults, events.clone())
+        .with_require_request_id(config.require_request_id);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -115,12 +152,14 @@ where
         events.clone(),
     );
     events.emit(Event::ServerStarted);
-    tonic::transport::Server::builder()
+    let result = tonic::transport::Server::builder()
         .layer(shed)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(calculator)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await;
+    tracing::info!(target: "abacus::stats", stats = %state.stats(), "server stopped");
+    result
 }

@@ -432,7 +432,7 @@ mod tests {
             ..FaultConfig::default()
         };
         let calculator = GrpcCalculator::new(
-            Arc::new(State::new(events.clone())),
+            Arc::new(State::new(Default::default(), events.clone())),
             Arc::new(Faults::new(faults, FaultSwitch::default())),
             events.clone(),
         );

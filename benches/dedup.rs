@@ -1,0 +1,320 @@
+//! What server-side deduplication costs, in memory and in time.
+//!
+//! A plain binary (`harness = false`, no criterion, to keep compiling lean)
+//! that prints three measurements and stops by itself:
+//!
+//! 1. **Memory per retained record**: the resident-set growth (from
+//!    `/proc/self/statm`) of a `DedupStore` holding 1,000,000 records with
+//!    36-byte UUID-shaped IDs. Target: at most 200 MiB.
+//! 2. **Store operations**, ns/op: lookup (hit and miss) in the full store,
+//!    and insert at capacity (every insert evicts the oldest record).
+//! 3. **`Accumulate` throughput over loopback gRPC**, with a fresh request ID
+//!    per call versus without, measured side by side in alternating rounds
+//!    (ABBA order, so drift hits both alike). Target: with ≥ 80% of without.
+//!
+//! Run: `cargo bench --bench dedup` (release). `-- --quick` shrinks every
+//! size for a smoke run (`cargo bench --profile dev --bench dedup -- --quick`).
+
+use std::{
+    fmt::Write as _,
+    hint::black_box,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant as StdInstant},
+};
+
+use abacus::{
+    pb::{AccumulateRequest, calculator_client::CalculatorClient},
+    server::{
+        self, ServerConfig,
+        dedup::{DedupConfig, DedupStore, Lookup, StoredOutcome, fingerprint},
+    },
+};
+use tokio::{sync::oneshot, time::Instant};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Sizes of one run.
+struct Sizes {
+    entries: usize,
+    rounds: usize,
+    round: Duration,
+    concurrency: usize,
+}
+
+const FULL: Sizes = Sizes {
+    entries: 1_000_000,
+    rounds: 8,
+    round: Duration::from_millis(1_500),
+    concurrency: 16,
+};
+
+const QUICK: Sizes = Sizes {
+    entries: 100_000,
+    rounds: 4,
+    round: Duration::from_millis(300),
+    concurrency: 8,
+};
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick { QUICK } else { FULL };
+    println!(
+        "abacus dedup bench ({}; {} CPUs available)",
+        if quick { "quick" } else { "full" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    store_bench(&sizes);
+    grpc_bench(&sizes);
+}
+
+// ---------------------------------------------------------------- store ----
+
+/// A deterministic, UUID-shaped (36-byte) request ID for `i`.
+fn request_id(i: u64, salt: u64, buf: &mut String) {
+    let a = splitmix(i ^ salt);
+    let b = splitmix(a);
+    buf.clear();
+    let _ = write!(
+        buf,
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    );
+}
+
+/// Salt for IDs that must differ from every retained one (`i ^ salt` stays
+/// outside `0..entries` for every `i < entries`).
+const FRESH_SALT: u64 = 1 << 40;
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Resident set size in bytes, from `/proc/self/statm` (pages) and the
+/// kernel page size read from `/proc/self/smaps` (4 KiB if unreadable).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    std::fs::read_to_string("/proc/self/smaps")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("KernelPageSize:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4096, |kb| kb * 1024)
+}
+
+fn ns_per_op(elapsed: Duration, ops: usize) -> f64 {
+    elapsed.as_nanos() as f64 / ops as f64
+}
+
+fn store_bench(sizes: &Sizes) {
+    let n = sizes.entries;
+    let config = DedupConfig {
+        entries_max: n,
+        ..DedupConfig::default()
+    };
+    let now = Instant::now();
+    let outcome = StoredOutcome::Applied { value: 1.0 };
+    let mut id = String::with_capacity(64);
+    // Warm the allocator so the measured growth is the store's.
+    request_id(0, 0, &mut id);
+
+    println!("\n(a) memory per retained record ({n} records, 36-byte IDs)");
+    let before = rss_bytes();
+    let mut store = DedupStore::new(&config);
+    let t = StdInstant::now();
+    for i in 0..n as u64 {
+        request_id(i, 0, &mut id);
+        store.insert(&id, fingerprint("r", 1.0), outcome, now, |_| {});
+    }
+    let fill = t.elapsed();
+    let after = rss_bytes();
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let delta = a.saturating_sub(b);
+            println!(
+                "    RSS delta {:.1} MiB = {:.0} bytes/record (target <= 200 MiB at 1,000,000)",
+                delta as f64 / (1024.0 * 1024.0),
+                delta as f64 / n as f64
+            );
+        }
+        _ => println!("    /proc/self/statm unreadable: memory not measured"),
+    }
+    assert_eq!(store.len(), n);
+
+    println!("\n(b) store operations (full store of {n})");
+    println!(
+        "    insert while filling (incl. ID formatting, growth): {:>6.0} ns/op",
+        ns_per_op(fill, n)
+    );
+    // Keys prepared outside the timed loops: retained IDs in scattered
+    // order, absent IDs, and fresh IDs for inserts that evict.
+    let stride = 7_919u64; // prime, so i * stride mod n visits every index
+    let hits: Vec<String> = (0..n as u64)
+        .map(|i| {
+            let mut s = String::new();
+            request_id(i * stride % n as u64, 0, &mut s);
+            s
+        })
+        .collect();
+    let fresh: Vec<String> = (0..n as u64)
+        .map(|i| {
+            let mut s = String::new();
+            request_id(i, FRESH_SALT, &mut s);
+            s
+        })
+        .collect();
+    let fp = fingerprint("r", 1.0);
+
+    let t = StdInstant::now();
+    for key in &hits {
+        let found = store.lookup(black_box(key), fp, now, |_| {});
+        debug_assert!(matches!(found, Lookup::Hit(_)));
+        black_box(found);
+    }
+    println!(
+        "    lookup, hit:                                        {:>6.0} ns/op",
+        ns_per_op(t.elapsed(), n)
+    );
+
+    let t = StdInstant::now();
+    for key in &fresh {
+        black_box(store.lookup(black_box(key), fp, now, |_| {}));
+    }
+    println!(
+        "    lookup, miss:                                       {:>6.0} ns/op",
+        ns_per_op(t.elapsed(), n)
+    );
+
+    let t = StdInstant::now();
+    for key in &fresh {
+        store.insert(black_box(key), fp, outcome, now, |_| {});
+    }
+    println!(
+        "    insert at capacity (evicts the oldest):             {:>6.0} ns/op",
+        ns_per_op(t.elapsed(), n)
+    );
+    assert_eq!(store.len(), n);
+    assert_eq!(store.stats().evictions, n as u64);
+}
+
+// ----------------------------------------------------------------- gRPC ----
+
+fn grpc_bench(sizes: &Sizes) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(
+            ServerConfig::default(),
+            TcpListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let client = CalculatorClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to the bench server");
+
+        println!(
+            "\n(c) Accumulate over loopback gRPC: {} concurrent callers on one HTTP/2 connection, {} rounds of {} ms",
+            sizes.concurrency,
+            sizes.rounds,
+            sizes.round.as_millis()
+        );
+        // Warm-up: connections, allocator, branch predictors.
+        round(&client, sizes, false, u64::MAX).await;
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for r in 0..sizes.rounds {
+            // ABBA: with, without, without, with, ...
+            let with_id = matches!(r % 4, 0 | 3);
+            let rate = round(&client, sizes, with_id, r as u64).await;
+            println!(
+                "    round {r}: {:<18} {:>8.0} calls/s",
+                if with_id { "with request_id" } else { "without" },
+                rate
+            );
+            if with_id { &mut with } else { &mut without }.push(rate);
+        }
+        let (w, wo) = (median(&mut with), median(&mut without));
+        println!(
+            "    median with request_id {w:.0} calls/s, without {wo:.0} calls/s: ratio {:.1}% (target >= 80%)",
+            100.0 * w / wo
+        );
+        let _ = stop.send(());
+        let _ = server.await;
+    });
+}
+
+/// One timed round; returns completed calls per second.
+async fn round(
+    client: &CalculatorClient<tonic::transport::Channel>,
+    sizes: &Sizes,
+    with_id: bool,
+    round: u64,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = StdInstant::now();
+    let mut tasks = Vec::new();
+    for task in 0..sizes.concurrency {
+        let (mut client, done, stop) = (client.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let register = format!("r{task}");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let request_id = if with_id {
+                    format!("bench-{round}-{task}-{n}")
+                } else {
+                    String::new()
+                };
+                let r = client
+                    .accumulate(AccumulateRequest {
+                        register: register.clone(),
+                        delta: 1.0,
+                        request_id,
+                    })
+                    .await;
+                if r.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(sizes.round).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
