@@ -30,7 +30,7 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
         });
     }
     effects(scenario, run, &mut v);
-    registers(&run.records, &mut v);
+    registers(scenario.state_survives_crash, &run.records, &mut v);
     calls(scenario, &run.records, &mut v);
     notes(scenario, &run.records, &mut v);
     if let Some(b) = &scenario.breaker {
@@ -156,7 +156,7 @@ fn effects(scenario: &Scenario, run: &Run, v: &mut Vec<Violation>) {
 /// Each register's value after every apply equals the previous value plus
 /// the delta: the update and its record were committed together, nothing
 /// was lost or applied out of band.
-fn registers(records: &[Record], v: &mut Vec<Violation>) {
+fn registers(state_survives_crash: bool, records: &[Record], v: &mut Vec<Violation>) {
     let mut values: BTreeMap<&str, f64> = BTreeMap::new();
     for r in records {
         match &r.entry {
@@ -178,9 +178,13 @@ fn registers(records: &[Record], v: &mut Vec<Violation>) {
                 }
                 values.insert(register, *value);
             }
-            // Server state is in memory: a crash, or a restart (which is a
-            // crash too when windows overlap), resets every register.
-            Entry::Fault(f) if f == "crash server" || f == "restart server" => values.clear(),
+            // In-memory state: a crash, or a restart (which is a crash too
+            // when windows overlap), resets every register.
+            Entry::Fault(f)
+                if !state_survives_crash && (f == "crash server" || f == "restart server") =>
+            {
+                values.clear()
+            }
             _ => {}
         }
     }

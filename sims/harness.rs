@@ -12,8 +12,8 @@ use std::{
 };
 
 use abacus::{
-    client::{BreakerConfig, CallError, Client, ClientConfig, Delivery, RetryConfig},
-    server::{self, FaultConfig, FaultSwitch, ServerConfig},
+    client::{BreakerConfig, CallError, Client, ClientConfig, Delivery, IdGenerator, RetryConfig},
+    server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig, State},
     trace::Outcome,
 };
 use rand::{Rng, SeedableRng};
@@ -51,6 +51,8 @@ pub struct Scenario {
     pub calls_per_client: usize,
     /// Share of calls that are `Accumulate`.
     pub accumulate_share: f64,
+    /// Send every Accumulate twice at once under one request ID.
+    pub hedge: bool,
     /// Think time between a client's calls, drawn from this range (ms).
     pub think_ms: (u64, u64),
     /// Share of the other calls that are invalid (`Divide` by zero).
@@ -69,6 +71,11 @@ pub struct Scenario {
     pub breaker: Option<BreakerConfig>,
     /// The server's cap on calls in flight (load shedding).
     pub in_flight_max: usize,
+    /// Server-side deduplication on (the default) or off (negative controls).
+    pub dedup: bool,
+    /// Server state survives a crash (durable mode, the default) or is lost
+    /// with it (in-memory mode).
+    pub state_survives_crash: bool,
     /// Faults to inject.
     pub plan: FaultPlan,
     /// What the scenario promises (which invariants must hold).
@@ -100,6 +107,7 @@ impl Scenario {
             clients: 2,
             calls_per_client: 10,
             accumulate_share: 0.5,
+            hedge: false,
             think_ms: (0, 60),
             invalid_share: 0.0,
             mode: Delivery::ExactlyOnce,
@@ -109,6 +117,8 @@ impl Scenario {
             stack: Stack::Standard,
             breaker: None,
             in_flight_max: abacus::server::IN_FLIGHT_MAX_DEFAULT,
+            dedup: true,
+            state_survives_crash: true,
             plan: FaultPlan::default(),
             promise: Promise::ExactlyOnceEffect,
             liveness_calls: 0,
@@ -203,11 +213,26 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         in_flight_max: scenario.in_flight_max,
         ..ServerConfig::default()
     };
+    // Durable mode, modelled: one state outside the host, handed to every
+    // incarnation of the server, so registers and dedup records survive a
+    // crash together (as `--data-dir` makes them survive a restart).
+    // Without it, each start gets fresh state, as a real in-memory server.
+    let dedup = DedupConfig {
+        enabled: scenario.dedup,
+        ..DedupConfig::default()
+    };
+    let durable = scenario
+        .state_survives_crash
+        .then(|| Arc::new(State::new(dedup.clone(), history.sink("server"))));
     sim.host("server", move || {
         let config = server_config.clone();
+        let state = durable
+            .clone()
+            .unwrap_or_else(|| Arc::new(State::new(dedup.clone(), config.events.clone())));
         async move {
             let listener = turmoil::net::TcpListener::bind(("0.0.0.0", net::PORT)).await?;
-            server::serve(config, net::incoming(listener), std::future::pending()).await?;
+            let incoming = net::incoming(listener);
+            server::serve_with_state(config, state, incoming, std::future::pending()).await?;
             Ok(())
         }
     });
@@ -231,6 +256,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
             calls: scenario.calls_per_client,
             accumulate_share: scenario.accumulate_share,
             think_ms: scenario.think_ms,
+            hedge: scenario.hedge,
+            ids: IdGenerator::seeded(seed ^ 0x0bad_cafe ^ index as u64),
             invalid_share: scenario.invalid_share,
             liveness_calls: scenario.liveness_calls,
             heal_at: scenario.heal_at(),
@@ -402,6 +429,8 @@ struct Workload {
     accumulate_share: f64,
     think_ms: (u64, u64),
     invalid_share: f64,
+    hedge: bool,
+    ids: IdGenerator,
     liveness_calls: usize,
     heal_at: Duration,
     rng: ChaCha8Rng,
@@ -410,6 +439,29 @@ struct Workload {
 }
 
 impl Workload {
+    /// Sends the same Accumulate twice at once under one request ID (a
+    /// hedged request racing the original): the server must apply it once,
+    /// and both copies must see the same value, at most one of them fresh
+    /// (both may be replays when both first attempts timed out).
+    async fn hedged(&mut self, client: &Client, delta: f64) -> Result<(f64, bool), CallError> {
+        let id = self.ids.next_id();
+        let (a, b) = tokio::join!(
+            client.accumulate_with_id(REGISTER, delta, &id),
+            client.accumulate_with_id(REGISTER, delta, &id)
+        );
+        if let (Ok((va, ra)), Ok((vb, rb))) = (&a, &b)
+            && (va != vb || (!ra && !rb))
+        {
+            self.history.push(
+                &self.host,
+                Entry::Note(format!(
+                    "WRONG: hedged id={id}: ({va}, replayed={ra}) vs ({vb}, replayed={rb}); both copies must see one execution"
+                )),
+            );
+        }
+        a.or(b)
+    }
+
     async fn run(mut self, client: &Client) {
         for k in 0..self.calls {
             // Think time between calls (simulated), so that faults land in
@@ -418,7 +470,11 @@ impl Workload {
             tokio::time::sleep(std::time::Duration::from_millis(think)).await;
             if self.rng.random_bool(self.accumulate_share) {
                 let delta = (self.index * 1000 + k + 1) as f64;
-                let result = client.accumulate(REGISTER, delta).await;
+                let result = if self.hedge {
+                    self.hedged(client, delta).await
+                } else {
+                    client.accumulate(REGISTER, delta).await
+                };
                 let result = result
                     .map(|(v, _)| v)
                     .map_err(|e: CallError| (e.code, e.outcome));

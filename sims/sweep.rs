@@ -128,9 +128,13 @@ pub fn expect_violation_with(
     invariant: &str,
 ) -> (Run, Vec<Violation>) {
     let name = make(0).name;
+    let single = std::env::var("SIM_SEED").is_ok();
     for seed in seeds() {
-        let scenario = &make(seed);
+        let scenario = &with_override(&make(seed));
         let (run, violations) = run_checked(scenario, seed);
+        if single {
+            eprintln!("{} seed {seed}:\n{}", scenario.name, render(&run.records));
+        }
         if violations.iter().any(|v| v.invariant == invariant) {
             eprintln!(
                 "negative control caught as expected:\n{}",

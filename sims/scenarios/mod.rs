@@ -3,6 +3,7 @@
 mod basic;
 mod breaker;
 mod controls;
+mod dedup;
 mod delivery;
 mod determinism;
 mod recovery;

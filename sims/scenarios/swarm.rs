@@ -38,6 +38,35 @@ pub fn swarm(name: &'static str, mode: Delivery, seed: u64) -> Scenario {
     s
 }
 
+/// The main swarm: exactly-once mode (request IDs, server dedup, state that
+/// survives crashes), every invariant on every seed.
+#[test]
+fn swarm_exactly_once() {
+    let runs = sweep_with(|seed| swarm("swarm_exactly_once", Delivery::ExactlyOnce, seed));
+    let reached = |what: &str, n: usize| assert!(n > 0, "the swarm never reached: {what}");
+    reached(
+        "a dedup hit (a retry after apply, answered from the store)",
+        count(&runs, |e| {
+            is_event(e, |ev| matches!(ev, Event::DedupHit { .. }))
+        }),
+    );
+    reached(
+        "a breaker opening",
+        count(&runs, |e| {
+            is_event(e, |ev| {
+                matches!(ev, Event::BreakerTransition { to: "open", .. })
+            })
+        }),
+    );
+    reached(
+        "a server crash",
+        count(
+            &runs,
+            |e| matches!(e, crate::history::Entry::Fault(f) if f == "crash server"),
+        ),
+    );
+}
+
 #[test]
 fn swarm_at_most_once() {
     let runs = sweep_with(|seed| swarm("swarm_at_most_once", Delivery::AtMostOnce, seed));
@@ -74,33 +103,42 @@ fn swarm_at_most_once() {
     );
 }
 
-/// NEGATIVE CONTROL + shrinking: blind at-least-once retries under the
-/// swarm must double-apply on some seed of the default sweep; the failure
-/// shrinks to a smaller plan that still fails, and that plan replays.
+/// NEGATIVE CONTROL + shrinking: the swarm with the server's dedup
+/// switched off (the injected bug) must fail exactly-once on some seed of
+/// the default sweep; the failure shrinks to a smaller plan that still
+/// fails, and that plan replays byte for byte.
 #[test]
-fn swarm_blind_retries_double_apply_and_shrink() {
-    const NAME: &str = "swarm_blind_retries_double_apply_and_shrink";
-    let make = |seed| swarm(NAME, Delivery::AtLeastOnce, seed);
+fn swarm_dedup_off_is_caught_and_shrunk() {
+    const NAME: &str = "swarm_dedup_off_is_caught_and_shrunk";
+    let make = |seed| {
+        let mut s = swarm(NAME, Delivery::ExactlyOnce, seed);
+        s.dedup = false;
+        s
+    };
     let (run, _) = expect_violation_with(make, "applied-at-most-once");
     let scenario = make(run.seed);
     let (small, steps) = crate::shrink::shrink(&scenario, run.seed, "applied-at-most-once");
     eprintln!(
-        "seed {} shrunk in {steps} runs:\n  from {}\n  to   {small}",
-        run.seed, scenario.plan
+        "seed {} shrunk in {steps} runs:\n  from {}\n  to   {small}\nreplay: {}",
+        run.seed,
+        scenario.plan,
+        crate::sweep::replay_command(NAME, run.seed, Some(&small))
     );
     assert!(!small.is_quiet(), "a double apply needs some fault");
     assert!(small.windows.len() <= scenario.plan.windows.len());
-    // The shrunk plan, replayed, still shows the bug.
+    // The shrunk plan, replayed from its text form, still shows the bug,
+    // byte for byte the same each time.
     let mut replay = scenario.clone();
     replay.plan = small.to_string().parse().expect("plans round-trip");
-    let (_, violations) = run_checked(&replay, run.seed);
+    let (first, violations) = run_checked(&replay, run.seed);
     assert!(
         violations
             .iter()
             .any(|v| v.invariant == "applied-at-most-once")
     );
-    // And the replay of the same seed and plan is byte-identical.
-    let a = crate::history::render(&harness::run(&replay, run.seed).records);
-    let b = crate::history::render(&harness::run(&replay, run.seed).records);
-    assert_eq!(a, b);
+    let again = harness::run(&replay, run.seed);
+    assert_eq!(
+        crate::history::render(&first.records),
+        crate::history::render(&again.records)
+    );
 }

@@ -59,6 +59,10 @@ pub struct DedupArgs {
     /// Most request IDs executing at once.
     #[arg(long, default_value_t = DedupConfig::default().in_flight_max, value_name = "N")]
     pub dedup_in_flight_max: usize,
+    /// Switch deduplication OFF (request IDs are ignored, retries may apply
+    /// twice): only to demonstrate what it prevents.
+    #[arg(long)]
+    pub no_dedup: bool,
 }
 
 impl DedupArgs {
@@ -69,6 +73,7 @@ impl DedupArgs {
             ttl_ms: self.dedup_ttl_ms,
             join_wait_ms_max: self.dedup_join_wait_ms_max,
             in_flight_max: self.dedup_in_flight_max,
+            enabled: !self.no_dedup,
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

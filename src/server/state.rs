@@ -180,6 +180,8 @@ pub struct State {
     events: EventSink,
     join_wait_max: Duration,
     in_flight_max: usize,
+    /// `DedupConfig::enabled`.
+    dedup_enabled: bool,
 }
 
 enum Attempt<'a> {
@@ -264,6 +266,7 @@ impl State {
                 durable,
             }),
             events,
+            dedup_enabled: dedup.enabled,
             join_wait_max: dedup.join_wait_max(),
             in_flight_max: dedup.in_flight_max.max(1),
         }
@@ -296,7 +299,10 @@ impl State {
         // Payload errors first: they are the same on every attempt, so they
         // need no claim and are never recorded.
         core::validate_accumulate(&args.register, args.delta)?;
-        if args.request_id.is_empty() {
+        if !args.request_id.is_empty() {
+            validate_request_id(&args.request_id)?;
+        }
+        if args.request_id.is_empty() || !self.dedup_enabled {
             return Ok(Begin::Execute(Claim {
                 state: self,
                 args,

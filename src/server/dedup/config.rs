@@ -41,6 +41,11 @@ pub struct DedupConfig {
     /// beyond that new IDs are refused RESOURCE_EXHAUSTED with pushback.
     /// Bounds the in-flight table whatever clients do. Default 10,000.
     pub in_flight_max: usize,
+    /// False switches deduplication off: request IDs are validated but
+    /// ignored, so a retried `Accumulate` applies again. Only for showing
+    /// what dedup prevents (`abacus serve --no-dedup`, the negative controls
+    /// of the simulation). Default true.
+    pub enabled: bool,
 }
 
 impl Default for DedupConfig {
@@ -50,6 +55,7 @@ impl Default for DedupConfig {
             ttl_ms: 10 * 60 * 1000,
             join_wait_ms_max: 30_000,
             in_flight_max: 10_000,
+            enabled: true,
         }
     }
 }

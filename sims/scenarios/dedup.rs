@@ -1,0 +1,100 @@
+//! Exactly-once effect: at-least-once delivery plus request IDs plus the
+//! server's dedup store, under the partial failure that makes retries
+//! dangerous, with duplicates racing the original, and across crashes where
+//! state survives. With dedup switched off, the same scenario must fail.
+
+use std::time::Duration;
+
+use abacus::{client::Delivery, trace::Event};
+
+use crate::{
+    harness::Scenario,
+    plan::{NetFault, Window},
+    sweep::{count, expect_violation, is_event, snapshot_fixed_seed, sweep},
+};
+
+fn exactly_once(name: &'static str) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.mode = Delivery::ExactlyOnce;
+    s.accumulate_share = 1.0;
+    s.plan.drop_rate = 0.3;
+    s
+}
+
+#[test]
+fn exactly_once_under_apply_then_drop() {
+    let s = exactly_once("exactly_once_under_apply_then_drop");
+    let runs = sweep(&s);
+    let hits = count(&runs, |e| {
+        is_event(e, |ev| matches!(ev, Event::DedupHit { .. }))
+    });
+    assert!(hits > 0, "no retry was ever answered from the dedup store");
+    snapshot_fixed_seed(&s);
+}
+
+/// NEGATIVE CONTROL: the same scenario with the server's dedup switched
+/// off must double-apply, and the checker must report it.
+#[test]
+fn dedup_off_double_applies() {
+    let mut s = exactly_once("dedup_off_double_applies");
+    s.dedup = false;
+    expect_violation(&s, "applied-at-most-once");
+}
+
+/// A retry racing the original: a slow server (up to 400 ms) and 150 ms
+/// attempts, so retries arrive while the first attempt still executes; and
+/// hedged requests, two copies sent at once under one ID. Neither may apply
+/// twice; the late copies join the first execution.
+#[test]
+fn concurrent_duplicates_join_the_first_execution() {
+    let mut s = exactly_once("concurrent_duplicates_join_the_first_execution");
+    s.plan.drop_rate = 0.0;
+    s.plan.delay_ms = (0, 400);
+    s.attempt_timeout = Duration::from_millis(150);
+    s.retry.throttle = None;
+    s.retry.attempts_max = 6;
+    s.hedge = true;
+    let runs = sweep(&s);
+    let joined = count(&runs, |e| {
+        is_event(e, |ev| matches!(ev, Event::DedupJoined { .. }))
+    });
+    assert!(
+        joined > 0,
+        "no duplicate ever arrived while the first was in flight"
+    );
+    snapshot_fixed_seed(&s);
+}
+
+/// Crash and restart with durable state (modelled: the state outlives the
+/// host): records survive with the registers, so a retry that lands after
+/// the restart is still recognised.
+#[test]
+fn exactly_once_across_crash_with_durable_state() {
+    let mut s = exactly_once("exactly_once_across_crash_with_durable_state");
+    s.plan.drop_rate = 0.2;
+    s.plan.windows = vec![Window::all(NetFault::Crash, 200, 600)];
+    s.deadline = Duration::from_secs(4);
+    s.attempt_timeout = Duration::from_millis(300);
+    s.retry.attempts_max = 8;
+    s.retry.throttle = None;
+    let runs = sweep(&s);
+    assert!(
+        count(&runs, |e| is_event(e, |ev| matches!(
+            ev,
+            Event::DedupHit { .. }
+        ))) > 0
+    );
+}
+
+/// In-memory state: the crash loses the dedup records with the registers
+/// (documented), and the checker follows the reset rather than flagging it.
+#[test]
+fn in_memory_state_is_lost_on_crash_and_the_checker_knows() {
+    let mut s = exactly_once("in_memory_state_is_lost_on_crash_and_the_checker_knows");
+    s.state_survives_crash = false;
+    s.plan.drop_rate = 0.0;
+    s.plan.windows = vec![Window::all(NetFault::Crash, 200, 600)];
+    s.deadline = Duration::from_secs(4);
+    s.retry.throttle = None;
+    sweep(&s);
+}
