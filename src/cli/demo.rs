@@ -8,8 +8,11 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
-    client::{CallError, Client, ClientConfig, Delivery, tcp_channel},
-    server::{self, FaultConfig, ServerConfig},
+    client::{
+        BreakerConfig, CallError, Client, ClientConfig, Delivery, IdGenerator, RetryConfig,
+        tcp_channel,
+    },
+    server::{self, FaultConfig, FaultSwitch, ServerConfig},
     trace::{Event, EventSink, Outcome},
 };
 
@@ -213,7 +216,11 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
         "   server: abacus serve --drop-after-apply-rate 0.5 --fault-seed {seed}  ({})",
         lossy.addr
     );
-    for mode in [Delivery::AtLeastOnce, Delivery::AtMostOnce] {
+    for mode in [
+        Delivery::AtLeastOnce,
+        Delivery::AtMostOnce,
+        Delivery::ExactlyOnce,
+    ] {
         let register = mode.name();
         println!("\n   --mode {mode}: 5 × accumulate({register}, 1)");
         let client = narrated_client(
@@ -225,11 +232,30 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
                 ..ClientConfig::default()
             },
         );
-        let (mut acked, mut unknown) = (0, 0);
+        let (mut acked, mut unknown, mut replays) = (0, 0, 0);
+        let ids = IdGenerator::seeded(seed);
         for _ in 0..5 {
-            match client.accumulate(register, 1.0).await {
+            // Exactly-once: one ID per logical call (the client would make
+            // one itself; the demo makes it here so that it can re-send the
+            // call later under the same ID).
+            let id = if mode.attaches_request_ids() {
+                ids.next_id()
+            } else {
+                String::new()
+            };
+            let mut result = client.accumulate_with_id(register, 1.0, &id).await;
+            if let Err(e) = &result
+                && e.outcome == Outcome::Unknown
+                && !id.is_empty()
+            {
+                println!("     outcome unknown: {e}");
+                println!("     -> safe to re-send later under the same id {id}:");
+                result = client.accumulate_with_id(register, 1.0, &id).await;
+            }
+            match result {
                 Ok((v, replayed)) => {
                     acked += 1;
+                    replays += u32::from(replayed);
                     println!(
                         "     ok -> {v}{}",
                         if replayed { " (replayed)" } else { "" }
@@ -266,10 +292,96 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
                     "   => never applied twice; the unknown outcomes are reported, not retried."
                 );
             }
+            Delivery::ExactlyOnce if value == 5.0 && acked == 5 => {
+                t.ok += 1;
+                println!(
+                    "   => applied exactly once each: {replays} call(s) got their result replayed from the dedup store instead of applying again."
+                );
+            }
             _ => t.surprises.push(format!(
                 "{mode}: register {register} = {value} after {acked} acknowledged"
             )),
         }
+    }
+    let stats = narrated_client(lossy.addr, ClientConfig::default())
+        .stats()
+        .await;
+    match stats {
+        Ok(s) => println!("\n   server stats: {}", crate::client::Reply::Stats(s)),
+        Err(e) => t.surprises.push(format!("stats: {e}")),
+    }
+
+    breaker(t, seed).await
+}
+
+/// Section 7: a server that fails everything trips the breaker; calls then
+/// fail fast without touching the network; when the server recovers, a
+/// probe closes the breaker again.
+async fn breaker(t: &mut Tally, seed: u64) -> std::io::Result<()> {
+    println!("\n7. Circuit breaker: a server that fails every request, then recovers");
+    let switch = FaultSwitch::default();
+    let down = embedded_server(ServerConfig {
+        faults: FaultConfig {
+            fail_rate: 1.0,
+            seed,
+            ..FaultConfig::default()
+        },
+        fault_switch: switch.clone(),
+        ..ServerConfig::default()
+    })
+    .await?;
+    println!("   server: abacus serve --fail-rate 1  ({})", down.addr);
+    let config = ClientConfig {
+        seed: Some(seed),
+        endpoint: down.addr.to_string(),
+        breaker: Some(BreakerConfig {
+            consecutive_failures_max: Some(4),
+            open_ms: 500,
+            ..BreakerConfig::default()
+        }),
+        retry: RetryConfig {
+            attempts_max: 2,
+            ..RetryConfig::default()
+        },
+        ..ClientConfig::default()
+    };
+    let client = narrated_client(down.addr, config);
+    let mut fast = 0;
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        match client.add(f64::from(i), 1.0).await {
+            Ok(v) => t
+                .surprises
+                .push(format!("add succeeded against a failing server: {v}")),
+            Err(e) if matches!(e.cause, crate::client::Cause::CircuitOpen { .. }) => {
+                fast += 1;
+                println!("     failed fast in {:?}: {e}", started.elapsed());
+            }
+            Err(e) => println!("     error: {e}"),
+        }
+    }
+    println!("   ... the server recovers (faults switched off); waiting for the breaker to probe");
+    switch.turn_off();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let recovered = client.add(40.0, 2.0).await;
+    match (&recovered, client.breaker().map(|b| b.state())) {
+        (Ok(v), Some(state)) => {
+            println!("     add(40, 2) = {v}; breaker is {}", state.name());
+            if fast > 0 && state.name() == "closed" {
+                t.ok += 1;
+            } else {
+                t.surprises.push(format!(
+                    "breaker: {fast} fast failures, state {}",
+                    state.name()
+                ));
+            }
+        }
+        _ => t
+            .surprises
+            .push(format!("breaker did not recover: {recovered:?}")),
+    }
+    if let Some(b) = client.breaker() {
+        println!("   breaker: {}", b.snapshot());
     }
     Ok(())
 }
