@@ -303,9 +303,11 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
             )),
         }
     }
-    let stats = narrated_client(lossy.addr, ClientConfig::default())
-        .stats()
-        .await;
+    let quiet = Client::new(
+        tcp_channel(&lossy.addr.to_string()).expect("a socket address is a valid authority"),
+        ClientConfig::default(),
+    );
+    let stats = quiet.stats().await;
     match stats {
         Ok(s) => println!("\n   server stats: {}", crate::client::Reply::Stats(s)),
         Err(e) => t.surprises.push(format!("stats: {e}")),
