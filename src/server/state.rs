@@ -182,6 +182,12 @@ pub struct State {
     in_flight_max: usize,
     /// `DedupConfig::enabled`.
     dedup_enabled: bool,
+    /// `DedupConfig::ttl`, to warn about callers that wait longer than a
+    /// record lives.
+    ttl: Duration,
+    /// Set once the TTL warning was logged (it is about configuration, not
+    /// about each request).
+    ttl_warned: std::sync::atomic::AtomicBool,
 }
 
 enum Attempt<'a> {
@@ -267,6 +273,8 @@ impl State {
             }),
             events,
             dedup_enabled: dedup.enabled,
+            ttl: dedup.ttl(),
+            ttl_warned: std::sync::atomic::AtomicBool::new(false),
             join_wait_max: dedup.join_wait_max(),
             in_flight_max: dedup.in_flight_max.max(1),
         }
@@ -312,6 +320,7 @@ impl State {
             }));
         }
         validate_request_id(&args.request_id)?;
+        self.warn_if_deadline_outlives_records(deadline);
         let fingerprint = fingerprint(&args.register, args.delta);
         let join_until = Instant::now() + self.join_wait_max;
         let wait_until = deadline.map_or(join_until, |d| d.min(join_until));
@@ -329,6 +338,24 @@ impl State {
             }
             // Committed or released: look again. Another waiter may have
             // taken the claim over, in which case we wait for it in turn.
+        }
+    }
+
+    /// A retry that arrives after its record expired applies again, so a
+    /// caller's deadline must be shorter than the TTL. The server cannot
+    /// refuse such callers (their retries may all arrive in time), so it
+    /// says so once, loudly.
+    fn warn_if_deadline_outlives_records(&self, deadline: Option<Instant>) {
+        use std::sync::atomic::Ordering;
+        let Some(deadline) = deadline else { return };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait > self.ttl && !self.ttl_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                caller_deadline_ms = wait.as_millis() as u64,
+                dedup_ttl_ms = self.ttl.as_millis() as u64,
+                "a caller's deadline is longer than the dedup TTL: a retry arriving after its \
+                 record expires would be applied again; shorten client deadlines or raise --dedup-ttl-ms"
+            );
         }
     }
 

@@ -346,3 +346,27 @@ async fn durable_state_survives_reopening() {
     drop(s);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn dedup_off_applies_every_repeat_and_long_deadlines_are_flagged() {
+    use std::sync::atomic::Ordering;
+    let (s, _) = state_with(DedupConfig {
+        enabled: false,
+        ..DedupConfig::default()
+    });
+    let a = args("x", 1.0, "id-1");
+    assert_eq!(s.accumulate(&a, None).await, ok(1.0, false));
+    assert_eq!(s.accumulate(&a, None).await, ok(2.0, false));
+
+    let (s, _) = state();
+    let short = Instant::now() + Duration::from_secs(5);
+    s.accumulate(&args("x", 1.0, "id-1"), Some(short))
+        .await
+        .unwrap();
+    assert!(!s.ttl_warned.load(Ordering::Relaxed));
+    let beyond_ttl = Instant::now() + DedupConfig::default().ttl() + Duration::from_secs(1);
+    s.accumulate(&args("x", 1.0, "id-2"), Some(beyond_ttl))
+        .await
+        .unwrap();
+    assert!(s.ttl_warned.load(Ordering::Relaxed));
+}
