@@ -34,7 +34,7 @@ fn breaker_config() -> BreakerConfig {
     }
 }
 
-fn scenario(name: &'static str, windows: Vec<Window>) -> Scenario {
+pub fn scenario(name: &'static str, windows: Vec<Window>) -> Scenario {
     let mut s = Scenario::new(name);
     s.clients = 1;
     // Steady traffic through and well past the fault (about 8 s), so the
@@ -179,7 +179,7 @@ fn breaker_open_means_the_server_sees_nothing() {
 /// A slow server (1.5–2 s per request, deadlines of 300 ms) and eight
 /// callers. Work the server does for a caller that already gave up is
 /// wasted; requests it admits are what piles up.
-fn cascade(name: &'static str, protected: bool) -> Scenario {
+pub fn cascade(name: &'static str, protected: bool) -> Scenario {
     let mut s = Scenario::new(name);
     s.clients = 8;
     s.calls_per_client = 10;

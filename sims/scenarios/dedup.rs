@@ -13,7 +13,7 @@ use crate::{
     sweep::{count, expect_violation, is_event, snapshot_fixed_seed, sweep},
 };
 
-fn exactly_once(name: &'static str) -> Scenario {
+pub fn exactly_once(name: &'static str) -> Scenario {
     let mut s = Scenario::new(name);
     s.mode = Delivery::ExactlyOnce;
     s.accumulate_share = 1.0;

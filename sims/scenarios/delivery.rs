@@ -9,7 +9,7 @@ use crate::{
     sweep::{expect_violation, report, snapshot_fixed_seed, sweep},
 };
 
-fn apply_then_drop(name: &'static str, mode: Delivery) -> Scenario {
+pub fn apply_then_drop(name: &'static str, mode: Delivery) -> Scenario {
     let mut s = Scenario::new(name);
     s.mode = mode;
     s.accumulate_share = 1.0;

@@ -12,7 +12,7 @@ use crate::{
     sweep::{count, failed_calls, is_event, snapshot_fixed_seed, sweep},
 };
 
-fn pure(name: &'static str, windows: Vec<Window>) -> Scenario {
+pub fn pure(name: &'static str, windows: Vec<Window>) -> Scenario {
     let mut s = Scenario::new(name);
     s.accumulate_share = 0.0;
     s.deadline = Duration::from_secs(5);

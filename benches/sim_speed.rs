@@ -1,0 +1,46 @@
+//! Benchmark: simulated runs per second of the standard swarm scenario (2–3
+//! clients × 12 calls, a seed-drawn fault mix, a liveness phase), checked
+//! against every invariant, on one thread.
+//!
+//! Run: `cargo bench --bench sim_speed [-- SEEDS]` (default 2,000 seeds).
+
+// The simulation's modules are shared with the `sims` test binary: not
+// every item is used here, and the scenarios' imports serve their #[test]
+// functions, which only the test binary compiles.
+#![allow(dead_code, unreachable_pub, unused_imports)]
+
+include!("../sims/embed.rs");
+
+use std::time::Instant;
+
+use abacus::client::Delivery;
+
+fn main() {
+    let seeds: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2_000);
+    let start = Instant::now();
+    let mut violations = 0;
+    let mut events = 0;
+    for seed in 0..seeds {
+        let s = scenarios::by_name("swarm", seed).expect("the swarm scenario is registered");
+        assert_eq!(s.mode, Delivery::ExactlyOnce);
+        let (run, v) = sweep::run_checked(&s, seed);
+        violations += v.len();
+        events += run.records.len();
+        if seed % 500 == 499 {
+            eprintln!(
+                "{} seeds, {:.0}/s",
+                seed + 1,
+                (seed + 1) as f64 / start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "swarm: {seeds} seeds in {secs:.1} s = {:.0} seeds/s ({:.0} events/s), {violations} violations",
+        seeds as f64 / secs,
+        events as f64 / secs
+    );
+}
