@@ -190,7 +190,7 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
         flaky.addr,
         ClientConfig {
             seed: Some(seed),
-            // This section is about retries; section 7 shows the breaker.
+            // This section is about retries; section 6 shows the breaker.
             breaker: None,
             ..ClientConfig::default()
         },
@@ -316,11 +316,11 @@ async fn faults(t: &mut Tally, seed: u64) -> std::io::Result<()> {
     breaker(t, seed).await
 }
 
-/// Section 7: a server that fails everything trips the breaker; calls then
+/// Section 6: a server that fails everything trips the breaker; calls then
 /// fail fast without touching the network; when the server recovers, a
 /// probe closes the breaker again.
 async fn breaker(t: &mut Tally, seed: u64) -> std::io::Result<()> {
-    println!("\n7. Circuit breaker: a server that fails every request, then recovers");
+    println!("\n6. Circuit breaker: a server that fails every request, then recovers");
     let switch = FaultSwitch::default();
     let down = embedded_server(ServerConfig {
         faults: FaultConfig {

@@ -82,6 +82,13 @@ impl Default for ServerConfig {
     }
 }
 
+/// Reflection over our contract and the health service.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// Error returned by [`serve`].
 pub type ServeError = tonic::transport::Error;
 
@@ -133,16 +140,13 @@ where
         .set_serving::<CalculatorServer<GrpcCalculator>>()
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl speaks v1, Python's grpcio only v1alpha.
+    let reflection_v1 = reflection()
         .build_v1()
-        .expect("the descriptor set compiled by build.rs is valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor sets compiled by build.rs and tonic-health are valid");
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
-        .expect("the descriptor set compiled by build.rs is valid");
+        .expect("the descriptor sets compiled by build.rs and tonic-health are valid");
 
     let calculator = CalculatorServer::new(calculator).max_decoding_message_size(MESSAGE_BYTES_MAX);
 
