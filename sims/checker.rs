@@ -321,3 +321,235 @@ fn notes(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
         });
     }
 }
+
+/// Each checker fed a hand-made history with exactly its bug: proves every
+/// invariant can fail, including those no broken stack reaches in a sweep.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use abacus::trace::{Event, Outcome};
+    use tonic::Code;
+
+    use super::check;
+    use crate::{
+        harness::{LogicalAccumulate, Run, Scenario},
+        history::{Entry, Record},
+    };
+
+    fn at(ms: u64, host: &str, entry: Entry) -> Record {
+        Record {
+            at: Duration::from_millis(ms),
+            host: host.into(),
+            entry,
+        }
+    }
+
+    fn applied(ms: u64, delta: f64, value: f64) -> Record {
+        at(
+            ms,
+            "server",
+            Entry::Event(Event::Applied {
+                request_id: String::new(),
+                register: "total".into(),
+                delta,
+                value,
+            }),
+        )
+    }
+
+    fn logical(delta: f64, result: Result<f64, (Code, Outcome)>) -> LogicalAccumulate {
+        LogicalAccumulate {
+            host: "client-1".into(),
+            register: "total".into(),
+            delta,
+            result,
+        }
+    }
+
+    fn call(ms: u64, id: u64, deadline_ms: u64) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::CallStarted {
+                call: id,
+                method: "Add",
+                request_id: String::new(),
+                deadline_ms,
+            }),
+        )
+    }
+
+    fn finished(ms: u64, id: u64) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::CallFinished {
+                call: id,
+                attempts: 0,
+                result: "ok 1".into(),
+                outcome: Outcome::Applied,
+            }),
+        )
+    }
+
+    fn attempt(ms: u64, id: u64, n: u32) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::AttemptStarted {
+                call: id,
+                attempt: n,
+                timeout_ms: 100,
+            }),
+        )
+    }
+
+    fn transition(ms: u64, from: &'static str, to: &'static str) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::BreakerTransition {
+                endpoint: "server".into(),
+                from,
+                to,
+            }),
+        )
+    }
+
+    /// The invariants `check` reports for this history.
+    fn found(
+        s: &Scenario,
+        records: Vec<Record>,
+        accumulates: Vec<LogicalAccumulate>,
+    ) -> Vec<&'static str> {
+        let run = Run {
+            seed: 0,
+            records,
+            accumulates,
+            sim_result: Ok(()),
+        };
+        check(s, &run).into_iter().map(|v| v.invariant).collect()
+    }
+
+    fn with_breaker() -> Scenario {
+        let mut s = Scenario::new("synthetic");
+        s.breaker = Some(Default::default());
+        s
+    }
+
+    #[test]
+    fn every_invariant_can_fail() {
+        let s = Scenario::new("synthetic");
+        let cases: Vec<(&str, Scenario, Vec<Record>, Vec<LogicalAccumulate>)> = vec![
+            (
+                "applied-at-most-once",
+                s.clone(),
+                vec![applied(1, 5.0, 5.0), applied(2, 5.0, 10.0)],
+                vec![logical(5.0, Ok(5.0))],
+            ),
+            (
+                "acknowledged-implies-applied",
+                s.clone(),
+                vec![],
+                vec![logical(5.0, Ok(5.0))],
+            ),
+            (
+                "not-applied-is-true",
+                s.clone(),
+                vec![applied(1, 5.0, 5.0)],
+                vec![logical(5.0, Err((Code::Unavailable, Outcome::NotApplied)))],
+            ),
+            (
+                "register-consistent",
+                s.clone(),
+                vec![applied(1, 5.0, 5.0), applied(2, 1.0, 7.0)],
+                vec![],
+            ),
+            (
+                "within-deadline",
+                s.clone(),
+                vec![call(0, 1, 100), finished(101, 1)],
+                vec![],
+            ),
+            ("liveness", s.clone(), vec![call(0, 1, 100)], vec![]),
+            (
+                "attempts-bounded",
+                s.clone(),
+                (1..=5).map(|n| attempt(n.into(), 1, n)).collect(),
+                vec![],
+            ),
+            (
+                "no-retry-on-non-retryable",
+                s.clone(),
+                vec![
+                    attempt(1, 1, 1),
+                    at(
+                        2,
+                        "client-1",
+                        Entry::Event(Event::AttemptFailed {
+                            call: 1,
+                            attempt: 1,
+                            code: "InvalidArgument".into(),
+                            outcome: Outcome::NotApplied,
+                            reason: "x".into(),
+                        }),
+                    ),
+                    attempt(3, 1, 2),
+                ],
+                vec![],
+            ),
+            (
+                "breaker-legal-transitions",
+                with_breaker(),
+                vec![transition(1, "closed", "half-open")],
+                vec![],
+            ),
+            (
+                "breaker-open-sends-nothing",
+                with_breaker(),
+                vec![transition(1, "closed", "open"), attempt(2, 1, 1)],
+                vec![],
+            ),
+            (
+                "breaker-probes-bounded",
+                with_breaker(),
+                vec![
+                    transition(1, "closed", "open"),
+                    transition(2, "open", "half-open"),
+                    attempt(3, 1, 1),
+                    attempt(4, 2, 1),
+                ],
+                vec![],
+            ),
+            (
+                "correct-results",
+                s.clone(),
+                vec![at(
+                    1,
+                    "client-1",
+                    Entry::Note("WRONG: add(1, 1) = 3".into()),
+                )],
+                vec![],
+            ),
+        ];
+        for (invariant, scenario, records, accumulates) in cases {
+            let got = found(&scenario, records, accumulates);
+            assert!(
+                got.contains(&invariant),
+                "{invariant}: checker reported {got:?}"
+            );
+        }
+        // And a clean history reports nothing.
+        let clean = vec![
+            call(0, 1, 100),
+            attempt(1, 1, 1),
+            applied(2, 5.0, 5.0),
+            finished(3, 1),
+        ];
+        assert_eq!(
+            found(&s, clean, vec![logical(5.0, Ok(5.0))]),
+            Vec::<&str>::new()
+        );
+    }
+}

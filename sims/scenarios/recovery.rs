@@ -160,3 +160,33 @@ fn retry_budget_bounds_attempts_in_an_outage() {
     }
     snapshot_fixed_seed(&s);
 }
+
+/// Message loss: links break at random (turmoil drops the link's messages
+/// in flight; the TCP stream is wedged until HTTP/2 keepalive or a protocol
+/// error replaces the connection) and retries carry the calls through.
+/// Calls unlucky enough to spend their whole deadline on a wedged
+/// connection fail cleanly (checked by the invariants); nearly all succeed.
+#[test]
+fn lost_messages_are_retried() {
+    let mut s = pure("lost_messages_are_retried", vec![]);
+    s.accumulate_share = 0.5;
+    s.plan.link_fail_rate = 0.01;
+    s.plan.latency_ms = (1, 20);
+    s.liveness_calls = 0;
+    let runs = sweep(&s);
+    let all = count(&runs, |e| {
+        is_event(e, |ev| matches!(ev, Event::CallFinished { .. }))
+    });
+    let failed: usize = runs.iter().map(failed_calls).sum();
+    assert!(
+        failed * 20 <= all,
+        "{failed} of {all} calls failed despite retries"
+    );
+    assert!(
+        count(&runs, |e| is_event(e, |ev| matches!(
+            ev,
+            Event::Backoff { .. }
+        ))) > 0,
+        "no message was ever lost"
+    );
+}
