@@ -1,8 +1,9 @@
-//! Benchmark: simulated runs per second of the standard swarm scenario (2–3
-//! clients × 12 calls, a seed-drawn fault mix, a liveness phase), checked
-//! against every invariant, on one thread.
+//! Benchmark: simulated runs per second, checked against every invariant,
+//! on one thread: the standard run (2 clients × 20 calls under a seed-drawn
+//! fault mix) and the full swarm (2–3 clients, plus the settle and liveness
+//! phase, ≈ 8 s simulated).
 //!
-//! Run: `cargo bench --bench sim_speed [-- SEEDS]` (default 2,000 seeds).
+//! Run: `cargo bench --bench sim_speed [-- SEEDS]` (default 2,000 seeds each).
 
 // The simulation's modules are shared with the `sims` test binary: not
 // every item is used here, and the scenarios' imports serve their #[test]
@@ -20,27 +21,22 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(2_000);
-    let start = Instant::now();
-    let mut violations = 0;
-    let mut events = 0;
-    for seed in 0..seeds {
-        let s = scenarios::by_name("swarm", seed).expect("the swarm scenario is registered");
-        assert_eq!(s.mode, Delivery::ExactlyOnce);
-        let (run, v) = sweep::run_checked(&s, seed);
-        violations += v.len();
-        events += run.records.len();
-        if seed % 500 == 499 {
-            eprintln!(
-                "{} seeds, {:.0}/s",
-                seed + 1,
-                (seed + 1) as f64 / start.elapsed().as_secs_f64()
-            );
+    for name in ["standard", "swarm"] {
+        let start = Instant::now();
+        let mut violations = 0;
+        let mut events = 0;
+        for seed in 0..seeds {
+            let s = scenarios::by_name(name, seed).expect("registered scenario");
+            assert_eq!(s.mode, Delivery::ExactlyOnce);
+            let (run, v) = sweep::run_checked(&s, seed);
+            violations += v.len();
+            events += run.records.len();
         }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{name}: {seeds} seeds in {secs:.1} s = {:.0} seeds/s ({:.0} events/s), {violations} violations",
+            seeds as f64 / secs,
+            events as f64 / secs
+        );
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "swarm: {seeds} seeds in {secs:.1} s = {:.0} seeds/s ({:.0} events/s), {violations} violations",
-        seeds as f64 / secs,
-        events as f64 / secs
-    );
 }

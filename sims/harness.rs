@@ -78,6 +78,9 @@ pub struct Scenario {
     pub state_survives_crash: bool,
     /// Faults to inject.
     pub plan: FaultPlan,
+    /// Simulated time per turmoil step: the resolution of every timer and
+    /// message delivery. Smaller is finer, larger runs faster.
+    pub tick: Duration,
     /// What the scenario promises (which invariants must hold).
     pub promise: Promise,
     /// Calls each client makes once every fault has stopped (VOPR-style
@@ -120,6 +123,7 @@ impl Scenario {
             dedup: true,
             state_survives_crash: true,
             plan: FaultPlan::default(),
+            tick: Duration::from_millis(1),
             promise: Promise::ExactlyOnceEffect,
             liveness_calls: 0,
             quiet_after: Duration::ZERO,
@@ -194,6 +198,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(SIM_DURATION)
+        .tick_duration(scenario.tick)
         .min_message_latency(Duration::from_millis(plan.latency_ms.0))
         .max_message_latency(Duration::from_millis(plan.latency_ms.1))
         .fail_rate(plan.link_fail_rate)

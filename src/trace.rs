@@ -370,6 +370,21 @@ impl EventSink {
             hook(&event);
         }
     }
+
+    /// True when an emitted event would go anywhere: a hook is installed or
+    /// the `abacus::event` log target is enabled.
+    pub fn enabled(&self) -> bool {
+        self.hook.is_some() || tracing::enabled!(target: "abacus::event", tracing::Level::INFO)
+    }
+
+    /// Records the event `make` builds, building it only if someone
+    /// listens: the client's per-call events format strings, which would
+    /// otherwise be paid for on every call of a quiet client.
+    pub fn emit_with(&self, make: impl FnOnce() -> Event) {
+        if self.enabled() {
+            self.emit(make());
+        }
+    }
 }
 
 /// Formats a number for humans: plain decimals in the everyday range,

@@ -19,7 +19,8 @@ use crate::{
 };
 
 /// Names [`by_name`] knows, for `--help` and error messages.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 15] = [
+    "standard",
     "happy",
     "plain-tonic",
     "at-least-once",
@@ -62,6 +63,7 @@ pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
         "cascade-protected" => breaker::cascade("cascade-protected", true),
         "cascade-unprotected" => breaker::cascade("cascade-unprotected", false),
         "swarm" => swarm::swarm("swarm", Delivery::ExactlyOnce, seed),
+        "standard" => swarm::standard(seed),
         "swarm-dedup-off" => {
             let mut s = swarm::swarm("swarm-dedup-off", Delivery::ExactlyOnce, seed);
             s.dedup = false;

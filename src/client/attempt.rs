@@ -79,7 +79,7 @@ where
         call.attempt_deadline = Some(until);
         let (id, attempt) = (call.id, call.attempt);
         let events = self.layer.events.clone();
-        events.emit(Event::AttemptStarted {
+        events.emit_with(|| Event::AttemptStarted {
             call: id,
             attempt,
             timeout_ms: until.saturating_duration_since(now).as_millis() as u64,
@@ -97,7 +97,7 @@ where
                 )),
             };
             if let Err(e) = &result {
-                events.emit(Event::AttemptFailed {
+                events.emit_with(|| Event::AttemptFailed {
                     call: id,
                     attempt,
                     code: format!("{:?}", e.code),

@@ -65,7 +65,7 @@ where
 
     fn call(&mut self, call: Call) -> Self::Future {
         let id = call.id;
-        self.events.emit(Event::CallStarted {
+        self.events.emit_with(|| Event::CallStarted {
             call: id,
             method: call.method.name(),
             request_id: call.request_id().to_owned(),
@@ -77,7 +77,7 @@ where
         let fut = self.inner.call(call);
         Box::pin(async move {
             let result = fut.await;
-            events.emit(match &result {
+            events.emit_with(|| match &result {
                 Ok(reply) => Event::CallFinished {
                     call: id,
                     attempts: 0,
