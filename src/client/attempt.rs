@@ -7,8 +7,6 @@
 //! proves nothing was sent.
 
 use std::{
-    future::Future,
-    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
@@ -19,7 +17,7 @@ use tower::{Layer, Service};
 
 use crate::{
     client::{
-        call::{Call, Reply},
+        call::{Call, CallFuture, Reply},
         error::{CallError, Cause},
     },
     trace::{Event, EventSink, Outcome},
@@ -64,7 +62,7 @@ where
 {
     type Response = Reply;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+    type Future = CallFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         self.inner.poll_ready(cx)

@@ -4,8 +4,6 @@
 //! backoff sleep — runs past it.
 
 use std::{
-    future::Future,
-    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
@@ -16,7 +14,7 @@ use tower::{Layer, Service};
 
 use crate::{
     client::{
-        call::{Call, Reply},
+        call::{Call, CallFuture, Reply},
         error::{CallError, Cause},
     },
     trace::Outcome,
@@ -61,7 +59,7 @@ where
 {
     type Response = Reply;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+    type Future = CallFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         self.inner.poll_ready(cx)

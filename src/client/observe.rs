@@ -2,18 +2,14 @@
 //! `call-finished` trace lines), with the request ID and deadline the outer
 //! layers attached and the outcome the inner layers concluded.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::{
     client::{
-        call::{Call, Reply},
+        call::{Call, CallFuture, Reply},
         error::CallError,
     },
     trace::{Event, EventSink, Outcome},
@@ -57,7 +53,7 @@ where
 {
     type Response = Reply;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+    type Future = CallFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         self.inner.poll_ready(cx)

@@ -9,7 +9,6 @@
 
 use std::{
     future::Future,
-    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
@@ -24,7 +23,7 @@ use tonic::{
 
 use crate::{
     client::{
-        call::{Call, Method, Payload, Reply},
+        call::{Call, CallFuture, Method, Payload, Reply},
         error::{CallError, Cause},
     },
     error::{NOT_APPLIED_KEY, PUSHBACK_KEY},
@@ -170,7 +169,7 @@ fn in_chain<E: std::error::Error + 'static>(status: &Status) -> bool {
 impl tower::Service<Call> for Transport {
     type Response = Reply;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+    type Future = CallFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         // The tonic client buffers internally; readiness is checked per call.

@@ -22,8 +22,6 @@ pub mod budget;
 pub mod policy;
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
@@ -39,7 +37,7 @@ pub use policy::{Decision, RetryConfig, RetryConfigError, RetryPolicy, Stop};
 
 use crate::{
     client::{
-        call::{Call, Reply},
+        call::{Call, CallFuture, Reply},
         error::{CallError, Cause},
     },
     trace::{Event, EventSink, Outcome},
@@ -117,7 +115,7 @@ where
 {
     type Response = Reply;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+    type Future = CallFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         // Readiness is awaited per attempt inside the future.
