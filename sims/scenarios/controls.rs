@@ -44,6 +44,8 @@ fn control_retrying_caller_errors_is_caught() {
     let mut s = Scenario::new("control_retrying_caller_errors_is_caught");
     s.accumulate_share = 0.0;
     s.invalid_share = 0.5;
+    // `RetryConfig::validate` refuses this; the scenario builds the config
+    // directly, as a client with a hand-rolled policy would.
     s.retry.retryable_codes = vec![Code::Unavailable, Code::InvalidArgument];
     expect_violation(&s, "no-retry-on-non-retryable");
 }

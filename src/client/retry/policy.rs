@@ -64,6 +64,11 @@ pub enum RetryConfigError {
     /// Bad throttle.
     #[error("retry throttling: {0}")]
     Throttle(&'static str),
+    /// A caller-error code among the retryable ones.
+    #[error(
+        "{0:?} says the request itself is wrong: retrying it unchanged can never succeed, so it cannot be retryable"
+    )]
+    CallerCode(Code),
 }
 
 impl RetryConfig {
@@ -83,6 +88,13 @@ impl RetryConfig {
             return Err(RetryConfigError::Backoff(
                 "multiplier must be a number >= 1",
             ));
+        }
+        if let Some(code) = self
+            .retryable_codes
+            .iter()
+            .find(|c| crate::client::breaker::config::CALLER_CODES.contains(c))
+        {
+            return Err(RetryConfigError::CallerCode(*code));
         }
         if let Some(t) = &self.throttle {
             if !(t.max_tokens > 0.0 && t.max_tokens <= 1000.0) {
@@ -406,5 +418,11 @@ mod tests {
         c.attempts_max = 3;
         c.backoff.multiplier = 0.5;
         assert!(c.validate().is_err());
+        let mut c = RetryConfig::default();
+        c.retryable_codes.push(Code::InvalidArgument);
+        assert_eq!(
+            c.validate(),
+            Err(RetryConfigError::CallerCode(Code::InvalidArgument))
+        );
     }
 }
