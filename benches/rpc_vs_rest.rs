@@ -1,0 +1,3 @@
+//! gRPC vs REST benchmark (written in the next commit).
+
+fn main() {}
