@@ -1,3 +1,0 @@
-//! gRPC vs REST benchmark (written in the next commit).
-
-fn main() {}
