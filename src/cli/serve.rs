@@ -214,8 +214,12 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let rest = rest_listener.map(|listener| {
-        let local = listener.local_addr().ok();
-        tracing::info!(addr = ?local, "REST twin listening (HTTP/1.1 and h2c, same state)");
+        match listener.local_addr() {
+            Ok(local) => {
+                tracing::info!(addr = %local, "REST twin listening (HTTP/1.1 and h2c, same state)")
+            }
+            Err(e) => tracing::warn!(error = %e, "REST twin listening on an unknown address"),
+        }
         tokio::spawn(server::serve_rest(
             calculator.clone(),
             server::tcp_incoming(listener),
