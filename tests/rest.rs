@@ -424,13 +424,23 @@ async fn every_error_is_json_with_the_mapped_status() {
                 post("/v1/registers/x:reset", json!({"delta": 1})),
                 refused(404, "UNIMPLEMENTED", "no endpoint"),
             ),
-            (
-                get("/v1/add"),
-                refused(405, "UNIMPLEMENTED", "method GET is not allowed"),
-            ),
         ],
     )
     .await;
+    let wrong_method = check(
+        &fronts,
+        get("/v1/add"),
+        refused(405, "UNIMPLEMENTED", "method GET is not allowed"),
+    )
+    .await;
+    assert_eq!(wrong_method.headers["allow"], "POST");
+    let wrong_method = check(
+        &fronts,
+        post("/v1/stats", json!({})),
+        refused(405, "UNIMPLEMENTED", "allowed: GET"),
+    )
+    .await;
+    assert_eq!(wrong_method.headers["allow"], "GET");
     // Nothing above was applied, not even the late accumulate.
     check(
         &fronts,

@@ -71,8 +71,13 @@ pub enum RestError {
         path: String,
     },
     /// The path exists, the method does not.
-    #[error("method {0} is not allowed on this path")]
-    MethodNotAllowed(String),
+    #[error("method {method} is not allowed on this path (allowed: {allow})")]
+    MethodNotAllowed {
+        /// Request method.
+        method: String,
+        /// The methods the path takes, for the `Allow` header.
+        allow: &'static str,
+    },
 }
 
 impl From<ServiceError> for RestError {
@@ -144,7 +149,7 @@ impl RestError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::InvalidArgument)
             }
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, Code::Unimplemented),
-            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented),
         }
     }
 
@@ -189,10 +194,9 @@ impl IntoResponse for RestError {
                 HeaderValue::from_static("true"),
             );
         }
-        if matches!(self, Self::MethodNotAllowed(_)) {
-            // Every path we serve takes one method besides the register
-            // path, which takes both.
-            headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        if let Self::MethodNotAllowed { allow, .. } = &self {
+            // RFC 9110: a 405 must say what the path does take.
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

@@ -124,7 +124,18 @@ pub async fn no_route(req: Request) -> RestError {
 
 /// A path we serve, with the wrong method.
 pub async fn method_not_allowed(req: Request) -> RestError {
-    RestError::MethodNotAllowed(req.method().to_string())
+    let path = req.uri().path();
+    let allow = if path.starts_with("/v1/registers/") {
+        "GET, POST"
+    } else if path == "/v1/stats" || path == "/healthz" {
+        "GET"
+    } else {
+        "POST"
+    };
+    RestError::MethodNotAllowed {
+        method: req.method().to_string(),
+        allow,
+    }
 }
 
 /// Admission through the process-wide in-flight limit shared with the gRPC
