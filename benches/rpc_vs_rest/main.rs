@@ -2,10 +2,10 @@
 //! (one `Calculator`, both fronts, same state), on loopback.
 //!
 //! ```text
-//! cargo bench --bench rpc_vs_rest            # full run, a few minutes at most;
+//! cargo bench --bench rpc_vs_rest            # full run (~80 s on 2 cores);
 //!                                            # rewrites docs/img/*.svg and the
 //!                                            # results section of docs/rpc-vs-rest.md
-//! cargo bench --bench rpc_vs_rest -- --quick # ~30 s smoke run; bench-results/ only
+//! cargo bench --bench rpc_vs_rest -- --quick # ~16 s smoke run; bench-results/ only
 //! ```
 //!
 //! # What it measures
