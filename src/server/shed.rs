@@ -23,6 +23,12 @@
 //! So this is a small layer over `http::Request` → `http::Response` that
 //! decides in `call`, with one atomic counter shared by every clone.
 //!
+//! The decision itself, [`ShedLayer::try_admit`], knows no protocol: the
+//! REST twin's middleware calls it on the same layer (held by the shared
+//! [`crate::server::Calculator`]), so both fronts count against one limit
+//! and a REST caller is refused with 429 + `Retry-After` where a gRPC
+//! caller gets RESOURCE_EXHAUSTED + pushback.
+//!
 //! # What is counted
 //!
 //! A call holds its slot until its response future completes or is dropped
