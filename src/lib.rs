@@ -4,9 +4,11 @@
 //!
 //! # Layout
 //! - [`core`]: pure arithmetic and register rules; no I/O, never awaits.
-//! - [`error`]: typed errors and their one mapping to `tonic::Status`.
+//! - [`error`]: typed errors and their one mapping to `tonic::Status` and
+//!   HTTP statuses.
 //! - [`pb`]: code generated from `proto/abacus/v1/calculator.proto`.
-//! - [`server`]: the tonic server, served over any connection stream.
+//! - [`server`]: one calculator service, served over gRPC (tonic) and, as
+//!   its REST twin, HTTP/JSON (axum), over any connection stream.
 //! - [`client`]: the resilient client, a stack of tower layers.
 //! - [`trace`]: typed events shared by logs, the sim checker and snapshots.
 //! - [`cli`]: the `abacus` command line (serve, call, demo).

@@ -178,6 +178,7 @@ fn help_names_every_flag() {
             &["serve", "--help"],
             ok(&[
                 "--addr",
+                "--rest-addr",
                 "--fail-rate",
                 "--delay-ms",
                 "--drop-after-apply-rate",

@@ -1,13 +1,21 @@
 //! `abacus serve`: the real server on a TCP socket, with optional seeded
 //! faults for demos, dedup limits, and durable state (`--data-dir`).
+//!
+//! With `--rest-addr`, the REST twin is served by the same process over the
+//! same [`Calculator`]: one state means one set of registers and one dedup
+//! store, so a register written through one front is read through the
+//! other, and an `Idempotency-Key` and a gRPC `request_id` are the same
+//! record. Two processes would need a shared store (and its failure modes)
+//! to promise that.
 
 use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::Args;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
-    server::{self, DedupConfig, FaultConfig, ServerConfig, State, faults::parse_delay_range},
+    server::{
+        self, Calculator, DedupConfig, FaultConfig, ServerConfig, State, faults::parse_delay_range,
+    },
     trace::EventSink,
 };
 
@@ -17,6 +25,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
+    /// Also serve the REST twin (HTTP/1.1 and h2c, JSON) on this address,
+    /// over the same registers and dedup store as the gRPC front.
+    #[arg(long, value_name = "ADDR")]
+    pub rest_addr: Option<SocketAddr>,
     /// Calculator calls allowed in flight at once; beyond it, calls are
     /// refused at once with RESOURCE_EXHAUSTED and a retry pushback instead
     /// of queueing until every deadline has passed.
@@ -158,6 +170,16 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let rest_listener = match args.rest_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} (--rest-addr): {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let local = listener.local_addr().map_or(args.addr, |a| a);
     if faults.is_off() {
         tracing::info!(addr = %local, "abacus listening (no faults)");
@@ -179,12 +201,45 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         require_request_id: args.require_request_id,
         ..ServerConfig::default()
     };
-    let shutdown = async {
+    let calculator = Calculator::from_config(&config, Arc::new(state));
+    // One Ctrl-C stops both fronts.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("Ctrl-C: finishing in-flight calls, then exiting");
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    let incoming = TcpListenerStream::new(listener);
-    match server::serve_with_state(config, Arc::new(state), incoming, shutdown).await {
+    let rest = rest_listener.map(|listener| {
+        match listener.local_addr() {
+            Ok(local) => {
+                tracing::info!(addr = %local, "REST twin listening (HTTP/1.1 and h2c, same state)")
+            }
+            Err(e) => tracing::warn!(error = %e, "REST twin listening on an unknown address"),
+        }
+        tokio::spawn(server::serve_rest(
+            calculator.clone(),
+            server::tcp_incoming(listener),
+            until_stopped(stopped.clone()),
+        ))
+    });
+    let grpc = server::serve_calculator(
+        calculator,
+        server::tcp_incoming(listener),
+        until_stopped(stopped),
+    )
+    .await;
+    if let Some(rest) = rest {
+        if grpc.is_err() {
+            // No Ctrl-C will come to stop it: the process is failing.
+            rest.abort();
+        }
+        let _ = rest.await;
+    }
+    match grpc {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: server failed: {e}");

@@ -1,5 +1,7 @@
-//! Reads the caller's deadline from the `grpc-timeout` header, so handlers
-//! can refuse to start work whose result nobody will wait for.
+//! Reads the caller's deadline from the `grpc-timeout` header (gRPC front)
+//! or the `abacus-timeout-ms` header (REST front), so handlers can refuse to
+//! start work whose result nobody will wait for. Both become the same
+//! `Option<Instant>` that [`crate::server::service`] honours.
 //!
 //! tonic's server also cancels a handler whose `grpc-timeout` has passed (it
 //! drops the future); reading the deadline ourselves lets the server *say*
@@ -40,6 +42,30 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(d.min(TIMEOUT_MAX))
+}
+
+/// Header through which a REST caller sends its timeout, in whole
+/// milliseconds (HTTP has no standard request-timeout header; this is the
+/// REST spelling of `grpc-timeout`).
+pub const REST_TIMEOUT_HEADER: &str = "abacus-timeout-ms";
+
+/// Parses an `abacus-timeout-ms` value: 1 to 8 ASCII digits of
+/// milliseconds, capped like `grpc-timeout`. Unlike gRPC, which must treat a
+/// bad header as absent, the REST front refuses a malformed one (400): a
+/// caller who meant to bound its wait should learn that it did not.
+///
+/// ```
+/// use std::time::Duration;
+/// use abacus::server::deadline::parse_timeout_ms;
+/// assert_eq!(parse_timeout_ms("250"), Some(Duration::from_millis(250)));
+/// assert_eq!(parse_timeout_ms("2.5"), None);
+/// ```
+pub fn parse_timeout_ms(value: &str) -> Option<Duration> {
+    if value.is_empty() || value.len() > 8 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms: u64 = value.parse().ok()?;
+    Some(Duration::from_millis(ms).min(TIMEOUT_MAX))
 }
 
 /// The instant by which the caller stops waiting, if it sent a deadline.

@@ -1,127 +1,58 @@
-//! The tonic adapter: decodes requests, applies the fault plan and the
-//! caller's deadline, calls the core and the state, encodes the answer.
-//! No calculator rule lives here, and no dedup rule either: `Accumulate`
-//! only sequences [`State::begin`], the fault plan and [`Claim::commit`].
-//!
-//! [`Claim::commit`]: crate::server::state::Claim::commit
+//! The tonic adapter: decodes requests, reads the caller's deadline from
+//! `grpc-timeout`, calls the transport-neutral [`Calculator`] service and
+//! encodes its answer (status, not-applied and replayed markers). No
+//! calculator rule, dedup rule or fault handling lives here: those are in
+//! [`crate::core`], [`crate::server::State`] and [`crate::server::service`].
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
-use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
-    core::{self, BinaryOp},
-    error::ServiceError,
-    pb::{self, calculator_server::Calculator},
+    core::BinaryOp,
+    pb::{self, calculator_server::Calculator as CalculatorRpc},
     server::{
         deadline::deadline_from,
         dedup::REPLAYED_KEY,
-        faults::{FaultPlan, Faults},
-        state::{AccumulateArgs, Begin, State},
+        faults::Faults,
+        service::{AccumulateError, Calculator},
+        state::{AccumulateArgs, State},
     },
-    trace::{Event, EventSink},
+    trace::EventSink,
 };
 
-/// Implements `abacus.v1.Calculator` over [`State`].
+/// Implements `abacus.v1.Calculator` over a [`Calculator`] service.
 #[derive(Debug, Clone)]
 pub struct GrpcCalculator {
-    state: Arc<State>,
-    faults: Arc<Faults>,
-    events: EventSink,
-    require_request_id: bool,
+    service: Calculator,
 }
 
 impl GrpcCalculator {
     /// An adapter over shared state and faults.
     pub fn new(state: Arc<State>, faults: Arc<Faults>, events: EventSink) -> Self {
-        Self {
-            state,
-            faults,
-            events,
-            require_request_id: false,
-        }
+        Self::from_service(Calculator::new(state, faults, events))
+    }
+
+    /// An adapter over a service another front may share.
+    pub fn from_service(service: Calculator) -> Self {
+        Self { service }
     }
 
     /// Refuses `Accumulate` without a request ID (`--require-request-id`)
     /// instead of applying it undeduplicated.
     pub fn with_require_request_id(mut self, required: bool) -> Self {
-        self.require_request_id = required;
+        self.service = self.service.with_require_request_id(required);
         self
-    }
-
-    /// Runs the pre-apply part of the fault plan: the delay (never waiting
-    /// past the caller's deadline) and the fail-before-apply fault.
-    async fn before_apply(
-        &self,
-        method: &'static str,
-        plan: FaultPlan,
-        deadline: Option<Instant>,
-    ) -> Result<FaultPlan, ServiceError> {
-        if !plan.delay.is_zero() {
-            self.events.emit(Event::FaultInjected {
-                method,
-                fault: format!("delay {}ms", plan.delay.as_millis()),
-            });
-            let wake = Instant::now() + plan.delay;
-            match deadline {
-                Some(d) if d <= wake => {
-                    tokio::time::sleep_until(d).await;
-                    return Err(self.expired(method));
-                }
-                _ => tokio::time::sleep_until(wake).await,
-            }
-        }
-        if deadline.is_some_and(|d| d <= Instant::now()) {
-            return Err(self.expired(method));
-        }
-        if plan.fail {
-            self.events.emit(Event::FaultInjected {
-                method,
-                fault: "fail".into(),
-            });
-            return Err(ServiceError::InjectedUnavailable);
-        }
-        Ok(plan)
-    }
-
-    fn expired(&self, method: &'static str) -> ServiceError {
-        self.events.emit(Event::ServerDeadlineExpired { method });
-        ServiceError::DeadlineExceeded
-    }
-
-    fn after_apply(&self, method: &'static str, plan: FaultPlan) -> Result<(), ServiceError> {
-        if plan.drop_after_apply {
-            self.events.emit(Event::FaultInjected {
-                method,
-                fault: "drop-after-apply".into(),
-            });
-            return Err(ServiceError::ResponseDropped);
-        }
-        Ok(())
     }
 
     async fn binary(
         &self,
         op: BinaryOp,
-        method: &'static str,
         req: Request<pb::BinaryRequest>,
     ) -> Result<Response<pb::CalcResponse>, Status> {
         let deadline = deadline_from(req.metadata());
         let pb::BinaryRequest { a, b } = req.into_inner();
-        let plan = self
-            .before_apply(method, self.faults.plan(), deadline)
-            .await?;
-        let result = core::evaluate(op, a, b);
-        self.events.emit(Event::Evaluated {
-            method,
-            result: match &result {
-                Ok(v) => v.to_string(),
-                Err(e) => e.to_string(),
-            },
-        });
-        let result = result.map_err(ServiceError::from)?;
-        self.after_apply(method, plan)?;
+        let result = self.service.binary(op, a, b, deadline).await?;
         Ok(Response::new(pb::CalcResponse { result }))
     }
 }
@@ -131,49 +62,50 @@ fn mark_replayed(metadata: &mut tonic::metadata::MetadataMap) {
     metadata.insert(REPLAYED_KEY, MetadataValue::from_static("true"));
 }
 
-/// Runs a handler body and turns its typed error into a `Status` in one
-/// place.
-async fn respond<T>(
-    body: impl Future<Output = Result<T, ServiceError>>,
-) -> Result<Response<T>, Status> {
-    body.await.map(Response::new).map_err(Status::from)
+impl From<AccumulateError> for Status {
+    fn from(refused: AccumulateError) -> Status {
+        let mut status = Status::from(refused.error);
+        if refused.replayed {
+            mark_replayed(status.metadata_mut());
+        }
+        status
+    }
 }
 
 #[tonic::async_trait]
-impl Calculator for GrpcCalculator {
+impl CalculatorRpc for GrpcCalculator {
     async fn add(
         &self,
         req: Request<pb::BinaryRequest>,
     ) -> Result<Response<pb::CalcResponse>, Status> {
-        self.binary(BinaryOp::Add, "Add", req).await
+        self.binary(BinaryOp::Add, req).await
     }
 
     async fn subtract(
         &self,
         req: Request<pb::BinaryRequest>,
     ) -> Result<Response<pb::CalcResponse>, Status> {
-        self.binary(BinaryOp::Subtract, "Subtract", req).await
+        self.binary(BinaryOp::Subtract, req).await
     }
 
     async fn multiply(
         &self,
         req: Request<pb::BinaryRequest>,
     ) -> Result<Response<pb::CalcResponse>, Status> {
-        self.binary(BinaryOp::Multiply, "Multiply", req).await
+        self.binary(BinaryOp::Multiply, req).await
     }
 
     async fn divide(
         &self,
         req: Request<pb::BinaryRequest>,
     ) -> Result<Response<pb::CalcResponse>, Status> {
-        self.binary(BinaryOp::Divide, "Divide", req).await
+        self.binary(BinaryOp::Divide, req).await
     }
 
     async fn accumulate(
         &self,
         req: Request<pb::AccumulateRequest>,
     ) -> Result<Response<pb::AccumulateResponse>, Status> {
-        const METHOD: &str = "Accumulate";
         let deadline = deadline_from(req.metadata());
         let pb::AccumulateRequest {
             register,
@@ -185,61 +117,15 @@ impl Calculator for GrpcCalculator {
             delta,
             request_id,
         };
-        // One plan per request, drawn on arrival whatever happens next, so
-        // a seed fixes the plans of the request sequence. Faults model the
-        // server and the network, which do not know whether an answer comes
-        // from the dedup store: replays get them too.
-        let plan = self.faults.plan();
-        // Set when the error answered is a recorded one, replayed: it gets
-        // the replayed marker too. (A fault's error never does: a dropped
-        // response must look like a lost connection, nothing more.)
-        let mut replayed_error = false;
-        let result = async {
-            if self.require_request_id && args.request_id.is_empty() {
-                return Err(ServiceError::RequestIdRequired);
-            }
-            // Claim first, so the fault delay below runs while the claim is
-            // held: a duplicate arriving during it joins this execution.
-            let begin = self.state.begin(&args, deadline).await?;
-            // On error the claim (if any) is dropped here, uncommitted:
-            // released without a record, so a retry executes.
-            let plan = self.before_apply(METHOD, plan, deadline).await?;
-            let done = match begin {
-                Begin::Replay(result) => result.inspect_err(|_| replayed_error = true)?,
-                Begin::Execute(claim) => claim.commit()?,
-            };
-            // Committed: a drop here loses only the response, and a retry
-            // with the same ID replays it.
-            self.after_apply(METHOD, plan)?;
-            Ok::<_, ServiceError>(done)
+        let done = self.service.accumulate(&args, deadline).await?;
+        let mut response = Response::new(pb::AccumulateResponse {
+            value: done.value,
+            replayed: done.replayed,
+        });
+        if done.replayed {
+            mark_replayed(response.metadata_mut());
         }
-        .await;
-        match result {
-            Ok(done) => {
-                let mut response = Response::new(pb::AccumulateResponse {
-                    value: done.value,
-                    replayed: done.replayed,
-                });
-                if done.replayed {
-                    mark_replayed(response.metadata_mut());
-                }
-                Ok(response)
-            }
-            Err(err) => {
-                if err.known_not_applied() {
-                    self.events.emit(Event::Rejected {
-                        method: METHOD,
-                        request_id: args.request_id.clone(),
-                        reason: err.to_string(),
-                    });
-                }
-                let mut status = Status::from(err);
-                if replayed_error {
-                    mark_replayed(status.metadata_mut());
-                }
-                Err(status)
-            }
-        }
+        Ok(response)
     }
 
     async fn get_register(
@@ -247,30 +133,23 @@ impl Calculator for GrpcCalculator {
         req: Request<pb::GetRegisterRequest>,
     ) -> Result<Response<pb::RegisterValue>, Status> {
         let register = req.into_inner().register;
-        respond(async {
-            Ok(pb::RegisterValue {
-                value: self.state.get(&register)?,
-            })
-        })
-        .await
+        let value = self.service.get(&register)?;
+        Ok(Response::new(pb::RegisterValue { value }))
     }
 
     async fn get_stats(
         &self,
         _req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::Stats>, Status> {
-        let s = self.state.stats();
-        respond(async {
-            Ok(pb::Stats {
-                dedup_entries: s.dedup_entries,
-                dedup_hits: s.dedup_hits,
-                dedup_evictions: s.dedup_evictions,
-                dedup_mismatches: s.dedup_mismatches,
-                applied: s.applied,
-                registers: s.registers,
-            })
-        })
-        .await
+        let s = self.service.stats();
+        Ok(Response::new(pb::Stats {
+            dedup_entries: s.dedup_entries,
+            dedup_hits: s.dedup_hits,
+            dedup_evictions: s.dedup_evictions,
+            dedup_mismatches: s.dedup_mismatches,
+            applied: s.applied,
+            registers: s.registers,
+        }))
     }
 }
 

@@ -4,8 +4,15 @@
 //! [`State`] the caller may keep, and [`serve`] is the convenience that
 //! builds a fresh in-memory one. There is no test copy of the server.
 //!
+//! Two fronts can serve one [`Calculator`]: [`serve_calculator`] (gRPC) and
+//! [`rest::serve_rest`] (HTTP/JSON), each on its own listener, sharing the
+//! registers, the dedup records and the in-flight limit.
+//!
 //! # Layout
+//! - [`service`]: the transport-neutral service both fronts call
+//!   (fault plan, deadline, begin/commit/replay).
 //! - [`grpc`]: the tonic adapter (`abacus.v1.Calculator`).
+//! - [`rest`]: the axum adapter, the HTTP/JSON twin of the gRPC service.
 //! - [`state`]: registers and everything committed together with them;
 //!   the begin/claim/commit protocol of `Accumulate`.
 //! - [`dedup`]: the idempotency design and the bounded dedup store.
@@ -19,6 +26,8 @@ pub mod dedup;
 pub mod durable;
 pub mod faults;
 pub mod grpc;
+pub mod rest;
+pub mod service;
 pub mod shed;
 pub mod state;
 
@@ -31,6 +40,8 @@ use tonic::transport::server::Connected;
 pub use dedup::DedupConfig;
 pub use faults::{FaultConfig, FaultSwitch, Faults};
 pub use grpc::GrpcCalculator;
+pub use rest::serve_rest;
+pub use service::Calculator;
 pub use state::State;
 
 use crate::{
@@ -82,6 +93,23 @@ impl Default for ServerConfig {
     }
 }
 
+/// The connections `listener` accepts, with `TCP_NODELAY` set: small
+/// request/response exchanges must not wait for Nagle's algorithm to
+/// coalesce them with an ACK that the peer delays. Used for both fronts, so
+/// they are compared on equal sockets.
+pub fn tcp_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        })
+    })
+}
+
 /// Reflection over our contract and the health service.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
@@ -127,13 +155,26 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let events = config.events.clone();
-    let faults = Arc::new(Faults::new(
-        config.faults.clone(),
-        config.fault_switch.clone(),
-    ));
-    let calculator = GrpcCalculator::new(Arc::clone(&state), faults, events.clone())
-        .with_require_request_id(config.require_request_id);
+    serve_calculator(Calculator::from_config(&config, state), incoming, shutdown).await
+}
+
+/// [`serve_with_state`] over a [`Calculator`] the caller built, so that
+/// another front ([`serve_rest`]) can serve the same one: one state, one
+/// dedup store, one in-flight limit ([`Calculator::shed`]).
+pub async fn serve_calculator<I, IO, IE>(
+    calculator: Calculator,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let events = calculator.events().clone();
+    let state = Arc::clone(calculator.state());
+    let shed = calculator.shed().clone();
+    let calculator = GrpcCalculator::from_service(calculator);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -150,11 +191,6 @@ where
 
     let calculator = CalculatorServer::new(calculator).max_decoding_message_size(MESSAGE_BYTES_MAX);
 
-    let shed = shed::shed_layer(
-        config.in_flight_max.max(1),
-        config.shed_pushback_ms,
-        events.clone(),
-    );
     events.emit(Event::ServerStarted);
     let result = tonic::transport::Server::builder()
         .layer(shed)

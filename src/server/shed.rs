@@ -23,6 +23,12 @@
 //! So this is a small layer over `http::Request` → `http::Response` that
 //! decides in `call`, with one atomic counter shared by every clone.
 //!
+//! The decision itself, [`ShedLayer::try_admit`], knows no protocol: the
+//! REST twin's middleware calls it on the same layer (held by the shared
+//! [`crate::server::Calculator`]), so both fronts count against one limit
+//! and a REST caller is refused with 429 + `Retry-After` where a gRPC
+//! caller gets RESOURCE_EXHAUSTED + pushback.
+//!
 //! # What is counted
 //!
 //! A call holds its slot until its response future completes or is dropped
@@ -130,6 +136,37 @@ impl ShedLayer {
     pub fn shed(&self) -> u64 {
         self.shared.shed.load(Ordering::Relaxed)
     }
+
+    /// Admits one call of `method`, or refuses it with
+    /// [`ServiceError::Overloaded`] (counted, and reported as
+    /// [`Event::Shed`]). The slot is held until the returned permit is
+    /// dropped. This is the decision itself, free of any protocol: the
+    /// tonic layer below and the REST front both call it, so the two
+    /// fronts share one limit.
+    pub fn try_admit(&self, method: &'static str) -> Result<Permit, ServiceError> {
+        admit(&self.shared, method)
+    }
+}
+
+fn admit(shared: &Arc<Shared>, method: &'static str) -> Result<Permit, ServiceError> {
+    match InFlight::enter(shared) {
+        Ok(guard) => Ok(Permit { _guard: guard }),
+        Err(in_flight) => {
+            shared.shed.fetch_add(1, Ordering::Relaxed);
+            shared.events.emit(Event::Shed { method });
+            Err(ServiceError::Overloaded {
+                in_flight,
+                limit: shared.in_flight_max,
+                pushback_ms: shared.pushback_ms,
+            })
+        }
+    }
+}
+
+/// One admitted call's slot in a [`ShedLayer`]; released when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    _guard: InFlight,
 }
 
 impl<S> Layer<S> for ShedLayer {
@@ -170,20 +207,9 @@ where
         if EXEMPT_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return ResponseFuture::called(self.inner.call(req), None);
         }
-        match InFlight::enter(&self.shared) {
-            Ok(guard) => ResponseFuture::called(self.inner.call(req), Some(guard)),
-            Err(in_flight) => {
-                self.shared.shed.fetch_add(1, Ordering::Relaxed);
-                self.shared.events.emit(Event::Shed {
-                    method: method_name(path),
-                });
-                let status = Status::from(ServiceError::Overloaded {
-                    in_flight,
-                    limit: self.shared.in_flight_max,
-                    pushback_ms: self.shared.pushback_ms,
-                });
-                ResponseFuture::shed(status.into_http())
-            }
+        match admit(&self.shared, method_name(path)) {
+            Ok(permit) => ResponseFuture::called(self.inner.call(req), Some(permit)),
+            Err(overloaded) => ResponseFuture::shed(Status::from(overloaded).into_http()),
         }
     }
 }
@@ -243,7 +269,7 @@ pin_project! {
             future: F,
             // Dropped when the call completes, or with the future if the
             // connection goes away first.
-            guard: Option<InFlight>,
+            guard: Option<Permit>,
         },
         Shed {
             // `None` once returned.
@@ -253,7 +279,7 @@ pin_project! {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    fn called(future: F, guard: Option<InFlight>) -> Self {
+    fn called(future: F, guard: Option<Permit>) -> Self {
         Self {
             kind: Kind::Called { future, guard },
         }
