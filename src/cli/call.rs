@@ -76,7 +76,7 @@ pub async fn run(args: CallArgs) -> ExitCode {
     let channel = match tcp_channel(&args.addr) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: invalid address {:?}: {e}", args.addr);
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };

@@ -120,7 +120,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let channel = match tcp_channel(&addr) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: invalid address {addr:?}: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };

@@ -65,11 +65,25 @@ where
         .connect_with_connector_lazy(service)
 }
 
+/// An address that is not `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("{addr:?} is not a server address: expected host:port, e.g. 127.0.0.1:50051")]
+pub struct InvalidAddress {
+    /// What was given.
+    pub addr: String,
+}
+
 /// A channel to `addr` (`host:port`) over real TCP.
-pub fn tcp_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri: Uri = format!("http://{addr}")
-        .parse()
-        .map_err(|_| Endpoint::from_shared(addr.to_owned()).unwrap_err())?;
+pub fn tcp_channel(addr: &str) -> Result<Channel, InvalidAddress> {
+    let invalid = || InvalidAddress {
+        addr: addr.to_owned(),
+    };
+    let uri: Uri = format!("http://{addr}").parse().map_err(|_| invalid())?;
+    // Only an authority: a scheme or path in `addr` would have ended up in
+    // the path of this URI.
+    if uri.authority().is_none() || uri.path() != "/" || uri.port_u16().is_none() {
+        return Err(invalid());
+    }
     Ok(channel_with_connector(uri, |uri: Uri| async move {
         let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         match tokio::net::TcpStream::connect(&addr).await {
