@@ -237,7 +237,7 @@ fn bad_flags_exit_2_with_a_clear_message() {
         ),
         (
             &["call", "--addr", "not an addr", "add", "1", "1"],
-            fails(2, &["invalid address \"not an addr\""]),
+            fails(2, &["\"not an addr\" is not a server address"]),
         ),
     ];
     for (args, expect) in table {
