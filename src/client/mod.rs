@@ -54,7 +54,9 @@ pub use observe::ObserveLayer;
 pub use request_id::{IdGenerator, RequestIdLayer};
 pub use retry::{RetryConfig, RetryLayer, RetryPolicy};
 pub use service_config::{ServiceConfig, ServiceConfigError};
-pub use transport::{ConnectFailed, InvalidAddress, Transport, channel_with_connector, tcp_channel};
+pub use transport::{
+    ConnectFailed, InvalidAddress, Transport, channel_with_connector, tcp_channel,
+};
 
 use crate::{pb, trace::EventSink};
 
