@@ -302,36 +302,7 @@ fn bit(code: Code) -> u32 {
     1 << (code as i32 as u32)
 }
 
-/// The canonical upper-case name of a code, as gRPC service configs spell
-/// it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// Parses a canonical code name (`"UNAVAILABLE"`), case-insensitively.
-pub fn parse_code_name(name: &str) -> Option<Code> {
-    (0..=16)
-        .map(Code::from_i32)
-        .find(|c| code_name(*c).eq_ignore_ascii_case(name.trim()))
-}
+pub use crate::error::{code_name, parse_code_name};
 
 #[cfg(test)]
 mod tests {
