@@ -41,9 +41,19 @@ pub fn plan_override() -> Option<FaultPlan> {
 
 /// The one-line command that replays `test` with `seed` (and `plan`, when it
 /// is not the scenario's own).
+///
+/// The test is named by its full path, which libtest gives the thread it
+/// runs a test on (`scenarios::swarm::swarm_exactly_once`), so `--exact`
+/// selects it alone; outside a test thread the scenario's name serves as a
+/// filter.
 pub fn replay_command(test: &str, seed: u64, plan: Option<&FaultPlan>) -> String {
     let plan = plan.map(|p| format!("SIM_PLAN='{p}' ")).unwrap_or_default();
-    format!("{plan}SIM_SEED={seed} cargo test --test sims {test} -- --exact --nocapture")
+    let thread = std::thread::current();
+    let filter = match thread.name() {
+        Some(path) if path.contains("::") => format!("{path} -- --exact"),
+        _ => format!("{test} --"),
+    };
+    format!("{plan}SIM_SEED={seed} cargo test --test sims {filter} --nocapture")
 }
 
 /// A failure report a developer can act on without reading the harness.
