@@ -37,17 +37,8 @@ pub(crate) async fn once(front: Front, target: Target, i: u64, sample: &mut Samp
             sample.bytes.sent += bytes.sent;
             sample.bytes.received += bytes.received;
         }
-        Ok(Ok(sum)) => {
-            sample.errors += 1;
-            sample.first_error.get_or_insert(format!("wrong sum {sum}"));
-        }
-        Ok(Err(e)) => {
-            sample.errors += 1;
-            sample.first_error.get_or_insert(e);
-        }
-        Err(_) => {
-            sample.errors += 1;
-            sample.first_error.get_or_insert("timed out".into());
-        }
+        Ok(Ok(sum)) => sample.fail(format!("wrong sum {sum}")),
+        Ok(Err(e)) => sample.fail(e),
+        Err(_) => sample.fail("timed out"),
     }
 }

@@ -32,6 +32,12 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
+    /// Counts a failed call, keeping the first reason for the progress line.
+    pub(crate) fn fail(&mut self, why: impl Into<String>) {
+        self.errors += 1;
+        self.first_error.get_or_insert_with(|| why.into());
+    }
+
     pub(crate) fn completed(&self) -> u64 {
         self.latencies_ns.len() as u64
     }
@@ -91,18 +97,9 @@ pub(crate) async fn run(
                         Ok(Ok(sum)) if sum == a + b => {
                             sample.latencies_ns.push(t.elapsed().as_nanos() as u64)
                         }
-                        Ok(Ok(sum)) => {
-                            sample.errors += 1;
-                            sample.first_error.get_or_insert(format!("wrong sum {sum}"));
-                        }
-                        Ok(Err(e)) => {
-                            sample.errors += 1;
-                            sample.first_error.get_or_insert(e);
-                        }
-                        Err(_) => {
-                            sample.errors += 1;
-                            sample.first_error.get_or_insert("timed out".into());
-                        }
+                        Ok(Ok(sum)) => sample.fail(format!("wrong sum {sum}")),
+                        Ok(Err(e)) => sample.fail(e),
+                        Err(_) => sample.fail("timed out"),
                     }
                 }
                 (client, sample)

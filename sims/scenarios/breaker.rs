@@ -11,7 +11,7 @@ use abacus::{client::BreakerConfig, trace::Event};
 
 use crate::{
     harness::{Run, Scenario},
-    history::{Entry, Record},
+    history::Entry,
     plan::{NetFault, Window},
     sweep::{count, is_event, snapshot_fixed_seed, sweep},
 };
@@ -50,17 +50,12 @@ pub fn scenario(name: &'static str, windows: Vec<Window>) -> Scenario {
     s
 }
 
-fn at(r: &Record) -> Duration {
-    r.at
-}
-
 /// Time of the first record matching `f` at or after `from`.
 fn first_after(run: &Run, from: Duration, f: impl Fn(&Entry) -> bool) -> Option<Duration> {
     run.records
         .iter()
-        .filter(|r| r.at >= from && f(&r.entry))
-        .map(at)
-        .next()
+        .find(|r| r.at >= from && f(&r.entry))
+        .map(|r| r.at)
 }
 
 fn opened(e: &Entry) -> bool {

@@ -8,6 +8,7 @@
 //! request is *outcome unknown*.
 
 use std::{
+    error::Error as _,
     future::Future,
     task::{Context, Poll},
     time::Duration,
@@ -111,9 +112,11 @@ impl Transport {
     }
 }
 
-fn request<T>(msg: T, call: &Call) -> tonic::Request<T> {
+/// Wraps one attempt's message with its metadata: the time left before
+/// `deadline`, and how many attempts came before this one.
+fn request<T>(msg: T, deadline: Option<Instant>, attempt: u32) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    if let Some(deadline) = call.effective_deadline() {
+    if let Some(deadline) = deadline {
         // Tell the server how long we will wait, so it can stop work that
         // nobody will collect.
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -121,10 +124,10 @@ fn request<T>(msg: T, call: &Call) -> tonic::Request<T> {
             req.metadata_mut().insert("grpc-timeout", v);
         }
     }
-    if call.attempt > 1 {
+    if attempt > 1 {
         req.metadata_mut().insert(
             "grpc-previous-rpc-attempts",
-            MetadataValue::from(call.attempt - 1),
+            MetadataValue::from(attempt - 1),
         );
     }
     req
@@ -192,10 +195,13 @@ impl tower::Service<Call> for Transport {
 
     fn call(&mut self, call: Call) -> Self::Future {
         let mut client = self.client.clone();
+        // The call is ours: move its payload into the request rather than
+        // cloning it on every attempt.
+        let (deadline, attempt) = (call.effective_deadline(), call.attempt);
         Box::pin(async move {
-            let result = match (&call.method, call.payload.clone()) {
+            let result = match (call.method, call.payload) {
                 (m, Payload::Binary(b)) => {
-                    let req = request(b, &call);
+                    let req = request(b, deadline, attempt);
                     let resp = match m {
                         Method::Add => client.add(req).await,
                         Method::Subtract => client.subtract(req).await,
@@ -204,21 +210,22 @@ impl tower::Service<Call> for Transport {
                     };
                     resp.map(|r| Reply::Calc(r.into_inner().result))
                 }
-                (_, Payload::Accumulate(a)) => {
-                    client.accumulate(request(a, &call)).await.map(|r| {
+                (_, Payload::Accumulate(a)) => client
+                    .accumulate(request(a, deadline, attempt))
+                    .await
+                    .map(|r| {
                         let r = r.into_inner();
                         Reply::Accumulated {
                             value: r.value,
                             replayed: r.replayed,
                         }
-                    })
-                }
+                    }),
                 (_, Payload::GetRegister(g)) => client
-                    .get_register(request(g, &call))
+                    .get_register(request(g, deadline, attempt))
                     .await
                     .map(|r| Reply::Register(r.into_inner().value)),
                 (_, Payload::GetStats) => client
-                    .get_stats(request(pb::GetStatsRequest {}, &call))
+                    .get_stats(request(pb::GetStatsRequest {}, deadline, attempt))
                     .await
                     .map(|r| Reply::Stats(r.into_inner())),
             };
@@ -226,5 +233,3 @@ impl tower::Service<Call> for Transport {
         })
     }
 }
-
-use std::error::Error as _;
