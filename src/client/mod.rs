@@ -182,7 +182,9 @@ impl Client {
                     .attaches_request_ids()
                     .then(|| RequestIdLayer::new(ids)),
             )
-            .layer(DeadlineLayer::new(config.deadline))
+            // Below this layer every wait is already clipped to the deadline
+            // (see `deadline`): a backstop timer would only cost.
+            .layer(DeadlineLayer::new(config.deadline).without_backstop())
             .layer(ObserveLayer::new(events.clone()))
             .layer(retry.clone())
             .option_layer(breaker)
