@@ -7,17 +7,20 @@
 //! proves nothing was sent.
 
 use std::{
-    task::{Context, Poll},
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use tokio::time::Instant;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Timeout};
 use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::{
     client::{
-        call::{Call, CallFuture, Reply},
+        call::{Call, Reply},
         error::{CallError, Cause},
     },
     trace::{Event, EventSink, Outcome},
@@ -58,11 +61,10 @@ pub struct Attempt<S> {
 impl<S> Service<Call> for Attempt<S>
 where
     S: Service<Call, Response = Reply, Error = CallError>,
-    S::Future: Send + 'static,
 {
     type Response = Reply;
     type Error = CallError;
-    type Future = CallFuture;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         self.inner.poll_ready(cx)
@@ -76,34 +78,62 @@ where
         }
         call.attempt_deadline = Some(until);
         let (id, attempt) = (call.id, call.attempt);
-        let events = self.layer.events.clone();
+        let events = &self.layer.events;
         events.emit_with(|| Event::AttemptStarted {
             call: id,
             attempt,
             timeout_ms: until.saturating_duration_since(now).as_millis() as u64,
         });
-        let fut = self.inner.call(call);
-        Box::pin(async move {
-            let result = match tokio::time::timeout_at(until, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(CallError::new(
-                    Code::DeadlineExceeded,
-                    "attempt timed out",
-                    Cause::AttemptTimeout,
-                    // Sent, not answered: it may be running on the server.
-                    Outcome::Unknown,
-                )),
-            };
-            if let Err(e) = &result {
-                events.emit_with(|| Event::AttemptFailed {
-                    call: id,
-                    attempt,
-                    code: format!("{:?}", e.code),
-                    outcome: e.outcome,
-                    reason: e.reason(),
-                });
-            }
-            result
-        })
+        ResponseFuture {
+            timeout: tokio::time::timeout_at(until, self.inner.call(call)),
+            // Cloned only when someone listens: a quiet client's attempt
+            // carries no sink.
+            events: events.enabled().then(|| events.clone()),
+            id,
+            attempt,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Attempt`]: the attempt under its timeout.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        timeout: Timeout<F>,
+        events: Option<EventSink>,
+        id: u64,
+        attempt: u32,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Reply, CallError>>,
+{
+    type Output = Result<Reply, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match ready!(this.timeout.poll(cx)) {
+            Ok(r) => r,
+            Err(_) => Err(CallError::new(
+                Code::DeadlineExceeded,
+                "attempt timed out",
+                Cause::AttemptTimeout,
+                // Sent, not answered: it may be running on the server.
+                Outcome::Unknown,
+            )),
+        };
+        if let (Err(e), Some(events)) = (&result, this.events) {
+            events.emit(Event::AttemptFailed {
+                call: *this.id,
+                attempt: *this.attempt,
+                code: format!("{:?}", e.code),
+                outcome: e.outcome,
+                reason: e.reason(),
+            });
+        }
+        Poll::Ready(result)
     }
 }

@@ -2,14 +2,19 @@
 //! `call-finished` trace lines), with the request ID and deadline the outer
 //! layers attached and the outcome the inner layers concluded.
 
-use std::task::{Context, Poll};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::{
     client::{
-        call::{Call, CallFuture, Reply},
+        call::{Call, Reply},
         error::CallError,
     },
     trace::{Event, EventSink, Outcome},
@@ -49,11 +54,10 @@ pub struct Observe<S> {
 impl<S> Service<Call> for Observe<S>
 where
     S: Service<Call, Response = Reply, Error = CallError>,
-    S::Future: Send + 'static,
 {
     type Response = Reply;
     type Error = CallError;
-    type Future = CallFuture;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         self.inner.poll_ready(cx)
@@ -61,33 +65,64 @@ where
 
     fn call(&mut self, call: Call) -> Self::Future {
         let id = call.id;
-        self.events.emit_with(|| Event::CallStarted {
-            call: id,
-            method: call.method.name(),
-            request_id: call.request_id().to_owned(),
-            deadline_ms: call.deadline.map_or(0, |d| {
-                d.saturating_duration_since(Instant::now()).as_millis() as u64
-            }),
-        });
-        let events = self.events.clone();
-        let fut = self.inner.call(call);
-        Box::pin(async move {
-            let result = fut.await;
-            events.emit_with(|| match &result {
+        // Decided once per call: a quiet client builds no event and carries
+        // no sink.
+        let events = self.events.enabled().then(|| self.events.clone());
+        if let Some(events) = &events {
+            events.emit(Event::CallStarted {
+                call: id,
+                method: call.method.name(),
+                request_id: call.request_id().to_owned(),
+                deadline_ms: call.deadline.map_or(0, |d| {
+                    d.saturating_duration_since(Instant::now()).as_millis() as u64
+                }),
+            });
+        }
+        ResponseFuture {
+            inner: self.inner.call(call),
+            events,
+            id,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Observe`]: reports the call's end.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        events: Option<EventSink>,
+        id: u64,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Reply, CallError>>,
+{
+    type Output = Result<Reply, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Some(events) = this.events {
+            let call = *this.id;
+            events.emit(match &result {
                 Ok(reply) => Event::CallFinished {
-                    call: id,
+                    call,
                     attempts: 0,
                     result: format!("ok {reply}"),
                     outcome: Outcome::Applied,
                 },
                 Err(e) => Event::CallFinished {
-                    call: id,
+                    call,
                     attempts: e.attempts,
                     result: format!("err {:?}", e.code),
                     outcome: e.outcome,
                 },
             });
-            result
-        })
+        }
+        Poll::Ready(result)
     }
 }
