@@ -7,58 +7,85 @@
 //! attempt says about the request's effect: once any attempt may have been
 //! applied, the call may have been (see [`crate::trace::Outcome::merge`]).
 //!
-//! The response future is a boxed `async` block rather than a hand-written
-//! state machine: the loop awaits readiness, the attempt and a sleep, and a
-//! box per logical call is noise next to a network round trip (the
-//! `client_overhead` benchmark measures the whole stack against bare tonic).
-//!
 //! # Layout
+//! - [`future`]: the response future, a small state machine (ready, call,
+//!   pause) that carries out the policy's decisions.
 //! - [`policy`]: the decision ([`RetryPolicy`], [`RetryConfig`]).
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`budget`]: gRPC's token-bucket retry throttling.
 
 pub mod backoff;
 pub mod budget;
+pub mod future;
 pub mod policy;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
 };
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 pub use backoff::Backoff;
 pub use budget::{ThrottleConfig, TokenBucket};
+pub use future::ResponseFuture;
 pub use policy::{Decision, RetryConfig, RetryConfigError, RetryPolicy, Stop};
 
 use crate::{
     client::{
-        call::{Call, CallFuture, Reply},
-        error::{CallError, Cause},
+        call::{Call, Reply},
+        error::CallError,
     },
-    trace::{Event, EventSink, Outcome},
+    trace::EventSink,
 };
 
-/// State shared by every clone of the layer's services: the budget is per
+/// State shared by every clone of the layer's services, behind one `Arc`
+/// (one reference count per call, not one per field): the budget is per
 /// client (per server), the RNG is one seeded stream so a seed fixes every
 /// jitter draw.
 #[derive(Debug)]
 struct Shared {
+    policy: RetryPolicy,
     // std Mutexes: held for a few arithmetic operations, never across await.
     budget: Option<Mutex<TokenBucket>>,
     rng: Mutex<ChaCha8Rng>,
+    events: EventSink,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// A success refills the budget.
+    fn on_success(&self) {
+        if let Some(b) = &self.budget {
+            lock(b).on_success();
+        }
+    }
+
+    /// Asks the policy what to do after `err`, now.
+    fn decide(&self, call: &Call, err: &CallError) -> Decision {
+        let mut budget = self.budget.as_ref().map(lock);
+        let mut rng = lock(&self.rng);
+        self.policy.decide(
+            call,
+            err,
+            Instant::now(),
+            call.deadline,
+            budget.as_deref_mut(),
+            &mut *rng,
+        )
+    }
 }
 
 /// Adds retries to a call service.
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
-    policy: Arc<RetryPolicy>,
     shared: Arc<Shared>,
-    events: EventSink,
 }
 
 impl RetryLayer {
@@ -70,19 +97,19 @@ impl RetryLayer {
             .throttle
             .map(|t| Mutex::new(TokenBucket::new(t)));
         Self {
-            policy: Arc::new(policy),
             shared: Arc::new(Shared {
+                policy,
                 budget,
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+                events,
             }),
-            events,
         }
     }
 
     /// Tokens left in the retry budget (`None` when throttling is off).
     pub fn budget_tokens(&self) -> Option<f64> {
         let b = self.shared.budget.as_ref()?;
-        Some(b.lock().unwrap_or_else(|p| p.into_inner()).tokens())
+        Some(lock(b).tokens())
     }
 }
 
@@ -92,7 +119,7 @@ impl<S> Layer<S> for RetryLayer {
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
             inner,
-            layer: self.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -101,91 +128,28 @@ impl<S> Layer<S> for RetryLayer {
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
-    layer: RetryLayer,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    shared: Arc<Shared>,
 }
 
 impl<S> Service<Call> for Retry<S>
 where
-    S: Service<Call, Response = Reply, Error = CallError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: Service<Call, Response = Reply, Error = CallError> + Clone,
 {
     type Response = Reply;
     type Error = CallError;
-    type Future = CallFuture;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         // Readiness is awaited per attempt inside the future.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut call: Call) -> Self::Future {
+    fn call(&mut self, call: Call) -> Self::Future {
+        // The future gets the service that was made ready (none was: see
+        // `poll_ready`) and this one keeps a fresh clone, as tower's own
+        // retry does.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            let mut outcome = Outcome::NotApplied;
-            let mut sent = 0u32;
-            call.attempt = 1;
-            loop {
-                let result = inner.ready().await?.call(call.clone()).await;
-                let mut err = match result {
-                    Ok(reply) => {
-                        if let Some(b) = &layer.shared.budget {
-                            lock(b).on_success();
-                        }
-                        return Ok(reply);
-                    }
-                    Err(e) => e,
-                };
-                if !matches!(err.cause, Cause::CircuitOpen { .. }) {
-                    sent += 1;
-                }
-                outcome = outcome.merge(err.outcome);
-                let decision = {
-                    let mut budget = layer.shared.budget.as_ref().map(lock);
-                    let mut rng = lock(&layer.shared.rng);
-                    layer.policy.decide(
-                        &call,
-                        &err,
-                        Instant::now(),
-                        call.deadline,
-                        budget.as_deref_mut(),
-                        &mut *rng,
-                    )
-                };
-                match decision {
-                    Decision::Retry { after, pushback } => {
-                        layer.events.emit(Event::Backoff {
-                            call: call.id,
-                            next_attempt: call.attempt + 1,
-                            delay_ms: after.as_millis() as u64,
-                            pushback,
-                        });
-                        tokio::time::sleep(after).await;
-                        call.attempt += 1;
-                    }
-                    Decision::Stop(stop) => {
-                        if stop != Stop::NonRetryable || call.attempt > 1 {
-                            layer.events.emit(Event::GaveUp {
-                                call: call.id,
-                                reason: stop.reason().into(),
-                            });
-                        }
-                        err.attempts = sent;
-                        err.outcome = outcome;
-                        match stop {
-                            Stop::BudgetExhausted => err.cause = Cause::BudgetExhausted,
-                            Stop::ServerPushback => err.cause = Cause::PushbackStop,
-                            _ => {}
-                        }
-                        return Err(err);
-                    }
-                }
-            }
-        })
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(inner, call, Arc::clone(&self.shared))
     }
 }
