@@ -10,6 +10,7 @@
 use std::{
     error::Error as _,
     future::Future,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -98,16 +99,23 @@ pub fn tcp_channel(addr: &str) -> Result<Channel, InvalidAddress> {
 }
 
 /// Sends calls over a tonic channel.
+///
+/// The layers above clone the stack for every call (the tower idiom:
+/// `clone` + `oneshot`, and the retry layer keeps its own copy), so the
+/// client sits behind an `Arc`: those clones cost a reference count, and
+/// the one real client clone per attempt happens in [`Transport::call`],
+/// where tonic needs it (its calls borrow the client mutably for as long
+/// as they run).
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: CalculatorClient<Channel>,
+    client: Arc<CalculatorClient<Channel>>,
 }
 
 impl Transport {
     /// A transport over `channel`.
     pub fn new(channel: Channel) -> Self {
         Self {
-            client: CalculatorClient::new(channel),
+            client: Arc::new(CalculatorClient::new(channel)),
         }
     }
 }
@@ -120,7 +128,9 @@ fn request<T>(msg: T, deadline: Option<Instant>, attempt: u32) -> tonic::Request
         // Tell the server how long we will wait, so it can stop work that
         // nobody will collect.
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if let Ok(v) = encode_grpc_timeout(remaining).parse() {
+        // From the `String` itself: its buffer becomes the header value,
+        // where parsing a `&str` would copy it.
+        if let Ok(v) = MetadataValue::try_from(encode_grpc_timeout(remaining)) {
             req.metadata_mut().insert("grpc-timeout", v);
         }
     }
@@ -194,7 +204,7 @@ impl tower::Service<Call> for Transport {
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let mut client = self.client.clone();
+        let mut client = CalculatorClient::clone(&self.client);
         // The call is ours: move its payload into the request rather than
         // cloning it on every attempt.
         let (deadline, attempt) = (call.effective_deadline(), call.attempt);
