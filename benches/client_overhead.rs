@@ -20,6 +20,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 const ROUNDS: usize = 40;
 const CALLS_PER_ROUND: usize = 1_000;
 const CONCURRENCY: usize = 16;
+// The concurrent rounds run longer than the sequential ones: at 16 callers
+// a 1,000-call round lasts a few tens of milliseconds, short enough for one
+// scheduling hiccup of the shared machine to swing its ratio by a third.
+const CONCURRENT_CALLS_PER_ROUND: usize = 8_000;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
@@ -62,7 +66,7 @@ async fn concurrent_bare(client: &CalculatorClient<tonic::transport::Channel>) -
         .map(|_| {
             let mut c = client.clone();
             tokio::spawn(async move {
-                for i in 0..CALLS_PER_ROUND / CONCURRENCY {
+                for i in 0..CONCURRENT_CALLS_PER_ROUND / CONCURRENCY {
                     c.add(BinaryRequest {
                         a: i as f64,
                         b: 1.0,
@@ -85,7 +89,7 @@ async fn concurrent_stack(client: &Client) -> Duration {
         .map(|_| {
             let c = client.clone();
             tokio::spawn(async move {
-                for i in 0..CALLS_PER_ROUND / CONCURRENCY {
+                for i in 0..CONCURRENT_CALLS_PER_ROUND / CONCURRENCY {
                     c.add(i as f64, 1.0).await.expect("stack call");
                 }
             })
@@ -204,30 +208,33 @@ fn main() {
         }
         lat_bare.sort();
         lat_stack.sort();
-        let median = |v: &mut Vec<f64>| {
+        // Median and interquartile range of the per-round ratios, as percent
+        // changes: the spread says how far to trust the median.
+        let quartiles = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+            let pct = |x: f64| (x - 1.0) * 100.0;
+            (pct(v[v.len() / 4]), pct(v[v.len() / 2]), pct(v[v.len() * 3 / 4]))
         };
-        let calls = (ROUNDS * CALLS_PER_ROUND) as f64;
+        let calls = (ROUNDS * CONCURRENT_CALLS_PER_ROUND) as f64;
         let tput_bare = calls / conc_bare.as_secs_f64();
         let tput_stack = calls / conc_stack.as_secs_f64();
         let p50_b = percentile(&lat_bare, 0.5);
         let p50_s = percentile(&lat_stack, 0.5);
         let p99_b = percentile(&lat_bare, 0.99);
         let p99_s = percentile(&lat_stack, 0.99);
-        println!("client overhead, loopback, {ROUNDS} alternating rounds × {CALLS_PER_ROUND} Add calls (sequential), and the same at concurrency {CONCURRENCY}");
+        println!("client overhead, loopback, {ROUNDS} alternating rounds × {CALLS_PER_ROUND} Add calls (sequential) and {CONCURRENT_CALLS_PER_ROUND} at concurrency {CONCURRENCY}");
         println!("| client | p50 µs | p99 µs | throughput @{CONCURRENCY} (calls/s) |");
         println!("|---|---:|---:|---:|");
         println!("| bare tonic | {} | {} | {:.0} |", p50_b.as_micros(), p99_b.as_micros(), tput_bare);
         println!("| resilient stack | {} | {} | {:.0} |", p50_s.as_micros(), p99_s.as_micros(), tput_stack);
+        let (p50_lo, p50_mid, p50_hi) = quartiles(&mut p50_ratios);
+        let (tput_lo, tput_mid, tput_hi) = quartiles(&mut tput_ratios);
+        let (dl_lo, dl_mid, dl_hi) = quartiles(&mut deadline_ratios);
         println!(
-            "median per-round ratio, stack / bare: p50 latency {:+.1}%, throughput {:+.1}%",
-            (median(&mut p50_ratios) - 1.0) * 100.0,
-            (median(&mut tput_ratios) - 1.0) * 100.0
+            "median per-round ratio, stack / bare: p50 latency {p50_mid:+.1}% (IQR {p50_lo:+.1}…{p50_hi:+.1}%), throughput {tput_mid:+.1}% (IQR {tput_lo:+.1}…{tput_hi:+.1}%)"
         );
         println!(
-            "of which deadline propagation alone (bare tonic + grpc-timeout / bare): p50 {:+.1}%",
-            (median(&mut deadline_ratios) - 1.0) * 100.0
+            "of which deadline propagation alone (bare tonic + grpc-timeout / bare): p50 {dl_mid:+.1}% (IQR {dl_lo:+.1}…{dl_hi:+.1}%)"
         );
         println!(
             "the layers alone, over a no-op service: {:?} per call",
