@@ -9,10 +9,10 @@ use tokio::time::Instant;
 
 use crate::{client::error::CallError, pb};
 
-/// The response future of the stack's boxed layers: one logical call (or
-/// attempt) on its way. Boxed because these layers await several steps
-/// (readiness, the call, a timer); one allocation per call is noise next to
-/// a network round trip (measured by the `client_overhead` benchmark).
+/// The transport's response future: one attempt on its way. Boxed because
+/// tonic's generated calls are `async fn`s, whose futures cannot be named;
+/// the layers above have named futures, so this box and the one
+/// `BoxCloneSyncService` makes are the only futures the stack allocates.
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
 
 /// An RPC of `abacus.v1.Calculator`.
