@@ -5,7 +5,8 @@
 //! - `abacus call` against a real `abacus serve`: results on stdout, errors
 //!   on stderr with a non-zero exit, negative operands, and a refused
 //!   connection reported as not applied.
-//! - `abacus demo` runs to its summary.
+//! - `abacus demo` runs to its summary, showing what each section is about,
+//!   and takes the client policy flags.
 //!
 //! Every run goes through [`check`]. Servers are started on
 //! `127.0.0.1:0`; the test reads the bound address from the server's log
@@ -202,7 +203,10 @@ fn help_names_every_flag() {
             &["call", "accumulate", "--help"],
             ok(&["--register", "--request-id", "<DELTA>"]),
         ),
-        (&["demo", "--help"], ok(&["--addr"])),
+        (
+            &["demo", "--help"],
+            ok(&["--addr", "--seed", "--mode", "--deadline-ms", "--attempts"]),
+        ),
     ];
     for (args, expect) in table {
         check(args, expect);
@@ -211,7 +215,7 @@ fn help_names_every_flag() {
 
 #[test]
 fn bad_flags_exit_2_with_a_clear_message() {
-    let table: [(&[&str], Expect); 6] = [
+    let table: [(&[&str], Expect); 7] = [
         (
             &["serve", "--fail-rate", "2"],
             fails(
@@ -238,6 +242,10 @@ fn bad_flags_exit_2_with_a_clear_message() {
         (
             &["call", "--addr", "not an addr", "add", "1", "1"],
             fails(2, &["\"not an addr\" is not a server address"]),
+        ),
+        (
+            &["demo", "--attempts", "0"],
+            fails(2, &["attempts must be between 1 and 10, got 0"]),
         ),
     ];
     for (args, expect) in table {
@@ -330,7 +338,36 @@ fn call_without_a_server_says_not_applied() {
 
 #[test]
 fn demo_runs_to_its_summary() {
-    check(&["demo"], ok(&["Summary", "0 surprise(s)"]));
+    // With the default policy every section shows what it is about: the
+    // retries win, at-least-once double-applies, the other modes don't, and
+    // the breaker fails fast.
+    check(
+        &["demo"],
+        ok(&[
+            "add(5, 6) = 11",
+            "DOUBLE-APPLIED",
+            "never applied twice; the unknown outcomes are reported",
+            "applied exactly once each",
+            "failed fast",
+            "Summary",
+            "0 surprise(s)",
+        ]),
+    );
+}
+
+#[test]
+fn demo_takes_the_client_policy_flags() {
+    // Without retries the flaky server's refusals reach the caller and
+    // at-least-once has nothing to re-send: the demo says so, and it is not
+    // a surprise.
+    check(
+        &["demo", "--attempts", "1"],
+        ok(&[
+            "the retry policy gave up",
+            "(the request was NOT applied; 1 attempt(s))",
+            "0 surprise(s)",
+        ]),
+    );
 }
 
 #[test]
