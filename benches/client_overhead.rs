@@ -17,7 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 // Many short rounds, alternating, so that a burst of noise from the shared
 // machine lands on both clients alike; the reported ratio is the median of
 // the per-round ratios.
-const ROUNDS: usize = 40;
+const ROUNDS: usize = 80;
 const CALLS_PER_ROUND: usize = 1_000;
 const CONCURRENCY: usize = 16;
 // The concurrent rounds run longer than the sequential ones: at 16 callers
@@ -172,39 +172,53 @@ fn main() {
         sequential_stack(&stack, &mut Vec::new()).await;
 
         let (mut lat_bare, mut lat_stack) = (Vec::new(), Vec::new());
-        let (mut conc_bare, mut conc_stack) = (Duration::ZERO, Duration::ZERO);
+        // Each client's time per concurrent round, for the pooled ratio.
+        let (mut conc_bare, mut conc_stack) = (Vec::new(), Vec::new());
         let (mut p50_ratios, mut tput_ratios, mut deadline_ratios) =
             (Vec::new(), Vec::new(), Vec::new());
+        // Sequential rounds first, then concurrent ones: interleaving them
+        // let each concurrent phase disturb the sequential phase after it
+        // (the stack's p50 ratio read 1.5–3 points higher that way).
         for round in 0..ROUNDS {
-            if round % 10 == 0 {
-                eprintln!("round {}/{ROUNDS}", round + 1);
+            if round % 20 == 0 {
+                eprintln!("sequential round {}/{ROUNDS}", round + 1);
             }
             let (mut rb, mut rd, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+            // The same `grpc-timeout` the stack sends: its attempt timeout.
+            let header = Some(ClientConfig::default().attempt_timeout);
             // Alternate which goes first, so neither always runs warmer.
-            let (cb, cs) = if round % 2 == 0 {
+            if round % 2 == 0 {
                 sequential_bare(&mut bare, None, &mut rb).await;
-                sequential_bare(&mut bare, Some(Duration::from_secs(5)), &mut rd).await;
+                sequential_bare(&mut bare, header, &mut rd).await;
                 sequential_stack(&stack, &mut rs).await;
-                (concurrent_bare(&bare).await, concurrent_stack(&stack).await)
             } else {
                 sequential_stack(&stack, &mut rs).await;
-                sequential_bare(&mut bare, Some(Duration::from_secs(5)), &mut rd).await;
+                sequential_bare(&mut bare, header, &mut rd).await;
                 sequential_bare(&mut bare, None, &mut rb).await;
-                let cs = concurrent_stack(&stack).await;
-                (concurrent_bare(&bare).await, cs)
-            };
+            }
             rb.sort();
             rd.sort();
             rs.sort();
             p50_ratios.push(percentile(&rs, 0.5).as_secs_f64() / percentile(&rb, 0.5).as_secs_f64());
             deadline_ratios
                 .push(percentile(&rd, 0.5).as_secs_f64() / percentile(&rb, 0.5).as_secs_f64());
-            // Same number of calls: the throughput ratio is the inverse time ratio.
-            tput_ratios.push(cb.as_secs_f64() / cs.as_secs_f64());
             lat_bare.extend(rb);
             lat_stack.extend(rs);
-            conc_bare += cb;
-            conc_stack += cs;
+        }
+        for round in 0..ROUNDS {
+            if round % 20 == 0 {
+                eprintln!("concurrent round {}/{ROUNDS}", round + 1);
+            }
+            let (cb, cs) = if round % 2 == 0 {
+                (concurrent_bare(&bare).await, concurrent_stack(&stack).await)
+            } else {
+                let cs = concurrent_stack(&stack).await;
+                (concurrent_bare(&bare).await, cs)
+            };
+            // Same number of calls: the throughput ratio is the inverse time ratio.
+            tput_ratios.push(cb.as_secs_f64() / cs.as_secs_f64());
+            conc_bare.push(cb.as_secs_f64());
+            conc_stack.push(cs.as_secs_f64());
         }
         lat_bare.sort();
         lat_stack.sort();
@@ -216,8 +230,22 @@ fn main() {
             (pct(v[v.len() / 4]), pct(v[v.len() / 2]), pct(v[v.len() * 3 / 4]))
         };
         let calls = (ROUNDS * CONCURRENT_CALLS_PER_ROUND) as f64;
-        let tput_bare = calls / conc_bare.as_secs_f64();
-        let tput_stack = calls / conc_stack.as_secs_f64();
+        let tput_bare = calls / conc_bare.iter().sum::<f64>();
+        let tput_stack = calls / conc_stack.iter().sum::<f64>();
+        // At 16 callers a round's throughput swings by ±20 % for either
+        // client, independently (the scheduling of 16 tasks and the server
+        // on two shared cores), so per-round ratios are wide. The pooled
+        // ratio (all calls over all time) is the steadier estimate; its
+        // standard error, by the delta method over the per-round times,
+        // says how small a difference this run can resolve.
+        let pooled = tput_stack / tput_bare;
+        let rel_var = |v: &[f64]| {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            var / (n * mean * mean)
+        };
+        let pooled_se = pooled * (rel_var(&conc_bare) + rel_var(&conc_stack)).sqrt();
         let p50_b = percentile(&lat_bare, 0.5);
         let p50_s = percentile(&lat_stack, 0.5);
         let p99_b = percentile(&lat_bare, 0.99);
@@ -234,7 +262,12 @@ fn main() {
             "median per-round ratio, stack / bare: p50 latency {p50_mid:+.1}% (IQR {p50_lo:+.1}…{p50_hi:+.1}%), throughput {tput_mid:+.1}% (IQR {tput_lo:+.1}…{tput_hi:+.1}%)"
         );
         println!(
-            "of which deadline propagation alone (bare tonic + grpc-timeout / bare): p50 {dl_mid:+.1}% (IQR {dl_lo:+.1}…{dl_hi:+.1}%)"
+            "pooled throughput ratio, stack / bare: {:+.1}% ± {:.1}% (one standard error)",
+            (pooled - 1.0) * 100.0,
+            pooled_se * 100.0
+        );
+        println!(
+            "of which deadline propagation alone (bare tonic + the same grpc-timeout / bare): p50 {dl_mid:+.1}% (IQR {dl_lo:+.1}…{dl_hi:+.1}%)"
         );
         println!(
             "the layers alone, over a no-op service: {:?} per call",
