@@ -107,15 +107,15 @@ pub enum ServiceError {
     },
     /// `--require-request-id` and a mutating request without one.
     #[error(
-        "request_id is required for Accumulate on this server (started with --require-request-id)"
+        "a request ID (gRPC: the request_id field; REST: the Idempotency-Key header) is required for Accumulate on this server (started with --require-request-id)"
     )]
     RequestIdRequired,
     /// Request ID malformed (too long or control characters).
-    #[error("request_id is invalid: {0}")]
+    #[error("request ID is invalid: {0}")]
     InvalidRequestId(&'static str),
     /// Same request ID, different payload.
     #[error(
-        "request_id {request_id:?} was first used for {first}; this request is {this}: a request ID must not be reused for a different request"
+        "request ID {request_id:?} was first used for {first}; this request is {this}: a request ID must not be reused for a different request"
     )]
     RequestIdReused {
         /// The ID.
@@ -129,7 +129,7 @@ pub enum ServiceError {
     /// in flight, until its deadline or the server's join limit. Not marked
     /// not-applied: that first execution may still apply.
     #[error(
-        "request_id {request_id:?} is still being executed by an earlier attempt, which may yet apply; retry with the same request_id"
+        "request ID {request_id:?} is still being executed by an earlier attempt, which may yet apply; retry with the same request ID"
     )]
     StillInFlight {
         /// The ID.

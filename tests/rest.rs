@@ -394,7 +394,7 @@ async fn every_error_is_json_with_the_mapped_status() {
             // Headers.
             (
                 post("/v1/registers/x:accumulate", json!({"delta": 1})).key(&"k".repeat(200)),
-                refused(400, "INVALID_ARGUMENT", "request_id is invalid"),
+                refused(400, "INVALID_ARGUMENT", "request ID is invalid"),
             ),
             (
                 post("/v1/registers/x:accumulate", json!({"delta": 1})).key("\"unterminated"),
@@ -562,7 +562,11 @@ async fn keys_can_be_required() {
     check(
         &fronts,
         post("/v1/registers/x:accumulate", json!({"delta": 1})),
-        refused(400, "INVALID_ARGUMENT", "request_id is required"),
+        refused(
+            400,
+            "INVALID_ARGUMENT",
+            "Idempotency-Key header) is required",
+        ),
     )
     .await;
     check(

@@ -247,7 +247,11 @@ mod tests {
         let calc = calculator(&state, FaultConfig::default()).with_require_request_id(true);
         let missing = calc.accumulate(request("x", 1.0, "")).await.unwrap_err();
         assert_eq!(missing.code(), tonic::Code::InvalidArgument);
-        assert!(missing.message().contains("request_id is required"));
+        assert!(
+            missing
+                .message()
+                .contains("a request ID (gRPC: the request_id field")
+        );
 
         calc.accumulate(request("x", f64::MAX, "a")).await.unwrap();
         let first = calc
