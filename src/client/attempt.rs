@@ -78,17 +78,23 @@ where
         }
         call.attempt_deadline = Some(until);
         let (id, attempt) = (call.id, call.attempt);
-        let events = &self.layer.events;
-        events.emit_with(|| Event::AttemptStarted {
-            call: id,
-            attempt,
-            timeout_ms: until.saturating_duration_since(now).as_millis() as u64,
-        });
+        // Decided once per attempt: a quiet client builds no event and its
+        // attempt carries no sink.
+        let events = self
+            .layer
+            .events
+            .enabled()
+            .then(|| self.layer.events.clone());
+        if let Some(events) = &events {
+            events.emit(Event::AttemptStarted {
+                call: id,
+                attempt,
+                timeout_ms: until.saturating_duration_since(now).as_millis() as u64,
+            });
+        }
         ResponseFuture {
             timeout: tokio::time::timeout_at(until, self.inner.call(call)),
-            // Cloned only when someone listens: a quiet client's attempt
-            // carries no sink.
-            events: events.enabled().then(|| events.clone()),
+            events,
             id,
             attempt,
         }
