@@ -179,13 +179,13 @@ fn main() {
         // Sequential rounds first, then concurrent ones: interleaving them
         // let each concurrent phase disturb the sequential phase after it
         // (the stack's p50 ratio read 1.5–3 points higher that way).
+        // The same `grpc-timeout` the stack sends: its attempt timeout.
+        let header = Some(ClientConfig::default().attempt_timeout);
         for round in 0..ROUNDS {
             if round % 20 == 0 {
                 eprintln!("sequential round {}/{ROUNDS}", round + 1);
             }
             let (mut rb, mut rd, mut rs) = (Vec::new(), Vec::new(), Vec::new());
-            // The same `grpc-timeout` the stack sends: its attempt timeout.
-            let header = Some(ClientConfig::default().attempt_timeout);
             // Alternate which goes first, so neither always runs warmer.
             if round % 2 == 0 {
                 sequential_bare(&mut bare, None, &mut rb).await;

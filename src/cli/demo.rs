@@ -64,14 +64,11 @@ impl Tally {
     /// up (which flags like `--attempts 1` make likely) — not a surprise.
     fn expect_ok_or_give_up<T: std::fmt::Display>(&mut self, what: &str, r: Result<T, CallError>) {
         match r {
-            Ok(v) => {
-                self.ok += 1;
-                println!("  {what} = {v}");
-            }
             Err(e) => {
                 self.expected_errors += 1;
                 println!("  {what}: the retry policy gave up: {e}");
             }
+            ok => self.expect_ok(what, ok),
         }
     }
 
