@@ -237,7 +237,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         async move {
             let listener = turmoil::net::TcpListener::bind(("0.0.0.0", net::PORT)).await?;
             let incoming = net::incoming(listener);
-            server::serve_with_state(config, state, incoming, std::future::pending()).await?;
+            server::serve_with_ledger(config, state, incoming, std::future::pending()).await?;
             Ok(())
         }
     });

@@ -7,7 +7,7 @@
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
-use crate::trace::num;
+use crate::{store::WriteFate, trace::num};
 
 /// Metadata key the server sets on every error it answers *without having
 /// applied the request*. Clients use it to tell "definitely not applied" from
@@ -135,9 +135,17 @@ pub enum ServiceError {
         /// The ID.
         request_id: String,
     },
-    /// The durable store failed.
-    #[error("storage error: {0}")]
-    Storage(String),
+    /// The store (redb, PostgreSQL) failed or cannot be reached. The
+    /// engine's own message is logged, never sent: it may name files,
+    /// tables or hosts.
+    #[error("{}", match fate {
+        WriteFate::NotApplied => "the register store is unavailable; the request was not applied",
+        WriteFate::Unknown => "the register store failed while committing; the request may or may not have been applied: retry with the same request ID",
+    })]
+    StoreUnavailable {
+        /// Whether the write certainly did not happen.
+        fate: WriteFate,
+    },
 }
 
 impl ServiceError {
@@ -163,7 +171,9 @@ impl ServiceError {
             // ABORTED: a concurrency conflict with another attempt of the same
             // call, to be retried at the level of the whole call (same ID).
             Self::StillInFlight { .. } => Code::Aborted,
-            Self::Storage(_) => Code::Internal,
+            // UNAVAILABLE: transient, and what retry policies and balancers
+            // act on (another replica, or the same one later).
+            Self::StoreUnavailable { .. } => Code::Unavailable,
         }
     }
 
@@ -186,7 +196,11 @@ impl ServiceError {
     pub fn known_not_applied(&self) -> bool {
         !matches!(
             self,
-            Self::ResponseDropped | Self::Storage(_) | Self::StillInFlight { .. }
+            Self::ResponseDropped
+                | Self::StillInFlight { .. }
+                | Self::StoreUnavailable {
+                    fate: WriteFate::Unknown
+                }
         )
     }
 
@@ -273,5 +287,21 @@ mod tests {
 
         let s: Status = ServiceError::Calc(CalcError::UnknownRegister("r".into())).into();
         assert_eq!(s.code(), Code::NotFound);
+
+        // A store failure is transient (UNAVAILABLE); only a certain one
+        // says not-applied.
+        let s: Status = ServiceError::StoreUnavailable {
+            fate: WriteFate::NotApplied,
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.metadata().get(NOT_APPLIED_KEY).unwrap(), "true");
+        let s: Status = ServiceError::StoreUnavailable {
+            fate: WriteFate::Unknown,
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.metadata().get(NOT_APPLIED_KEY).is_none());
+        assert!(s.message().contains("retry with the same request ID"));
     }
 }

@@ -9,6 +9,8 @@
 //! - [`pb`]: code generated from `proto/abacus/v1/calculator.proto`.
 //! - [`server`]: one calculator service, served over gRPC (tonic) and, as
 //!   its REST twin, HTTP/JSON (axum), over any connection stream.
+//! - [`store`]: the seam between the service and its state, the
+//!   [`store::Ledger`] every backend implements.
 //! - [`client`]: the resilient client, a stack of tower layers.
 //! - [`trace`]: typed events shared by logs, the sim checker and snapshots.
 //! - [`cli`]: the `abacus` command line (serve, call, demo).
@@ -22,4 +24,5 @@ pub mod core;
 pub mod error;
 pub mod pb;
 pub mod server;
+pub mod store;
 pub mod trace;

@@ -123,8 +123,12 @@ from_redb!(
 );
 
 impl From<StorageError> for crate::error::ServiceError {
-    fn from(e: StorageError) -> Self {
-        Self::Storage(e.to_string())
+    /// A failed commit may or may not have reached the disk. The engine's
+    /// message (paths, redb's text) is for the log, not for the caller.
+    fn from(_: StorageError) -> Self {
+        Self::StoreUnavailable {
+            fate: crate::store::WriteFate::Unknown,
+        }
     }
 }
 

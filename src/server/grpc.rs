@@ -16,8 +16,8 @@ use crate::{
         dedup::REPLAYED_KEY,
         faults::Faults,
         service::{AccumulateError, Calculator},
-        state::{AccumulateArgs, State},
     },
+    store::{AccumulateArgs, Ledger},
     trace::EventSink,
 };
 
@@ -28,9 +28,9 @@ pub struct GrpcCalculator {
 }
 
 impl GrpcCalculator {
-    /// An adapter over shared state and faults.
-    pub fn new(state: Arc<State>, faults: Arc<Faults>, events: EventSink) -> Self {
-        Self::from_service(Calculator::new(state, faults, events))
+    /// An adapter over a shared ledger and faults.
+    pub fn new(ledger: Arc<dyn Ledger>, faults: Arc<Faults>, events: EventSink) -> Self {
+        Self::from_service(Calculator::new(ledger, faults, events))
     }
 
     /// An adapter over a service another front may share.
@@ -116,6 +116,7 @@ impl CalculatorRpc for GrpcCalculator {
             register,
             delta,
             request_id,
+            caller: Default::default(),
         };
         let done = self.service.accumulate(&args, deadline).await?;
         let mut response = Response::new(pb::AccumulateResponse {
@@ -132,8 +133,9 @@ impl CalculatorRpc for GrpcCalculator {
         &self,
         req: Request<pb::GetRegisterRequest>,
     ) -> Result<Response<pb::RegisterValue>, Status> {
+        let deadline = deadline_from(req.metadata());
         let register = req.into_inner().register;
-        let value = self.service.get(&register)?;
+        let value = self.service.get(&register, deadline).await?;
         Ok(Response::new(pb::RegisterValue { value }))
     }
 
@@ -141,7 +143,7 @@ impl CalculatorRpc for GrpcCalculator {
         &self,
         _req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::Stats>, Status> {
-        let s = self.service.stats();
+        let s = self.service.stats().await?;
         Ok(Response::new(pb::Stats {
             dedup_entries: s.dedup_entries,
             dedup_hits: s.dedup_hits,
@@ -158,12 +160,12 @@ mod tests {
     use super::*;
     use crate::{
         error::NOT_APPLIED_KEY,
-        server::{DedupConfig, FaultConfig},
+        server::{DedupConfig, FaultConfig, State},
     };
 
     fn calculator(state: &Arc<State>, faults: FaultConfig) -> GrpcCalculator {
         GrpcCalculator::new(
-            Arc::clone(state),
+            Arc::clone(state) as Arc<dyn Ledger>,
             Arc::new(Faults::new(faults, crate::server::FaultSwitch::default())),
             EventSink::log_only(),
         )
@@ -216,7 +218,7 @@ mod tests {
         );
         let fresh = healthy.accumulate(request("x", 1.0, "r2")).await.unwrap();
         assert!(fresh.metadata().get(REPLAYED_KEY).is_none());
-        assert_eq!(state.get("x"), Ok(5.0));
+        assert_eq!(State::get(&state, "x"), Ok(5.0));
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
-//! The abacus server: [`serve_with_state`] runs the real tonic server on
+//! The abacus server: [`serve_with_ledger`] runs the real tonic server on
 //! whatever connection stream it is given — a tokio TCP listener in
 //! production and tests, turmoil's simulated listener in `sims/` — over a
-//! [`State`] the caller may keep, and [`serve`] is the convenience that
-//! builds a fresh in-memory one. There is no test copy of the server.
+//! [`Ledger`](crate::store::Ledger) the caller may keep, and [`serve`] is
+//! the convenience that builds a fresh in-memory one. There is no test copy
+//! of the server.
 //!
 //! Two fronts can serve one [`Calculator`]: [`serve_calculator`] (gRPC) and
 //! [`rest::serve_rest`] (HTTP/JSON), each on its own listener, sharing the
@@ -72,7 +73,7 @@ pub struct ServerConfig {
     /// Where events go.
     pub events: EventSink,
     /// Dedup store limits, used by [`serve`] to build its [`State`] (a
-    /// state handed to [`serve_with_state`] brings its own).
+    /// ledger handed to [`serve_with_ledger`] brings its own).
     pub dedup: DedupConfig,
     /// Refuse `Accumulate` without a request ID (INVALID_ARGUMENT) instead
     /// of applying it undeduplicated.
@@ -123,7 +124,7 @@ pub type ServeError = tonic::transport::Error;
 /// Serves `abacus.v1.Calculator`, `grpc.health.v1.Health` and reflection
 /// (v1 and v1alpha) on every connection `incoming` yields, until `shutdown`
 /// completes; then stops accepting and lets in-flight calls finish. State
-/// lives in memory and dies with this call: see [`serve_with_state`].
+/// lives in memory and dies with this call: see [`serve_with_ledger`].
 pub async fn serve<I, IO, IE>(
     config: ServerConfig,
     incoming: I,
@@ -135,18 +136,19 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let state = Arc::new(State::new(config.dedup.clone(), config.events.clone()));
-    serve_with_state(config, state, incoming, shutdown).await
+    serve_with_ledger(config, state, incoming, shutdown).await
 }
 
-/// [`serve`] over a [`State`] the caller owns: a durable one
-/// ([`State::open`]), or, in the simulation, one kept outside a host so it
-/// outlives `sim.crash`/`sim.bounce` and is handed to the restarted server,
-/// which models durable storage. `config.dedup` is not used (the state
-/// has its limits already); events of the state go to the sink it was built
-/// with. Logs the state's counters when the server stops.
-pub async fn serve_with_state<I, IO, IE>(
+/// [`serve`] over a [`Ledger`](crate::store::Ledger) the caller owns: a
+/// durable one ([`State::open`]), a shared PostgreSQL one, or, in the
+/// simulation, one kept outside a host so it outlives `sim.crash`/
+/// `sim.bounce` and is handed to the restarted server, which models durable
+/// storage. `config.dedup` is not used (the ledger has its limits already);
+/// events of the ledger go to the sink it was built with. Logs the ledger's
+/// counters when the server stops.
+pub async fn serve_with_ledger<I, IO, IE>(
     config: ServerConfig,
-    state: Arc<State>,
+    ledger: Arc<dyn crate::store::Ledger>,
     incoming: I,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError>
@@ -155,10 +157,10 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_calculator(Calculator::from_config(&config, state), incoming, shutdown).await
+    serve_calculator(Calculator::from_config(&config, ledger), incoming, shutdown).await
 }
 
-/// [`serve_with_state`] over a [`Calculator`] the caller built, so that
+/// [`serve_with_ledger`] over a [`Calculator`] the caller built, so that
 /// another front ([`serve_rest`]) can serve the same one: one state, one
 /// dedup store, one in-flight limit ([`Calculator::shed`]).
 pub async fn serve_calculator<I, IO, IE>(
@@ -172,7 +174,7 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let events = calculator.events().clone();
-    let state = Arc::clone(calculator.state());
+    let ledger = Arc::clone(calculator.ledger());
     let shed = calculator.shed().clone();
     let calculator = GrpcCalculator::from_service(calculator);
 
@@ -200,6 +202,9 @@ where
         .add_service(calculator)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    tracing::info!(target: "abacus::stats", stats = %state.stats(), "server stopped");
+    match ledger.stats().await {
+        Ok(stats) => tracing::info!(target: "abacus::stats", %stats, "server stopped"),
+        Err(e) => tracing::info!(target: "abacus::stats", error = %e, "server stopped"),
+    }
     result
 }

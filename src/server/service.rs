@@ -9,7 +9,7 @@
 //! an adapter only decodes, calls one method and encodes the answer.
 //!
 //! Calculator *rules* are not here either: they live in [`crate::core`]
-//! (arithmetic) and [`State`] (registers and dedup). This module only
+//! (arithmetic) and the [`Ledger`] (registers and dedup). This module only
 //! sequences them with the fault plan.
 
 use std::sync::Arc;
@@ -23,8 +23,8 @@ use crate::{
         ServerConfig,
         faults::{FaultPlan, Faults},
         shed::ShedLayer,
-        state::{AccumulateArgs, Accumulated, Begin, State, StatsView},
     },
+    store::{AccumulateArgs, Accumulated, Begin, Ledger, StatsView},
     trace::{Event, EventSink},
 };
 
@@ -49,11 +49,11 @@ impl From<ServiceError> for AccumulateError {
     }
 }
 
-/// The calculator service over shared [`State`] and [`Faults`]. Cheap to
-/// clone (every field is shared), so each front holds its own handle.
+/// The calculator service over a shared [`Ledger`] and [`Faults`]. Cheap
+/// to clone (every field is shared), so each front holds its own handle.
 #[derive(Debug, Clone)]
 pub struct Calculator {
-    state: Arc<State>,
+    ledger: Arc<dyn Ledger>,
     faults: Arc<Faults>,
     events: EventSink,
     require_request_id: bool,
@@ -74,9 +74,9 @@ pub fn method_name(op: BinaryOp) -> &'static str {
 }
 
 impl Calculator {
-    /// A service over shared state and faults, with the default in-flight
+    /// A service over a shared ledger and faults, with the default in-flight
     /// limit ([`crate::server::IN_FLIGHT_MAX_DEFAULT`], 100 ms pushback).
-    pub fn new(state: Arc<State>, faults: Arc<Faults>, events: EventSink) -> Self {
+    pub fn new(ledger: Arc<dyn Ledger>, faults: Arc<Faults>, events: EventSink) -> Self {
         let defaults = ServerConfig::default();
         let shed = ShedLayer::new(
             defaults.in_flight_max,
@@ -84,7 +84,7 @@ impl Calculator {
             events.clone(),
         );
         Self {
-            state,
+            ledger,
             faults,
             events,
             require_request_id: false,
@@ -92,10 +92,10 @@ impl Calculator {
         }
     }
 
-    /// The service `config` describes over `state`: its faults, its
+    /// The service `config` describes over `ledger`: its faults, its
     /// in-flight limit and whether request IDs are required
-    /// (`config.dedup` is not used: `state` brings its own).
-    pub fn from_config(config: &ServerConfig, state: Arc<State>) -> Self {
+    /// (`config.dedup` is not used: the ledger brings its own).
+    pub fn from_config(config: &ServerConfig, ledger: Arc<dyn Ledger>) -> Self {
         let faults = Arc::new(Faults::new(
             config.faults.clone(),
             config.fault_switch.clone(),
@@ -106,7 +106,7 @@ impl Calculator {
             config.events.clone(),
         );
         Self {
-            state,
+            ledger,
             faults,
             events: config.events.clone(),
             require_request_id: config.require_request_id,
@@ -121,9 +121,9 @@ impl Calculator {
         self
     }
 
-    /// The shared state (registers and dedup store).
-    pub fn state(&self) -> &Arc<State> {
-        &self.state
+    /// The shared ledger (registers and dedup records).
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
     }
 
     /// Where events go.
@@ -166,12 +166,13 @@ impl Calculator {
         Ok(result)
     }
 
-    /// `Accumulate`: claims the request ID ([`State::begin`]: replay, join
+    /// `Accumulate`: claims the request ID ([`Ledger::begin`]: replay, join
     /// an execution in flight, or execute), runs the fault plan while the
     /// claim is held, commits, then maybe drops the response.
     ///
-    /// The deadline bounds every wait (the fault delay and the join), and
-    /// nothing awaits after the commit, so a caller that gives up — or a
+    /// The deadline bounds every wait (the fault delay and the join). The
+    /// ledger's commit is atomic whether or not its future is polled to the
+    /// end, and nothing awaits after it, so a caller that gives up — or a
     /// front that drops this future — either committed entirely or not at
     /// all.
     pub async fn accumulate(
@@ -193,13 +194,13 @@ impl Calculator {
             }
             // Claim first, so the fault delay below runs while the claim is
             // held: a duplicate arriving during it joins this execution.
-            let begin = self.state.begin(args, deadline).await?;
+            let begin = self.ledger.begin(args, deadline).await?;
             // On error the claim (if any) is dropped here, uncommitted:
             // released without a record, so a retry executes.
             let plan = self.before_apply(METHOD, plan, deadline).await?;
             let done = match begin {
                 Begin::Replay(result) => result.inspect_err(|_| replayed_error = true)?,
-                Begin::Execute(claim) => claim.commit()?,
+                Begin::Execute(claim) => claim.commit().await?,
             };
             // Committed: a drop here loses only the response, and a retry
             // with the same ID replays it.
@@ -223,13 +224,17 @@ impl Calculator {
     }
 
     /// Reads a register (`NotFound` if it was never written).
-    pub fn get(&self, register: &str) -> Result<f64, ServiceError> {
-        self.state.get(register)
+    pub async fn get(
+        &self,
+        register: &str,
+        deadline: Option<Instant>,
+    ) -> Result<f64, ServiceError> {
+        self.ledger.get(register, deadline).await
     }
 
-    /// The state's counters.
-    pub fn stats(&self) -> StatsView {
-        self.state.stats()
+    /// The ledger's counters.
+    pub async fn stats(&self) -> Result<StatsView, ServiceError> {
+        self.ledger.stats().await
     }
 
     /// Runs the pre-apply part of the fault plan: the delay (never waiting

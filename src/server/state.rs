@@ -45,6 +45,7 @@ use crate::{
         },
         durable::{Durable, RecordRow, StorageError, Write},
     },
+    store::{self, AccumulateArgs, Accumulated, Backend, BoxFuture, Ledger, StatsView},
     trace::{Event, EventSink},
 };
 
@@ -52,71 +53,12 @@ use crate::{
 /// typical execution to finish.
 const IN_FLIGHT_PUSHBACK_MS: u64 = 100;
 
-/// Arguments of `Accumulate`, free of any wire format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AccumulateArgs {
-    /// Register name.
-    pub register: String,
-    /// Amount to add.
-    pub delta: f64,
-    /// Identifies the logical call across retries; empty for none (accepted
-    /// and applied, but not deduplicated, unless the server requires IDs).
-    pub request_id: String,
-}
-
-/// Result of `Accumulate`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Accumulated {
-    /// The register's value right after this request was applied.
-    pub value: f64,
-    /// True when answered from the dedup store.
-    pub replayed: bool,
-}
-
-/// Counters for `GetStats` and the shutdown log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StatsView {
-    /// Dedup records retained.
-    pub dedup_entries: u64,
-    /// Repeats answered from the store.
-    pub dedup_hits: u64,
-    /// Records evicted (capacity or TTL).
-    pub dedup_evictions: u64,
-    /// Reused IDs with a different payload.
-    pub dedup_mismatches: u64,
-    /// Request IDs claimed and not yet committed.
-    pub dedup_in_flight: u64,
-    /// Updates applied by this process.
-    pub applied: u64,
-    /// Registers held.
-    pub registers: u64,
-}
-
-impl fmt::Display for StatsView {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "applied={} registers={} dedup_entries={} dedup_hits={} dedup_evictions={} dedup_mismatches={} dedup_in_flight={}",
-            self.applied,
-            self.registers,
-            self.dedup_entries,
-            self.dedup_hits,
-            self.dedup_evictions,
-            self.dedup_mismatches,
-            self.dedup_in_flight
-        )
-    }
-}
-
-/// How [`State::begin`] ended.
+/// How [`State::begin`] ended: [`store::Begin`] with the concrete claim.
 #[derive(Debug)]
 pub enum Begin<'a> {
-    /// The request ID was executed before with this payload: its first
-    /// outcome, to answer as is (`replayed = true` on success; a recorded
-    /// rule error is replayed as the same error).
+    /// The first outcome of an earlier execution, to answer as is.
     Replay(Result<Accumulated, ServiceError>),
-    /// This request holds the claim and may execute: call
-    /// [`Claim::commit`], or drop the claim if it fails before applying.
+    /// This request holds the claim and may execute.
     Execute(Claim<'a>),
 }
 
@@ -585,6 +527,54 @@ impl Drop for Claim<'_> {
             self.release(&mut inner)
         };
         wake(done);
+    }
+}
+
+/// The in-memory (and, with `--data-dir`, redb) backend of the
+/// [`Ledger`] seam: the synchronous protocol above, behind boxed futures.
+impl Ledger for State {
+    fn begin<'a>(
+        &'a self,
+        args: &'a AccumulateArgs,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<store::Begin<'a>, ServiceError>> {
+        Box::pin(async move {
+            Ok(match State::begin(self, args, deadline).await? {
+                Begin::Replay(result) => store::Begin::Replay(result),
+                Begin::Execute(claim) => store::Begin::Execute(Box::new(claim)),
+            })
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        register: &'a str,
+        _deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<f64, ServiceError>> {
+        Box::pin(std::future::ready(State::get(self, register)))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
+        Box::pin(std::future::ready(Ok(State::stats(self))))
+    }
+
+    fn backend(&self) -> Backend {
+        if self.is_durable() {
+            Backend::Redb
+        } else {
+            Backend::Memory
+        }
+    }
+}
+
+impl<'a> store::Claim<'a> for Claim<'a> {
+    fn request_id(&self) -> &str {
+        Claim::request_id(self)
+    }
+
+    fn commit(self: Box<Self>) -> BoxFuture<'a, Result<Accumulated, ServiceError>> {
+        // Synchronous: the whole commit is one critical section.
+        Box::pin(std::future::ready(Claim::commit(*self)))
     }
 }
 

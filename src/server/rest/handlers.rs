@@ -19,7 +19,8 @@ use super::{
 };
 use crate::{
     core::BinaryOp,
-    server::{dedup::REPLAYED_KEY, service::Calculator, state::AccumulateArgs},
+    server::{dedup::REPLAYED_KEY, service::Calculator},
+    store::AccumulateArgs,
 };
 
 /// The custom-method suffix of the accumulate path, in the style of
@@ -71,6 +72,7 @@ pub async fn register_action(
         register: register.to_owned(),
         delta,
         request_id,
+        caller: Default::default(),
     };
     match calculator.accumulate(&args, deadline).await {
         Ok(done) => {
@@ -98,15 +100,18 @@ pub async fn register_action(
 pub async fn get_register(
     State(calculator): State<Calculator>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, RestError> {
     let register = path_param(path)?;
-    let value = calculator.get(&register)?;
+    let deadline = headers::deadline(&headers)?;
+    let value = calculator.get(&register, deadline).await?;
     Ok(json_response(StatusCode::OK, &RegisterBody { value }))
 }
 
 /// `GET /v1/stats`.
-pub async fn stats(State(calculator): State<Calculator>) -> Response {
-    json_response(StatusCode::OK, &StatsBody::from(calculator.stats()))
+pub async fn stats(State(calculator): State<Calculator>) -> Result<Response, RestError> {
+    let stats = calculator.stats().await?;
+    Ok(json_response(StatusCode::OK, &StatsBody::from(stats)))
 }
 
 /// `GET /healthz`: the process serves. Never shed, like gRPC health.

@@ -15,7 +15,7 @@ use axum::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::error::RestError;
-use crate::server::{MESSAGE_BYTES_MAX, state::StatsView};
+use crate::{server::MESSAGE_BYTES_MAX, store::StatsView};
 
 /// `POST /v1/{op}` body. Unknown fields are refused, as proto3's JSON
 /// mapping does by default: a typo (`"bb": 3`) must not silently become 0.

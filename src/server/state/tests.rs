@@ -31,6 +31,7 @@ fn args(register: &str, delta: f64, request_id: &str) -> AccumulateArgs {
         register: register.into(),
         delta,
         request_id: request_id.into(),
+        caller: Default::default(),
     }
 }
 
