@@ -16,7 +16,7 @@ use crate::{
     sweep::{count, is_event, snapshot_fixed_seed, sweep},
 };
 
-/// Recovery bound stated in the README: once the fault heals, the breaker
+/// Recovery bound stated in docs/resilience.md: once the fault heals, the breaker
 /// closes within two open periods at their longest (`2 × open_ms_max`: the
 /// first probe after the heal may still ride a connection the fault killed,
 /// fail, and re-open the breaker once more), plus one call deadline (the
