@@ -50,5 +50,6 @@ pub use config::{BreakerConfig, BreakerConfigError, CodeSet};
 pub use future::ResponseFuture;
 pub use layer::{Breaker, BreakerHandle, BreakerLayer};
 pub use policy::{
-    Admitted, BreakerPolicy, BreakerSnapshot, Rejected, State, Ticket, Transition, Transitions,
+    Admitted, BreakerPolicy, BreakerSnapshot, Counters, Rejected, State, Ticket, Transition,
+    Transitions,
 };

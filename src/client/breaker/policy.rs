@@ -151,6 +151,50 @@ impl Transitions {
     }
 }
 
+/// Everything a breaker counts, from the moment it was built: kept in one
+/// place in the policy and copied whole into each [`BreakerSnapshot`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Transitions so far, per kind.
+    pub transitions: Transitions,
+    /// Calls admitted.
+    pub admitted: u64,
+    /// Calls refused.
+    pub rejected: u64,
+    /// Reported calls that counted as successes.
+    pub successes: u64,
+    /// Reported calls that counted as failures (slow calls included).
+    pub failures: u64,
+    /// Failures that were successes, only too slow.
+    pub slow_calls: u64,
+    /// Calls cancelled before they reported (their tickets abandoned).
+    pub abandoned: u64,
+    /// Reports ignored because the call straddled a transition.
+    pub stale: u64,
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.transitions;
+        write!(
+            f,
+            "transitions closed->open={} open->half-open={} half-open->closed={} half-open->open={}; \
+             admitted={} rejected={} successes={} failures={} (slow {}) abandoned={} stale={}",
+            t.closed_to_open,
+            t.open_to_half_open,
+            t.half_open_to_closed,
+            t.half_open_to_open,
+            self.admitted,
+            self.rejected,
+            self.successes,
+            self.failures,
+            self.slow_calls,
+            self.abandoned,
+            self.stale
+        )
+    }
+}
+
 /// A breaker's state and counters at one instant, for the CLI and demos.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakerSnapshot {
@@ -173,22 +217,8 @@ pub struct BreakerSnapshot {
     pub consecutive_failures: u32,
     /// Probes in flight (half-open state).
     pub probes_in_flight: u32,
-    /// Transitions so far, per kind.
-    pub transitions: Transitions,
-    /// Calls admitted.
-    pub admitted: u64,
-    /// Calls refused.
-    pub rejected: u64,
-    /// Reported calls that counted as successes.
-    pub successes: u64,
-    /// Reported calls that counted as failures (slow calls included).
-    pub failures: u64,
-    /// Failures that were successes, only too slow.
-    pub slow_calls: u64,
-    /// Calls cancelled before they reported (their tickets abandoned).
-    pub abandoned: u64,
-    /// Reports ignored because the call straddled a transition.
-    pub stale: u64,
+    /// Counters since the breaker was built.
+    pub counters: Counters,
 }
 
 impl fmt::Display for BreakerSnapshot {
@@ -208,23 +238,7 @@ impl fmt::Display for BreakerSnapshot {
                 write!(f, "half-open: {} probe(s) in flight", self.probes_in_flight)?
             }
         }
-        let t = &self.transitions;
-        write!(
-            f,
-            "; transitions closed->open={} open->half-open={} half-open->closed={} half-open->open={}; \
-             admitted={} rejected={} successes={} failures={} (slow {}) abandoned={} stale={}",
-            t.closed_to_open,
-            t.open_to_half_open,
-            t.half_open_to_closed,
-            t.half_open_to_open,
-            self.admitted,
-            self.rejected,
-            self.successes,
-            self.failures,
-            self.slow_calls,
-            self.abandoned,
-            self.stale
-        )
+        write!(f, "; {}", self.counters)
     }
 }
 
@@ -308,14 +322,7 @@ pub struct BreakerPolicy<R> {
     window_failures: usize,
     consecutive_failures: u32,
     trips: u32,
-    transitions: Transitions,
-    admitted: u64,
-    rejected: u64,
-    successes: u64,
-    failures: u64,
-    slow_calls: u64,
-    abandoned: u64,
-    stale: u64,
+    counters: Counters,
 }
 
 impl<R: Rng> BreakerPolicy<R> {
@@ -332,14 +339,7 @@ impl<R: Rng> BreakerPolicy<R> {
             window_failures: 0,
             consecutive_failures: 0,
             trips: 0,
-            transitions: Transitions::default(),
-            admitted: 0,
-            rejected: 0,
-            successes: 0,
-            failures: 0,
-            slow_calls: 0,
-            abandoned: 0,
-            stale: 0,
+            counters: Counters::default(),
         })
     }
 
@@ -364,7 +364,7 @@ impl<R: Rng> BreakerPolicy<R> {
         let mut transition = None;
         if let Phase::Open { until, .. } = self.phase {
             if now < until {
-                self.rejected += 1;
+                self.counters.rejected += 1;
                 return Err(Rejected {
                     state: State::Open,
                     probe_in_ms: ceil_ms(until - now),
@@ -382,7 +382,7 @@ impl<R: Rng> BreakerPolicy<R> {
             Phase::Closed => None,
             Phase::HalfOpen { slots, .. } => {
                 if in_flight(slots) >= self.config.half_open_probes {
-                    self.rejected += 1;
+                    self.counters.rejected += 1;
                     return Err(Rejected {
                         state: State::HalfOpen,
                         probe_in_ms: 0,
@@ -392,7 +392,7 @@ impl<R: Rng> BreakerPolicy<R> {
             }
             Phase::Open { .. } => unreachable!("an expired open phase was left above"),
         };
-        self.admitted += 1;
+        self.counters.admitted += 1;
         Ok(Admitted {
             ticket: Ticket {
                 generation: self.generation,
@@ -410,7 +410,7 @@ impl<R: Rng> BreakerPolicy<R> {
             // The call started before a transition: in a closed breaker that
             // has since opened, or as a probe of an earlier half-open round.
             // Its outcome describes the endpoint as it was, not as it is.
-            self.stale += 1;
+            self.counters.stale += 1;
             return None;
         }
         let slow = self
@@ -419,12 +419,12 @@ impl<R: Rng> BreakerPolicy<R> {
             .is_some_and(|max| now.saturating_duration_since(ticket.started) > ms(max));
         let failed = self.config.failure_codes.contains(code) || slow;
         if failed {
-            self.failures += 1;
+            self.counters.failures += 1;
             if slow && !self.config.failure_codes.contains(code) {
-                self.slow_calls += 1;
+                self.counters.slow_calls += 1;
             }
         } else {
-            self.successes += 1;
+            self.counters.successes += 1;
         }
         // Release a probe's slot before deciding, so the count is exact.
         drop(ticket);
@@ -451,7 +451,7 @@ impl<R: Rng> BreakerPolicy<R> {
     /// nothing about the endpoint. A probe's slot is freed (as it would be by
     /// dropping the ticket); this only counts the abandonment.
     pub fn abandon(&mut self, ticket: Ticket) {
-        self.abandoned += 1;
+        self.counters.abandoned += 1;
         drop(ticket);
     }
 
@@ -476,14 +476,7 @@ impl<R: Rng> BreakerPolicy<R> {
             window_failures: self.window_failures,
             consecutive_failures: self.consecutive_failures,
             probes_in_flight,
-            transitions: self.transitions,
-            admitted: self.admitted,
-            rejected: self.rejected,
-            successes: self.successes,
-            failures: self.failures,
-            slow_calls: self.slow_calls,
-            abandoned: self.abandoned,
-            stale: self.stale,
+            counters: self.counters,
         }
     }
 
@@ -551,7 +544,7 @@ impl<R: Rng> BreakerPolicy<R> {
             to,
         };
         debug_assert!(transition.is_legal(), "{transition:?}");
-        self.transitions.count(transition);
+        self.counters.transitions.count(transition);
         self.generation += 1;
         self.phase = phase;
         // Each closed period judges the endpoint afresh: failures from before

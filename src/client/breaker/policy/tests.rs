@@ -115,7 +115,10 @@ fn caller_errors_never_trip() {
         }
     }
     let s = b.snapshot(now);
-    assert_eq!((s.state, s.failures, s.successes), (State::Closed, 0, 80));
+    assert_eq!(
+        (s.state, s.counters.failures, s.counters.successes),
+        (State::Closed, 0, 80)
+    );
 }
 
 #[test]
@@ -157,7 +160,14 @@ fn slow_calls_count_as_failures() {
         t(State::Closed, State::Open)
     );
     let s = b.snapshot(t0);
-    assert_eq!((s.failures, s.slow_calls, s.successes), (2, 2, 1));
+    assert_eq!(
+        (
+            s.counters.failures,
+            s.counters.slow_calls,
+            s.counters.successes
+        ),
+        (2, 2, 1)
+    );
 }
 
 #[test]
@@ -187,7 +197,7 @@ fn open_rejects_until_the_jittered_duration() {
         let probe = b.try_acquire(t0 + ms(open_ms)).unwrap();
         assert_eq!(probe.transition, t(State::Open, State::HalfOpen));
         assert!(probe.ticket.is_probe());
-        assert_eq!(b.snapshot(t0).rejected, 2);
+        assert_eq!(b.snapshot(t0).counters.rejected, 2);
         durations.push(open_ms);
     }
     durations.sort_unstable();
@@ -275,7 +285,7 @@ fn half_open_admits_at_most_n_probes_and_needs_all_to_succeed() {
     // p3 belongs to the finished half-open round: stale.
     assert_eq!(b.record(p3.ticket, FAIL, now), None);
     let s = b.snapshot(now);
-    assert_eq!((s.state, s.stale), (State::Closed, 1));
+    assert_eq!((s.state, s.counters.stale), (State::Closed, 1));
 }
 
 #[test]
@@ -312,7 +322,7 @@ fn closed_calls_that_end_after_a_trip_are_stale() {
     let slow = b.try_acquire(now).unwrap().ticket;
     trip(&mut b, now);
     assert_eq!(b.record(slow, OK, now), None);
-    assert_eq!(b.snapshot(now).stale, 1);
+    assert_eq!(b.snapshot(now).counters.stale, 1);
 }
 
 #[test]
@@ -338,7 +348,12 @@ fn a_dropped_or_abandoned_ticket_frees_its_probe_slot() {
     let s = b.snapshot(now);
     // Nothing recorded for the abandoned probe: the one failure is the trip.
     assert_eq!(
-        (s.state, s.abandoned, s.successes, s.failures),
+        (
+            s.state,
+            s.counters.abandoned,
+            s.counters.successes,
+            s.counters.failures
+        ),
         (State::HalfOpen, 1, 0, 1)
     );
     assert_eq!(
@@ -404,7 +419,7 @@ fn only_legal_transitions_under_random_operation() {
         }
     }
     let totals = check(None, &mut state, &b);
-    assert_eq!(b.snapshot(now).transitions, totals);
+    assert_eq!(b.snapshot(now).counters.transitions, totals);
     // The run must have exercised every edge, or it proves little.
     assert!(totals.closed_to_open > 0 && totals.half_open_to_open > 0);
     assert!(totals.half_open_to_closed > 0 && totals.open_to_half_open > 0);
