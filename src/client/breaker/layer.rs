@@ -6,6 +6,7 @@ use std::{
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use rand::SeedableRng;
@@ -174,6 +175,25 @@ impl BreakerHandle {
     pub fn snapshot(&self) -> BreakerSnapshot {
         self.shared.lock().snapshot(Instant::now())
     }
+
+    /// Resolves once the breaker's open period is over: at once unless it
+    /// is open, else when the next call would go out as its half-open
+    /// probe. A caller that wants to watch a recovery waits on this rather
+    /// than sleeping for a guess at the open duration, which is jittered
+    /// and grows with each failed probe. On the tokio clock, so a paused or
+    /// simulated clock drives it; bound it with a timeout if the caller
+    /// must not wait as long as `open_ms_max`.
+    pub async fn probe_due(&self) {
+        loop {
+            let snapshot = self.snapshot();
+            if snapshot.state != State::Open || snapshot.probe_in_ms == 0 {
+                return;
+            }
+            // Rounded up, so one sleep reaches the end of the period; the
+            // loop only guards against a clock that wakes early.
+            tokio::time::sleep(Duration::from_millis(snapshot.probe_in_ms)).await;
+        }
+    }
 }
 
 /// A client service behind a circuit breaker. Built by [`BreakerLayer`].
@@ -219,10 +239,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::atomic::{AtomicUsize, Ordering},
-        time::Duration,
-    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::sync::Notify;
     use tower::{ServiceExt, util::BoxCloneService};
@@ -238,7 +255,7 @@ mod tests {
     enum Mode {
         Healthy,
         Failing,
-        /// Waits for the test's `Notify`, then answers OK.
+        /// Signals `arrived`, then never answers: the test drops the call.
         Hanging,
         /// Answers OK after 200 ms.
         Slow,
@@ -249,7 +266,9 @@ mod tests {
     struct Endpoint {
         reached: Arc<AtomicUsize>,
         mode: Arc<Mutex<Mode>>,
-        release: Arc<Notify>,
+        /// Signalled by a hanging call once it is inside the endpoint, so
+        /// past the breaker's admission.
+        arrived: Arc<Notify>,
         events: Arc<Mutex<Vec<String>>>,
     }
 
@@ -258,7 +277,7 @@ mod tests {
             Self {
                 reached: Arc::default(),
                 mode: Arc::new(Mutex::new(Mode::Failing)),
-                release: Arc::default(),
+                arrived: Arc::default(),
                 events: Arc::default(),
             }
         }
@@ -285,7 +304,7 @@ mod tests {
             BoxCloneService::new(tower::service_fn(move |_call: Call| {
                 this.reached.fetch_add(1, Ordering::SeqCst);
                 let mode = *this.mode.lock().unwrap();
-                let release = Arc::clone(&this.release);
+                let arrived = Arc::clone(&this.arrived);
                 async move {
                     match mode {
                         Mode::Healthy => Ok(Reply::Calc(3.0)),
@@ -296,8 +315,10 @@ mod tests {
                             Outcome::NotApplied,
                         )),
                         Mode::Hanging => {
-                            release.notified().await;
-                            Ok(Reply::Calc(3.0))
+                            // A stored permit: the test may start waiting
+                            // after this runs.
+                            arrived.notify_one();
+                            std::future::pending().await
                         }
                         Mode::Slow => {
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -360,7 +381,7 @@ mod tests {
             3,
             "nothing reaches an open breaker's inner"
         );
-        assert_eq!(handle.snapshot().rejected, 5);
+        assert_eq!(handle.snapshot().counters.rejected, 5);
 
         tokio::time::advance(Duration::from_millis(600)).await;
         endpoint.set(Mode::Healthy);
@@ -397,7 +418,14 @@ mod tests {
         assert!(matches!(err.cause, Cause::CircuitOpen { .. }), "{err:?}");
         assert_eq!(endpoint.reached(), 3);
         let s = layer.handle().snapshot();
-        assert_eq!((s.admitted, s.rejected, s.failures), (3, 1, 3));
+        assert_eq!(
+            (
+                s.counters.admitted,
+                s.counters.rejected,
+                s.counters.failures
+            ),
+            (3, 1, 3)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -414,7 +442,7 @@ mod tests {
         // The probe hangs; a caller's deadline would drop it.
         endpoint.set(Mode::Hanging);
         let probe = tokio::spawn(svc.clone().oneshot(add(4)));
-        tokio::task::yield_now().await;
+        endpoint.arrived.notified().await;
         assert_eq!(endpoint.reached(), 4);
         let err = svc.clone().oneshot(add(5)).await.unwrap_err();
         assert_eq!(err.cause, Cause::CircuitOpen { probe_in_ms: 0 });
@@ -424,13 +452,48 @@ mod tests {
         assert!(probe.await.unwrap_err().is_cancelled());
         let s = handle.snapshot();
         assert_eq!(
-            (s.state, s.probes_in_flight, s.abandoned),
+            (s.state, s.probes_in_flight, s.counters.abandoned),
             (State::HalfOpen, 0, 1)
         );
 
         endpoint.set(Mode::Healthy);
         assert_eq!(svc.clone().oneshot(add(6)).await, Ok(Reply::Calc(3.0)));
         assert_eq!(handle.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_due_waits_out_exactly_the_open_period() {
+        let endpoint = Endpoint::new();
+        let layer = BreakerLayer::new("calc-1", config(), 7, endpoint.sink());
+        let handle = layer.handle();
+        let svc = layer.layer(endpoint.service());
+        let t0 = Instant::now();
+        handle.probe_due().await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "a closed breaker is due at once"
+        );
+
+        for id in 1..=3 {
+            let _ = svc.clone().oneshot(add(id)).await;
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let waiting = Instant::now();
+        handle.probe_due().await;
+        assert_eq!(waiting.elapsed(), Duration::from_millis(700));
+        assert_eq!(handle.snapshot().probe_in_ms, 0);
+
+        // The next call is the probe; its success closes the breaker.
+        endpoint.set(Mode::Healthy);
+        assert_eq!(svc.clone().oneshot(add(4)).await, Ok(Reply::Calc(3.0)));
+        assert_eq!(
+            endpoint.take_events()[1..],
+            [
+                "breaker calc-1 open -> half-open",
+                "breaker calc-1 half-open -> closed"
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -449,7 +512,7 @@ mod tests {
             assert_eq!(svc.clone().oneshot(add(id)).await, Ok(Reply::Calc(3.0)));
         }
         let s = layer.handle().snapshot();
-        assert_eq!((s.state, s.slow_calls), (State::Open, 2));
+        assert_eq!((s.state, s.counters.slow_calls), (State::Open, 2));
     }
 
     #[test]
