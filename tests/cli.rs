@@ -338,17 +338,19 @@ fn call_without_a_server_says_not_applied() {
 
 #[test]
 fn demo_runs_to_its_summary() {
-    // With the default policy every section shows what it is about: the
-    // retries win, at-least-once double-applies, the other modes don't, and
-    // the breaker fails fast.
+    // With the default policy every fault section shows what it is about:
+    // the retries win (5 + 6 needed three attempts), at-least-once
+    // double-applies and the other modes don't, and the breaker fails fast,
+    // then closes after one probe (the demo waits for the breaker's open
+    // period to end, not for a guess at it).
     check(
         &["demo"],
         ok(&[
             "add(5, 6) = 11",
-            "DOUBLE-APPLIED",
-            "never applied twice; the unknown outcomes are reported",
-            "applied exactly once each",
-            "failed fast",
+            "=> DOUBLE-APPLIED",
+            "=> never applied twice; the unknown outcomes are reported",
+            "=> applied exactly once each",
+            "failed fast while the breaker was open; one probe closed it",
             "Summary",
             "0 surprise(s)",
         ]),
@@ -359,12 +361,17 @@ fn demo_runs_to_its_summary() {
 fn demo_takes_the_client_policy_flags() {
     // Without retries the flaky server's refusals reach the caller and
     // at-least-once has nothing to re-send: the demo says so, and it is not
-    // a surprise.
+    // a surprise. Exactly-once still holds (the demo re-sends an unknown
+    // outcome under its ID), and the breaker trips on the fourth call.
     check(
         &["demo", "--attempts", "1"],
         ok(&[
-            "the retry policy gave up",
+            "add(5, 6): the retry policy gave up",
             "(the request was NOT applied; 1 attempt(s))",
+            "=> not double-applied this time",
+            "=> never applied twice; the unknown outcomes are reported",
+            "=> applied exactly once each",
+            "=> 1 call(s) failed fast while the breaker was open; one probe closed it",
             "0 surprise(s)",
         ]),
     );
