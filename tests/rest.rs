@@ -13,11 +13,12 @@
 //!
 //! Every table runs through [`check`].
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use abacus::{
     pb::{self, calculator_client::CalculatorClient},
     server::{self, Calculator, DedupConfig, FaultConfig, ServerConfig, State},
+    store::{AccumulateArgs, Begin, Caller, Ledger},
     trace::{Event, EventSink},
 };
 use axum::body::Bytes;
@@ -31,13 +32,15 @@ use tokio::{net::TcpListener, sync::oneshot};
 struct Fronts {
     grpc: SocketAddr,
     rest: SocketAddr,
+    /// The state both fronts share, for tests that act on it directly.
+    state: Arc<State>,
     _stop: oneshot::Sender<()>,
 }
 
 impl Fronts {
     async fn start(config: ServerConfig) -> Self {
         let state = Arc::new(State::new(DedupConfig::default(), config.events.clone()));
-        let calculator = Calculator::from_config(&config, state);
+        let calculator = Calculator::from_config(&config, state.clone());
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (grpc_addr, rest_addr) = (grpc.local_addr().unwrap(), rest.local_addr().unwrap());
@@ -58,6 +61,7 @@ impl Fronts {
         Self {
             grpc: grpc_addr,
             rest: rest_addr,
+            state,
             _stop: stop,
         }
     }
@@ -523,33 +527,65 @@ async fn an_idempotency_key_is_applied_once_and_never_reused() {
 
 #[tokio::test]
 async fn a_concurrent_duplicate_gets_the_first_outcome() {
-    // Every request is held 200 ms between claim and commit, so the two
-    // usually overlap; whichever order they run in, the key is applied
-    // once and exactly one answer is a replay.
+    // The first execution of key "dup" is held in flight by the test
+    // itself: it claims the key in the state both fronts share, as a front
+    // does before its fault delay. Duplicates over HTTP/1.1 and h2c then
+    // cannot help but arrive while it runs. The test waits until the server
+    // reports each of them joined (an event, not a sleep), commits, and
+    // both answer the first outcome as a replay: applied once.
+    let (joined_tx, mut joined) = tokio::sync::mpsc::unbounded_channel();
+    let events = EventSink::with_hook(move |event| {
+        if let Event::DedupJoined { request_id } = event {
+            let _ = joined_tx.send(request_id.clone());
+        }
+    });
     let fronts = Fronts::start(ServerConfig {
-        faults: FaultConfig {
-            delay_ms: 200..=200,
-            ..FaultConfig::default()
-        },
+        events,
         ..ServerConfig::default()
     })
     .await;
+    let first = AccumulateArgs {
+        register: "c".into(),
+        delta: 2.0,
+        request_id: "dup".into(),
+        caller: Caller::default(),
+    };
+    let Begin::Execute(claim) = Ledger::begin(&*fronts.state, &first, None)
+        .await
+        .expect("begin")
+    else {
+        panic!("a fresh key is executed, not replayed");
+    };
+
     let req = post("/v1/registers/c:accumulate", json!({"delta": 2})).key("dup");
-    let (a, b) = tokio::join!(
-        send(fronts.rest, Proto::Http1, req.clone()),
-        send(fronts.rest, Proto::H2c, req),
-    );
-    for r in [&a, &b] {
-        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-        assert_eq!(r.json["value"], 2.0);
+    let a = tokio::spawn(send(fronts.rest, Proto::Http1, req.clone()));
+    let b = tokio::spawn(send(fronts.rest, Proto::H2c, req));
+    for _ in 0..2 {
+        // A hang guard, not a timing assertion: the joins come at once.
+        let id = tokio::time::timeout(Duration::from_secs(60), joined.recv())
+            .await
+            .expect("both duplicates join the execution in flight");
+        assert_eq!(id.as_deref(), Some("dup"));
     }
-    assert_eq!(
-        [a.replayed(), b.replayed()].iter().filter(|r| **r).count(),
-        1,
-        "one execution, one replay"
+    assert!(
+        !a.is_finished() && !b.is_finished(),
+        "joiners wait for the commit"
     );
+    let applied = claim.commit().await.expect("commit");
+    assert_eq!((applied.value, applied.replayed), (2.0, false));
+
+    for r in [a.await.expect("h1 task"), b.await.expect("h2c task")] {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+        assert_eq!(r.json, json!({"value": 2.0, "replayed": true}));
+        assert!(r.replayed(), "the abacus-replayed header says so too");
+    }
     let stats = send(fronts.rest, Proto::Http1, get("/v1/stats")).await;
     assert_eq!(stats.json["applied"], 1);
+    assert!(
+        joined.try_recv().is_err(),
+        "no other join: {:?}",
+        joined.try_recv()
+    );
 }
 
 #[tokio::test]
