@@ -6,12 +6,12 @@
 use std::{fmt, time::Duration};
 
 use super::{
-    embedded::{embedded_server, narrated_client},
+    embedded::{faulty_server, narrated_client},
     tally::{Count, Tally},
 };
 use crate::{
     client::{BreakerConfig, CallError, Cause, ClientConfig, breaker::State},
-    server::{FaultConfig, FaultSwitch, ServerConfig},
+    server::{FaultConfig, FaultSwitch},
 };
 
 /// The breaker's open period in this section (before its jitter cut).
@@ -30,17 +30,15 @@ pub(super) async fn section(
 ) -> std::io::Result<()> {
     println!("\n6. Circuit breaker: a server that fails every request, then recovers");
     let switch = FaultSwitch::default();
-    let down = embedded_server(ServerConfig {
-        faults: FaultConfig {
+    let down = faulty_server(
+        FaultConfig {
             fail_rate: 1.0,
             seed,
             ..FaultConfig::default()
         },
-        fault_switch: switch.clone(),
-        ..ServerConfig::default()
-    })
+        switch.clone(),
+    )
     .await?;
-    println!("   server: abacus serve --fail-rate 1  ({})", down.addr);
     let config = ClientConfig {
         endpoint: down.addr.to_string(),
         // Trips after four failures in a row, whatever the retry policy:

@@ -6,12 +6,12 @@
 use std::{fmt, net::SocketAddr};
 
 use super::{
-    embedded::{client, embedded_server, narrated_client},
+    embedded::{client, faulty_server, narrated_client},
     tally::{Count, Tally},
 };
 use crate::{
     client::{ClientConfig, Delivery, IdGenerator, Reply},
-    server::{FaultConfig, ServerConfig},
+    server::{FaultConfig, FaultSwitch},
     trace::{EventSink, Outcome},
 };
 
@@ -28,19 +28,15 @@ pub(super) async fn section(
     println!(
         "\n5. Partial failure: a server that applies Accumulate, then loses 50% of the responses"
     );
-    let lossy = embedded_server(ServerConfig {
-        faults: FaultConfig {
+    let lossy = faulty_server(
+        FaultConfig {
             drop_after_apply_rate: 0.5,
             seed,
             ..FaultConfig::default()
         },
-        ..ServerConfig::default()
-    })
+        FaultSwitch::default(),
+    )
     .await?;
-    println!(
-        "   server: abacus serve --drop-after-apply-rate 0.5 --fault-seed {seed}  ({})",
-        lossy.addr
-    );
     for mode in [
         Delivery::AtLeastOnce,
         Delivery::AtMostOnce,

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{
     client::{Client, ClientConfig, tcp_channel},
-    server::{self, ServerConfig},
+    server::{self, FaultConfig, FaultSwitch, ServerConfig},
     trace::{Event, EventSink},
 };
 
@@ -36,6 +36,43 @@ pub(super) async fn embedded_server(config: ServerConfig) -> std::io::Result<Emb
     Ok(Embedded { addr, _stop: stop })
 }
 
+/// Starts an embedded server with `faults` (until `switch` turns them off)
+/// and prints the `abacus serve` command that runs the same server.
+pub(super) async fn faulty_server(
+    faults: FaultConfig,
+    switch: FaultSwitch,
+) -> std::io::Result<Embedded> {
+    let command = serve_command(&faults);
+    let server = embedded_server(ServerConfig {
+        faults,
+        fault_switch: switch,
+        ..ServerConfig::default()
+    })
+    .await?;
+    println!("   server: {command}  ({})", server.addr);
+    Ok(server)
+}
+
+/// `abacus serve` with the flags of `faults`.
+fn serve_command(faults: &FaultConfig) -> String {
+    let mut command = String::from("abacus serve");
+    if faults.fail_rate > 0.0 {
+        command += &format!(" --fail-rate {}", faults.fail_rate);
+    }
+    let (low, high) = (*faults.delay_ms.start(), *faults.delay_ms.end());
+    if high > 0 {
+        command += &if low == high {
+            format!(" --delay-ms {high}")
+        } else {
+            format!(" --delay-ms {low}..{high}")
+        };
+    }
+    if faults.drop_after_apply_rate > 0.0 {
+        command += &format!(" --drop-after-apply-rate {}", faults.drop_after_apply_rate);
+    }
+    command + &format!(" --fault-seed {}", faults.seed)
+}
+
 /// A client to `addr` whose every attempt, pause and decision is printed.
 pub(super) fn narrated_client(addr: SocketAddr, mut config: ClientConfig) -> Client {
     config.events = EventSink::with_hook(|e| match e {
@@ -54,4 +91,50 @@ pub(super) fn narrated_client(addr: SocketAddr, mut config: ClientConfig) -> Cli
 pub(super) fn client(addr: SocketAddr, config: ClientConfig) -> Client {
     let channel = tcp_channel(&addr.to_string()).expect("a socket address is a valid authority");
     Client::new(channel, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_command_runs_the_same_server() {
+        let table = [
+            (
+                FaultConfig {
+                    seed: 1,
+                    ..FaultConfig::default()
+                },
+                "abacus serve --fault-seed 1",
+            ),
+            (
+                FaultConfig {
+                    fail_rate: 0.5,
+                    seed: 42,
+                    ..FaultConfig::default()
+                },
+                "abacus serve --fail-rate 0.5 --fault-seed 42",
+            ),
+            (
+                FaultConfig {
+                    fail_rate: 1.0,
+                    delay_ms: 5..=5,
+                    drop_after_apply_rate: 0.25,
+                    seed: 7,
+                },
+                "abacus serve --fail-rate 1 --delay-ms 5 --drop-after-apply-rate 0.25 --fault-seed 7",
+            ),
+            (
+                FaultConfig {
+                    delay_ms: 3..=9,
+                    seed: 1,
+                    ..FaultConfig::default()
+                },
+                "abacus serve --delay-ms 3..9 --fault-seed 1",
+            ),
+        ];
+        for (faults, command) in table {
+            assert_eq!(serve_command(&faults), command, "{faults}");
+        }
+    }
 }

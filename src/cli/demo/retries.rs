@@ -4,12 +4,12 @@
 use std::fmt;
 
 use super::{
-    embedded::{embedded_server, narrated_client},
+    embedded::{faulty_server, narrated_client},
     tally::{Count, Tally},
 };
 use crate::{
     client::{CallError, ClientConfig},
-    server::{FaultConfig, ServerConfig},
+    server::{FaultConfig, FaultSwitch},
 };
 
 /// Runs the section: three additions through the user's retry policy, with
@@ -20,19 +20,15 @@ pub(super) async fn section(
     policy: &ClientConfig,
 ) -> std::io::Result<()> {
     println!("\n4. Retries: a server that refuses 50% of requests (before applying them)");
-    let flaky = embedded_server(ServerConfig {
-        faults: FaultConfig {
+    let flaky = faulty_server(
+        FaultConfig {
             fail_rate: 0.5,
             seed,
             ..FaultConfig::default()
         },
-        ..ServerConfig::default()
-    })
+        FaultSwitch::default(),
+    )
     .await?;
-    println!(
-        "   server: abacus serve --fail-rate 0.5 --fault-seed {seed}  ({})",
-        flaky.addr
-    );
     let client = narrated_client(
         flaky.addr,
         ClientConfig {

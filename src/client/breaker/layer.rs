@@ -347,12 +347,23 @@ mod tests {
         }
     }
 
+    /// A breaker with `config` guarding a fresh (failing) fake endpoint.
+    fn guarded(
+        config: BreakerConfig,
+    ) -> (
+        Endpoint,
+        BreakerHandle,
+        Breaker<BoxCloneService<Call, Reply, CallError>>,
+    ) {
+        let endpoint = Endpoint::new();
+        let layer = BreakerLayer::new("calc-1", config, 7, endpoint.sink());
+        let svc = layer.layer(endpoint.service());
+        (endpoint, layer.handle(), svc)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn open_breaker_refuses_without_calling_inner_then_probes_and_closes() {
-        let endpoint = Endpoint::new();
-        let layer = BreakerLayer::new("calc-1", config(), 7, endpoint.sink());
-        let handle = layer.handle();
-        let svc = layer.layer(endpoint.service());
+        let (endpoint, handle, svc) = guarded(config());
 
         for id in 1..=3 {
             let err = svc.clone().oneshot(add(id)).await.unwrap_err();
@@ -430,10 +441,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_probe_frees_its_slot() {
-        let endpoint = Endpoint::new();
-        let layer = BreakerLayer::new("calc-1", config(), 7, endpoint.sink());
-        let handle = layer.handle();
-        let svc = layer.layer(endpoint.service());
+        let (endpoint, handle, svc) = guarded(config());
         for id in 1..=3 {
             let _ = svc.clone().oneshot(add(id)).await;
         }
@@ -463,10 +471,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn probe_due_waits_out_exactly_the_open_period() {
-        let endpoint = Endpoint::new();
-        let layer = BreakerLayer::new("calc-1", config(), 7, endpoint.sink());
-        let handle = layer.handle();
-        let svc = layer.layer(endpoint.service());
+        let (endpoint, handle, svc) = guarded(config());
         let t0 = Instant::now();
         handle.probe_due().await;
         assert_eq!(
@@ -498,20 +503,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slow_replies_trip_on_the_tokio_clock() {
-        let endpoint = Endpoint::new();
-        let config = BreakerConfig {
+        let (endpoint, handle, svc) = guarded(BreakerConfig {
             slow_call_ms: Some(100),
             consecutive_failures_max: Some(2),
             ..config()
-        };
-        let layer = BreakerLayer::new("calc-1", config, 7, endpoint.sink());
-        let svc = layer.layer(endpoint.service());
+        });
         endpoint.set(Mode::Slow);
         for id in 1..=2 {
             // The caller still gets its (slow) reply.
             assert_eq!(svc.clone().oneshot(add(id)).await, Ok(Reply::Calc(3.0)));
         }
-        let s = layer.handle().snapshot();
+        let s = handle.snapshot();
         assert_eq!((s.state, s.counters.slow_calls), (State::Open, 2));
     }
 
