@@ -118,6 +118,44 @@ pub fn validate_accumulate(name: &str, delta: f64) -> Result<(), CalcError> {
     finite("delta", delta)
 }
 
+/// What `name += delta` would store, given the register's current value
+/// (`None` when it does not exist yet) and how many registers are held:
+/// the rule itself, for stores that keep registers elsewhere than in a
+/// [`Registers`] map (a database reads the one row it needs).
+///
+/// ```
+/// use abacus::core::{plan_accumulate, REGISTERS_MAX};
+/// assert_eq!(plan_accumulate(Some(1.0), 1, "x", 2.0), Ok(3.0));
+/// assert_eq!(plan_accumulate(None, 0, "x", 2.0), Ok(2.0));
+/// assert!(plan_accumulate(None, REGISTERS_MAX, "x", 2.0).is_err());
+/// assert!(plan_accumulate(Some(f64::MAX), 1, "x", f64::MAX).is_err());
+/// ```
+pub fn plan_accumulate(
+    current: Option<f64>,
+    registers_held: usize,
+    name: &str,
+    delta: f64,
+) -> Result<f64, CalcError> {
+    validate_accumulate(name, delta)?;
+    let current = match current {
+        Some(v) => v,
+        None if registers_held >= REGISTERS_MAX => {
+            return Err(CalcError::TooManyRegisters { max: REGISTERS_MAX });
+        }
+        None => 0.0,
+    };
+    let next = current + delta;
+    if next.is_finite() {
+        Ok(next)
+    } else {
+        Err(CalcError::RegisterOverflow {
+            register: name.to_owned(),
+            current,
+            delta,
+        })
+    }
+}
+
 /// Named accumulators. A `BTreeMap` (not `HashMap`) so that iteration order,
 /// and so every listing, snapshot and trace, is deterministic.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -134,24 +172,12 @@ impl Registers {
     /// Computes what `accumulate` would store, without storing it, so callers
     /// can validate first and commit together with other state.
     pub fn plan_accumulate(&self, name: &str, delta: f64) -> Result<f64, CalcError> {
-        validate_accumulate(name, delta)?;
-        let current = match self.values.get(name) {
-            Some(v) => *v,
-            None if self.values.len() >= REGISTERS_MAX => {
-                return Err(CalcError::TooManyRegisters { max: REGISTERS_MAX });
-            }
-            None => 0.0,
-        };
-        let next = current + delta;
-        if next.is_finite() {
-            Ok(next)
-        } else {
-            Err(CalcError::RegisterOverflow {
-                register: name.to_owned(),
-                current,
-                delta,
-            })
-        }
+        plan_accumulate(
+            self.values.get(name).copied(),
+            self.values.len(),
+            name,
+            delta,
+        )
     }
 
     /// Adds `delta` to register `name` (created at 0) and returns the new value.

@@ -40,6 +40,8 @@
 //! fn` in traits is not object-safe. One small allocation per call is
 //! nothing next to an RPC.
 
+pub mod postgres;
+
 use std::{fmt, future::Future, net::IpAddr, pin::Pin, sync::Arc};
 
 use tokio::time::Instant;

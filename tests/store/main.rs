@@ -1,0 +1,16 @@
+//! The stores against real engines: the PostgreSQL ledger on a throwaway
+//! cluster the tests start themselves (see `support/pg.rs`; fails loudly
+//! when none can be had, unless `ABACUS_SKIP_PG=1`), and the conformance
+//! test that runs one generated operation sequence against every backend.
+//!
+//! One test binary, so one cluster serves every test; each test has its own
+//! database.
+
+mod support {
+    pub(crate) mod pg;
+    pub(crate) mod proxy;
+}
+
+mod cli;
+mod conformance;
+mod postgres;

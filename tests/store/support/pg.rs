@@ -1,0 +1,283 @@
+//! A throwaway PostgreSQL for the tests, started by the tests themselves.
+//!
+//! One cluster per test binary, started on first use: `initdb` and
+//! `pg_ctl start` in a private temporary directory, listening on a free
+//! loopback port and a private socket directory, with password (SCRAM)
+//! authentication over TCP. PostgreSQL refuses to run as root, so as root
+//! it runs as the `postgres` system user (`runuser`). A small shell wrapper
+//! owns it: the wrapper's standard input is a pipe from this process, and
+//! when the pipe closes — this process exiting in any way, SIGKILL included
+//! — it stops the cluster and deletes its directory. The cluster therefore
+//! never outlives the tests.
+//!
+//! Each test gets its own database ([`fresh_database`]), so tests run in
+//! parallel on one cluster.
+//!
+//! Environment:
+//! - `ABACUS_TEST_PG_URL=postgres://USER:PASSWORD@HOST:PORT/DB`: use that
+//!   server instead (the user must be allowed to create databases).
+//! - `ABACUS_PG_BIN=DIR`: where `initdb` and `pg_ctl` are (default: the
+//!   newest `/usr/lib/postgresql/*/bin`).
+//! - `ABACUS_SKIP_PG=1`: skip the PostgreSQL tests, saying so. Without it a
+//!   test that cannot get a server **fails**, naming what is missing. CI
+//!   never sets it.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::PathBuf,
+    process::{ChildStdin, ChildStdout, Command, Stdio},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+/// The wrapper: `$1` bin dir, `$2` port; the password arrives as the first
+/// line of stdin; prints `ready` once the server accepts connections, then
+/// waits for stdin to close.
+const WRAPPER: &str = r#"
+set -u
+bin="$1"; port="$2"
+dir=$(mktemp -d "${TMPDIR:-/tmp}/abacus-test-pg.XXXXXX") || exit 1
+cleanup() {
+  "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM HUP
+IFS= read -r pw || exit 1
+umask 077
+printf '%s\n' "$pw" > "$dir/pw"
+"$bin/initdb" -D "$dir/data" -U postgres --pwfile="$dir/pw" \
+  --auth-local=trust --auth-host=scram-sha-256 --no-sync -E UTF8 --locale=C \
+  >"$dir/initdb.log" 2>&1 || { echo "initdb failed:" >&2; cat "$dir/initdb.log" >&2; exit 1; }
+rm -f "$dir/pw"
+"$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+  start >/dev/null 2>&1 || { echo "postgres did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
+echo ready
+cat >/dev/null
+"#;
+
+/// The server the tests use.
+struct Server {
+    /// `postgres://…/` without a database name.
+    base: String,
+    /// A database the admin connection may use to create others.
+    admin_db: String,
+    /// Held for the life of the process: closing them stops the cluster.
+    _pipes: Option<Mutex<(ChildStdin, ChildStdout)>>,
+}
+
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+
+/// True when the PostgreSQL tests are switched off by `ABACUS_SKIP_PG=1`
+/// (printed, so the skip is never silent).
+pub(crate) fn skipped(test: &str) -> bool {
+    let skip = std::env::var("ABACUS_SKIP_PG").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("SKIPPED {test}: ABACUS_SKIP_PG=1 switches the PostgreSQL tests off");
+    }
+    skip
+}
+
+fn server() -> &'static Server {
+    match SERVER.get_or_init(start) {
+        Ok(server) => server,
+        Err(why) => panic!(
+            "this test needs PostgreSQL and could not get one: {why}\n\
+             Fix: install PostgreSQL (Debian: apt-get install postgresql), or set \
+             ABACUS_TEST_PG_URL=postgres://USER:PASSWORD@HOST:PORT/DB to use a running server \
+             (the user must be allowed to create databases), or set ABACUS_SKIP_PG=1 to skip \
+             the PostgreSQL tests."
+        ),
+    }
+}
+
+fn start() -> Result<Server, String> {
+    if let Ok(url) = std::env::var("ABACUS_TEST_PG_URL") {
+        let (base, db) = url
+            .rsplit_once('/')
+            .filter(|(base, _)| base.contains("://"))
+            .ok_or("ABACUS_TEST_PG_URL must end in /DATABASE")?;
+        let db = db.split('?').next().unwrap_or(db);
+        return Ok(Server {
+            base: format!("{base}/"),
+            admin_db: db.to_owned(),
+            _pipes: None,
+        });
+    }
+    let bin = bin_dir()?;
+    // A port is free when probed; another process could take it before
+    // PostgreSQL binds it, so a failed start is tried again on another.
+    let mut last = String::new();
+    for _ in 0..3 {
+        match start_cluster(&bin) {
+            Ok(server) => return Ok(server),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn bin_dir() -> Result<PathBuf, String> {
+    if let Ok(dir) = std::env::var("ABACUS_PG_BIN") {
+        return Ok(dir.into());
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| "no PostgreSQL installation under /usr/lib/postgresql".to_owned())?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".to_owned())
+}
+
+fn is_root() -> bool {
+    // Read from /proc rather than through libc: the crate forbids unsafe.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn start_cluster(bin: &std::path::Path) -> Result<Server, String> {
+    let port = free_port()?;
+    let mut cmd = if is_root() {
+        // PostgreSQL will not run as root.
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]);
+        c
+    } else {
+        Command::new("env")
+    };
+    cmd.args(["sh", "-c", WRAPPER, "abacus-test-pg"])
+        .arg(bin)
+        .arg(port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run the cluster wrapper ({cmd:?}): {e}"))?;
+    let password = format!("{:032x}", rand::random::<u128>());
+    let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    writeln!(stdin, "{password}").map_err(|e| format!("wrapper gone: {e}"))?;
+    let mut stdout = BufReader::new(stdout);
+    let mut line = String::new();
+    // The wrapper prints `ready` once pg_ctl saw the server accept
+    // connections, or exits with the reason on stderr.
+    let _ = stdout.read_line(&mut line);
+    if line.trim() != "ready" {
+        let mut why = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut why);
+        }
+        let _ = child.wait();
+        if why.contains("runuser") || why.contains("user postgres does not exist") {
+            why.push_str(" (as root, the cluster runs as the `postgres` user)");
+        }
+        return Err(format!(
+            "the throwaway cluster did not start: {}",
+            why.trim()
+        ));
+    }
+    // The child handle itself is dropped (not killed): the wrapper lives
+    // on, bound to this process by its stdin.
+    Ok(Server {
+        base: format!("postgres://postgres:{password}@127.0.0.1:{port}/"),
+        admin_db: "postgres".into(),
+        _pipes: Some(Mutex::new((stdin, stdout.into_inner()))),
+    })
+}
+
+/// A database of its own for one test.
+#[derive(Debug, Clone)]
+pub(crate) struct TestDb {
+    /// Its URL, password included.
+    pub(crate) url: String,
+    /// Its name.
+    pub(crate) name: String,
+}
+
+impl TestDb {
+    /// The same database through another host and port (a proxy).
+    pub(crate) fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let (scheme_user, rest) = self.url.rsplit_once('@').expect("URL with credentials");
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        format!("{scheme_user}@{addr}/{path}")
+    }
+}
+
+/// A URL to a fresh, empty database; `None` only when the PostgreSQL tests
+/// are skipped (`ABACUS_SKIP_PG=1`). Starts the cluster on first use.
+pub(crate) async fn fresh_database(test: &str) -> Option<TestDb> {
+    if skipped(test) {
+        return None;
+    }
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Blocks this test's thread for the cluster's start-up (a few seconds,
+    // once per binary); other tests wait on the same OnceLock.
+    let server = server();
+    let tag: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    let name = format!(
+        "t_{tag}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin_url = format!("{}{}?sslmode=disable", server.base, server.admin_db);
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL: {e}"));
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+    drop(client);
+    let _ = driver.await;
+    Some(TestDb {
+        url: format!("{}{name}?sslmode=disable", server.base),
+        name,
+    })
+}
+
+/// A plain connection to `db`, for a test's own checks.
+pub(crate) async fn connect(db: &TestDb) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", db.name));
+    tokio::spawn(connection);
+    client
+}
