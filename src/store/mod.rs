@@ -40,6 +40,7 @@
 //! fn` in traits is not object-safe. One small allocation per call is
 //! nothing next to an RPC.
 
+pub mod conformance;
 pub mod postgres;
 
 use std::{fmt, future::Future, net::IpAddr, pin::Pin, sync::Arc};
