@@ -16,6 +16,10 @@ use crate::{
     server::{
         self, Calculator, DedupConfig, FaultConfig, ServerConfig, State, faults::parse_delay_range,
     },
+    store::{
+        Ledger,
+        postgres::{PgConfig, PgLedger},
+    },
     trace::EventSink,
 };
 
@@ -43,6 +47,20 @@ pub struct ServeArgs {
     /// resets registers and forgets which requests were applied.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where registers and dedup records live: `memory` (the default; this
+    /// process only, lost on restart) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`, a PostgreSQL database
+    /// shared by replicas: every `abacus serve` given the same URL serves
+    /// the same registers, and a request retried at any of them under the
+    /// same request ID is applied once. The schema is created on first
+    /// start. Not with --data-dir (a redb file: one node).
+    #[arg(
+        long,
+        env = "ABACUS_STORE",
+        hide_env_values = true,
+        value_name = "memory|postgres://…"
+    )]
+    pub store: Option<String>,
     /// Refuse Accumulate without a request_id (INVALID_ARGUMENT) instead of
     /// applying it undeduplicated.
     #[arg(long)]
@@ -145,23 +163,50 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let events = EventSink::log_only();
-    let state = match &args.data_dir {
-        Some(dir) => match State::open(dedup.clone(), events.clone(), dir) {
-            Ok(state) => {
-                tracing::info!(dir = %dir.display(), "durable state: registers and dedup records survive restarts");
-                state
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => {
-            tracing::info!(
-                "in-memory state: registers and dedup records are lost on restart (use --data-dir to keep them)"
+    let state: Arc<dyn Ledger> = match (args.store.as_deref(), &args.data_dir) {
+        (Some(store), Some(_)) => {
+            eprintln!(
+                "error: --store {} and --data-dir name two different stores; use one (--data-dir alone keeps state in a redb file)",
+                store.split("://").next().unwrap_or(store)
             );
-            State::new(dedup.clone(), events.clone())
+            return ExitCode::from(2);
         }
+        (Some(url), None) if url != "memory" => {
+            let config = match PgConfig::from_url(url) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!(
+                        "error: --store (or ABACUS_STORE) takes `memory` or a PostgreSQL URL: {e}"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            match PgLedger::connect(config, dedup.clone(), events.clone()).await {
+                Ok(ledger) => Arc::new(ledger),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => Arc::new(match &args.data_dir {
+            Some(dir) => match State::open(dedup.clone(), events.clone(), dir) {
+                Ok(state) => {
+                    tracing::info!(dir = %dir.display(), "durable state: registers and dedup records survive restarts");
+                    state
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => {
+                tracing::info!(
+                    "in-memory state: registers and dedup records are lost on restart (use --data-dir to keep them)"
+                );
+                State::new(dedup.clone(), events.clone())
+            }
+        }),
     };
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
         Ok(l) => l,
@@ -201,7 +246,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         require_request_id: args.require_request_id,
         ..ServerConfig::default()
     };
-    let calculator = Calculator::from_config(&config, Arc::new(state));
+    let calculator = Calculator::from_config(&config, state);
     // One Ctrl-C stops both fronts.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

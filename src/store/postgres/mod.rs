@@ -187,10 +187,16 @@ pub enum PgStartError {
 impl PgStartError {
     fn from_driver(target: String, e: &tokio_postgres::Error) -> Self {
         let Some(db) = e.as_db_error() else {
-            return Self::Unreachable {
-                target,
-                cause: e.to_string(),
-            };
+            // The driver's top line is generic ("error connecting to
+            // server"); the cause underneath says what happened.
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                cause.push_str(": ");
+                cause.push_str(&s.to_string());
+                source = s.source();
+            }
+            return Self::Unreachable { target, cause };
         };
         let message = db.message().to_owned();
         match db.code() {
