@@ -30,6 +30,15 @@ fn serve_fails(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// A fresh database (`None`: PostgreSQL tests skipped, loudly).
+fn database(test: &str) -> Option<pg::TestDb> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(pg::fresh_database(test))
+}
+
 #[test]
 fn bad_store_values_and_contradictions_are_refused_with_exit_2() {
     let (code, err) = serve_fails(&["--store", "mysql://u:pw@h/db"], &[]);
@@ -53,12 +62,7 @@ fn bad_store_values_and_contradictions_are_refused_with_exit_2() {
 
 #[test]
 fn unreachable_servers_and_wrong_passwords_name_what_to_fix() {
-    let Some(db) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(pg::fresh_database("cli_errors"))
-    else {
+    let Some(db) = database("cli_errors") else {
         return;
     };
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -87,12 +91,7 @@ fn unreachable_servers_and_wrong_passwords_name_what_to_fix() {
 
 #[test]
 fn a_good_url_serves_from_the_shared_database() {
-    let Some(db) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(pg::fresh_database("cli_serves"))
-    else {
+    let Some(db) = database("cli_serves") else {
         return;
     };
     let mut child = Command::new(BIN)

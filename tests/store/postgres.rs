@@ -267,14 +267,15 @@ async fn behind_proxy(db: &TestDb) -> (Proxy, PgLedger) {
     (proxy, l)
 }
 
-#[tokio::test]
-async fn a_commit_whose_answer_is_lost_is_unknown_and_its_retry_replays() {
-    let db = database!("commit_lost_answer");
-    let (proxy, l) = behind_proxy(&db).await;
-    let a = args("r", 5.0, "ambiguous");
-    proxy.arm(Cut::AfterCommit);
-    let err = accumulate(&l, &a).await.unwrap_err();
-    assert_eq!(proxy.fired(), 1, "the proxy cut after a COMMIT");
+/// Cuts the connection at `cut` during an `Accumulate`'s commit; returns
+/// the ledger (to retry through) and what the call answered, checked to be
+/// an unknown fate: the ledger cannot tell a COMMIT that arrived from one
+/// that did not.
+async fn cut_commit(db: &TestDb, cut: Cut, a: &AccumulateArgs) -> (Proxy, PgLedger) {
+    let (proxy, l) = behind_proxy(db).await;
+    proxy.arm(cut);
+    let err = accumulate(&l, a).await.unwrap_err();
+    assert_eq!(proxy.fired(), 1, "the proxy cut at {cut:?}");
     assert_eq!(
         err,
         ServiceError::StoreUnavailable {
@@ -282,7 +283,16 @@ async fn a_commit_whose_answer_is_lost_is_unknown_and_its_retry_replays() {
         }
     );
     assert!(!err.known_not_applied(), "no not-applied marker");
+    (proxy, l)
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_unknown_and_its_retry_replays() {
+    let db = database!("commit_lost_answer");
+    let a = args("r", 5.0, "ambiguous");
+    let (_proxy, l) = cut_commit(&db, Cut::AfterCommit, &a).await;
     // It did commit: the retry under the same ID replays, never re-applies.
+    assert_eq!(l.get("r", None).await, Ok(5.0));
     assert_eq!(accumulate(&l, &a).await, ok(5.0, true));
     assert_eq!(l.get("r", None).await, Ok(5.0));
 }
@@ -290,18 +300,8 @@ async fn a_commit_whose_answer_is_lost_is_unknown_and_its_retry_replays() {
 #[tokio::test]
 async fn a_commit_that_never_arrives_is_unknown_and_its_retry_executes() {
     let db = database!("commit_never_sent");
-    let (proxy, l) = behind_proxy(&db).await;
     let a = args("r", 5.0, "ambiguous");
-    proxy.arm(Cut::BeforeCommit);
-    let err = accumulate(&l, &a).await.unwrap_err();
-    assert_eq!(proxy.fired(), 1, "the proxy cut before a COMMIT");
-    // The ledger cannot tell this from the case above: unknown.
-    assert_eq!(
-        err,
-        ServiceError::StoreUnavailable {
-            fate: WriteFate::Unknown
-        }
-    );
+    let (_proxy, l) = cut_commit(&db, Cut::BeforeCommit, &a).await;
     assert!(matches!(
         l.get("r", None).await,
         Err(ServiceError::Calc(CalcError::UnknownRegister(_)))

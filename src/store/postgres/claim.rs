@@ -111,9 +111,7 @@ impl PgClaim<'_> {
         // A connection that broke before COMMIT was sent cannot have
         // committed; past this check, it may have.
         if conn.is_closed() {
-            return Err(
-                Failure::Unexpected("connection closed before COMMIT").not_applied("commit")
-            );
+            return Err(Failure::Closed.not_applied("commit"));
         }
         match budget.run(conn.batch_execute("COMMIT")).await {
             Ok(Ok(())) => conn.release(),

@@ -67,6 +67,8 @@ pub(crate) enum Failure {
     Db(tokio_postgres::Error),
     /// A [`Budget`] ended first.
     Expired(Limit),
+    /// The connection was found closed before the next statement was sent.
+    Closed,
     /// The store answered something the schema rules out (a missing row
     /// that must exist): a schema changed under the ledger.
     Unexpected(&'static str),
@@ -122,6 +124,7 @@ impl Failure {
             Self::Expired(Limit::Store) => {
                 tracing::warn!(op, "PostgreSQL call exceeded the ledger's time limit")
             }
+            Self::Closed => tracing::warn!(op, "PostgreSQL connection closed"),
             Self::Unexpected(what) => tracing::error!(op, what, "unexpected PostgreSQL answer"),
         }
     }

@@ -356,6 +356,31 @@ impl PgLedger {
         Ok(TxConn::new(conn))
     }
 
+    /// One read-only statement outside any transaction: at most one row.
+    async fn read(
+        &self,
+        op: &'static str,
+        budget: Budget,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, ServiceError> {
+        let conn = self
+            .connection(budget)
+            .await
+            .map_err(|f| f.not_applied(op))?;
+        let row = budget
+            .run(async {
+                let st = conn.prepare_cached(statement).await?;
+                Ok::<_, Failure>(conn.query_opt(&st, params).await?)
+            })
+            .await
+            .and_then(|row| row)
+            .map_err(|f| f.not_applied(op))?;
+        // Only once the statement completed: an abandoned one closes it.
+        conn.release();
+        Ok(row)
+    }
+
     /// Bookkeeping after a successful COMMIT.
     fn committed(&self, args: &AccumulateArgs, result: &Result<f64, CalcError>) {
         if let Ok(value) = result {
@@ -617,19 +642,7 @@ impl Ledger for PgLedger {
         Box::pin(async move {
             core::validate_register_name(register)?;
             let budget = Budget::new(deadline, self.config.op_timeout);
-            let conn = self
-                .connection(budget)
-                .await
-                .map_err(|f| f.not_applied("get"))?;
-            let row = budget
-                .run(async {
-                    let st = conn.prepare_cached(sql::GET).await?;
-                    Ok::<_, Failure>(conn.query_opt(&st, &[&register]).await?)
-                })
-                .await
-                .and_then(|row| row)
-                .map_err(|f| f.not_applied("get"))?;
-            conn.release();
+            let row = self.read("get", budget, sql::GET, &[&register]).await?;
             match row {
                 Some(row) => row
                     .try_get::<_, f64>(0)
@@ -642,19 +655,10 @@ impl Ledger for PgLedger {
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
         Box::pin(async move {
             let budget = Budget::new(None, self.config.op_timeout);
-            let conn = self
-                .connection(budget)
-                .await
-                .map_err(|f| f.not_applied("stats"))?;
-            let row = budget
-                .run(async {
-                    let st = conn.prepare_cached(sql::STATS).await?;
-                    Ok::<_, Failure>(conn.query_one(&st, &[]).await?)
-                })
-                .await
-                .and_then(|row| row)
-                .map_err(|f| f.not_applied("stats"))?;
-            conn.release();
+            let row = self
+                .read("stats", budget, sql::STATS, &[])
+                .await?
+                .ok_or_else(|| Failure::Unexpected("no stats row").not_applied("stats"))?;
             let cell = |i| {
                 row.try_get::<_, Option<i64>>(i)
                     .map_err(|e| Failure::Db(e).not_applied("stats"))
