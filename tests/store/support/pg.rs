@@ -38,7 +38,7 @@ use std::{
 const WRAPPER: &str = r#"
 set -u
 bin="$1"; port="$2"
-dir=$(mktemp -d "${TMPDIR:-/tmp}/abacus-test-pg.XXXXXX") || exit 1
+dir=$(mktemp -d /tmp/abacus-test-pg.XXXXXX) || exit 1
 cleanup() {
   "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1
   rm -rf "$dir"
@@ -76,7 +76,12 @@ static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 pub(crate) fn skipped(test: &str) -> bool {
     let skip = std::env::var("ABACUS_SKIP_PG").is_ok_and(|v| v == "1");
     if skip {
-        eprintln!("SKIPPED {test}: ABACUS_SKIP_PG=1 switches the PostgreSQL tests off");
+        // Straight to stderr, not eprintln!: the test harness captures the
+        // latter for passing tests, and a skip must show.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: ABACUS_SKIP_PG=1 switches the PostgreSQL tests off"
+        );
     }
     skip
 }
