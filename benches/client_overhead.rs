@@ -106,7 +106,7 @@ async fn concurrent_stack(client: &Client) -> Duration {
 async fn layers_alone() -> Duration {
     use abacus::client::{
         AttemptLayer, BreakerConfig, BreakerLayer, Call, CallError, DeadlineLayer, Delivery,
-        Method, ObserveLayer, Payload, Reply, RetryConfig, RetryLayer, RetryPolicy,
+        ObserveLayer, Reply, Request, RetryConfig, RetryLayer, RetryPolicy,
     };
     use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
     let events = abacus::trace::EventSink::default();
@@ -130,11 +130,12 @@ async fn layers_alone() -> Duration {
     let calls = 100_000u32;
     let t = Instant::now();
     for i in 0..calls {
-        let payload = Payload::Binary(BinaryRequest {
+        let request = Request::Binary {
+            op: abacus::core::BinaryOp::Add,
             a: f64::from(i),
             b: 1.0,
-        });
-        let call = Call::new(u64::from(i), Method::Add, payload);
+        };
+        let call = Call::new(u64::from(i), request);
         stack.clone().oneshot(call).await.expect("no-op service");
     }
     t.elapsed() / calls

@@ -4,11 +4,15 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use abacus::trace::{Event, Outcome};
+use abacus::{
+    client::breaker::{State, Transition, config::CALLER_CODES},
+    trace::{Event, Outcome},
+};
+use tonic::Code;
 
 use crate::{
     harness::{Promise, Run, Scenario},
-    history::{Entry, Record},
+    history::{Entry, Note, Record, SimFault},
 };
 
 /// A broken invariant.
@@ -43,27 +47,25 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
 /// the state the breaker was in; no attempt leaves while it is open; at most
 /// `probes_max` attempts while half-open.
 fn breakers(probes_max: u32, records: &[Record], v: &mut Vec<Violation>) {
-    #[derive(Default)]
     struct Client {
-        state: &'static str,
+        state: State,
         probes: u32,
     }
     let mut clients: BTreeMap<&str, Client> = BTreeMap::new();
     for r in records {
         let Entry::Event(e) = &r.entry else { continue };
         let c = clients.entry(r.host.as_str()).or_insert(Client {
-            state: "closed",
+            state: State::Closed,
             probes: 0,
         });
         match e {
             Event::BreakerTransition { from, to, .. } => {
-                let legal = matches!(
-                    (*from, *to),
-                    ("closed", "open")
-                        | ("open", "half-open")
-                        | ("half-open", "closed")
-                        | ("half-open", "open")
-                );
+                // The breaker's own table of legal edges, not a copy of it.
+                let legal = Transition {
+                    from: *from,
+                    to: *to,
+                }
+                .is_legal();
                 if !legal || *from != c.state {
                     v.push(Violation {
                         invariant: "breaker-legal-transitions",
@@ -73,18 +75,18 @@ fn breakers(probes_max: u32, records: &[Record], v: &mut Vec<Violation>) {
                         ),
                     });
                 }
-                c.state = to;
+                c.state = *to;
                 c.probes = 0;
             }
             Event::AttemptStarted { call, attempt, .. } => match c.state {
-                "open" => v.push(Violation {
+                State::Open => v.push(Violation {
                     invariant: "breaker-open-sends-nothing",
                     detail: format!(
                         "{} at {:?}: attempt #{call}.{attempt} went out while the breaker was open",
                         r.host, r.at
                     ),
                 }),
-                "half-open" => {
+                State::HalfOpen => {
                     c.probes += 1;
                     if c.probes > probes_max {
                         v.push(Violation {
@@ -96,7 +98,7 @@ fn breakers(probes_max: u32, records: &[Record], v: &mut Vec<Violation>) {
                         });
                     }
                 }
-                _ => {}
+                State::Closed => {}
             },
             _ => {}
         }
@@ -180,27 +182,13 @@ fn registers(state_survives_crash: bool, records: &[Record], v: &mut Vec<Violati
             }
             // In-memory state: a crash, or a restart (which is a crash too
             // when windows overlap), resets every register.
-            Entry::Fault(f)
-                if !state_survives_crash && (f == "crash server" || f == "restart server") =>
-            {
+            Entry::Fault(SimFault::Crash | SimFault::Restart) if !state_survives_crash => {
                 values.clear()
             }
             _ => {}
         }
     }
 }
-
-/// Codes that say the request itself is wrong: repeating it unchanged can
-/// never succeed, so no correct client retries them.
-const NEVER_RETRY: [&str; 7] = [
-    "InvalidArgument",
-    "NotFound",
-    "AlreadyExists",
-    "PermissionDenied",
-    "FailedPrecondition",
-    "OutOfRange",
-    "Unauthenticated",
-];
 
 #[derive(Debug, Default)]
 struct CallInfo {
@@ -214,12 +202,7 @@ struct CallInfo {
 
 /// Per-call rules: deadline, attempt bound, no retry on a non-retryable code.
 fn calls(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
-    let retryable: Vec<String> = scenario
-        .retry
-        .retryable_codes
-        .iter()
-        .map(|c| format!("{c:?}"))
-        .collect();
+    let retryable = &scenario.retry.retryable_codes;
     let mut calls: BTreeMap<(&str, u64), CallInfo> = BTreeMap::new();
     for r in records {
         let Entry::Event(e) = &r.entry else { continue };
@@ -239,12 +222,15 @@ fn calls(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
                     c.attempt_after_non_retryable = true;
                 }
             }
-            Event::AttemptFailed { call, code, .. } => {
+            Event::AttemptFailed { call, error, .. } => {
                 let c = calls.entry((host, *call)).or_default();
-                // Caller errors are never worth retrying, whatever the
-                // client was configured with; other codes follow the policy.
-                if NEVER_RETRY.contains(&code.as_str())
-                    || (code != "DeadlineExceeded" && !retryable.contains(code))
+                // Caller errors (the library's one table of them) are never
+                // worth retrying, whatever the client was configured with;
+                // other codes follow the policy. DEADLINE_EXCEEDED is the
+                // attempt timeout, retried when repeating is harmless.
+                let code = error.code;
+                if CALLER_CODES.contains(&code)
+                    || (code != Code::DeadlineExceeded && !retryable.contains(&code))
                 {
                     c.non_retryable_at = Some(r.at);
                 }
@@ -297,18 +283,17 @@ fn notes(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
     let mut phases = 0;
     for r in records {
         let Entry::Note(n) = &r.entry else { continue };
-        if n.starts_with("WRONG") {
-            v.push(Violation {
+        match n {
+            Note::Wrong(_) => v.push(Violation {
                 invariant: "correct-results",
                 detail: format!("{}: {n}", r.host),
-            });
-        } else if n.starts_with("LIVENESS FAILED") {
-            v.push(Violation {
+            }),
+            Note::LivenessFailed { .. } => v.push(Violation {
                 invariant: "liveness",
                 detail: format!("{} at {:?}, after every fault stopped: {n}", r.host, r.at),
-            });
-        } else if n.starts_with("liveness phase") {
-            phases += 1;
+            }),
+            Note::LivenessPhase => phases += 1,
+            Note::WorkloadDone => {}
         }
     }
     if scenario.liveness_calls > 0 && phases != scenario.clients {
@@ -328,13 +313,17 @@ fn notes(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
 mod tests {
     use std::time::Duration;
 
-    use abacus::trace::{Event, Outcome};
+    use abacus::{
+        client::{CallError, Cause, Reply, breaker::State},
+        rpc::Method,
+        trace::{Event, Outcome},
+    };
     use tonic::Code;
 
     use super::check;
     use crate::{
         harness::{LogicalAccumulate, Run, Scenario},
-        history::{Entry, Record},
+        history::{Entry, Note, Record, Wrong},
     };
 
     fn at(ms: u64, host: &str, entry: Entry) -> Record {
@@ -373,7 +362,7 @@ mod tests {
             "client-1",
             Entry::Event(Event::CallStarted {
                 call: id,
-                method: "Add",
+                method: Method::Add,
                 request_id: String::new(),
                 deadline_ms,
             }),
@@ -387,7 +376,7 @@ mod tests {
             Entry::Event(Event::CallFinished {
                 call: id,
                 attempts: 0,
-                result: "ok 1".into(),
+                result: Ok(Reply::Calc(1.0)),
                 outcome: Outcome::Applied,
             }),
         )
@@ -405,7 +394,7 @@ mod tests {
         )
     }
 
-    fn transition(ms: u64, from: &'static str, to: &'static str) -> Record {
+    fn transition(ms: u64, from: State, to: State) -> Record {
         at(
             ms,
             "client-1",
@@ -490,9 +479,12 @@ mod tests {
                         Entry::Event(Event::AttemptFailed {
                             call: 1,
                             attempt: 1,
-                            code: "InvalidArgument".into(),
-                            outcome: Outcome::NotApplied,
-                            reason: "x".into(),
+                            error: CallError::new(
+                                Code::InvalidArgument,
+                                "x",
+                                Cause::Status,
+                                Outcome::NotApplied,
+                            ),
                         }),
                     ),
                     attempt(3, 1, 2),
@@ -502,21 +494,21 @@ mod tests {
             (
                 "breaker-legal-transitions",
                 with_breaker(),
-                vec![transition(1, "closed", "half-open")],
+                vec![transition(1, State::Closed, State::HalfOpen)],
                 vec![],
             ),
             (
                 "breaker-open-sends-nothing",
                 with_breaker(),
-                vec![transition(1, "closed", "open"), attempt(2, 1, 1)],
+                vec![transition(1, State::Closed, State::Open), attempt(2, 1, 1)],
                 vec![],
             ),
             (
                 "breaker-probes-bounded",
                 with_breaker(),
                 vec![
-                    transition(1, "closed", "open"),
-                    transition(2, "open", "half-open"),
+                    transition(1, State::Closed, State::Open),
+                    transition(2, State::Open, State::HalfOpen),
                     attempt(3, 1, 1),
                     attempt(4, 2, 1),
                 ],
@@ -528,7 +520,11 @@ mod tests {
                 vec![at(
                     1,
                     "client-1",
-                    Entry::Note("WRONG: add(1, 1) = 3".into()),
+                    Entry::Note(Note::Wrong(Wrong::Add {
+                        a: 1.0,
+                        b: 1.0,
+                        got: 3.0,
+                    })),
                 )],
                 vec![],
             ),

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::{
-    history::{Entry, History, Record},
+    history::{Entry, History, Note, Record, SimFault, Wrong},
     net,
     plan::{FaultPlan, NetFault, Target, Window},
 };
@@ -309,12 +309,12 @@ fn drive(
         for (i, w) in windows.iter().enumerate() {
             if !started[i] && now >= w.from {
                 started[i] = true;
-                history.push_at(now, "sim", Entry::Fault(fault_line(w, true)));
+                history.push_at(now, "sim", Entry::Fault(sim_fault(w, true)));
                 apply(sim, w, clients, true);
             }
             if started[i] && !ended[i] && now >= w.until() {
                 ended[i] = true;
-                history.push_at(now, "sim", Entry::Fault(fault_line(w, false)));
+                history.push_at(now, "sim", Entry::Fault(sim_fault(w, false)));
                 apply(sim, w, clients, false);
             }
         }
@@ -323,7 +323,7 @@ fn drive(
             && now >= *at
         {
             quieted = true;
-            history.push_at(now, "sim", Entry::Fault("all faults stop".into()));
+            history.push_at(now, "sim", Entry::Fault(SimFault::AllStop));
             sim.set_fail_rate(0.0);
             // turmoil repairs a randomly failed link only when a message
             // crosses it, and only by chance: repair them all explicitly.
@@ -361,18 +361,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, w: &Window, clients: &[String], start: bool
     }
 }
 
-fn fault_line(w: &Window, start: bool) -> String {
-    let target = match w.target {
-        Target::All => "clients".to_owned(),
-        Target::Client(n) => format!("client-{n}"),
-    };
+fn sim_fault(w: &Window, start: bool) -> SimFault {
     match (w.fault, start) {
-        (NetFault::Partition, true) => format!("partition server <-> {target}"),
-        (NetFault::Partition, false) => format!("repair server <-> {target}"),
-        (NetFault::Hold, true) => format!("hold server <-> {target}"),
-        (NetFault::Hold, false) => format!("release server <-> {target}"),
-        (NetFault::Crash, true) => "crash server".into(),
-        (NetFault::Crash, false) => "restart server".into(),
+        (NetFault::Partition, true) => SimFault::Partition(w.target),
+        (NetFault::Partition, false) => SimFault::Repair(w.target),
+        (NetFault::Hold, true) => SimFault::Hold(w.target),
+        (NetFault::Hold, false) => SimFault::Release(w.target),
+        (NetFault::Crash, true) => SimFault::Crash,
+        (NetFault::Crash, false) => SimFault::Restart,
     }
 }
 
@@ -459,9 +455,11 @@ impl Workload {
         {
             self.history.push(
                 &self.host,
-                Entry::Note(format!(
-                    "WRONG: hedged id={id}: ({va}, replayed={ra}) vs ({vb}, replayed={rb}); both copies must see one execution"
-                )),
+                Entry::Note(Note::Wrong(Wrong::Hedged {
+                    id: id.clone(),
+                    first: (*va, *ra),
+                    second: (*vb, *rb),
+                })),
             );
         }
         a.or(b)
@@ -497,7 +495,7 @@ impl Workload {
                 if client.divide(1.0, 0.0).await.is_ok() {
                     self.history.push(
                         &self.host,
-                        Entry::Note("WRONG: divide(1, 0) succeeded".into()),
+                        Entry::Note(Note::Wrong(Wrong::DivisionByZeroSucceeded)),
                     );
                 }
             } else {
@@ -508,32 +506,30 @@ impl Workload {
                 {
                     self.history.push(
                         &self.host,
-                        Entry::Note(format!("WRONG: add({a}, {b}) = {v}")),
+                        Entry::Note(Note::Wrong(Wrong::Add { a, b, got: v })),
                     );
                 }
             }
         }
         self.history
-            .push(&self.host, Entry::Note("workload done".into()));
+            .push(&self.host, Entry::Note(Note::WorkloadDone));
         if self.liveness_calls == 0 {
             return;
         }
         let now = turmoil::sim_elapsed().unwrap_or_default();
         tokio::time::sleep(self.heal_at.saturating_sub(now)).await;
-        self.history.push(
-            &self.host,
-            Entry::Note("liveness phase: faults stopped".into()),
-        );
+        self.history
+            .push(&self.host, Entry::Note(Note::LivenessPhase));
         // Progress, not perfection: calls may still fail while the client
         // recovers (an empty retry budget, a breaker waiting to probe), but
         // `liveness_calls` must succeed within the bound.
         let start = tokio::time::Instant::now();
-        let (mut done, mut last_error) = (0, String::new());
+        let (mut done, mut last_error) = (0, None);
         while done < self.liveness_calls && start.elapsed() < LIVENESS_BOUND {
             match client.add(done as f64, 1.0).await {
                 Ok(_) => done += 1,
                 Err(e) => {
-                    last_error = e.to_string();
+                    last_error = Some(e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -541,10 +537,11 @@ impl Workload {
         if done < self.liveness_calls {
             self.history.push(
                 &self.host,
-                Entry::Note(format!(
-                    "LIVENESS FAILED: {done} of {} calls succeeded within {LIVENESS_BOUND:?} after faults stopped; last error: {last_error}",
-                    self.liveness_calls
-                )),
+                Entry::Note(Note::LivenessFailed {
+                    done,
+                    wanted: self.liveness_calls,
+                    last_error,
+                }),
             );
         }
     }

@@ -196,9 +196,8 @@ pub fn is_event(e: &Entry, f: impl Fn(&Event) -> bool) -> bool {
 /// Calls that finished with an error, in one run.
 pub fn failed_calls(run: &Run) -> usize {
     count(std::slice::from_ref(run), |e| {
-        is_event(
-            e,
-            |ev| matches!(ev, Event::CallFinished { result, .. } if result.starts_with("err")),
-        )
+        is_event(e, |ev| {
+            matches!(ev, Event::CallFinished { result: Err(_), .. })
+        })
     })
 }

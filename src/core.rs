@@ -5,9 +5,9 @@
 //!
 //! Never awaits, never logs, never touches the network or a clock.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
-use crate::error::CalcError;
+use crate::{error::CalcError, rpc::Method};
 
 /// Longest register name accepted, in bytes. A limit on everything: names are
 /// keys of a map the server keeps in memory.
@@ -34,14 +34,16 @@ impl BinaryOp {
     /// Every operation, for tables and tests.
     pub const ALL: [BinaryOp; 4] = [Self::Add, Self::Subtract, Self::Multiply, Self::Divide];
 
-    /// Lower-case name as used by the CLI and the REST paths.
+    /// Lower-case name as used by the CLI and the REST paths (from
+    /// [`Method`]'s table, the only one).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Add => "add",
-            Self::Subtract => "subtract",
-            Self::Multiply => "multiply",
-            Self::Divide => "divide",
-        }
+        Method::from(self).short_name()
+    }
+}
+
+impl fmt::Display for BinaryOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -71,11 +73,7 @@ pub fn evaluate(op: BinaryOp, a: f64, b: f64) -> Result<f64, CalcError> {
     if result.is_finite() {
         Ok(result)
     } else {
-        Err(CalcError::Overflow {
-            op: op.name(),
-            a,
-            b,
-        })
+        Err(CalcError::Overflow { op, a, b })
     }
 }
 

@@ -7,7 +7,7 @@
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
-use crate::{store::WriteFate, trace::num};
+use crate::{core::BinaryOp, store::WriteFate, trace::num};
 
 /// Metadata key the server sets on every error it answers *without having
 /// applied the request*. Clients use it to tell "definitely not applied" from
@@ -36,8 +36,8 @@ pub enum CalcError {
     /// The result does not fit in a finite `f64`.
     #[error("overflow: {op}({}, {}) is not a finite number", num(*.a), num(*.b))]
     Overflow {
-        /// Operation name.
-        op: &'static str,
+        /// The operation.
+        op: BinaryOp,
         /// First operand.
         a: f64,
         /// Second operand.

@@ -7,6 +7,8 @@
 //! - [`error`]: typed errors and their one mapping to `tonic::Status` and
 //!   HTTP statuses.
 //! - [`pb`]: code generated from `proto/abacus/v1/calculator.proto`.
+//! - [`rpc`]: the RPCs' names and properties ([`rpc::Method`]) and the
+//!   `grpc-timeout` codec, shared by client and server.
 //! - [`server`]: one calculator service, served over gRPC (tonic) and, as
 //!   its REST twin, HTTP/JSON (axum), over any connection stream.
 //! - [`store`]: the seam between the service and its state, the
@@ -23,6 +25,7 @@ pub mod client;
 pub mod core;
 pub mod error;
 pub mod pb;
+pub mod rpc;
 pub mod server;
 pub mod store;
 pub mod trace;

@@ -268,7 +268,7 @@ fn call_against_a_running_server() {
         ),
         (
             vec!["get", "r"],
-            fails(1, &["NotFound", "register \"r\" does not exist"]),
+            fails(1, &["NOT_FOUND", "register \"r\" does not exist"]),
         ),
         (
             vec!["accumulate", "--register", "r", "--", "-2"],
@@ -296,11 +296,11 @@ fn call_with_faults_reports_the_outcome() {
     let table = [
         (
             failing.addr.as_str(),
-            fails(1, &["Unavailable", "injected fault", "NOT applied"]),
+            fails(1, &["UNAVAILABLE", "injected fault", "NOT applied"]),
         ),
         (
             dropping.addr.as_str(),
-            fails(1, &["Unavailable", "OUTCOME UNKNOWN"]),
+            fails(1, &["UNAVAILABLE", "OUTCOME UNKNOWN"]),
         ),
     ];
     // At-most-once, so the unknown outcome is reported rather than retried.

@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use abacus::{client::BreakerConfig, trace::Event};
+use abacus::{
+    client::{BreakerConfig, breaker::State},
+    trace::{Event, InjectedFault},
+};
 
 use crate::{
     harness::{Run, Scenario},
@@ -60,13 +63,25 @@ fn first_after(run: &Run, from: Duration, f: impl Fn(&Entry) -> bool) -> Option<
 
 fn opened(e: &Entry) -> bool {
     is_event(e, |ev| {
-        matches!(ev, Event::BreakerTransition { to: "open", .. })
+        matches!(
+            ev,
+            Event::BreakerTransition {
+                to: State::Open,
+                ..
+            }
+        )
     })
 }
 
 fn closed(e: &Entry) -> bool {
     is_event(e, |ev| {
-        matches!(ev, Event::BreakerTransition { to: "closed", .. })
+        matches!(
+            ev,
+            Event::BreakerTransition {
+                to: State::Closed,
+                ..
+            }
+        )
     })
 }
 
@@ -127,10 +142,12 @@ fn breaker_open_means_the_server_sees_nothing() {
         let mut intervals = Vec::new();
         for r in &run.records {
             match &r.entry {
-                Entry::Event(Event::BreakerTransition { to: "open", .. }) => {
-                    open_since = Some(r.at)
-                }
-                Entry::Event(Event::BreakerTransition { from: "open", .. }) => {
+                Entry::Event(Event::BreakerTransition {
+                    to: State::Open, ..
+                }) => open_since = Some(r.at),
+                Entry::Event(Event::BreakerTransition {
+                    from: State::Open, ..
+                }) => {
                     if let Some(from) = open_since.take() {
                         intervals.push((from, r.at));
                     }
@@ -198,10 +215,15 @@ pub fn cascade(name: &'static str, protected: bool) -> Scenario {
 fn server_work(run: &Run) -> (usize, usize) {
     let runs = std::slice::from_ref(run);
     let admitted = count(runs, |e| {
-        is_event(
-            e,
-            |ev| matches!(ev, Event::FaultInjected { fault, .. } if fault.starts_with("delay")),
-        )
+        is_event(e, |ev| {
+            matches!(
+                ev,
+                Event::FaultInjected {
+                    fault: InjectedFault::Delay { .. },
+                    ..
+                }
+            )
+        })
     });
     let wasted = count(runs, |e| {
         is_event(e, |ev| matches!(ev, Event::ServerDeadlineExpired { .. }))

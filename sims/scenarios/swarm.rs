@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use abacus::{
-    client::{BreakerConfig, Delivery},
+    client::{BreakerConfig, Delivery, breaker::State},
     trace::{Event, Outcome},
 };
 
 use crate::{
     harness::{self, Run, Scenario},
-    history::Entry,
+    history::{Entry, SimFault},
     plan::FaultPlan,
     sweep::{count, expect_violation_with, is_event, run_checked, sweep_with},
 };
@@ -56,14 +56,18 @@ fn assert_swarm_reached(runs: &[Run]) {
     });
     assert_reached(runs, "a breaker opening", |e| {
         is_event(e, |ev| {
-            matches!(ev, Event::BreakerTransition { to: "open", .. })
+            matches!(
+                ev,
+                Event::BreakerTransition {
+                    to: State::Open,
+                    ..
+                }
+            )
         })
     });
-    assert_reached(
-        runs,
-        "a server crash",
-        |e| matches!(e, Entry::Fault(f) if f == "crash server"),
-    );
+    assert_reached(runs, "a server crash", |e| {
+        matches!(e, Entry::Fault(SimFault::Crash))
+    });
 }
 
 /// The benchmark's standard run: 2 clients × 20 calls under the seed's

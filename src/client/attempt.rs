@@ -135,9 +135,7 @@ where
             events.emit(Event::AttemptFailed {
                 call: *this.id,
                 attempt: *this.attempt,
-                code: format!("{:?}", e.code),
-                outcome: e.outcome,
-                reason: e.reason(),
+                error: e.clone(),
             });
         }
         Poll::Ready(result)

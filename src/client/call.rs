@@ -1,13 +1,17 @@
 //! The request and response types that flow through the client's tower
 //! stack. Working on typed, cloneable calls (rather than HTTP bodies) is what
 //! lets the retry layer re-send a request and the policy know whether the
-//! method is safe to repeat.
+//! request is safe to repeat.
+//!
+//! A call is one [`Request`]: which RPC it is, whether it mutates and
+//! whether it may be repeated all follow from it, so no combination of
+//! separately chosen method and payload can disagree with what is sent.
 
-use std::{future::Future, pin::Pin};
+use std::{fmt, future::Future, pin::Pin};
 
 use tokio::time::Instant;
 
-use crate::{client::error::CallError, pb};
+use crate::{client::error::CallError, core::BinaryOp, pb, rpc::Method};
 
 /// The transport's response future: one attempt on its way. Boxed because
 /// tonic's generated calls are `async fn`s, whose futures cannot be named;
@@ -15,57 +19,71 @@ use crate::{client::error::CallError, pb};
 /// `BoxCloneSyncService` makes are the only futures the stack allocates.
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
 
-/// An RPC of `abacus.v1.Calculator`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Method {
-    /// `Add`
-    Add,
-    /// `Subtract`
-    Subtract,
-    /// `Multiply`
-    Multiply,
-    /// `Divide`
-    Divide,
-    /// `Accumulate` (mutating)
-    Accumulate,
-    /// `GetRegister`
-    GetRegister,
-    /// `GetStats`
+/// What a call asks the server to do: one variant per kind of request
+/// message, each carrying exactly that message's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `Add`, `Subtract`, `Multiply` or `Divide`.
+    Binary {
+        /// Which operation.
+        op: BinaryOp,
+        /// First operand.
+        a: f64,
+        /// Second operand.
+        b: f64,
+    },
+    /// `Accumulate`: adds `delta` to `register`.
+    Accumulate {
+        /// Register name.
+        register: String,
+        /// Amount added.
+        delta: f64,
+        /// The server deduplicates repeats of a non-empty ID; `""` for none
+        /// (the request-ID layer fills it in exactly-once mode).
+        request_id: String,
+    },
+    /// `GetRegister`: reads `register`.
+    GetRegister {
+        /// Register name.
+        register: String,
+    },
+    /// `GetStats`: the server's counters.
     GetStats,
 }
 
-impl Method {
-    /// The RPC's name in the proto.
-    pub fn name(self) -> &'static str {
+impl Request {
+    /// The RPC this request is sent as.
+    pub fn method(&self) -> Method {
         match self {
-            Self::Add => "Add",
-            Self::Subtract => "Subtract",
-            Self::Multiply => "Multiply",
-            Self::Divide => "Divide",
-            Self::Accumulate => "Accumulate",
-            Self::GetRegister => "GetRegister",
-            Self::GetStats => "GetStats",
+            Self::Binary { op, .. } => Method::from(*op),
+            Self::Accumulate { .. } => Method::Accumulate,
+            Self::GetRegister { .. } => Method::GetRegister,
+            Self::GetStats => Method::GetStats,
         }
     }
 
-    /// True for RPCs marked `NO_SIDE_EFFECTS` in the proto: repeating them
-    /// is always harmless.
-    pub fn is_pure(self) -> bool {
-        !matches!(self, Self::Accumulate)
+    /// The request ID of an `Accumulate`, or `""`.
+    pub fn request_id(&self) -> &str {
+        match self {
+            Self::Accumulate { request_id, .. } => request_id,
+            _ => "",
+        }
     }
-}
 
-/// The request message of a call.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    /// Add, Subtract, Multiply, Divide.
-    Binary(pb::BinaryRequest),
-    /// Accumulate.
-    Accumulate(pb::AccumulateRequest),
-    /// GetRegister.
-    GetRegister(pb::GetRegisterRequest),
-    /// GetStats.
-    GetStats,
+    /// True when sending this request twice cannot apply it twice: the RPC
+    /// is pure, or it carries a request ID for the server to deduplicate.
+    ///
+    /// ```
+    /// use abacus::client::Request;
+    /// let acc = |id: &str| Request::Accumulate {
+    ///     register: "r".into(), delta: 1.0, request_id: id.into() };
+    /// assert!(!acc("").is_idempotent());
+    /// assert!(acc("0f9c").is_idempotent());
+    /// assert!(Request::GetStats.is_idempotent());
+    /// ```
+    pub fn is_idempotent(&self) -> bool {
+        self.method().is_pure() || !self.request_id().is_empty()
+    }
 }
 
 /// The response message of a call.
@@ -86,8 +104,8 @@ pub enum Reply {
     Stats(pb::Stats),
 }
 
-impl std::fmt::Display for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Calc(v) | Self::Register(v) => write!(f, "{v}"),
             Self::Accumulated { value, replayed } => {
@@ -113,10 +131,8 @@ impl std::fmt::Display for Reply {
 pub struct Call {
     /// Client-local sequence number, for traces.
     pub id: u64,
-    /// Which RPC.
-    pub method: Method,
-    /// Its request message.
-    pub payload: Payload,
+    /// What is asked.
+    pub request: Request,
     /// When the caller stops waiting (set by the deadline layer).
     pub deadline: Option<Instant>,
     /// This attempt's own deadline (set by the attempt-timeout layer);
@@ -127,30 +143,30 @@ pub struct Call {
 }
 
 impl Call {
-    /// A first attempt of `method` with `payload`, without deadlines.
-    pub fn new(id: u64, method: Method, payload: Payload) -> Self {
+    /// A first attempt of `request`, without deadlines.
+    pub fn new(id: u64, request: Request) -> Self {
         Self {
             id,
-            method,
-            payload,
+            request,
             deadline: None,
             attempt_deadline: None,
             attempt: 1,
         }
     }
 
-    /// The request ID carried by a mutating call, or `""`.
-    pub fn request_id(&self) -> &str {
-        match &self.payload {
-            Payload::Accumulate(r) => &r.request_id,
-            _ => "",
-        }
+    /// The RPC this call is sent as.
+    pub fn method(&self) -> Method {
+        self.request.method()
     }
 
-    /// True when re-sending this call cannot apply it twice: the method is
-    /// pure, or it carries a request ID for the server to deduplicate.
+    /// The request ID carried by a mutating call, or `""`.
+    pub fn request_id(&self) -> &str {
+        self.request.request_id()
+    }
+
+    /// See [`Request::is_idempotent`].
     pub fn is_idempotent(&self) -> bool {
-        self.method.is_pure() || !self.request_id().is_empty()
+        self.request.is_idempotent()
     }
 
     /// The earliest of the call's and the attempt's deadlines.
@@ -158,6 +174,53 @@ impl Call {
         match (self.deadline, self.attempt_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(request_id: &str) -> Request {
+        Request::Accumulate {
+            register: "r".into(),
+            delta: 1.0,
+            request_id: request_id.into(),
+        }
+    }
+
+    /// The RPC, its path and whether it may be repeated, for every shape of
+    /// request: all follow from what is sent. (When method and payload were
+    /// chosen apart, `Add` with an Accumulate payload without ID counted as
+    /// idempotent, and was retried at-most-once.)
+    #[test]
+    fn method_and_idempotency_follow_from_the_request() {
+        let binary = |op| Request::Binary { op, a: 6.0, b: 3.0 };
+        let table = [
+            (binary(BinaryOp::Add), Method::Add, true),
+            (binary(BinaryOp::Subtract), Method::Subtract, true),
+            (binary(BinaryOp::Multiply), Method::Multiply, true),
+            (binary(BinaryOp::Divide), Method::Divide, true),
+            (acc(""), Method::Accumulate, false),
+            (acc("id-1"), Method::Accumulate, true),
+            (
+                Request::GetRegister {
+                    register: "r".into(),
+                },
+                Method::GetRegister,
+                true,
+            ),
+            (Request::GetStats, Method::GetStats, true),
+        ];
+        for (request, method, idempotent) in table {
+            let call = Call::new(1, request.clone());
+            assert_eq!(call.method(), method, "{request:?}");
+            assert_eq!(call.is_idempotent(), idempotent, "{request:?}");
+            assert_eq!(
+                call.request_id().is_empty(),
+                !matches!(&request, Request::Accumulate { request_id, .. } if !request_id.is_empty()),
+            );
         }
     }
 }

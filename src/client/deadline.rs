@@ -158,16 +158,16 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use crate::{
-        client::call::{Method, Payload},
-        pb,
-    };
+    use crate::{client::call::Request, core::BinaryOp};
 
     fn add() -> Call {
         Call::new(
             1,
-            Method::Add,
-            Payload::Binary(pb::BinaryRequest { a: 1.0, b: 2.0 }),
+            Request::Binary {
+                op: BinaryOp::Add,
+                a: 1.0,
+                b: 2.0,
+            },
         )
     }
 

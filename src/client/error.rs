@@ -3,9 +3,13 @@
 
 use std::fmt;
 
-use tonic::Code;
+use tonic::{Code, metadata::MetadataValue};
 
-use crate::trace::Outcome;
+use crate::{
+    error::{NOT_APPLIED_KEY, PUSHBACK_KEY, code_name},
+    rpc::Method,
+    trace::Outcome,
+};
 
 /// Why a call failed, beyond its status code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,13 @@ pub enum Cause {
     },
     /// The server asked not to retry (negative pushback).
     PushbackStop,
+    /// The stack answered a request with the reply of another RPC: a bug
+    /// in a stack composed with [`crate::client::Client::from_stack`], never
+    /// the server's doing (the transport decodes each RPC's own response).
+    WrongReply {
+        /// The RPC that was called.
+        method: Method,
+    },
 }
 
 /// A failed call.
@@ -78,12 +89,34 @@ impl CallError {
             Cause::PushbackStop => {
                 format!("server asked not to retry; last error: {}", self.message)
             }
+            Cause::WrongReply { method } => {
+                format!("{method} got another RPC's reply: {}", self.message)
+            }
         }
     }
 
-    /// This error as a `tonic::Status`, for callers that want one.
+    /// This error as a `tonic::Status`, for callers that want one (e.g. a
+    /// server relaying a call to another). It keeps the markers a gRPC
+    /// client reads: `abacus-not-applied` when the request certainly was
+    /// not applied, and the server's pushback, so whoever receives it can
+    /// still tell a safe retry from a dangerous one.
+    ///
+    /// ```
+    /// use abacus::{client::{CallError, Cause}, error::NOT_APPLIED_KEY, trace::Outcome};
+    /// use tonic::Code;
+    /// let e = CallError::new(Code::Unavailable, "down", Cause::Status, Outcome::NotApplied);
+    /// assert_eq!(e.to_status().metadata().get(NOT_APPLIED_KEY).unwrap(), "true");
+    /// ```
     pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.code, self.to_string())
+        let mut status = tonic::Status::new(self.code, self.to_string());
+        let md = status.metadata_mut();
+        if self.outcome == Outcome::NotApplied {
+            md.insert(NOT_APPLIED_KEY, MetadataValue::from_static("true"));
+        }
+        if let Some(ms) = self.pushback_ms {
+            md.insert(PUSHBACK_KEY, MetadataValue::from(ms));
+        }
+        status
     }
 }
 
@@ -96,8 +129,8 @@ impl fmt::Display for CallError {
         };
         write!(
             f,
-            "{:?}: {} ({outcome}; {} attempt(s))",
-            self.code,
+            "{}: {} ({outcome}; {} attempt(s))",
+            code_name(self.code),
             self.reason(),
             self.attempts
         )
@@ -105,3 +138,45 @@ impl fmt::Display for CallError {
 }
 
 impl std::error::Error for CallError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::transport::classify;
+
+    /// A `CallError` turned into a status and read back by the transport's
+    /// classifier says the same about the request's effect and pushback.
+    #[test]
+    fn to_status_keeps_the_markers() {
+        let table = [
+            (Code::Unavailable, Outcome::NotApplied, Some(250)),
+            (Code::ResourceExhausted, Outcome::NotApplied, Some(-1)),
+            (Code::Unavailable, Outcome::Unknown, None),
+            (Code::InvalidArgument, Outcome::NotApplied, None),
+        ];
+        for (code, outcome, pushback_ms) in table {
+            let mut e = CallError::new(code, "x", Cause::Status, outcome);
+            e.pushback_ms = pushback_ms;
+            let back = classify(&e.to_status());
+            assert_eq!(
+                (back.code, back.outcome, back.pushback_ms),
+                (code, outcome, pushback_ms),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_are_spelled_canonically() {
+        let e = CallError::new(
+            Code::DeadlineExceeded,
+            "slow",
+            Cause::Status,
+            Outcome::Unknown,
+        );
+        assert!(
+            e.to_string().starts_with("DEADLINE_EXCEEDED: slow ("),
+            "{e}"
+        );
+    }
+}

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! # Layout
-//! - [`call`]: the typed [`Call`]/[`Reply`] that flow through the stack.
+//! - [`call`]: the typed [`Call`] (one [`Request`]) and [`Reply`] that flow
+//!   through the stack.
 //! - [`error`]: [`CallError`], which says whether the request was applied.
 //! - [`mode`]: [`Delivery`] semantics (at-most-once, at-least-once, exactly-once).
 //! - [`request_id`], [`deadline`], [`observe`], [`retry`], [`breaker`],
@@ -42,11 +43,12 @@ use std::{
     time::Duration,
 };
 
+use tonic::Code;
 use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 pub use attempt::AttemptLayer;
 pub use breaker::{BreakerConfig, BreakerHandle, BreakerLayer};
-pub use call::{Call, Method, Payload, Reply};
+pub use call::{Call, Reply, Request};
 pub use deadline::DeadlineLayer;
 pub use error::{CallError, Cause};
 pub use mode::Delivery;
@@ -58,7 +60,12 @@ pub use transport::{
     ConnectFailed, InvalidAddress, Transport, channel_with_connector, tcp_channel,
 };
 
-use crate::{pb, trace::EventSink};
+use crate::{
+    core::BinaryOp,
+    pb,
+    rpc::Method,
+    trace::{EventSink, Outcome},
+};
 
 /// How the client behaves. `Default` is a sensible production policy.
 #[derive(Debug, Clone)]
@@ -221,42 +228,36 @@ impl Client {
     }
 
     /// Runs one logical call through the stack.
-    pub async fn call(&self, method: Method, payload: Payload) -> Result<Reply, CallError> {
+    pub async fn call(&self, request: Request) -> Result<Reply, CallError> {
         let id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        self.stack
-            .clone()
-            .oneshot(Call::new(id, method, payload))
-            .await
+        self.stack.clone().oneshot(Call::new(id, request)).await
     }
 
-    async fn binary(&self, method: Method, a: f64, b: f64) -> Result<f64, CallError> {
-        match self
-            .call(method, Payload::Binary(pb::BinaryRequest { a, b }))
-            .await?
-        {
+    async fn binary(&self, op: BinaryOp, a: f64, b: f64) -> Result<f64, CallError> {
+        match self.call(Request::Binary { op, a, b }).await? {
             Reply::Calc(v) => Ok(v),
-            other => unreachable!("{method:?} answered {other:?}"),
+            other => Err(wrong_reply(Method::from(op), &other)),
         }
     }
 
     /// `a + b`
     pub async fn add(&self, a: f64, b: f64) -> Result<f64, CallError> {
-        self.binary(Method::Add, a, b).await
+        self.binary(BinaryOp::Add, a, b).await
     }
 
     /// `a - b`
     pub async fn subtract(&self, a: f64, b: f64) -> Result<f64, CallError> {
-        self.binary(Method::Subtract, a, b).await
+        self.binary(BinaryOp::Subtract, a, b).await
     }
 
     /// `a * b`
     pub async fn multiply(&self, a: f64, b: f64) -> Result<f64, CallError> {
-        self.binary(Method::Multiply, a, b).await
+        self.binary(BinaryOp::Multiply, a, b).await
     }
 
     /// `a / b`
     pub async fn divide(&self, a: f64, b: f64) -> Result<f64, CallError> {
-        self.binary(Method::Divide, a, b).await
+        self.binary(BinaryOp::Divide, a, b).await
     }
 
     /// Adds `delta` to `register` with an explicit request ID (`""` for none).
@@ -267,14 +268,14 @@ impl Client {
         delta: f64,
         request_id: &str,
     ) -> Result<(f64, bool), CallError> {
-        let payload = Payload::Accumulate(pb::AccumulateRequest {
+        let request = Request::Accumulate {
             register: register.to_owned(),
             delta,
             request_id: request_id.to_owned(),
-        });
-        match self.call(Method::Accumulate, payload).await? {
+        };
+        match self.call(request).await? {
             Reply::Accumulated { value, replayed } => Ok((value, replayed)),
-            other => unreachable!("Accumulate answered {other:?}"),
+            other => Err(wrong_reply(Method::Accumulate, &other)),
         }
     }
 
@@ -285,20 +286,72 @@ impl Client {
 
     /// Reads `register`.
     pub async fn get(&self, register: &str) -> Result<f64, CallError> {
-        let payload = Payload::GetRegister(pb::GetRegisterRequest {
+        let request = Request::GetRegister {
             register: register.to_owned(),
-        });
-        match self.call(Method::GetRegister, payload).await? {
+        };
+        match self.call(request).await? {
             Reply::Register(v) => Ok(v),
-            other => unreachable!("GetRegister answered {other:?}"),
+            other => Err(wrong_reply(Method::GetRegister, &other)),
         }
     }
 
     /// The server's counters.
     pub async fn stats(&self) -> Result<pb::Stats, CallError> {
-        match self.call(Method::GetStats, Payload::GetStats).await? {
+        match self.call(Request::GetStats).await? {
             Reply::Stats(s) => Ok(s),
-            other => unreachable!("GetStats answered {other:?}"),
+            other => Err(wrong_reply(Method::GetStats, &other)),
         }
+    }
+}
+
+/// The error for a reply of another RPC than the one called. Only a stack
+/// composed with [`Client::from_stack`] can produce one; it is reported,
+/// not trusted and not panicked on. INTERNAL, and outcome unknown: whatever
+/// answered may have sent the request somewhere.
+fn wrong_reply(method: Method, reply: &Reply) -> CallError {
+    CallError::new(
+        Code::Internal,
+        format!("{reply:?}"),
+        Cause::WrongReply { method },
+        Outcome::Unknown,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stack that answers every call with the same reply, right or wrong.
+    fn answering(reply: Reply) -> Client {
+        Client::from_stack(BoxCloneSyncService::new(tower::service_fn(
+            move |_: Call| {
+                let reply = reply.clone();
+                async move { Ok::<_, CallError>(reply) }
+            },
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_wrong_reply_is_an_error_not_a_panic() {
+        let stats = answering(Reply::Stats(pb::Stats::default()));
+        let e = stats
+            .add(1.0, 2.0)
+            .await
+            .expect_err("Add answered with stats");
+        assert_eq!(e.code, Code::Internal);
+        assert_eq!(
+            e.cause,
+            Cause::WrongReply {
+                method: Method::Add
+            }
+        );
+        assert_eq!(e.outcome, Outcome::Unknown);
+        assert!(e.to_string().contains("Add got another RPC's reply"), "{e}");
+        assert!(stats.accumulate("r", 1.0).await.is_err());
+        assert!(stats.get("r").await.is_err());
+        let calc = answering(Reply::Calc(3.0));
+        assert!(calc.stats().await.is_err());
+        // The right reply still gets through.
+        assert_eq!(calc.add(1.0, 2.0).await, Ok(3.0));
     }
 }

@@ -71,7 +71,7 @@ where
         if let Some(events) = &events {
             events.emit(Event::CallStarted {
                 call: id,
-                method: call.method.name(),
+                method: call.method(),
                 request_id: call.request_id().to_owned(),
                 deadline_ms: call.deadline.map_or(0, |d| {
                     d.saturating_duration_since(Instant::now()).as_millis() as u64
@@ -112,13 +112,13 @@ where
                 Ok(reply) => Event::CallFinished {
                     call,
                     attempts: 0,
-                    result: format!("ok {reply}"),
+                    result: Ok(reply.clone()),
                     outcome: Outcome::Applied,
                 },
                 Err(e) => Event::CallFinished {
                     call,
                     attempts: e.attempts,
-                    result: format!("err {:?}", e.code),
+                    result: Err(e.code),
                     outcome: e.outcome,
                 },
             });

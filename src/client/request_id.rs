@@ -17,7 +17,7 @@ use rand::{RngCore, SeedableRng, TryRngCore, rngs::OsRng};
 use rand_chacha::ChaCha8Rng;
 use tower::{Layer, Service};
 
-use crate::client::call::{Call, Payload};
+use crate::client::call::{Call, Request};
 
 /// Where request IDs come from.
 #[derive(Clone)]
@@ -137,10 +137,10 @@ impl<S: Service<Call>> Service<Call> for RequestId<S> {
     }
 
     fn call(&mut self, mut call: Call) -> S::Future {
-        if let Payload::Accumulate(req) = &mut call.payload
-            && req.request_id.is_empty()
+        if let Request::Accumulate { request_id, .. } = &mut call.request
+            && request_id.is_empty()
         {
-            req.request_id = self.ids.next_id();
+            *request_id = self.ids.next_id();
         }
         self.inner.call(call)
     }

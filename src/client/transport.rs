@@ -25,12 +25,13 @@ use tonic::{
 
 use crate::{
     client::{
-        call::{Call, CallFuture, Method, Payload, Reply},
+        call::{Call, CallFuture, Reply, Request},
         error::{CallError, Cause},
     },
+    core::BinaryOp,
     error::{NOT_APPLIED_KEY, PUSHBACK_KEY},
     pb::{self, calculator_client::CalculatorClient},
-    server::deadline::encode_grpc_timeout,
+    rpc::timeout::{GRPC_TIMEOUT_HEADER, encode_grpc_timeout},
     trace::Outcome,
 };
 
@@ -131,7 +132,7 @@ fn request<T>(msg: T, deadline: Option<Instant>, attempt: u32) -> tonic::Request
         // From the `String` itself: its buffer becomes the header value,
         // where parsing a `&str` would copy it.
         if let Ok(v) = MetadataValue::try_from(encode_grpc_timeout(remaining)) {
-            req.metadata_mut().insert("grpc-timeout", v);
+            req.metadata_mut().insert(GRPC_TIMEOUT_HEADER, v);
         }
     }
     if attempt > 1 {
@@ -205,36 +206,52 @@ impl tower::Service<Call> for Transport {
 
     fn call(&mut self, call: Call) -> Self::Future {
         let mut client = CalculatorClient::clone(&self.client);
-        // The call is ours: move its payload into the request rather than
-        // cloning it on every attempt.
+        // The call is ours: move its request into the message rather than
+        // cloning it on every attempt. Each request variant names its RPC,
+        // so nothing here can send one RPC's message as another's.
         let (deadline, attempt) = (call.effective_deadline(), call.attempt);
         Box::pin(async move {
-            let result = match (call.method, call.payload) {
-                (m, Payload::Binary(b)) => {
-                    let req = request(b, deadline, attempt);
-                    let resp = match m {
-                        Method::Add => client.add(req).await,
-                        Method::Subtract => client.subtract(req).await,
-                        Method::Multiply => client.multiply(req).await,
-                        _ => client.divide(req).await,
+            let result = match call.request {
+                Request::Binary { op, a, b } => {
+                    let req = request(pb::BinaryRequest { a, b }, deadline, attempt);
+                    let resp = match op {
+                        BinaryOp::Add => client.add(req).await,
+                        BinaryOp::Subtract => client.subtract(req).await,
+                        BinaryOp::Multiply => client.multiply(req).await,
+                        BinaryOp::Divide => client.divide(req).await,
                     };
                     resp.map(|r| Reply::Calc(r.into_inner().result))
                 }
-                (_, Payload::Accumulate(a)) => client
-                    .accumulate(request(a, deadline, attempt))
-                    .await
-                    .map(|r| {
-                        let r = r.into_inner();
-                        Reply::Accumulated {
-                            value: r.value,
-                            replayed: r.replayed,
-                        }
-                    }),
-                (_, Payload::GetRegister(g)) => client
-                    .get_register(request(g, deadline, attempt))
+                Request::Accumulate {
+                    register,
+                    delta,
+                    request_id,
+                } => {
+                    let msg = pb::AccumulateRequest {
+                        register,
+                        delta,
+                        request_id,
+                    };
+                    client
+                        .accumulate(request(msg, deadline, attempt))
+                        .await
+                        .map(|r| {
+                            let r = r.into_inner();
+                            Reply::Accumulated {
+                                value: r.value,
+                                replayed: r.replayed,
+                            }
+                        })
+                }
+                Request::GetRegister { register } => client
+                    .get_register(request(
+                        pb::GetRegisterRequest { register },
+                        deadline,
+                        attempt,
+                    ))
                     .await
                     .map(|r| Reply::Register(r.into_inner().value)),
-                (_, Payload::GetStats) => client
+                Request::GetStats => client
                     .get_stats(request(pb::GetStatsRequest {}, deadline, attempt))
                     .await
                     .map(|r| Reply::Stats(r.into_inner())),

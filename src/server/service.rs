@@ -19,13 +19,14 @@ use tokio::time::Instant;
 use crate::{
     core::{self, BinaryOp},
     error::ServiceError,
+    rpc::Method,
     server::{
         ServerConfig,
         faults::{FaultPlan, Faults},
         shed::ShedLayer,
     },
     store::{AccumulateArgs, Accumulated, Begin, Ledger, StatsView},
-    trace::{Event, EventSink},
+    trace::{Event, EventSink, InjectedFault},
 };
 
 /// An `Accumulate` refused: the error, and whether it is a recorded outcome
@@ -61,16 +62,6 @@ pub struct Calculator {
     /// calls through it, because overload is a property of the server, not
     /// of the protocol a caller happens to speak.
     shed: ShedLayer,
-}
-
-/// The RPC name of a binary operation, as events and the gRPC service name it.
-pub fn method_name(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Add => "Add",
-        BinaryOp::Subtract => "Subtract",
-        BinaryOp::Multiply => "Multiply",
-        BinaryOp::Divide => "Divide",
-    }
 }
 
 impl Calculator {
@@ -147,7 +138,7 @@ impl Calculator {
         b: f64,
         deadline: Option<Instant>,
     ) -> Result<f64, ServiceError> {
-        let method = method_name(op);
+        let method = Method::from(op);
         let plan = self
             .before_apply(method, self.faults.plan(), deadline)
             .await?;
@@ -156,10 +147,7 @@ impl Calculator {
         // of a quiet server is pure overhead on the hot path of both fronts.
         self.events.emit_with(|| Event::Evaluated {
             method,
-            result: match &result {
-                Ok(v) => v.to_string(),
-                Err(e) => e.to_string(),
-            },
+            result: result.clone(),
         });
         let result = result?;
         self.after_apply(method, plan)?;
@@ -180,7 +168,7 @@ impl Calculator {
         args: &AccumulateArgs,
         deadline: Option<Instant>,
     ) -> Result<Accumulated, AccumulateError> {
-        const METHOD: &str = "Accumulate";
+        const METHOD: Method = Method::Accumulate;
         // One plan per request, drawn on arrival whatever happens next, so
         // a seed fixes the plans of the request sequence. Faults model the
         // server and the network, which do not know whether an answer comes
@@ -213,7 +201,7 @@ impl Calculator {
                 self.events.emit(Event::Rejected {
                     method: METHOD,
                     request_id: args.request_id.clone(),
-                    reason: error.to_string(),
+                    error: error.clone(),
                 });
             }
             AccumulateError {
@@ -241,14 +229,16 @@ impl Calculator {
     /// past the caller's deadline) and the fail-before-apply fault.
     async fn before_apply(
         &self,
-        method: &'static str,
+        method: Method,
         plan: FaultPlan,
         deadline: Option<Instant>,
     ) -> Result<FaultPlan, ServiceError> {
         if !plan.delay.is_zero() {
             self.events.emit(Event::FaultInjected {
                 method,
-                fault: format!("delay {}ms", plan.delay.as_millis()),
+                fault: InjectedFault::Delay {
+                    ms: plan.delay.as_millis() as u64,
+                },
             });
             let wake = Instant::now() + plan.delay;
             match deadline {
@@ -265,23 +255,23 @@ impl Calculator {
         if plan.fail {
             self.events.emit(Event::FaultInjected {
                 method,
-                fault: "fail".into(),
+                fault: InjectedFault::Fail,
             });
             return Err(ServiceError::InjectedUnavailable);
         }
         Ok(plan)
     }
 
-    fn expired(&self, method: &'static str) -> ServiceError {
+    fn expired(&self, method: Method) -> ServiceError {
         self.events.emit(Event::ServerDeadlineExpired { method });
         ServiceError::DeadlineExceeded
     }
 
-    fn after_apply(&self, method: &'static str, plan: FaultPlan) -> Result<(), ServiceError> {
+    fn after_apply(&self, method: Method, plan: FaultPlan) -> Result<(), ServiceError> {
         if plan.drop_after_apply {
             self.events.emit(Event::FaultInjected {
                 method,
-                fault: "drop-after-apply".into(),
+                fault: InjectedFault::DropAfterApply,
             });
             return Err(ServiceError::ResponseDropped);
         }

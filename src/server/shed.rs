@@ -56,25 +56,13 @@ use tower::{Layer, Service};
 
 use crate::{
     error::ServiceError,
+    rpc::Method,
     trace::{Event, EventSink},
 };
 
 /// Path prefixes that are never shed (nor counted): health checking and
 /// reflection must answer however busy the calculator is.
 pub const EXEMPT_PATH_PREFIXES: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
-
-/// Method names [`Event::Shed`] can report; `Event::Shed` holds a
-/// `&'static str`, and a name taken from a request must not be leaked to get
-/// one. Anything else is reported as `unknown`.
-const METHODS: [&str; 7] = [
-    "Add",
-    "Subtract",
-    "Multiply",
-    "Divide",
-    "Accumulate",
-    "GetRegister",
-    "GetStats",
-];
 
 /// A load-shedding layer allowing `in_flight_max` concurrent calls and
 /// asking refused clients to wait `pushback_ms`.
@@ -143,12 +131,12 @@ impl ShedLayer {
     /// dropped. This is the decision itself, free of any protocol: the
     /// tonic layer below and the REST front both call it, so the two
     /// fronts share one limit.
-    pub fn try_admit(&self, method: &'static str) -> Result<Permit, ServiceError> {
+    pub fn try_admit(&self, method: Option<Method>) -> Result<Permit, ServiceError> {
         admit(&self.shared, method)
     }
 }
 
-fn admit(shared: &Arc<Shared>, method: &'static str) -> Result<Permit, ServiceError> {
+fn admit(shared: &Arc<Shared>, method: Option<Method>) -> Result<Permit, ServiceError> {
     match InFlight::enter(shared) {
         Ok(guard) => Ok(Permit { _guard: guard }),
         Err(in_flight) => {
@@ -207,21 +195,13 @@ where
         if EXEMPT_PATH_PREFIXES.iter().any(|p| path.starts_with(p)) {
             return ResponseFuture::called(self.inner.call(req), None);
         }
-        match admit(&self.shared, method_name(path)) {
+        // A path that names none of our RPCs is counted all the same (tonic
+        // answers it UNIMPLEMENTED, which is work too) and reported as such.
+        match admit(&self.shared, Method::from_path(path)) {
             Ok(permit) => ResponseFuture::called(self.inner.call(req), Some(permit)),
             Err(overloaded) => ResponseFuture::shed(Status::from(overloaded).into_http()),
         }
     }
-}
-
-/// The RPC name for an event: the path's last segment, if it is one of ours.
-fn method_name(path: &str) -> &'static str {
-    let last = path.rsplit('/').next().unwrap_or_default();
-    METHODS
-        .iter()
-        .copied()
-        .find(|m| *m == last)
-        .unwrap_or("unknown")
 }
 
 /// One call's slot; released when dropped.
@@ -428,13 +408,6 @@ mod tests {
         assert_eq!(layer.in_flight(), 0);
     }
 
-    #[test]
-    fn events_name_the_method_or_unknown() {
-        assert_eq!(method_name("/abacus.v1.Calculator/GetStats"), "GetStats");
-        assert_eq!(method_name("/other.Service/Thing"), "unknown");
-        assert_eq!(method_name(""), "unknown");
-    }
-
     /// The real stack: a tonic server with the layer, a client over TCP. The
     /// refusal must reach the client as RESOURCE_EXHAUSTED, not applied,
     /// with the server's pushback.
@@ -443,8 +416,9 @@ mod tests {
         use tokio_stream::wrappers::TcpListenerStream;
 
         use crate::{
-            client::{Call, Method, Payload, Transport, tcp_channel},
-            pb::{self, calculator_server::CalculatorServer},
+            client::{Call, Request, Transport, tcp_channel},
+            core::BinaryOp,
+            pb::calculator_server::CalculatorServer,
             server::{FaultConfig, FaultSwitch, Faults, GrpcCalculator, State},
             trace::Outcome,
         };
@@ -474,10 +448,12 @@ mod tests {
 
         let transport = Transport::new(tcp_channel(&addr.to_string()).unwrap());
         let add = || {
-            let payload = Payload::Binary(pb::BinaryRequest { a: 1.0, b: 2.0 });
-            transport
-                .clone()
-                .oneshot(Call::new(1, Method::Add, payload))
+            let request = Request::Binary {
+                op: BinaryOp::Add,
+                a: 1.0,
+                b: 2.0,
+            };
+            transport.clone().oneshot(Call::new(1, request))
         };
         let slow = tokio::spawn(add());
         while layer.in_flight() == 0 {

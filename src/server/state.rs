@@ -140,7 +140,7 @@ enum Attempt<'a> {
 fn emit_evicted(events: &EventSink, e: Evicted<'_>) {
     events.emit(Event::DedupEvicted {
         request_id: e.request_id.to_owned(),
-        reason: e.reason.as_str(),
+        reason: e.reason,
     });
 }
 

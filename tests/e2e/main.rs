@@ -10,7 +10,9 @@
 //! - [`faults`]: `fail_rate`, `drop_after_apply_rate` and `delay_ms` as seen
 //!   on the wire, including the partial failure.
 //! - [`client`]: `abacus::client`'s outcome classification against the real
-//!   server (the only file that uses the client facade).
+//!   server.
+//! - [`requests`]: every `abacus::client::Request` is sent as the RPC it
+//!   names; at-most-once never re-sends one that may have been applied.
 //!
 //! Every table runs through [`harness::Conn::check`].
 
@@ -19,4 +21,5 @@ mod discovery;
 mod faults;
 mod harness;
 mod limits;
+mod requests;
 mod rpcs;

@@ -61,8 +61,8 @@ impl Shared {
         if let Some(t) = transition {
             self.events.emit(Event::BreakerTransition {
                 endpoint: self.endpoint.clone(),
-                from: t.from.name(),
-                to: t.to.name(),
+                from: t.from,
+                to: t.to,
             });
         }
     }
@@ -245,10 +245,7 @@ mod tests {
     use tower::{ServiceExt, util::BoxCloneService};
 
     use super::*;
-    use crate::{
-        client::call::{Method, Payload},
-        pb,
-    };
+    use crate::{client::call::Request, core::BinaryOp};
 
     /// What the fake endpoint does with a call.
     #[derive(Clone, Copy)]
@@ -333,8 +330,11 @@ mod tests {
     fn add(id: u64) -> Call {
         Call::new(
             id,
-            Method::Add,
-            Payload::Binary(pb::BinaryRequest { a: 1.0, b: 2.0 }),
+            Request::Binary {
+                op: BinaryOp::Add,
+                a: 1.0,
+                b: 2.0,
+            },
         )
     }
 

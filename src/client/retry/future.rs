@@ -124,7 +124,7 @@ where
                             if stop != Stop::NonRetryable || this.call.attempt > 1 {
                                 this.shared.events.emit(Event::GaveUp {
                                     call: this.call.id,
-                                    reason: stop.reason().into(),
+                                    reason: stop,
                                 });
                             }
                             err.attempts = *this.sent;

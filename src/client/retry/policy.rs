@@ -17,7 +17,7 @@ use crate::client::{
         budget::{ThrottleConfig, TokenBucket},
     },
 };
-use crate::trace::Outcome;
+use crate::{error::code_name, trace::Outcome};
 
 /// Most attempts any policy may ask for; gRPC caps `maxAttempts` at 5, we
 /// allow a little more for demos but never unbounded.
@@ -66,7 +66,8 @@ pub enum RetryConfigError {
     Throttle(&'static str),
     /// A caller-error code among the retryable ones.
     #[error(
-        "{0:?} says the request itself is wrong: retrying it unchanged can never succeed, so it cannot be retryable"
+        "{} says the request itself is wrong: retrying it unchanged can never succeed, so it cannot be retryable",
+        code_name(*.0)
     )]
     CallerCode(Code),
 }
@@ -201,15 +202,15 @@ impl RetryPolicy {
     /// use rand::SeedableRng;
     /// use tokio::time::Instant;
     /// use tonic::Code;
-    /// use abacus::{pb, trace::Outcome};
-    /// use abacus::client::{Call, CallError, Cause, Delivery, Method, Payload};
+    /// use abacus::trace::Outcome;
+    /// use abacus::client::{Call, CallError, Cause, Delivery, Request};
     /// use abacus::client::retry::{Decision, RetryConfig, RetryPolicy, Stop, TokenBucket};
     ///
     /// let policy = RetryPolicy::new(RetryConfig::default(), Delivery::AtMostOnce);
     /// let mut budget = TokenBucket::new(Default::default());
     /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    /// let acc = Call::new(1, Method::Accumulate, Payload::Accumulate(pb::AccumulateRequest {
-    ///     register: "r".into(), delta: 1.0, request_id: String::new() }));
+    /// let acc = Call::new(1, Request::Accumulate {
+    ///     register: "r".into(), delta: 1.0, request_id: String::new() });
     /// // The connection dropped mid-call: maybe applied. At-most-once stops.
     /// let lost = CallError::new(Code::Unavailable, "reset", Cause::Transport, Outcome::Unknown);
     /// let now = Instant::now();
@@ -273,27 +274,29 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{client::call::Method, client::call::Payload, pb};
+    use crate::{client::call::Request, core::BinaryOp};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
     fn add() -> Call {
         Call::new(
             1,
-            Method::Add,
-            Payload::Binary(pb::BinaryRequest { a: 1.0, b: 2.0 }),
+            Request::Binary {
+                op: BinaryOp::Add,
+                a: 1.0,
+                b: 2.0,
+            },
         )
     }
 
     fn acc(id: &str) -> Call {
         Call::new(
             1,
-            Method::Accumulate,
-            Payload::Accumulate(pb::AccumulateRequest {
+            Request::Accumulate {
                 register: "r".into(),
                 delta: 1.0,
                 request_id: id.into(),
-            }),
+            },
         )
     }
 
@@ -316,9 +319,14 @@ mod tests {
             None => assert!(
                 matches!(got, Decision::Retry { .. }),
                 "{mode} {:?} attempt {attempt} {e:?}: expected retry, got {got:?}",
-                call.method
+                call.method()
             ),
-            Some(stop) => assert_eq!(got, Decision::Stop(stop), "{mode} {:?} {e:?}", call.method),
+            Some(stop) => assert_eq!(
+                got,
+                Decision::Stop(stop),
+                "{mode} {:?} {e:?}",
+                call.method()
+            ),
         }
     }
 

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     core::BinaryOp,
+    rpc::Method,
     server::{dedup::REPLAYED_KEY, service::Calculator},
     store::AccumulateArgs,
 };
@@ -154,16 +155,19 @@ pub async fn admit(State(calculator): State<Calculator>, req: Request, next: Nex
     }
 }
 
-/// The RPC name of a REST path, for the shed event.
-fn method_of(path: &str) -> &'static str {
+/// The RPC a REST path stands for, for the shed event. The binary paths
+/// are the operations' short names, as the router builds them.
+fn method_of(path: &str) -> Option<Method> {
     match path {
-        "/v1/add" => "Add",
-        "/v1/subtract" => "Subtract",
-        "/v1/multiply" => "Multiply",
-        "/v1/divide" => "Divide",
-        "/v1/stats" => "GetStats",
-        p if p.ends_with(ACCUMULATE_SUFFIX) => "Accumulate",
-        p if p.starts_with("/v1/registers/") => "GetRegister",
-        _ => "unknown",
+        "/v1/stats" => Some(Method::GetStats),
+        p if p.ends_with(ACCUMULATE_SUFFIX) => Some(Method::Accumulate),
+        p if p.starts_with("/v1/registers/") => Some(Method::GetRegister),
+        p => {
+            let name = p.strip_prefix("/v1/")?;
+            BinaryOp::ALL
+                .into_iter()
+                .find(|op| op.name() == name)
+                .map(Method::from)
+        }
     }
 }

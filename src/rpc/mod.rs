@@ -1,0 +1,18 @@
+//! The wire contract beyond what the proto's generated code gives: which
+//! RPCs `abacus.v1.Calculator` has and how each side names them
+//! ([`Method`]), and the `grpc-timeout` header both sides read or write
+//! ([`timeout`]).
+//!
+//! Client, server, REST twin, load shedder and traces all name methods
+//! through [`Method`], so one table says what `Accumulate` is called on the
+//! wire, on the command line and in a metrics label, and whether it is safe
+//! to repeat.
+//!
+//! # Layout
+//! - [`method`]: [`Method`], the one table of RPC names and properties.
+//! - [`timeout`]: the `grpc-timeout` header codec.
+
+pub mod method;
+pub mod timeout;
+
+pub use method::Method;
