@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use abacus::client::Delivery;
-use tonic::Code;
-
-use crate::{
-    harness::{Scenario, Stack},
-    plan::{NetFault, Window},
+use abacus_sims::{
+    Scenario,
+    faults::{NetFault, Window},
     sweep::{expect_violation, sweep},
+    world::Stack,
 };
+use tonic::Code;
 
 fn pure_under_partition(name: &'static str) -> Scenario {
     let mut s = Scenario::new(name);

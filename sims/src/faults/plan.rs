@@ -249,6 +249,10 @@ impl fmt::Display for FaultPlan {
     }
 }
 
+fn bad_target(target: &str) -> String {
+    format!("window target {target:?}: expected all, client-1, client-2, ...")
+}
+
 fn range(v: &str) -> Result<(u64, u64), String> {
     let (a, b) = v
         .split_once("..")
@@ -295,11 +299,14 @@ impl FromStr for FaultPlan {
                             "crash" => NetFault::Crash,
                             _ => return Err(format!("unknown fault {kind:?}")),
                         };
-                        let target = match target.strip_prefix("client-") {
-                            None => Target::All,
-                            Some(n) => {
-                                Target::Client(n.parse().map_err(|_| format!("target {target:?}"))?)
-                            }
+                        let target = match (target, target.strip_prefix("client-")) {
+                            ("all", _) => Target::All,
+                            // 1-based, as the host names are.
+                            (_, Some(n)) => match n.parse() {
+                                Ok(n) if n >= 1 => Target::Client(n),
+                                _ => return Err(bad_target(target)),
+                            },
+                            _ => return Err(bad_target(target)),
                         };
                         let ms = |s: &str| {
                             s.parse::<u64>()
@@ -321,32 +328,51 @@ impl FromStr for FaultPlan {
     }
 }
 
-#[test]
-fn plans_round_trip_through_text() {
-    for seed in 0..200 {
-        let p = FaultPlan::generate(seed, 3);
-        let text = p.to_string();
-        assert_eq!(text.parse::<FaultPlan>(), Ok(p), "{text}");
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[test]
-fn swarm_plans_differ_in_their_mix() {
-    let mixes: std::collections::BTreeSet<_> = (0..64)
-        .map(|s| {
-            let p = FaultPlan::generate(s, 2);
-            (
-                p.link_fail_rate > 0.0,
-                p.fail_rate > 0.0,
-                p.delay_ms.1 > 0,
-                p.drop_rate > 0.0,
-                p.windows.len(),
-            )
-        })
-        .collect();
-    assert!(
-        mixes.len() > 20,
-        "only {} distinct mixes in 64 seeds",
-        mixes.len()
-    );
+    #[test]
+    fn plans_round_trip_through_text() {
+        for seed in 0..200 {
+            let p = FaultPlan::generate(seed, 3);
+            let text = p.to_string();
+            assert_eq!(text.parse::<FaultPlan>(), Ok(p), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_a_reason() {
+        for (text, reason) in [
+            ("windows=crash:everyone@1+2", "window target"),
+            ("windows=partition:client-0@1+2", "window target"),
+            ("windows=flood:all@1+2", "unknown fault"),
+            ("latency=5", "is not A..B"),
+            ("speed=3", "unknown plan key"),
+        ] {
+            let err = text.parse::<FaultPlan>().expect_err(text);
+            assert!(err.contains(reason), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn swarm_plans_differ_in_their_mix() {
+        let mixes: std::collections::BTreeSet<_> = (0..64)
+            .map(|s| {
+                let p = FaultPlan::generate(s, 2);
+                (
+                    p.link_fail_rate > 0.0,
+                    p.fail_rate > 0.0,
+                    p.delay_ms.1 > 0,
+                    p.drop_rate > 0.0,
+                    p.windows.len(),
+                )
+            })
+            .collect();
+        assert!(
+            mixes.len() > 20,
+            "only {} distinct mixes in 64 seeds",
+            mixes.len()
+        );
+    }
 }

@@ -8,26 +8,23 @@
 //! cargo run --release --example sim -- --list
 //! ```
 
-// The simulation's modules are shared with the `sims` test binary: not
-// every item is used here, and the scenarios' imports serve their #[test]
-// functions, which only the test binary compiles.
-#![allow(dead_code, unreachable_pub, unused_imports)]
-
-include!("../sims/embed.rs");
-
 use std::process::ExitCode;
+
+use abacus_sims::{catalogue, faults::FaultPlan, history, sweep};
 
 fn usage() -> String {
     format!(
         "usage: sim SCENARIO SEED [--plan 'PLAN']\n       sim --list\nscenarios: {}",
-        scenarios::NAMES.join(", ")
+        catalogue::names().collect::<Vec<_>>().join(", ")
     )
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
-        println!("{}", scenarios::NAMES.join("\n"));
+        for name in catalogue::names() {
+            println!("{name}");
+        }
         return ExitCode::SUCCESS;
     }
     if args.iter().any(|a| a == "-h" || a == "--help") || args.len() < 2 {
@@ -42,12 +39,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let Some(mut scenario) = scenarios::by_name(&args[0], seed) else {
+    let Some(mut scenario) = catalogue::by_name(&args[0], seed) else {
         eprintln!("error: unknown scenario {:?}\n{}", args[0], usage());
         return ExitCode::from(2);
     };
     if let Some(i) = args.iter().position(|a| a == "--plan") {
-        match args.get(i + 1).map(|p| p.parse::<plan::FaultPlan>()) {
+        match args.get(i + 1).map(|p| p.parse::<FaultPlan>()) {
             Some(Ok(p)) => scenario.plan = p,
             Some(Err(e)) => {
                 eprintln!("error: --plan: {e}");

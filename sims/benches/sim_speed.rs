@@ -5,16 +5,10 @@
 //!
 //! Run: `cargo bench --bench sim_speed [-- SEEDS]` (default 2,000 seeds each).
 
-// The simulation's modules are shared with the `sims` test binary: not
-// every item is used here, and the scenarios' imports serve their #[test]
-// functions, which only the test binary compiles.
-#![allow(dead_code, unreachable_pub, unused_imports)]
-
-include!("../sims/embed.rs");
-
 use std::time::Instant;
 
 use abacus::client::Delivery;
+use abacus_sims::{catalogue, sweep};
 
 fn main() {
     let seeds: u64 = std::env::args()
@@ -26,7 +20,7 @@ fn main() {
         let mut violations = 0;
         let mut events = 0;
         for seed in 0..seeds {
-            let s = scenarios::by_name(name, seed).expect("registered scenario");
+            let s = catalogue::by_name(name, seed).expect("registered scenario");
             assert_eq!(s.mode, Delivery::ExactlyOnce);
             let (run, v) = sweep::run_checked(&s, seed);
             violations += v.len();

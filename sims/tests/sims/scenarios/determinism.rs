@@ -8,11 +8,11 @@
 use std::process::Command;
 
 use abacus::client::Delivery;
-
-use crate::{
-    harness,
+use abacus_sims::{
+    catalogue::{happy, plain_tonic, swarm},
     history::render,
-    scenarios::{basic, swarm::swarm},
+    sweep::replay_command_for,
+    world,
 };
 
 /// Seeds checked by default (each is run twice).
@@ -39,10 +39,10 @@ fn first_divergence(a: &str, b: &str) -> Option<String> {
 
 #[test]
 fn same_seed_same_trace_in_process() {
-    for s in [basic::happy(), basic::plain_tonic()] {
+    for s in [happy(), plain_tonic()] {
         for seed in SEEDS {
-            let a = render(&harness::run(&s, seed).records);
-            let b = render(&harness::run(&s, seed).records);
+            let a = render(&world::run(&s, seed).records);
+            let b = render(&world::run(&s, seed).records);
             assert!(!a.is_empty());
             if let Some(d) = first_divergence(&a, &b) {
                 panic!("{} seed {seed}: the same seed diverged at {d}", s.name);
@@ -63,7 +63,7 @@ fn dump_swarm_trace() {
     let s = swarm("dump_swarm_trace", Delivery::ExactlyOnce, seed);
     print!(
         "<<<TRACE\n{}TRACE>>>",
-        render(&harness::run(&s, seed).records)
+        render(&world::run(&s, seed).records)
     );
 }
 
@@ -100,8 +100,11 @@ fn same_seed_same_trace_across_processes() {
             "seed {seed}: suspiciously short trace"
         );
         if let Some(d) = first_divergence(&a, &b) {
+            // The dump runs `swarm_exactly_once`'s scenario: its replay
+            // prints the timeline to compare.
             panic!(
-                "swarm seed {seed}: two processes diverged at {d}\nreplay: SIM_SEED={seed} cargo test --test sims swarm -- --nocapture"
+                "swarm seed {seed}: two processes diverged at {d}\nreplay: {}",
+                replay_command_for("scenarios::swarm::swarm_exactly_once", seed, None)
             );
         }
     }

@@ -7,51 +7,34 @@ use abacus::{
     client::retry::{Stop, ThrottleConfig},
     trace::Event,
 };
+use abacus_sims::{
+    Scenario,
+    catalogue::pure,
+    faults::{NetFault, Window},
+    history::Entry,
+    sweep::{count, ensure, failed_calls, is_event, sweep},
+};
 use tonic::Code;
 
-use crate::{
-    harness::Scenario,
-    history::Entry,
-    plan::{NetFault, Window},
-    sweep::{count, failed_calls, is_event, snapshot_fixed_seed, sweep},
-};
+use crate::snapshot::snapshot_fixed_seed;
 
-pub fn pure(name: &'static str, windows: Vec<Window>) -> Scenario {
-    let mut s = Scenario::new(name);
-    s.accumulate_share = 0.0;
-    s.deadline = Duration::from_secs(5);
-    s.attempt_timeout = Duration::from_millis(400);
-    s.retry.attempts_max = 8;
-    // A bucket big enough to ride out one partition: a dead connection is
-    // only noticed by HTTP/2 keepalive (1 s + 1 s), and every attempt on it
-    // costs a token. `retry_budget_bounds_attempts_in_an_outage` shows the
-    // default bucket running dry instead.
-    s.retry.throttle = Some(ThrottleConfig {
-        max_tokens: 40.0,
-        token_ratio: 0.5,
-    });
-    s.plan.windows = windows;
-    s.liveness_calls = 3;
-    s
+fn retried(e: &Entry) -> bool {
+    is_event(e, |ev| matches!(ev, Event::Backoff { .. }))
+}
+
+fn finished(e: &Entry) -> bool {
+    is_event(e, |ev| matches!(ev, Event::CallFinished { .. }))
 }
 
 fn no_call_fails(s: &Scenario) {
-    let runs = sweep(s);
-    for run in &runs {
-        assert_eq!(
-            failed_calls(run),
-            0,
-            "seed {}: a call failed although the fault healed within its deadline",
-            run.seed
-        );
-    }
-    assert!(
-        count(&runs, |e| is_event(e, |ev| matches!(
-            ev,
-            Event::Backoff { .. }
-        ))) > 0,
-        "no retry ever happened: the fault did not bite"
-    );
+    let sweep = sweep(s);
+    sweep.every("no-call-fails", |run| {
+        let failed = failed_calls(run);
+        ensure(failed == 0, || {
+            format!("{failed} call(s) failed although the fault healed within their deadline")
+        })
+    });
+    sweep.reached("a retry (the fault bit)", retried);
     snapshot_fixed_seed(s);
 }
 
@@ -92,32 +75,27 @@ fn latency_spikes_beyond_the_attempt_timeout_are_retried() {
     s.attempt_timeout = Duration::from_millis(200);
     s.deadline = Duration::from_secs(3);
     s.liveness_calls = 0;
-    let runs = sweep(&s);
-    let timeouts = count(&runs, |e| {
+    let sweep = sweep(&s);
+    sweep.reached("an attempt timeout", |e| {
         is_event(
             e,
             |ev| matches!(ev, Event::AttemptFailed { error, .. } if error.code == Code::DeadlineExceeded),
         )
     });
-    let expired = count(&runs, |e| {
+    sweep.reached("a request the server stopped at its deadline", |e| {
         is_event(e, |ev| matches!(ev, Event::ServerDeadlineExpired { .. }))
     });
-    assert!(
-        timeouts > 0 && expired > 0,
-        "timeouts {timeouts}, server expiries {expired}"
-    );
-    let ok = count(&runs, |e| {
-        is_event(e, |ev| {
-            matches!(ev, Event::CallFinished { result: Ok(_), .. })
+    sweep.overall("nine-in-ten-succeed", |runs| {
+        let ok = count(runs, |e| {
+            is_event(e, |ev| {
+                matches!(ev, Event::CallFinished { result: Ok(_), .. })
+            })
+        });
+        let all = count(runs, finished);
+        ensure(ok * 10 >= all * 9, || {
+            format!("only {ok} of {all} calls succeeded within the deadline")
         })
     });
-    let all = count(&runs, |e| {
-        is_event(e, |ev| matches!(ev, Event::CallFinished { .. }))
-    });
-    assert!(
-        ok * 10 >= all * 9,
-        "only {ok} of {all} calls succeeded within the deadline"
-    );
     snapshot_fixed_seed(&s);
 }
 
@@ -134,41 +112,31 @@ fn retry_budget_bounds_attempts_in_an_outage() {
     s.retry.throttle = Some(ThrottleConfig::default());
     s.liveness_calls = 0;
     let throttle = ThrottleConfig::default();
-    let runs = sweep(&s);
-    for run in &runs {
-        let attempts = run
-            .records
-            .iter()
-            .filter(|r| matches!(&r.entry, Entry::Event(Event::AttemptStarted { .. })))
-            .count();
+    sweep(&s).every("budget-bounds-attempts", |run| {
+        let runs = std::slice::from_ref(run);
+        let attempts = count(runs, |e| {
+            is_event(e, |ev| matches!(ev, Event::AttemptStarted { .. }))
+        });
         // Every call fails (nothing succeeds to refill the bucket): a retry
         // needs more than half the bucket, each failure costs one token, so
         // at most max/2 retries in total, plus one first attempt per call.
         let bound = s.calls_per_client + (throttle.max_tokens / 2.0) as usize;
-        assert!(
-            attempts <= bound,
-            "seed {}: {attempts} attempts > bound {bound}",
-            run.seed
-        );
-        let stops = run
-            .records
-            .iter()
-            .filter(|r| {
+        ensure(attempts <= bound, || {
+            format!("{attempts} attempts > bound {bound}")
+        })?;
+        let stops = count(runs, |e| {
+            is_event(e, |ev| {
                 matches!(
-                    &r.entry,
-                    Entry::Event(Event::GaveUp {
+                    ev,
+                    Event::GaveUp {
                         reason: Stop::BudgetExhausted,
                         ..
-                    })
+                    }
                 )
             })
-            .count();
-        assert!(
-            stops > 0,
-            "seed {}: the budget never stopped a retry",
-            run.seed
-        );
-    }
+        });
+        ensure(stops > 0, || "the budget never stopped a retry".into())
+    });
     snapshot_fixed_seed(&s);
 }
 
@@ -184,20 +152,13 @@ fn lost_messages_are_retried() {
     s.plan.link_fail_rate = 0.01;
     s.plan.latency_ms = (1, 20);
     s.liveness_calls = 0;
-    let runs = sweep(&s);
-    let all = count(&runs, |e| {
-        is_event(e, |ev| matches!(ev, Event::CallFinished { .. }))
+    let sweep = sweep(&s);
+    sweep.overall("nineteen-in-twenty-succeed", |runs| {
+        let all = count(runs, finished);
+        let failed: usize = runs.iter().map(failed_calls).sum();
+        ensure(failed * 20 <= all, || {
+            format!("{failed} of {all} calls failed despite retries")
+        })
     });
-    let failed: usize = runs.iter().map(failed_calls).sum();
-    assert!(
-        failed * 20 <= all,
-        "{failed} of {all} calls failed despite retries"
-    );
-    assert!(
-        count(&runs, |e| is_event(e, |ev| matches!(
-            ev,
-            Event::Backoff { .. }
-        ))) > 0,
-        "no message was ever lost"
-    );
+    sweep.reached("a lost message, retried", retried);
 }

@@ -5,30 +5,24 @@
 
 use std::time::Duration;
 
-use abacus::{client::Delivery, trace::Event};
-
-use crate::{
-    harness::Scenario,
-    plan::{NetFault, Window},
-    sweep::{count, expect_violation, is_event, snapshot_fixed_seed, sweep},
+use abacus::trace::Event;
+use abacus_sims::{
+    catalogue::exactly_once,
+    faults::{NetFault, Window},
+    history::Entry,
+    sweep::{expect_violation, is_event, sweep},
 };
 
-pub fn exactly_once(name: &'static str) -> Scenario {
-    let mut s = Scenario::new(name);
-    s.mode = Delivery::ExactlyOnce;
-    s.accumulate_share = 1.0;
-    s.plan.drop_rate = 0.3;
-    s
+use crate::snapshot::snapshot_fixed_seed;
+
+fn dedup_hit(e: &Entry) -> bool {
+    is_event(e, |ev| matches!(ev, Event::DedupHit { .. }))
 }
 
 #[test]
 fn exactly_once_under_apply_then_drop() {
     let s = exactly_once("exactly_once_under_apply_then_drop");
-    let runs = sweep(&s);
-    let hits = count(&runs, |e| {
-        is_event(e, |ev| matches!(ev, Event::DedupHit { .. }))
-    });
-    assert!(hits > 0, "no retry was ever answered from the dedup store");
+    sweep(&s).reached("a retry answered from the dedup store", dedup_hit);
     snapshot_fixed_seed(&s);
 }
 
@@ -54,14 +48,9 @@ fn concurrent_duplicates_join_the_first_execution() {
     s.retry.throttle = None;
     s.retry.attempts_max = 6;
     s.hedge = true;
-    let runs = sweep(&s);
-    let joined = count(&runs, |e| {
+    sweep(&s).reached("a duplicate arriving while the first was in flight", |e| {
         is_event(e, |ev| matches!(ev, Event::DedupJoined { .. }))
     });
-    assert!(
-        joined > 0,
-        "no duplicate ever arrived while the first was in flight"
-    );
     snapshot_fixed_seed(&s);
 }
 
@@ -77,13 +66,7 @@ fn exactly_once_across_crash_with_durable_state() {
     s.attempt_timeout = Duration::from_millis(300);
     s.retry.attempts_max = 8;
     s.retry.throttle = None;
-    let runs = sweep(&s);
-    assert!(
-        count(&runs, |e| is_event(e, |ev| matches!(
-            ev,
-            Event::DedupHit { .. }
-        ))) > 0
-    );
+    sweep(&s).reached("a retry answered from the dedup store", dedup_hit);
 }
 
 /// In-memory state: the crash loses the dedup records with the registers

@@ -3,7 +3,7 @@
 //! rate, halve a window — until no single step keeps it failing. The
 //! minimal plan is far easier to read than the one the swarm drew.
 
-use crate::{harness::Scenario, plan::FaultPlan, sweep::run_checked};
+use crate::{faults::FaultPlan, scenario::Scenario, sweep::run_checked};
 
 /// Most runs one shrink may spend: shrinking is a convenience on a failure
 /// path and must not turn a red test into a slow one.

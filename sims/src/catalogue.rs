@@ -1,0 +1,268 @@
+//! The named scenarios: each function builds one [`Scenario`] (a world, a
+//! client policy, a workload, a fault plan). The `sims` test binary states
+//! what each must show; the `sim` example and the `sim_speed` benchmark run
+//! them by name ([`by_name`]).
+
+use std::time::Duration;
+
+use abacus::client::{BreakerConfig, Delivery, retry::ThrottleConfig};
+
+use crate::{
+    faults::{FaultPlan, NetFault, Window},
+    scenario::Scenario,
+};
+
+/// Calls without faults, a fifth of the pure ones invalid.
+pub fn happy() -> Scenario {
+    let mut s = Scenario::new("happy_path");
+    s.calls_per_client = 12;
+    s.invalid_share = 0.2;
+    s
+}
+
+/// Bare tonic, as it were: one attempt per call, under latency and link
+/// failures.
+pub fn plain_tonic() -> Scenario {
+    let mut s = Scenario::new("plain_tonic_under_latency_and_link_failures");
+    s.retry.attempts_max = 1;
+    s.mode = Delivery::AtLeastOnce;
+    s.plan.latency_ms = (1, 80);
+    s.plan.link_fail_rate = 0.02;
+    s
+}
+
+/// Accumulates only, against a server that applies then loses 30 % of the
+/// responses: the partial failure that makes retries dangerous.
+pub fn apply_then_drop(name: &'static str, mode: Delivery) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.mode = mode;
+    s.accumulate_share = 1.0;
+    s.plan.drop_rate = 0.3;
+    s
+}
+
+/// [`apply_then_drop`] in exactly-once mode: request IDs and the server's
+/// dedup.
+pub fn exactly_once(name: &'static str) -> Scenario {
+    apply_then_drop(name, Delivery::ExactlyOnce)
+}
+
+/// Pure calls through timed network or host faults, with retries and a
+/// retry budget able to ride out one of them, then a liveness phase.
+pub fn pure(name: &'static str, windows: Vec<Window>) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.accumulate_share = 0.0;
+    s.deadline = Duration::from_secs(5);
+    s.attempt_timeout = Duration::from_millis(400);
+    s.retry.attempts_max = 8;
+    // A bucket big enough to ride out one partition: a dead connection is
+    // only noticed by HTTP/2 keepalive (1 s + 1 s), and every attempt on it
+    // costs a token. `retry_budget_bounds_attempts_in_an_outage` shows the
+    // default bucket running dry instead.
+    s.retry.throttle = Some(ThrottleConfig {
+        max_tokens: 40.0,
+        token_ratio: 0.5,
+    });
+    s.plan.windows = windows;
+    s.liveness_calls = 3;
+    s
+}
+
+/// The breaker of the breaker scenarios: quick to probe, so recovery is
+/// measured in seconds.
+pub fn breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        open_ms: 300,
+        open_ms_max: 1_200,
+        ..BreakerConfig::default()
+    }
+}
+
+/// One client with a breaker, steady pure traffic through and well past
+/// the fault `windows` (about 8 s), so the recovery time measures the
+/// breaker, not a lull in the workload.
+pub fn breaker(name: &'static str, windows: Vec<Window>) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.clients = 1;
+    s.calls_per_client = 80;
+    s.think_ms = (80, 120);
+    s.accumulate_share = 0.0;
+    s.deadline = Duration::from_millis(800);
+    s.attempt_timeout = Duration::from_millis(250);
+    s.breaker = Some(breaker_config());
+    s.plan.windows = windows;
+    s.liveness_calls = 3;
+    s
+}
+
+/// A slow server (1.5–2 s per request, deadlines of 300 ms) and eight
+/// callers, with (`protected`) or without the breaker and load shedding.
+/// Work the server does for a caller that already gave up is wasted;
+/// requests it admits are what piles up.
+pub fn cascade(name: &'static str, protected: bool) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.clients = 8;
+    s.calls_per_client = 10;
+    s.accumulate_share = 0.0;
+    s.deadline = Duration::from_millis(300);
+    s.attempt_timeout = Duration::from_millis(300);
+    s.plan.delay_ms = (1_500, 2_000);
+    if protected {
+        s.breaker = Some(BreakerConfig {
+            open_ms: 1_000,
+            open_ms_max: 5_000,
+            ..BreakerConfig::default()
+        });
+        s.in_flight_max = 4;
+    }
+    s
+}
+
+/// The swarm scenario for `seed`, in delivery `mode`: the seed draws the
+/// fault mix ([`FaultPlan::generate`]) and 2 or 3 clients; a liveness phase
+/// follows once every fault has stopped.
+pub fn swarm(name: &'static str, mode: Delivery, seed: u64) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.clients = 2 + (seed % 2) as usize;
+    s.calls_per_client = 12;
+    s.invalid_share = 0.1;
+    s.mode = mode;
+    s.plan = FaultPlan::generate(seed, s.clients);
+    s.deadline = Duration::from_secs(2);
+    s.attempt_timeout = Duration::from_millis(300);
+    s.breaker = Some(BreakerConfig {
+        // Short enough that an open breaker probes within the settle time.
+        open_ms: 200,
+        open_ms_max: 1_500,
+        ..BreakerConfig::default()
+    });
+    s.liveness_calls = 3;
+    // 10 ms steps: every latency, timeout and pause here is a multiple of
+    // 10 ms or far above it, and the run (≈ 8 s simulated, most of it the
+    // settle and liveness phase) goes ~5× faster than with 1 ms steps.
+    s.tick = Duration::from_millis(10);
+    s.quiet_after = Duration::from_secs(3);
+    s
+}
+
+/// The benchmark's standard run: 2 clients × 20 calls under the seed's
+/// swarm fault mix, exactly-once, no liveness phase.
+pub fn standard(seed: u64) -> Scenario {
+    let mut s = swarm("standard", Delivery::ExactlyOnce, seed);
+    s.clients = 2;
+    s.calls_per_client = 20;
+    s.plan = FaultPlan::generate(seed, s.clients);
+    s.liveness_calls = 0;
+    s
+}
+
+type Make = fn(u64) -> Scenario;
+
+/// The scenarios the `sim` example runs by name. One table, so a name
+/// cannot be listed without a scenario behind it.
+const REGISTRY: [(&str, Make); 15] = [
+    ("standard", standard),
+    ("happy", |_| happy()),
+    ("plain-tonic", |_| plain_tonic()),
+    ("at-least-once", |_| {
+        apply_then_drop("at-least-once", Delivery::AtLeastOnce)
+    }),
+    ("at-most-once", |_| {
+        apply_then_drop("at-most-once", Delivery::AtMostOnce)
+    }),
+    ("exactly-once", |_| exactly_once("exactly-once")),
+    ("dedup-off", |_| {
+        let mut s = exactly_once("dedup-off");
+        s.dedup = false;
+        s
+    }),
+    ("partition", |_| {
+        pure(
+            "partition",
+            vec![Window::all(NetFault::Partition, 150, 1350)],
+        )
+    }),
+    ("crash", |_| {
+        pure("crash", vec![Window::all(NetFault::Crash, 150, 850)])
+    }),
+    ("hold", |_| {
+        pure("hold", vec![Window::all(NetFault::Hold, 150, 750)])
+    }),
+    ("breaker-partition", |_| {
+        breaker(
+            "breaker-partition",
+            vec![Window::all(NetFault::Partition, 300, 2500)],
+        )
+    }),
+    ("cascade-protected", |_| cascade("cascade-protected", true)),
+    ("cascade-unprotected", |_| {
+        cascade("cascade-unprotected", false)
+    }),
+    ("swarm", |seed| swarm("swarm", Delivery::ExactlyOnce, seed)),
+    ("swarm-dedup-off", |seed| {
+        let mut s = swarm("swarm-dedup-off", Delivery::ExactlyOnce, seed);
+        s.dedup = false;
+        s
+    }),
+];
+
+/// Every name [`by_name`] knows, for `--list`, `--help` and errors.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|(name, _)| *name)
+}
+
+/// The scenario called `name`, for `seed` (swarm plans depend on it).
+pub fn by_name(name: &str, seed: u64) -> Option<Scenario> {
+    REGISTRY
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, make)| make(seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use abacus::client::ClientConfig;
+
+    use super::*;
+
+    /// What `sim NAME SEED` relies on: names are unique; every scenario's
+    /// client policy is one `Client` accepts (the example builds it with the
+    /// same checks a user's configuration gets); its plan prints in a form
+    /// that `--plan` reads back; and a swarm name gives a different plan for
+    /// a different seed, so the seed argument means something.
+    #[test]
+    fn every_registered_scenario_is_runnable_and_replayable() {
+        let unique: BTreeSet<_> = names().collect();
+        assert_eq!(unique.len(), REGISTRY.len(), "duplicate names");
+        for name in names() {
+            let s = by_name(name, 1).expect("listed");
+            let config = ClientConfig {
+                deadline: s.deadline,
+                attempt_timeout: s.attempt_timeout,
+                mode: s.mode,
+                retry: s.retry.clone(),
+                breaker: s.breaker.clone(),
+                ..ClientConfig::default()
+            };
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{name}: invalid client policy: {e}"));
+            assert_eq!(
+                s.plan.to_string().parse::<FaultPlan>().as_ref(),
+                Ok(&s.plan),
+                "{name}: the printed plan does not replay"
+            );
+            assert!(s.clients >= 1 && s.calls_per_client >= 1, "{name}");
+        }
+        for name in ["swarm", "standard", "swarm-dedup-off"] {
+            let plans: BTreeSet<String> = (0..8)
+                .filter_map(|seed| by_name(name, seed))
+                .map(|s| s.plan.to_string())
+                .collect();
+            assert!(plans.len() > 1, "{name}: the seed does not change the plan");
+        }
+        assert!(by_name("no-such-scenario", 1).is_none());
+    }
+}

@@ -1,0 +1,101 @@
+//! Delivery promises, checked against what the server applied: each
+//! logical Accumulate's delta is unique in the run, so the server's
+//! `applied` events attribute to their logical call even without request
+//! IDs.
+
+use std::collections::BTreeMap;
+
+use abacus::trace::{Event, Outcome};
+
+use crate::{
+    check::Violation,
+    faults::SimFault,
+    history::{Entry, Record},
+    scenario::{Promise, Scenario},
+    world::Run,
+};
+
+/// How many times the server applied each delta (deltas are unique per
+/// logical call, so this attributes applies to logical calls even without
+/// request IDs).
+fn applies_by_delta(records: &[Record]) -> BTreeMap<(String, u64), usize> {
+    let mut applied = BTreeMap::new();
+    for r in records {
+        if let Entry::Event(Event::Applied {
+            register, delta, ..
+        }) = &r.entry
+        {
+            *applied
+                .entry((register.clone(), delta.to_bits()))
+                .or_insert(0) += 1;
+        }
+    }
+    applied
+}
+
+/// Delivery promises: at most once / exactly once / not-applied is true.
+pub fn effects(scenario: &Scenario, run: &Run, v: &mut Vec<Violation>) {
+    let applied = applies_by_delta(&run.records);
+    for call in &run.accumulates {
+        let n = applied
+            .get(&(call.register.clone(), call.delta.to_bits()))
+            .copied()
+            .unwrap_or(0);
+        let what = format!(
+            "{} accumulate({}, {})",
+            call.host, call.register, call.delta
+        );
+        match &call.result {
+            Err((code, Outcome::NotApplied)) if n > 0 => v.push(Violation {
+                invariant: "not-applied-is-true",
+                detail: format!("{what} failed {code:?} reported NOT applied, but the server applied it {n} time(s)"),
+            }),
+            Ok(_) if n == 0 => v.push(Violation {
+                invariant: "acknowledged-implies-applied",
+                detail: format!("{what} succeeded but the server never applied it"),
+            }),
+            _ => {}
+        }
+        if scenario.promise == Promise::ExactlyOnceEffect && n > 1 {
+            v.push(Violation {
+                invariant: "applied-at-most-once",
+                detail: format!("{what} was applied {n} times"),
+            });
+        }
+    }
+}
+
+/// Each register's value after every apply equals the previous value plus
+/// the delta: the update and its record were committed together, nothing
+/// was lost or applied out of band.
+pub fn registers(state_survives_crash: bool, records: &[Record], v: &mut Vec<Violation>) {
+    let mut values: BTreeMap<&str, f64> = BTreeMap::new();
+    for r in records {
+        match &r.entry {
+            Entry::Event(Event::Applied {
+                register,
+                delta,
+                value,
+                ..
+            }) => {
+                let before = values.get(register.as_str()).copied().unwrap_or(0.0);
+                if before + delta != *value {
+                    v.push(Violation {
+                        invariant: "register-consistent",
+                        detail: format!(
+                            "at {:?}: {register} was {before}, += {delta} gave {value}",
+                            r.at
+                        ),
+                    });
+                }
+                values.insert(register, *value);
+            }
+            // In-memory state: a crash, or a restart (which is a crash too
+            // when windows overlap), resets every register.
+            Entry::Fault(SimFault::Crash | SimFault::Restart) if !state_survives_crash => {
+                values.clear()
+            }
+            _ => {}
+        }
+    }
+}

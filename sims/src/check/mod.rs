@@ -1,0 +1,298 @@
+//! Invariant checks over a run's history: a passive observer that asserts
+//! both what must happen and what must not. Each check returns violations
+//! with enough detail to find the spot in the timeline.
+//!
+//! The checks read typed records only, and take their rules from the
+//! library where the library has them (the breaker's legal transitions,
+//! the caller-error codes): a reworded log line or a changed rule cannot
+//! leave a check testing a stale copy.
+//!
+//! # Layout
+//! - [`delivery`]: delivery promises (`applied-at-most-once`,
+//!   `acknowledged-implies-applied`, `not-applied-is-true`) and
+//!   `register-consistent`.
+//! - [`calls`]: per call: `within-deadline`, `attempts-bounded`,
+//!   `no-retry-on-non-retryable`, `liveness`.
+//! - [`breaker`]: `breaker-legal-transitions`, `breaker-open-sends-nothing`,
+//!   `breaker-probes-bounded`.
+//! - [`notes`]: what the workload caught (`correct-results`, `liveness`).
+
+pub mod breaker;
+pub mod calls;
+pub mod delivery;
+pub mod notes;
+
+use crate::{scenario::Scenario, world::Run};
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    /// Short invariant name.
+    pub invariant: &'static str,
+    /// What exactly broke.
+    pub detail: String,
+}
+
+/// Every check that applies to `scenario`.
+pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
+    let mut v = Vec::new();
+    if let Err(e) = &run.sim_result {
+        v.push(Violation {
+            invariant: "liveness",
+            detail: format!("the simulation did not complete: {e}"),
+        });
+    }
+    delivery::effects(scenario, run, &mut v);
+    delivery::registers(scenario.state_survives_crash, &run.records, &mut v);
+    calls::check(scenario, &run.records, &mut v);
+    notes::check(scenario, &run.records, &mut v);
+    if let Some(b) = &scenario.breaker {
+        breaker::check(b.half_open_probes, &run.records, &mut v);
+    }
+    v
+}
+
+/// Each checker fed a hand-made history with exactly its bug: proves every
+/// invariant can fail, including those no broken stack reaches in a sweep.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use abacus::{
+        client::{CallError, Cause, Reply, breaker::State},
+        rpc::Method,
+        trace::{Event, Outcome},
+    };
+    use tonic::Code;
+
+    use super::check;
+    use crate::{
+        history::{Entry, Record},
+        scenario::Scenario,
+        workload::{LogicalAccumulate, Note, Wrong},
+        world::Run,
+    };
+
+    fn at(ms: u64, host: &str, entry: Entry) -> Record {
+        Record {
+            at: Duration::from_millis(ms),
+            host: host.into(),
+            entry,
+        }
+    }
+
+    fn applied(ms: u64, delta: f64, value: f64) -> Record {
+        at(
+            ms,
+            "server",
+            Entry::Event(Event::Applied {
+                request_id: String::new(),
+                register: "total".into(),
+                delta,
+                value,
+            }),
+        )
+    }
+
+    fn logical(delta: f64, result: Result<f64, (Code, Outcome)>) -> LogicalAccumulate {
+        LogicalAccumulate {
+            host: "client-1".into(),
+            register: "total".into(),
+            delta,
+            result,
+        }
+    }
+
+    fn call(ms: u64, id: u64, deadline_ms: u64) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::CallStarted {
+                call: id,
+                method: Method::Add,
+                request_id: String::new(),
+                deadline_ms,
+            }),
+        )
+    }
+
+    fn finished(ms: u64, id: u64) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::CallFinished {
+                call: id,
+                attempts: 0,
+                result: Ok(Reply::Calc(1.0)),
+                outcome: Outcome::Applied,
+            }),
+        )
+    }
+
+    fn attempt(ms: u64, id: u64, n: u32) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::AttemptStarted {
+                call: id,
+                attempt: n,
+                timeout_ms: 100,
+            }),
+        )
+    }
+
+    fn transition(ms: u64, from: State, to: State) -> Record {
+        at(
+            ms,
+            "client-1",
+            Entry::Event(Event::BreakerTransition {
+                endpoint: "server".into(),
+                from,
+                to,
+            }),
+        )
+    }
+
+    /// The invariants `check` reports for this history.
+    fn found(
+        s: &Scenario,
+        records: Vec<Record>,
+        accumulates: Vec<LogicalAccumulate>,
+    ) -> Vec<&'static str> {
+        let run = Run {
+            seed: 0,
+            records,
+            accumulates,
+            sim_result: Ok(()),
+        };
+        check(s, &run).into_iter().map(|v| v.invariant).collect()
+    }
+
+    fn with_breaker() -> Scenario {
+        let mut s = Scenario::new("synthetic");
+        s.breaker = Some(Default::default());
+        s
+    }
+
+    #[test]
+    fn every_invariant_can_fail() {
+        let s = Scenario::new("synthetic");
+        let cases: Vec<(&str, Scenario, Vec<Record>, Vec<LogicalAccumulate>)> = vec![
+            (
+                "applied-at-most-once",
+                s.clone(),
+                vec![applied(1, 5.0, 5.0), applied(2, 5.0, 10.0)],
+                vec![logical(5.0, Ok(5.0))],
+            ),
+            (
+                "acknowledged-implies-applied",
+                s.clone(),
+                vec![],
+                vec![logical(5.0, Ok(5.0))],
+            ),
+            (
+                "not-applied-is-true",
+                s.clone(),
+                vec![applied(1, 5.0, 5.0)],
+                vec![logical(5.0, Err((Code::Unavailable, Outcome::NotApplied)))],
+            ),
+            (
+                "register-consistent",
+                s.clone(),
+                vec![applied(1, 5.0, 5.0), applied(2, 1.0, 7.0)],
+                vec![],
+            ),
+            (
+                "within-deadline",
+                s.clone(),
+                vec![call(0, 1, 100), finished(101, 1)],
+                vec![],
+            ),
+            ("liveness", s.clone(), vec![call(0, 1, 100)], vec![]),
+            (
+                "attempts-bounded",
+                s.clone(),
+                (1..=5).map(|n| attempt(n.into(), 1, n)).collect(),
+                vec![],
+            ),
+            (
+                "no-retry-on-non-retryable",
+                s.clone(),
+                vec![
+                    attempt(1, 1, 1),
+                    at(
+                        2,
+                        "client-1",
+                        Entry::Event(Event::AttemptFailed {
+                            call: 1,
+                            attempt: 1,
+                            error: CallError::new(
+                                Code::InvalidArgument,
+                                "x",
+                                Cause::Status,
+                                Outcome::NotApplied,
+                            ),
+                        }),
+                    ),
+                    attempt(3, 1, 2),
+                ],
+                vec![],
+            ),
+            (
+                "breaker-legal-transitions",
+                with_breaker(),
+                vec![transition(1, State::Closed, State::HalfOpen)],
+                vec![],
+            ),
+            (
+                "breaker-open-sends-nothing",
+                with_breaker(),
+                vec![transition(1, State::Closed, State::Open), attempt(2, 1, 1)],
+                vec![],
+            ),
+            (
+                "breaker-probes-bounded",
+                with_breaker(),
+                vec![
+                    transition(1, State::Closed, State::Open),
+                    transition(2, State::Open, State::HalfOpen),
+                    attempt(3, 1, 1),
+                    attempt(4, 2, 1),
+                ],
+                vec![],
+            ),
+            (
+                "correct-results",
+                s.clone(),
+                vec![at(
+                    1,
+                    "client-1",
+                    Entry::Note(Note::Wrong(Wrong::Add {
+                        a: 1.0,
+                        b: 1.0,
+                        got: 3.0,
+                    })),
+                )],
+                vec![],
+            ),
+        ];
+        for (invariant, scenario, records, accumulates) in cases {
+            let got = found(&scenario, records, accumulates);
+            assert!(
+                got.contains(&invariant),
+                "{invariant}: checker reported {got:?}"
+            );
+        }
+        // And a clean history reports nothing.
+        let clean = vec![
+            call(0, 1, 100),
+            attempt(1, 1, 1),
+            applied(2, 5.0, 5.0),
+            finished(3, 1),
+        ];
+        assert_eq!(
+            found(&s, clean, vec![logical(5.0, Ok(5.0))]),
+            Vec::<&str>::new()
+        );
+    }
+}

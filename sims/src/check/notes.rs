@@ -1,0 +1,39 @@
+//! What the workload itself caught: wrong answers, and whether every client
+//! got through its liveness phase.
+
+use crate::{
+    check::Violation,
+    history::{Entry, Record},
+    scenario::Scenario,
+    workload::Note,
+};
+
+/// What the workload itself noticed: wrong answers, and whether every
+/// client got through its liveness phase.
+pub fn check(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
+    let mut phases = 0;
+    for r in records {
+        let Entry::Note(n) = &r.entry else { continue };
+        match n {
+            Note::Wrong(_) => v.push(Violation {
+                invariant: "correct-results",
+                detail: format!("{}: {n}", r.host),
+            }),
+            Note::LivenessFailed { .. } => v.push(Violation {
+                invariant: "liveness",
+                detail: format!("{} at {:?}, after every fault stopped: {n}", r.host, r.at),
+            }),
+            Note::LivenessPhase => phases += 1,
+            Note::WorkloadDone => {}
+        }
+    }
+    if scenario.liveness_calls > 0 && phases != scenario.clients {
+        v.push(Violation {
+            invariant: "liveness",
+            detail: format!(
+                "{phases} of {} clients reached the liveness phase",
+                scenario.clients
+            ),
+        });
+    }
+}

@@ -1,0 +1,41 @@
+//! Deterministic simulation of abacus: the real tonic server and the real
+//! resilient client run on turmoil's simulated network, with faults injected
+//! from a seed; every run's history is checked against invariants, and fixed
+//! seeds' timelines are snapshot-tested in `sims/snapshots/`.
+//!
+//! Seeds: `SIM_SEED=S` replays exactly seed S (and prints its timeline with
+//! `--nocapture`); `SIM_SEEDS=N` sweeps seeds `0..N` (default 32);
+//! `SIM_PLAN='...'` replaces a scenario's fault plan (printed by shrinking).
+//! Every failure prints the seed, the violated invariant, the trace's tail
+//! and the one-line replay command.
+//!
+//! The scenarios' tests are the `sims` test binary (`tests/sims/`); the
+//! `sim` example runs one scenario for one seed; the `sim_speed` benchmark
+//! measures seeds per second.
+//!
+//! # Layout
+//! - [`scenario`]: [`Scenario`], everything that defines a run but its seed.
+//! - [`world`]: the simulated hosts (server, clients) and [`run`](world::run).
+//! - [`faults`]: fault plans (swarm-generated or written) and the driver
+//!   that injects them.
+//! - [`workload`]: what each client does, and the notes it takes.
+//! - [`history`]: the recorded, typed timeline.
+//! - [`check`]: invariants over a history.
+//! - [`sweep`]: seeds, sweeps and replays, reports, negative controls.
+//! - [`shrink`]: minimises a failing seed's fault plan.
+//! - [`catalogue`]: the named scenarios.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod catalogue;
+pub mod check;
+pub mod faults;
+pub mod history;
+pub mod scenario;
+pub mod shrink;
+pub mod sweep;
+pub mod workload;
+pub mod world;
+
+pub use scenario::{Promise, Scenario};

@@ -1,0 +1,128 @@
+//! [`Scenario`]: everything that defines a run apart from its seed — the
+//! world's shape, the client's policy, the workload, the fault plan and the
+//! promise the checker holds the run to.
+
+use std::time::Duration;
+
+use abacus::client::{BreakerConfig, Delivery, RetryConfig};
+
+use crate::{faults::FaultPlan, world::Stack};
+
+/// Everything that defines a scenario, apart from the seed.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Test name (also used in the replay command).
+    pub name: &'static str,
+    /// Client hosts.
+    pub clients: usize,
+    /// Logical calls per client.
+    pub calls_per_client: usize,
+    /// Share of calls that are `Accumulate`.
+    pub accumulate_share: f64,
+    /// Send every Accumulate twice at once under one request ID.
+    pub hedge: bool,
+    /// Think time between a client's calls, drawn from this range (ms).
+    pub think_ms: (u64, u64),
+    /// Share of the other calls that are invalid (`Divide` by zero).
+    pub invalid_share: f64,
+    /// Client delivery mode.
+    pub mode: Delivery,
+    /// Client retry policy.
+    pub retry: RetryConfig,
+    /// Overall deadline per call.
+    pub deadline: Duration,
+    /// Per-attempt timeout.
+    pub attempt_timeout: Duration,
+    /// How the client stack is composed.
+    pub stack: Stack,
+    /// The client's circuit breaker (off unless a scenario is about it).
+    pub breaker: Option<BreakerConfig>,
+    /// The server's cap on calls in flight (load shedding).
+    pub in_flight_max: usize,
+    /// Server-side deduplication on (the default) or off (negative controls).
+    pub dedup: bool,
+    /// Server state survives a crash (durable mode, the default) or is lost
+    /// with it (in-memory mode).
+    pub state_survives_crash: bool,
+    /// Faults to inject.
+    pub plan: FaultPlan,
+    /// Simulated time per turmoil step: the resolution of every timer and
+    /// message delivery. Smaller is finer, larger runs faster.
+    pub tick: Duration,
+    /// What the scenario promises (which invariants must hold).
+    pub promise: Promise,
+    /// Calls each client makes once every fault has stopped (VOPR-style
+    /// liveness phase): all of them must succeed.
+    pub liveness_calls: usize,
+    /// With a liveness phase: when the untimed faults (link failures, server
+    /// faults) stop. Timed windows stop at their own end.
+    pub quiet_after: Duration,
+}
+
+/// Which delivery promise the checker holds the run to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promise {
+    /// Every logical Accumulate applied at most once; acknowledged ones
+    /// exactly once.
+    ExactlyOnceEffect,
+    /// Acknowledged calls applied at least once; duplicates allowed.
+    AtLeastOnce,
+}
+
+/// Time allowed after the last fault before the liveness phase starts.
+pub const SETTLE: Duration = Duration::from_secs(4);
+
+/// The liveness bound: once the phase starts, each client must complete its
+/// liveness calls within this much simulated time. It covers a breaker that
+/// re-opened on its last probe (open duration ≤ 1.5 s in the swarm, ≤ 30 s
+/// by default — scenarios with a liveness phase use short ones) plus a few
+/// call deadlines.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(10);
+
+impl Scenario {
+    /// Defaults: 2 clients × 10 calls, half of them Accumulate, exactly-once
+    /// mode, default retries, no faults.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            clients: 2,
+            calls_per_client: 10,
+            accumulate_share: 0.5,
+            hedge: false,
+            think_ms: (0, 60),
+            invalid_share: 0.0,
+            mode: Delivery::ExactlyOnce,
+            retry: RetryConfig::default(),
+            deadline: Duration::from_secs(3),
+            attempt_timeout: Duration::from_millis(500),
+            stack: Stack::Standard,
+            breaker: None,
+            in_flight_max: abacus::server::IN_FLIGHT_MAX_DEFAULT,
+            dedup: true,
+            state_survives_crash: true,
+            plan: FaultPlan::default(),
+            tick: Duration::from_millis(1),
+            promise: Promise::ExactlyOnceEffect,
+            liveness_calls: 0,
+            quiet_after: Duration::ZERO,
+        }
+    }
+
+    /// With a liveness phase, when every fault has stopped; `None` when the
+    /// faults never stop.
+    pub fn quiet_from(&self) -> Option<Duration> {
+        (self.liveness_calls > 0).then(|| self.quiet_after.max(self.plan.last_fault_end()))
+    }
+
+    /// When faults have stopped and the network has settled: the last timed
+    /// fault's end plus time for HTTP/2 keepalive to replace dead
+    /// connections (1 s interval + 1 s timeout) and a retry or two.
+    pub fn heal_at(&self) -> Duration {
+        self.quiet_from().unwrap_or_default() + SETTLE
+    }
+
+    /// Names of the client hosts, `client-1` upwards.
+    pub fn client_hosts(&self) -> Vec<String> {
+        (1..=self.clients).map(|i| format!("client-{i}")).collect()
+    }
+}

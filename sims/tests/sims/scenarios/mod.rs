@@ -1,0 +1,14 @@
+//! The scenarios' tests, grouped by what they prove. Each names its
+//! scenario from [`abacus_sims::catalogue`] (or builds a variant inline)
+//! and states what it must show, on top of the invariants every run is
+//! checked against.
+
+mod basic;
+mod breaker;
+mod controls;
+mod dedup;
+mod delivery;
+mod determinism;
+mod recovery;
+mod replay;
+mod swarm;
