@@ -15,6 +15,8 @@
 //!
 //! # Layout
 //! - [`scenario`]: [`Scenario`], everything that defines a run but its seed.
+//! - [`seed`]: [`derive_seed`](seed::derive_seed), the one way a run's
+//!   random streams come from its seed.
 //! - [`world`]: the simulated hosts (server, clients) and [`run`](world::run).
 //! - [`faults`]: fault plans (swarm-generated or written) and the driver
 //!   that injects them.
@@ -33,6 +35,7 @@ pub mod check;
 pub mod faults;
 pub mod history;
 pub mod scenario;
+pub mod seed;
 pub mod shrink;
 pub mod sweep;
 pub mod workload;

@@ -10,6 +10,8 @@ use std::{fmt, str::FromStr, time::Duration};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::seed::derive_seed;
+
 /// A network or host fault active during a window of simulated time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetFault {
@@ -97,7 +99,7 @@ impl FaultPlan {
     /// when on, gets a random intensity and timing. `clients` bounds the
     /// targets of per-client partitions.
     pub fn generate(seed: u64, clients: usize) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0005_3a4d_f00d);
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "plan"));
         let mut p = FaultPlan::default();
         let max_latency = [5, 20, 80, 250][rng.random_range(0..4)];
         p.latency_ms = (1, max_latency);
@@ -142,9 +144,13 @@ impl FaultPlan {
             .unwrap_or_default()
     }
 
-    /// True when the plan injects nothing.
+    /// True when the plan injects nothing: no fault, and no latency beyond
+    /// the default's few milliseconds. Latency counts: a round trip longer
+    /// than an attempt's timeout makes the client retry as surely as a
+    /// lost response does.
     pub fn is_quiet(&self) -> bool {
-        self.link_fail_rate == 0.0
+        self.latency_ms.1 <= FaultPlan::default().latency_ms.1
+            && self.link_fail_rate == 0.0
             && self.fail_rate == 0.0
             && self.delay_ms.1 == 0
             && self.drop_rate == 0.0

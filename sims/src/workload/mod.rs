@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::{
     history::{Entry, History},
     scenario::{LIVENESS_BOUND, Scenario},
+    seed::derive_seed,
 };
 
 /// The register every client accumulates into.
@@ -154,11 +155,11 @@ impl Workload {
             accumulate_share: scenario.accumulate_share,
             think_ms: scenario.think_ms,
             hedge: scenario.hedge,
-            ids: IdGenerator::seeded(seed ^ 0x0bad_cafe ^ index as u64),
+            ids: IdGenerator::seeded(derive_seed(seed, &format!("hedge-ids-{host}"))),
             invalid_share: scenario.invalid_share,
             liveness_calls: scenario.liveness_calls,
             heal_at: scenario.heal_at(),
-            rng: ChaCha8Rng::seed_from_u64(seed ^ ((index as u64 + 1) << 32)),
+            rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("workload-{host}"))),
             history,
             accumulates,
         }

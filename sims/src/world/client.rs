@@ -13,6 +13,7 @@ use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 use crate::{
     scenario::Scenario,
+    seed::derive_seed,
     world::{net, server},
 };
 
@@ -29,10 +30,9 @@ pub enum Stack {
     DeadlineNotEnforced,
 }
 
-/// The client configuration of the `index`th client in the run of `seed`:
-/// the scenario's policy, its own seeded streams, events into the run's
-/// history.
-pub fn config(scenario: &Scenario, seed: u64, index: usize, events: EventSink) -> ClientConfig {
+/// The client configuration of `host` in the run of `seed`: the scenario's
+/// policy, its own seeded streams, events into the run's history.
+pub fn config(scenario: &Scenario, seed: u64, host: &str, events: EventSink) -> ClientConfig {
     ClientConfig {
         deadline: scenario.deadline,
         attempt_timeout: scenario.attempt_timeout,
@@ -40,7 +40,7 @@ pub fn config(scenario: &Scenario, seed: u64, index: usize, events: EventSink) -
         retry: scenario.retry.clone(),
         breaker: scenario.breaker.clone(),
         endpoint: server::HOST.into(),
-        seed: Some(seed.wrapping_mul(31).wrapping_add(index as u64 + 1)),
+        seed: Some(derive_seed(seed, host)),
         events,
     }
 }

@@ -2,7 +2,8 @@
 //! and N client hosts running the real abacus server and client, driven
 //! until every client is done while the fault driver injects the plan.
 //!
-//! Everything random flows from the seed: turmoil's RNG (latency, link
+//! Everything random flows from the run's seed through
+//! [`derive_seed`](crate::seed::derive_seed): turmoil's RNG (latency, link
 //! failures), the server's fault RNG, each client's jitter and request IDs,
 //! and the workload. Nothing reads the wall clock.
 //!
@@ -27,6 +28,7 @@ use crate::{
     faults::driver,
     history::{History, Record},
     scenario::Scenario,
+    seed::derive_seed,
     workload::{LogicalAccumulate, Workload},
 };
 
@@ -55,7 +57,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
 
     let plan = &scenario.plan;
     let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
+        .rng_seed(derive_seed(seed, "network"))
         .simulation_duration(SIM_DURATION)
         .tick_duration(scenario.tick)
         .min_message_latency(Duration::from_millis(plan.latency_ms.0))
@@ -68,7 +70,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
 
     let hosts = scenario.client_hosts();
     for (index, host) in hosts.iter().enumerate() {
-        let config = client::config(scenario, seed, index, history.sink(host));
+        let config = client::config(scenario, seed, host, history.sink(host));
         let workload = Workload::new(
             scenario,
             seed,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use abacus::server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig, State};
 
-use crate::{history::History, scenario::Scenario, world::net};
+use crate::{history::History, scenario::Scenario, seed::derive_seed, world::net};
 
 /// The server's host name.
 pub const HOST: &str = "server";
@@ -27,7 +27,7 @@ pub fn host(
             fail_rate: plan.fail_rate,
             delay_ms: plan.delay_ms.0..=plan.delay_ms.1,
             drop_after_apply_rate: plan.drop_rate,
-            seed: seed ^ 0x5e4f_e4f5,
+            seed: derive_seed(seed, "server-faults"),
         },
         events: history.sink(HOST),
         in_flight_max: scenario.in_flight_max,
