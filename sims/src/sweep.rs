@@ -246,9 +246,16 @@ impl Sweep {
     /// `pred`, so the sweep exercised `what`. Skipped on a replay: one seed
     /// need not reach every path.
     pub fn reached(&self, what: &str, pred: impl Fn(&Entry) -> bool) {
+        self.reached_by(what, |run| run.records.iter().any(|r| pred(&r.entry)));
+    }
+
+    /// Like [`Sweep::reached`], for what a run shows other than in its
+    /// records (e.g. the results its workload saw): some run matches
+    /// `pred`.
+    pub fn reached_by(&self, what: &str, pred: impl Fn(&Run) -> bool) {
         if !self.is_replay() {
             assert!(
-                count(&self.runs, pred) > 0,
+                self.runs.iter().any(pred),
                 "{}: no seed in {:?} reached {what}",
                 self.name,
                 self.seeds

@@ -39,6 +39,14 @@ pub struct LogicalAccumulate {
     pub result: Result<f64, (tonic::Code, Outcome)>,
 }
 
+impl LogicalAccumulate {
+    /// True when the call failed and the client cannot tell whether it was
+    /// applied.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self.result, Err((_, Outcome::Unknown)))
+    }
+}
+
 /// What a client's workload noted: a wrong answer it caught, or where it
 /// is.
 #[derive(Debug, Clone, PartialEq)]

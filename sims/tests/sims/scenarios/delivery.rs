@@ -1,12 +1,13 @@
 //! Delivery semantics under the partial failure that makes retries
 //! dangerous: the server applies `Accumulate`, then the response is lost.
 
-use abacus::{client::Delivery, trace::Outcome};
+use abacus::client::Delivery;
 use abacus_sims::{
     Promise,
     catalogue::apply_then_drop,
     history::render,
-    sweep::{ensure, expect_violation, report, sweep},
+    sweep::{expect_violation, report, sweep},
+    workload::LogicalAccumulate,
     world,
 };
 
@@ -59,28 +60,18 @@ fn at_least_once_applies_every_acknowledged_call() {
     );
     // Held to its own promise: duplicates allowed, losses not.
     s.promise = Promise::AtLeastOnce;
-    sweep(&s).overall("some-acknowledged", |runs| {
-        let acked = runs
-            .iter()
-            .flat_map(|r| &r.accumulates)
-            .filter(|a| a.result.is_ok())
-            .count();
-        ensure(acked > 0, || "no Accumulate ever succeeded".into())
+    sweep(&s).reached_by("an acknowledged Accumulate", |run| {
+        run.accumulates.iter().any(|a| a.result.is_ok())
     });
 }
 
 #[test]
 fn at_most_once_never_double_applies() {
     let s = apply_then_drop("at_most_once_never_double_applies", Delivery::AtMostOnce);
-    sweep(&s).overall("some-unknown", |runs| {
-        let unknown = runs
+    sweep(&s).reached_by("an unknown outcome (a response lost after apply)", |run| {
+        run.accumulates
             .iter()
-            .flat_map(|r| &r.accumulates)
-            .filter(|a| matches!(a.result, Err((_, Outcome::Unknown))))
-            .count();
-        ensure(unknown > 0, || {
-            "the apply-then-drop fault never produced an unknown outcome".into()
-        })
+            .any(LogicalAccumulate::outcome_unknown)
     });
     snapshot_fixed_seed(&s);
 }
