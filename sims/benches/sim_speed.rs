@@ -28,7 +28,7 @@ fn main() {
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
-            "{name}: {seeds} seeds in {secs:.1} s = {:.0} seeds/s ({:.0} events/s), {violations} violations",
+            "{name}: {seeds} seeds, {events} events in {secs:.1} s = {:.0} seeds/s ({:.0} events/s), {violations} violations",
             seeds as f64 / secs,
             events as f64 / secs
         );
