@@ -128,3 +128,23 @@ pub async fn execute(client: &Client, rpc: &Rpc) -> Result<String, CallError> {
         Rpc::Stats => format!("{}", crate::client::Reply::Stats(client.stats().await?)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Subcommand as _;
+
+    use super::*;
+    use crate::rpc::Method;
+
+    /// `abacus call`'s subcommands are the RPCs under the short names of
+    /// `rpc::Method`'s table, one each, none missing.
+    #[test]
+    fn subcommands_are_the_method_table() {
+        let command = Rpc::augment_subcommands(clap::Command::new("call"));
+        let mut names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+        let mut table: Vec<&str> = Method::ALL.iter().map(|m| m.short_name()).collect();
+        names.sort_unstable();
+        table.sort_unstable();
+        assert_eq!(names, table);
+    }
+}
