@@ -14,6 +14,8 @@
 //! - [`store`]: the seam between the service and its state, the
 //!   [`store::Ledger`] every backend implements.
 //! - [`client`]: the resilient client, a stack of tower layers.
+//! - [`resilience`]: decisions about failure (breaker, backoff, retry
+//!   budget) shared by the client and the server's store guard.
 //! - [`trace`]: typed events shared by logs, the sim checker and snapshots.
 //! - [`cli`]: the `abacus` command line (serve, call, demo).
 
@@ -25,6 +27,7 @@ pub mod client;
 pub mod core;
 pub mod error;
 pub mod pb;
+pub mod resilience;
 pub mod rpc;
 pub mod server;
 pub mod store;

@@ -31,9 +31,10 @@
 //! See [`BreakerPolicy`] for the state machine itself.
 //!
 //! # Layout
-//! - [`config`]: [`BreakerConfig`], its validation and defaults.
-//! - [`policy`]: [`BreakerPolicy`], the state machine; no I/O, clock and RNG
-//!   passed in.
+//! - [`config`], [`policy`]: [`BreakerConfig`] and [`BreakerPolicy`], the
+//!   state machine; no I/O, clock and RNG passed in. They live in
+//!   [`crate::resilience::breaker`], shared with the server's store guard,
+//!   and are re-exported here.
 //! - [`layer`]: [`BreakerLayer`], the [`Breaker`] service and
 //!   [`BreakerHandle`].
 //! - [`future`]: [`ResponseFuture`] and the ticket guard.
@@ -41,10 +42,10 @@
 //! [`Cause::CircuitOpen`]: crate::client::error::Cause::CircuitOpen
 //! [`Outcome::NotApplied`]: crate::trace::Outcome::NotApplied
 
-pub mod config;
 pub mod future;
 pub mod layer;
-pub mod policy;
+
+pub use crate::resilience::breaker::{config, policy};
 
 pub use config::{BreakerConfig, BreakerConfigError, CodeSet};
 pub use future::ResponseFuture;

@@ -11,11 +11,12 @@
 //! - [`future`]: the response future, a small state machine (ready, call,
 //!   pause) that carries out the policy's decisions.
 //! - [`policy`]: the decision ([`RetryPolicy`], [`RetryConfig`]).
-//! - [`backoff`]: exponential backoff with full jitter.
-//! - [`budget`]: gRPC's token-bucket retry throttling.
+//! - [`backoff`]: exponential backoff with full jitter, and [`budget`]:
+//!   gRPC's token-bucket retry throttling — both in [`crate::resilience`],
+//!   shared with the server, and re-exported here.
 
-pub mod backoff;
-pub mod budget;
+pub use crate::resilience::{backoff, budget};
+
 pub mod future;
 pub mod policy;
 

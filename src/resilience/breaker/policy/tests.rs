@@ -2,7 +2,7 @@
 //! a seeded random run checked against the state diagram.
 
 use super::*;
-use crate::client::breaker::config::CodeSet;
+use crate::resilience::breaker::config::CodeSet;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
