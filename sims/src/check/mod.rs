@@ -15,11 +15,13 @@
 //!   `no-retry-on-non-retryable`, `liveness`.
 //! - [`breaker`]: `breaker-legal-transitions`, `breaker-open-sends-nothing`,
 //!   `breaker-probes-bounded`.
+//! - [`linearizable`]: `linearizable`, from what the clients saw alone.
 //! - [`notes`]: what the workload caught (`correct-results`, `liveness`).
 
 pub mod breaker;
 pub mod calls;
 pub mod delivery;
+pub mod linearizable;
 pub mod notes;
 
 use crate::{scenario::Scenario, world::Run};
@@ -44,6 +46,7 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
     }
     delivery::effects(scenario, run, &mut v);
     delivery::registers(scenario.state_survives_crash, &run.records, &mut v);
+    linearizable::check(scenario, run, &mut v);
     calls::check(scenario, &run.records, &mut v);
     notes::check(scenario, &run.records, &mut v);
     if let Some(b) = &scenario.breaker {
@@ -95,11 +98,22 @@ mod tests {
     }
 
     fn logical(delta: f64, result: Result<f64, (Code, Outcome)>) -> LogicalAccumulate {
+        timed(delta, result, (0, 1))
+    }
+
+    /// A logical Accumulate called and answered at the given milliseconds.
+    fn timed(
+        delta: f64,
+        result: Result<f64, (Code, Outcome)>,
+        (called, returned): (u64, u64),
+    ) -> LogicalAccumulate {
         LogicalAccumulate {
             host: "client-1".into(),
             register: "total".into(),
             delta,
             result,
+            called: Duration::from_millis(called),
+            returned: Duration::from_millis(returned),
         }
     }
 
@@ -178,6 +192,15 @@ mod tests {
     fn every_invariant_can_fail() {
         let s = Scenario::new("synthetic");
         let cases: Vec<(&str, Scenario, Vec<Record>, Vec<LogicalAccumulate>)> = vec![
+            (
+                // A lost update, as only the clients saw it: the second
+                // acknowledgement does not include the first, which had
+                // been acknowledged before it was sent.
+                "linearizable",
+                s.clone(),
+                vec![applied(1, 5.0, 5.0), applied(3, 2.0, 7.0)],
+                vec![timed(5.0, Ok(5.0), (0, 1)), timed(2.0, Ok(2.0), (2, 3))],
+            ),
             (
                 "applied-at-most-once",
                 s.clone(),

@@ -37,6 +37,10 @@ pub struct LogicalAccumulate {
     pub delta: f64,
     /// What the client saw.
     pub result: Result<f64, (tonic::Code, Outcome)>,
+    /// When the client made the call (simulated time).
+    pub called: Duration,
+    /// When its answer (or its failure) came back.
+    pub returned: Duration,
 }
 
 impl LogicalAccumulate {
@@ -126,6 +130,11 @@ impl fmt::Display for Note {
     }
 }
 
+/// Simulated time since the start of the run.
+fn sim_now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
 /// One client's sequence of logical calls, drawn from its own seeded RNG.
 #[derive(Debug)]
 pub struct Workload {
@@ -208,6 +217,7 @@ impl Workload {
             tokio::time::sleep(Duration::from_millis(think)).await;
             if self.rng.random_bool(self.accumulate_share) {
                 let delta = (self.index * 1000 + k + 1) as f64;
+                let called = sim_now();
                 let result = if self.hedge {
                     self.hedged(client, delta).await
                 } else {
@@ -224,6 +234,8 @@ impl Workload {
                         register: REGISTER.into(),
                         delta,
                         result,
+                        called,
+                        returned: sim_now(),
                     });
             } else if self.rng.random_bool(self.invalid_share) {
                 // Never valid: must fail INVALID_ARGUMENT without a retry.

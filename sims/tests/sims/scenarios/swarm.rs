@@ -104,3 +104,34 @@ fn swarm_dedup_off_is_caught_and_shrunk() {
     let again = world::run(&replay, run.seed);
     assert_eq!(render(&first.records), render(&again.records));
 }
+
+/// NEGATIVE CONTROL for the linearizability checker: the same dedup-off
+/// swarm, judged only by what the clients saw (no server trace): some
+/// seed's answers must be impossible for one register, and the report
+/// must name the few operations that contradict each other.
+#[test]
+fn swarm_dedup_off_is_not_linearizable() {
+    let make = |seed| {
+        let mut s = swarm(
+            "swarm_dedup_off_is_not_linearizable",
+            Delivery::ExactlyOnce,
+            seed,
+        );
+        s.dedup = false;
+        s
+    };
+    let Some((_, violations)) = expect_violation_with(make, "linearizable") else {
+        return;
+    };
+    let lin = violations
+        .iter()
+        .find(|v| v.invariant == "linearizable")
+        .expect("found above");
+    // A witness, not the whole history: a handful of operations.
+    let witnesses = lin.detail.matches(" accumulate(").count();
+    assert!(
+        (1..=4).contains(&witnesses),
+        "a minimal witness names a few operations: {}",
+        lin.detail
+    );
+}
