@@ -230,6 +230,66 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// Requests the gRPC front refuses before any handler runs, because they
+/// break the gRPC protocol rather than a calculator rule. Never applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// `content-type` is not gRPC's. Answered with HTTP 415 (the gRPC
+    /// HTTP/2 spec's "SHOULD", so a plain HTTP client does not read the
+    /// usual 200 as success) and INVALID_ARGUMENT, as grpc-go does.
+    #[error(
+        "invalid gRPC request content-type {0:?}: this port speaks gRPC (application/grpc or application/grpc+proto); the REST twin takes JSON"
+    )]
+    ContentType(String),
+    /// A second request message on a method that takes exactly one (unary
+    /// and server-streaming). INTERNAL, as grpc-go and grpc-java answer
+    /// it, and as tonic answers the other cardinality violation (no
+    /// message at all); the status-code table says UNIMPLEMENTED, which
+    /// gRPC core and Connect use.
+    #[error("more than one request message for a method that takes exactly one")]
+    ExtraRequestMessage,
+    /// Too many long-lived streams (`Health/Watch`, reflection) open on the
+    /// server.
+    #[error(
+        "too many long-lived streams open on this server (limit {limit}); close one or retry later"
+    )]
+    TooManyStreams {
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+impl ProtocolError {
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::ContentType(_) => Code::InvalidArgument,
+            Self::ExtraRequestMessage => Code::Internal,
+            Self::TooManyStreams { .. } => Code::ResourceExhausted,
+        }
+    }
+
+    /// The HTTP status of the response carrying the gRPC status: 415 for a
+    /// request that is not gRPC at all, else gRPC's usual 200.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::ContentType(_) => 415,
+            _ => 200,
+        }
+    }
+}
+
+impl From<ProtocolError> for Status {
+    fn from(err: ProtocolError) -> Status {
+        let mut status = Status::new(err.code(), err.to_string());
+        // Refused before any handler: certainly not applied.
+        status
+            .metadata_mut()
+            .insert(NOT_APPLIED_KEY, MetadataValue::from_static("true"));
+        status
+    }
+}
+
 /// The canonical upper-case name of a code, as gRPC service configs spell
 /// it.
 pub fn code_name(code: Code) -> &'static str {

@@ -21,16 +21,29 @@
 //! - [`faults`]: seeded fault injection (fail, delay, apply-then-drop).
 //! - [`deadline`]: reads the caller's `grpc-timeout`.
 //! - [`shed`]: load shedding — a cap on calls in flight.
+//! - [`limits`]: what one peer may make the server hold ([`Limits`]).
+//! - [`listener`]: the accept side of both fronts: connection cap, accept
+//!   backoff, first-byte and idle timeouts.
+//! - [`streams`]: a server-wide cap on long-lived gRPC streams (Watch,
+//!   reflection).
+//! - [`strict`]: refuses requests that break the gRPC protocol (content
+//!   type, extra request messages).
+//! - [`tally`]: counts for rate-limited log lines.
 
 pub mod deadline;
 pub mod dedup;
 pub mod durable;
 pub mod faults;
 pub mod grpc;
+pub mod limits;
+pub mod listener;
 pub mod rest;
 pub mod service;
 pub mod shed;
 pub mod state;
+pub mod streams;
+pub mod strict;
+pub mod tally;
 
 use std::{future::Future, sync::Arc};
 
@@ -41,7 +54,8 @@ use tonic::transport::server::Connected;
 pub use dedup::DedupConfig;
 pub use faults::{FaultConfig, FaultSwitch, Faults};
 pub use grpc::GrpcCalculator;
-pub use rest::serve_rest;
+pub use limits::Limits;
+pub use rest::{serve_rest, serve_rest_with};
 pub use service::Calculator;
 pub use state::State;
 
@@ -78,6 +92,8 @@ pub struct ServerConfig {
     /// Refuse `Accumulate` without a request ID (INVALID_ARGUMENT) instead
     /// of applying it undeduplicated.
     pub require_request_id: bool,
+    /// Connection, stream and timeout limits of the fronts.
+    pub limits: Limits,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +106,7 @@ impl Default for ServerConfig {
             events: EventSink::default(),
             dedup: DedupConfig::default(),
             require_request_id: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -133,7 +150,7 @@ pub async fn serve<I, IO, IE>(
 where
     I: Stream<Item = Result<IO, IE>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IE: std::fmt::Display,
 {
     let state = Arc::new(State::new(config.dedup.clone(), config.events.clone()));
     serve_with_ledger(config, state, incoming, shutdown).await
@@ -155,14 +172,16 @@ pub async fn serve_with_ledger<I, IO, IE>(
 where
     I: Stream<Item = Result<IO, IE>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IE: std::fmt::Display,
 {
-    serve_calculator(Calculator::from_config(&config, ledger), incoming, shutdown).await
+    let calculator = Calculator::from_config(&config, ledger);
+    serve_calculator_with(calculator, &config.limits, incoming, shutdown).await
 }
 
 /// [`serve_with_ledger`] over a [`Calculator`] the caller built, so that
 /// another front ([`serve_rest`]) can serve the same one: one state, one
-/// dedup store, one in-flight limit ([`Calculator::shed`]).
+/// dedup store, one in-flight limit ([`Calculator::shed`]). Default
+/// [`Limits`]; see [`serve_calculator_with`].
 pub async fn serve_calculator<I, IO, IE>(
     calculator: Calculator,
     incoming: I,
@@ -171,7 +190,25 @@ pub async fn serve_calculator<I, IO, IE>(
 where
     I: Stream<Item = Result<IO, IE>>,
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IE: std::fmt::Display,
+{
+    serve_calculator_with(calculator, &Limits::default(), incoming, shutdown).await
+}
+
+/// [`serve_calculator`] with explicit [`Limits`]: connections pass through
+/// the [`listener`] guard (cap, accept backoff, timeouts), HTTP/2 gets its
+/// stream, header, window and keepalive limits, long-lived streams their
+/// server-wide cap, and requests the [`strict`] protocol checks.
+pub async fn serve_calculator_with<I, IO, IE>(
+    calculator: Calculator,
+    limits: &Limits,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: std::fmt::Display,
 {
     let events = calculator.events().clone();
     let ledger = Arc::clone(calculator.ledger());
@@ -193,8 +230,22 @@ where
 
     let calculator = CalculatorServer::new(calculator).max_decoding_message_size(MESSAGE_BYTES_MAX);
 
+    let incoming = listener::guard(incoming, limits, "gRPC");
     events.emit(Event::ServerStarted);
+    // Every HTTP/2 setting is explicit: tonic's defaults leave concurrent
+    // streams and locally reset streams unlimited (see `Limits`).
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.h2_streams_max)
+        .http2_max_header_list_size(limits.h2_header_list_bytes_max)
+        .initial_stream_window_size(limits.h2_stream_window_bytes)
+        .initial_connection_window_size(limits.h2_connection_window_bytes)
+        .http2_max_local_error_reset_streams(Some(limits.h2_local_error_resets_max))
+        .http2_keepalive_interval(Some(limits.h2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.h2_keepalive_timeout))
+        // Outermost first: a request that is not gRPC is refused before it
+        // is counted anywhere.
+        .layer(strict::StrictLayer)
+        .layer(streams::LongStreamsLayer::new(limits.long_streams_max))
         .layer(shed)
         .add_service(health_service)
         .add_service(reflection_v1)

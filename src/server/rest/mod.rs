@@ -65,7 +65,7 @@ use axum::{
 };
 
 pub use error::RestError;
-pub use serve::serve_rest;
+pub use serve::{serve_rest, serve_rest_with};
 
 use crate::{
     core::BinaryOp,
