@@ -411,16 +411,27 @@ impl EventSink {
 
     /// Records one event.
     pub fn emit(&self, event: Event) {
-        tracing::info!(target: "abacus::event", kind = event.kind(), "{event}");
+        // Per-request events are DEBUG: at INFO a busy server wrote a line
+        // per request (and per shed call), so the log grew with the load.
+        // Rare state changes stay INFO; load summaries are logged, rate
+        // limited, where the counts live (shedding, the listener).
+        if matches!(
+            event,
+            Event::ServerStarted | Event::BreakerTransition { .. }
+        ) {
+            tracing::info!(target: "abacus::event", kind = event.kind(), "{event}");
+        } else {
+            tracing::debug!(target: "abacus::event", kind = event.kind(), "{event}");
+        }
         if let Some(hook) = &self.hook {
             hook(&event);
         }
     }
 
-    /// True when an emitted event would go anywhere: a hook is installed or
-    /// the `abacus::event` log target is enabled.
+    /// True when an emitted per-request event would go anywhere: a hook is
+    /// installed or the `abacus::event` log target is enabled at DEBUG.
     pub fn enabled(&self) -> bool {
-        self.hook.is_some() || tracing::enabled!(target: "abacus::event", tracing::Level::INFO)
+        self.hook.is_some() || tracing::enabled!(target: "abacus::event", tracing::Level::DEBUG)
     }
 
     /// Records the event `make` builds, building it only if someone

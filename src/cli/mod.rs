@@ -6,10 +6,12 @@
 //! - [`call`]: `abacus call`, one RPC against a server.
 //! - [`client_args`]: the client policy flags shared by `call` and `demo`.
 //! - [`demo`]: `abacus demo`, a narrated tour against an embedded server.
+//! - [`log`]: the non-blocking log writer every subcommand logs through.
 
 pub mod call;
 pub mod client_args;
 pub mod demo;
+pub mod log;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -37,14 +39,17 @@ pub enum Command {
     Demo(demo::DemoArgs),
 }
 
-/// Installs a `tracing` subscriber honouring `RUST_LOG` (default `default`).
+/// Installs a `tracing` subscriber honouring `RUST_LOG` (default
+/// `default`), writing to stderr through the non-blocking [`log::writer`]:
+/// a slow or stalled stderr drops (and counts) lines instead of stalling
+/// whoever logs.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(log::writer())
         .try_init();
 }
 
@@ -61,11 +66,18 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Call(args) => call::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
-    })
+    });
+    // Queued log lines are written before exiting, unless the sink is
+    // stalled: then the process exits anyway.
+    log::finish(LOG_DRAIN_MAX);
+    code
 }
+
+/// Longest the process waits at exit for queued log lines to be written.
+const LOG_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(2);

@@ -41,7 +41,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
@@ -54,6 +54,7 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
+use super::tally::Tally;
 use crate::{
     error::ServiceError,
     rpc::Method,
@@ -91,6 +92,10 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Calls refused so far.
     shed: AtomicU64,
+    /// Refusals for the rate-limited summary line (one per interval, with
+    /// the count, instead of a line per refusal). A std mutex: held for a
+    /// counter update, never across I/O.
+    summary: Mutex<Tally>,
 }
 
 impl ShedLayer {
@@ -111,6 +116,7 @@ impl ShedLayer {
                 events,
                 in_flight: AtomicUsize::new(0),
                 shed: AtomicU64::new(0),
+                summary: Mutex::default(),
             }),
         }
     }
@@ -142,6 +148,18 @@ fn admit(shared: &Arc<Shared>, method: Option<Method>) -> Result<Permit, Service
         Err(in_flight) => {
             shared.shed.fetch_add(1, Ordering::Relaxed);
             shared.events.emit(Event::Shed { method });
+            let report = shared
+                .summary
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(tokio::time::Instant::now());
+            if let Some(report) = report {
+                tracing::info!(
+                    shed = %report,
+                    in_flight_max = shared.in_flight_max,
+                    "shedding load: calls refused with RESOURCE_EXHAUSTED"
+                );
+            }
             Err(ServiceError::Overloaded {
                 in_flight,
                 limit: shared.in_flight_max,
@@ -299,7 +317,7 @@ where
 mod tests {
     use std::{convert::Infallible, sync::Mutex, time::Duration};
 
-    use tokio::sync::Notify;
+    use tokio::sync::{Notify, Semaphore};
     use tonic::{Code, body::Body};
     use tower::ServiceExt;
 
@@ -315,9 +333,11 @@ mod tests {
         (sink, events)
     }
 
-    /// An inner service whose every call waits for `release`.
+    /// An inner service whose every call waits until `release` has
+    /// permits. A semaphore rather than a `Notify`: releasing before a
+    /// call starts waiting must not be lost.
     fn blocking(
-        release: Arc<Notify>,
+        release: Arc<Semaphore>,
     ) -> impl Service<
         Request<Body>,
         Response = Response<Body>,
@@ -328,7 +348,7 @@ mod tests {
         tower::service_fn(move |_req: Request<Body>| {
             let release = Arc::clone(&release);
             async move {
-                release.notified().await;
+                let _ = release.acquire().await;
                 Ok::<_, Infallible>(Response::new(Body::default()))
             }
         })
@@ -341,21 +361,31 @@ mod tests {
             .unwrap()
     }
 
+    /// Calls `svc` with a request for `path`. The layer decides in `call`,
+    /// so the slot is taken (or the call shed) when this returns, before
+    /// the returned future is ever polled: no scheduling to wait for.
+    async fn start<S>(svc: &S, path: &str) -> S::Future
+    where
+        S: Service<Request<Body>> + Clone,
+        S::Error: std::fmt::Debug,
+    {
+        let mut svc = svc.clone();
+        svc.ready().await.unwrap().call(request(path))
+    }
+
     #[tokio::test]
     async fn sheds_beyond_the_limit_with_pushback_and_frees_slots() {
-        let release = Arc::new(Notify::new());
+        let release = Arc::new(Semaphore::new(0));
         let (events, seen) = sink();
         let layer = shed_layer(2, 50, events);
         let svc = layer.layer(blocking(Arc::clone(&release)));
 
-        let first = tokio::spawn(svc.clone().oneshot(request("/abacus.v1.Calculator/Add")));
-        let second = tokio::spawn(svc.clone().oneshot(request("/abacus.v1.Calculator/Divide")));
-        tokio::task::yield_now().await;
+        let first = start(&svc, "/abacus.v1.Calculator/Add").await;
+        let second = start(&svc, "/abacus.v1.Calculator/Divide").await;
         assert_eq!(layer.in_flight(), 2);
 
-        let refused = svc
-            .clone()
-            .oneshot(request("/abacus.v1.Calculator/Accumulate"))
+        let refused = start(&svc, "/abacus.v1.Calculator/Accumulate")
+            .await
             .await
             .unwrap();
         let status = Status::from_header_map(refused.headers()).expect("a trailers-only status");
@@ -371,22 +401,20 @@ mod tests {
         assert_eq!((layer.in_flight(), layer.shed()), (2, 1));
 
         // Dropping an unfinished call (its client went away) frees a slot...
-        second.abort();
-        assert!(second.await.unwrap_err().is_cancelled());
+        drop(second);
         assert_eq!(layer.in_flight(), 1);
         // ...and so does completion.
-        release.notify_waiters();
-        first.await.unwrap().unwrap();
+        release.add_permits(1);
+        first.await.unwrap();
         assert_eq!(layer.in_flight(), 0);
     }
 
     #[tokio::test]
     async fn health_and_reflection_are_never_shed_nor_counted() {
-        let release = Arc::new(Notify::new());
+        let release = Arc::new(Semaphore::new(0));
         let layer = shed_layer(1, 50, EventSink::log_only());
         let svc = layer.layer(blocking(Arc::clone(&release)));
-        let busy = tokio::spawn(svc.clone().oneshot(request("/abacus.v1.Calculator/Add")));
-        tokio::task::yield_now().await;
+        let busy = start(&svc, "/abacus.v1.Calculator/Add").await;
         assert_eq!(layer.in_flight(), 1);
 
         let mut exempt = Vec::new();
@@ -395,16 +423,15 @@ mod tests {
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ] {
-            exempt.push(tokio::spawn(svc.clone().oneshot(request(path))));
+            exempt.push(start(&svc, path).await);
         }
-        tokio::task::yield_now().await;
         assert_eq!((layer.in_flight(), layer.shed()), (1, 0));
-        release.notify_waiters();
+        release.add_permits(4);
         for call in exempt {
-            let response = call.await.unwrap().unwrap();
+            let response = call.await.unwrap();
             assert!(response.headers().get("grpc-status").is_none(), "not shed");
         }
-        busy.await.unwrap().unwrap();
+        busy.await.unwrap();
         assert_eq!(layer.in_flight(), 0);
     }
 
@@ -423,7 +450,15 @@ mod tests {
             trace::Outcome,
         };
 
-        let events = EventSink::log_only();
+        // The slow call announces that it is inside its handler (holding
+        // its slot) through the event its fault delay emits.
+        let inside = Arc::new(Notify::new());
+        let signal = Arc::clone(&inside);
+        let events = EventSink::with_hook(move |event| {
+            if matches!(event, Event::FaultInjected { .. }) {
+                signal.notify_one();
+            }
+        });
         let faults = FaultConfig {
             // Long enough that the first call is surely still in flight when
             // the second arrives, however slow the machine; the test never
@@ -456,9 +491,11 @@ mod tests {
             transport.clone().oneshot(Call::new(1, request))
         };
         let slow = tokio::spawn(add());
-        while layer.in_flight() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // An upper bound on the wait, not a synchronisation.
+        tokio::time::timeout(Duration::from_secs(30), inside.notified())
+            .await
+            .expect("the first call reaches its handler");
+        assert_eq!(layer.in_flight(), 1);
         let err = add().await.unwrap_err();
         assert_eq!(err.code, Code::ResourceExhausted);
         assert_eq!(err.outcome, Outcome::NotApplied);

@@ -13,6 +13,7 @@
 //!   server.
 //! - [`requests`]: every `abacus::client::Request` is sent as the RPC it
 //!   names; at-most-once never re-sends one that may have been applied.
+//! - [`log_sink`]: the real binary keeps serving with its log pipe unread.
 //!
 //! Every table runs through [`harness::Conn::check`].
 
@@ -21,5 +22,6 @@ mod discovery;
 mod faults;
 mod harness;
 mod limits;
+mod log_sink;
 mod requests;
 mod rpcs;
