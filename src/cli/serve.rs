@@ -14,7 +14,9 @@ use clap::Args;
 
 use crate::{
     server::{
-        self, Calculator, DedupConfig, FaultConfig, ServerConfig, State, faults::parse_delay_range,
+        self, Calculator, DedupConfig, FaultConfig, Limits, ServerConfig, State,
+        faults::parse_delay_range,
+        limits::{connections_max_for_fds, open_files_limit},
     },
     store::{
         Ledger,
@@ -42,6 +44,13 @@ pub struct ServeArgs {
     /// Pushback (ms) sent with a shed call.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub shed_pushback_ms: u64,
+    /// Connections open at once per front. At the cap a new connection
+    /// replaces one that never sent a byte or has been quiet for a second,
+    /// else it is closed at once. Lowered automatically to fit the
+    /// process's open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = Limits::default().connections_max, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub connections_max: usize,
     /// Keep registers and dedup records in DIR (created if missing), so both
     /// survive a restart. Without it, state lives in memory and a restart
     /// resets registers and forgets which requests were applied.
@@ -152,6 +161,36 @@ impl FaultArgs {
     }
 }
 
+/// The fronts' limits: defaults, with the connection cap from the flag,
+/// lowered so that both fronts' connections fit the open-file limit (a cap
+/// above it would let `accept` fail instead, and nothing be served).
+fn limits(args: &ServeArgs) -> Limits {
+    let mut limits = Limits {
+        connections_max: args.connections_max,
+        ..Limits::default()
+    };
+    if let Some(fds) = open_files_limit() {
+        let fitted = connections_max_for_fds(args.connections_max, fds);
+        if fitted < args.connections_max {
+            tracing::warn!(
+                connections_max = fitted,
+                open_files_limit = fds,
+                "connection cap lowered to fit the open-file limit (raise it with `ulimit -n`)"
+            );
+        }
+        limits.connections_max = fitted;
+    }
+    tracing::info!(
+        connections_max = limits.connections_max,
+        h2_streams_max = limits.h2_streams_max,
+        long_streams_max = limits.long_streams_max,
+        first_byte_timeout_s = limits.first_byte_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
+        "limits per front (see README, Operations)"
+    );
+    limits
+}
+
 /// Runs the server until Ctrl-C.
 pub async fn run(args: ServeArgs) -> ExitCode {
     super::init_logging("info");
@@ -237,6 +276,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         require_request_id = args.require_request_id,
         "dedup store"
     );
+    let limits = limits(&args);
     let config = ServerConfig {
         faults,
         in_flight_max: args.in_flight_max,
@@ -244,6 +284,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         events,
         dedup,
         require_request_id: args.require_request_id,
+        limits: limits.clone(),
         ..ServerConfig::default()
     };
     let calculator = Calculator::from_config(&config, state);
@@ -265,14 +306,17 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             }
             Err(e) => tracing::warn!(error = %e, "REST twin listening on an unknown address"),
         }
-        tokio::spawn(server::serve_rest(
-            calculator.clone(),
-            server::tcp_incoming(listener),
-            until_stopped(stopped.clone()),
-        ))
+        let limits = limits.clone();
+        let calculator = calculator.clone();
+        let stopped = until_stopped(stopped.clone());
+        tokio::spawn(async move {
+            server::serve_rest_with(calculator, &limits, server::tcp_incoming(listener), stopped)
+                .await;
+        })
     });
-    let grpc = server::serve_calculator(
+    let grpc = server::serve_calculator_with(
         calculator,
+        &limits,
         server::tcp_incoming(listener),
         until_stopped(stopped),
     )

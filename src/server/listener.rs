@@ -1,9 +1,14 @@
 //! [`guard`]: the accept side both fronts share, over *any* stream of
 //! accepted connections (tokio's TCP listener, turmoil's simulated one):
 //!
-//! - a **connection cap**: a connection accepted beyond
-//!   [`Limits::connections_max`] is closed at once and counted, with one
-//!   rate-limited warning line ("connection cap reached");
+//! - a **connection cap** ([`Limits::connections_max`]). At the cap, a new
+//!   connection takes the place of an old one, which is closed: the
+//!   oldest that never sent a byte (it has no request under way to lose),
+//!   else the one whose peer has been quiet longest, if for at least
+//!   [`EVICT_QUIET_MIN`]. If every connection is busy, the new one is
+//!   closed at once (its peer sees the connection end rather than a hang).
+//!   Either way a rate-limited warning says the cap was reached. So
+//!   sockets opened and left idle cannot lock new clients out;
 //! - **accept-error backoff**: a failed accept (out of file descriptors:
 //!   EMFILE/ENFILE) pauses accepting, 5 ms doubling to 1 s (as Go's
 //!   `net/http` does), and is logged rate-limited — instead of retrying at
@@ -19,17 +24,19 @@
 //! connections nobody is on.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     io,
     pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
 };
 
+use futures_util::task::AtomicWaker;
 use pin_project_lite::pin_project;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -48,6 +55,11 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause after repeated failed accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// At the cap, a connection whose peer has spoken may be closed to make
+/// room only once it has sent nothing for this long: one in the middle of
+/// a request is not.
+pub const EVICT_QUIET_MIN: Duration = Duration::from_secs(1);
+
 /// Wraps `incoming` with the connection cap, accept backoff and the
 /// per-connection timeouts of `limits`. `front` names the front in log
 /// lines (`"gRPC"`, `"REST"`). Accept errors are handled here, so the
@@ -64,8 +76,10 @@ where
             connections_max: limits.connections_max.max(1),
             first_byte_timeout: limits.first_byte_timeout,
             idle_timeout: limits.idle_timeout,
-            open: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            open: Mutex::default(),
             refused: Mutex::default(),
+            evicted_total: AtomicU64::new(0),
             accept_errors: Mutex::default(),
             timed_out: Mutex::default(),
             timed_out_total: AtomicU64::new(0),
@@ -82,11 +96,18 @@ struct Shared {
     connections_max: usize,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
-    /// Connections open now (each [`Conn`] holds one until dropped).
-    open: AtomicUsize,
+    /// Start of the clock the connections' `last_read_ms` count from.
+    epoch: Instant,
+    /// Connections open now, by id (each [`Conn`] removes itself when
+    /// dropped). A std mutex: taken to add or remove one, and at the cap
+    /// to pick one to close; never across I/O.
+    open: Mutex<Open>,
     // Tallies behind std mutexes: taken only on rare paths (a refusal, a
     // failed accept, a timeout), for a counter update, never across I/O.
+    // `refused` counts new connections closed at the cap and old ones
+    // closed to make room.
     refused: Mutex<Tally>,
+    evicted_total: AtomicU64,
     accept_errors: Mutex<Tally>,
     timed_out: Mutex<Tally>,
     timed_out_total: AtomicU64,
@@ -99,6 +120,79 @@ fn record(tally: &Mutex<Tally>) -> Option<Report> {
     tally.record(Instant::now())
 }
 
+/// The open connections of a front.
+#[derive(Debug, Default)]
+struct Open {
+    next_id: u64,
+    cells: HashMap<u64, Arc<Cell>>,
+}
+
+/// What the accept side knows of one open connection.
+#[derive(Debug)]
+struct Cell {
+    id: u64,
+    /// When its peer last sent a byte (or it was accepted), in ms since
+    /// [`Shared::epoch`].
+    last_read_ms: AtomicU64,
+    /// Its peer has sent at least one byte.
+    heard: AtomicBool,
+    /// Set to close it: its next read or write fails.
+    evict: AtomicBool,
+    /// Wakes its task so that it sees `evict`.
+    waker: AtomicWaker,
+}
+
+impl Shared {
+    fn lock_open(&self) -> MutexGuard<'_, Open> {
+        // Every update is a single insert or remove: a panic elsewhere
+        // cannot leave it half-done.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.epoch);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Registers a new connection, making room at the cap by closing the
+    /// connection quiet longest, if one has been quiet long enough.
+    /// `None`: at the cap with every connection busy.
+    fn admit(&self) -> Option<Arc<Cell>> {
+        let now_ms = self.now_ms();
+        let mut open = self.lock_open();
+        if open.cells.len() >= self.connections_max {
+            let quiet_min = u64::try_from(EVICT_QUIET_MIN.as_millis()).unwrap_or(u64::MAX);
+            // Never-heard ones first (`false` sorts first), then the
+            // quietest; ties by id, so the choice does not depend on the
+            // map's order.
+            let (_, _, victim) = open
+                .cells
+                .values()
+                .map(|c| {
+                    let heard = c.heard.load(Ordering::Relaxed);
+                    (heard, c.last_read_ms.load(Ordering::Relaxed), c.id)
+                })
+                .filter(|&(heard, read, _)| !heard || now_ms.saturating_sub(read) >= quiet_min)
+                .min()?;
+            let victim = open.cells.remove(&victim)?;
+            victim.evict.store(true, Ordering::Release);
+            victim.waker.wake();
+            self.evicted_total.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = open.next_id;
+        open.next_id += 1;
+        let cell = Arc::new(Cell {
+            id,
+            last_read_ms: AtomicU64::new(now_ms),
+            heard: AtomicBool::new(false),
+            evict: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        open.cells.insert(id, Arc::clone(&cell));
+        Some(cell)
+    }
+}
+
 /// A front's counters, for tests and shutdown lines.
 #[derive(Debug, Clone)]
 pub struct ListenerStats {
@@ -106,14 +200,20 @@ pub struct ListenerStats {
 }
 
 impl ListenerStats {
-    /// Connections open now.
+    /// Connections open now (closed ones to make room are not).
     pub fn open(&self) -> usize {
-        self.shared.open.load(Ordering::Acquire)
+        self.shared.lock_open().cells.len()
     }
 
-    /// Connections refused at the cap so far.
+    /// Connections closed at the cap so far: new ones refused and quiet
+    /// ones closed to make room.
     pub fn refused(&self) -> u64 {
         lock(&self.shared.refused).total()
+    }
+
+    /// Quiet connections closed to make room for new ones so far.
+    pub fn evicted(&self) -> u64 {
+        self.shared.evicted_total.load(Ordering::Relaxed)
     }
 
     /// Connections closed by the first-byte or idle timeout so far.
@@ -186,27 +286,26 @@ where
             };
             *this.backoff = None;
             let shared = &*this.shared;
-            let admitted = shared
-                .open
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < shared.connections_max).then_some(n + 1)
-                })
-                .is_ok();
-            if !admitted {
+            let evicted_before = shared.evicted_total.load(Ordering::Relaxed);
+            let admitted = shared.admit();
+            let made_room = shared.evicted_total.load(Ordering::Relaxed) != evicted_before;
+            if (admitted.is_none() || made_room)
+                && let Some(report) = record(&shared.refused)
+            {
+                tracing::warn!(
+                    front = shared.front,
+                    closed = %report,
+                    "connection cap reached ({} open): closing a silent or quiet connection for each new one, or the new one when all are busy",
+                    shared.connections_max
+                );
+            }
+            let Some(cell) = admitted else {
                 // Closed at once: the peer sees the connection end and can
                 // go elsewhere, rather than wait in the kernel's backlog.
                 drop(io);
-                if let Some(report) = record(&shared.refused) {
-                    tracing::warn!(
-                        front = shared.front,
-                        refused = %report,
-                        "connection cap reached ({} open): closing new connections until some end",
-                        shared.connections_max
-                    );
-                }
                 continue;
-            }
-            return Poll::Ready(Some(Ok(Conn::new(io, Arc::clone(this.shared)))));
+            };
+            return Poll::Ready(Some(Ok(Conn::new(io, Arc::clone(this.shared), cell))));
         }
     }
 }
@@ -241,16 +340,20 @@ struct Timing {
 
 /// A connection's place under the cap; freed when dropped.
 #[derive(Debug)]
-struct Slot(Arc<Shared>);
+struct Slot {
+    shared: Arc<Shared>,
+    cell: Arc<Cell>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        // Already gone if it was evicted.
+        self.shared.lock_open().cells.remove(&self.cell.id);
     }
 }
 
 impl<IO> Conn<IO> {
-    fn new(io: IO, shared: Arc<Shared>) -> Self {
+    fn new(io: IO, shared: Arc<Shared>, cell: Arc<Cell>) -> Self {
         let now = Instant::now();
         let timing = Timing {
             timer: Box::pin(tokio::time::sleep_until(now + shared.first_byte_timeout)),
@@ -258,7 +361,7 @@ impl<IO> Conn<IO> {
             last_activity: now,
             heard_from_peer: false,
             timed_out: false,
-            slot: Slot(shared),
+            slot: Slot { shared, cell },
         };
         Self { io, timing }
     }
@@ -268,13 +371,36 @@ impl Timing {
     /// Records activity: bytes went through.
     fn active(&mut self, read: bool) {
         self.last_activity = Instant::now();
-        self.heard_from_peer |= read;
+        if read {
+            self.heard_from_peer = true;
+            let shared = &self.slot.shared;
+            let ms = self.last_activity.saturating_duration_since(shared.epoch);
+            let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX);
+            self.slot.cell.last_read_ms.store(ms, Ordering::Relaxed);
+            self.slot.cell.heard.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Fails once the connection was closed to make room for another.
+    fn check_evicted(&self) -> io::Result<()> {
+        if self.slot.cell.evict.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed to make room under the connection cap",
+            ));
+        }
+        Ok(())
     }
 
     /// Called when the peer's side is pending: arms the timer for the
-    /// deadline that applies, and fails once it has passed.
+    /// deadline that applies, and fails once it has passed or the
+    /// connection was evicted.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let shared = &self.slot.0;
+        self.slot.cell.waker.register(cx.waker());
+        if let Err(e) = self.check_evicted() {
+            return Poll::Ready(e);
+        }
+        let shared = &self.slot.shared;
         let (deadline, what) = if self.heard_from_peer {
             (self.last_activity + shared.idle_timeout, "idle")
         } else {
@@ -311,6 +437,7 @@ impl<IO: AsyncRead> AsyncRead for Conn<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
+        this.timing.check_evicted()?;
         let before = buf.filled().len();
         match this.io.as_mut().poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -332,6 +459,7 @@ impl<IO: AsyncWrite> AsyncWrite for Conn<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
+        this.timing.check_evicted()?;
         match this.io.as_mut().poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
@@ -352,6 +480,7 @@ impl<IO: AsyncWrite> AsyncWrite for Conn<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
+        this.timing.check_evicted()?;
         match this.io.as_mut().poll_write_vectored(cx, bufs) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
@@ -410,23 +539,61 @@ mod tests {
         (0..n).map(|_| duplex(64)).map(|(a, b)| (a, Ok(b))).unzip()
     }
 
+    /// Lets `guarded` take what is waiting in `incoming`; nothing may be
+    /// yielded.
+    async fn settle<S: Stream + Unpin>(guarded: &mut S) {
+        std::future::poll_fn(|cx| {
+            assert!(Pin::new(&mut *guarded).poll_next(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn connections_beyond_the_cap_are_closed_at_once_and_slots_come_back() {
-        let (mut peers, conns) = pipes(3);
-        let mut guarded = Box::pin(guard(tokio_stream::iter(conns), &limits(2), "test"));
+    async fn at_the_cap_a_silent_or_quiet_connection_makes_room_or_the_new_one_is_closed() {
+        let (mut peers, conns) = pipes(5);
+        let (feed, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(incoming);
+        let mut guarded = Box::pin(guard(incoming, &limits(2), "test"));
         let stats = guarded.stats();
-        let first = guarded.next().await.unwrap().unwrap();
-        let second = guarded.next().await.unwrap().unwrap();
-        assert_eq!(stats.open(), 2);
-        // The third is accepted, found over the cap, and closed: its peer
-        // reads end-of-stream, and the stream moves on (here: to its end).
-        assert!(guarded.next().await.is_none());
-        assert_eq!(stats.refused(), 1);
+        let mut conns = conns.into_iter();
+        let accept = |conn| feed.send(conn).unwrap();
         let mut byte = [0u8; 1];
-        assert_eq!(peers[2].read(&mut byte).await.unwrap(), 0);
-        drop(first);
-        assert_eq!(stats.open(), 1);
-        drop(second);
+
+        // A silent connection makes room at once: it has no request to lose.
+        accept(conns.next().unwrap());
+        accept(conns.next().unwrap());
+        let mut silent = guarded.next().await.unwrap().unwrap();
+        let mut talking = guarded.next().await.unwrap().unwrap();
+        peers[1].write_all(b"x").await.unwrap();
+        assert_eq!(talking.read(&mut byte).await.unwrap(), 1);
+        accept(conns.next().unwrap());
+        let mut third = guarded.next().await.unwrap().unwrap();
+        let err = silent.read(&mut byte).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        drop(silent);
+        assert_eq!((stats.evicted(), stats.open()), (1, 2));
+
+        // Both open ones have spoken just now: the fourth is closed at once
+        // (its peer reads end-of-stream).
+        peers[2].write_all(b"x").await.unwrap();
+        assert_eq!(third.read(&mut byte).await.unwrap(), 1);
+        accept(conns.next().unwrap());
+        settle(&mut guarded).await;
+        assert_eq!(peers[3].read(&mut byte).await.unwrap(), 0);
+        assert_eq!((stats.refused(), stats.evicted()), (2, 1));
+
+        // Two seconds on, the third speaks again: the other, quiet for
+        // longer than `EVICT_QUIET_MIN`, makes room for the fifth.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        peers[2].write_all(b"x").await.unwrap();
+        assert_eq!(third.read(&mut byte).await.unwrap(), 1);
+        accept(conns.next().unwrap());
+        let fifth = guarded.next().await.unwrap().unwrap();
+        let err = talking.read(&mut byte).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        assert_eq!((stats.evicted(), stats.open()), (2, 2));
+        drop((talking, third, fifth));
         assert_eq!(stats.open(), 0);
     }
 

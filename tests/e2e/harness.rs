@@ -39,13 +39,18 @@ impl TestServer {
     /// Binds before returning, so the port accepts connections at once: no
     /// readiness polling needed.
     pub(crate) async fn start(faults: FaultConfig) -> Self {
+        Self::with_config(ServerConfig {
+            faults,
+            ..ServerConfig::default()
+        })
+        .await
+    }
+
+    /// A server with `config` (limits, faults, ...).
+    pub(crate) async fn with_config(config: ServerConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = ServerConfig {
-            faults,
-            ..ServerConfig::default()
-        };
         let task = tokio::spawn(server::serve(
             config,
             TcpListenerStream::new(listener),

@@ -14,14 +14,21 @@
 //! - [`requests`]: every `abacus::client::Request` is sent as the RPC it
 //!   names; at-most-once never re-sends one that may have been applied.
 //! - [`log_sink`]: the real binary keeps serving with its log pipe unread.
+//! - [`flood`]: streams behind a zero window, Watch streams, non-gRPC
+//!   content types and extra request messages (over [`raw_h2`] and `h2`).
+//! - [`sockets`]: idle sockets on both fronts, and the real binary under a
+//!   low open-file limit.
 //!
 //! Every table runs through [`harness::Conn::check`].
 
 mod client;
 mod discovery;
 mod faults;
+mod flood;
 mod harness;
 mod limits;
 mod log_sink;
+mod raw_h2;
 mod requests;
 mod rpcs;
+mod sockets;
