@@ -12,15 +12,22 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{DeserializeOwned, Visitor},
+};
 
 use super::error::RestError;
 use crate::{server::MESSAGE_BYTES_MAX, store::StatsView};
 
 /// `POST /v1/{op}` body. Unknown fields are refused, as proto3's JSON
 /// mapping does by default: a typo (`"bb": 3`) must not silently become 0.
+/// Only a JSON object is accepted (see [`from_json_object`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"a JSON object {"a": number, "b": number}"#
+)]
 pub struct BinaryBody {
     /// First operand.
     pub a: f64,
@@ -35,9 +42,9 @@ pub struct ResultBody {
     pub result: f64,
 }
 
-/// `POST /v1/registers/{name}:accumulate` body.
+/// `POST /v1/registers/{name}:accumulate` body (a JSON object only).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = r#"a JSON object {"delta": number}"#)]
 pub struct AccumulateBody {
     /// Amount to add.
     pub delta: f64,
@@ -134,9 +141,48 @@ where
                 RestError::BodyUnreadable(rejection.body_text())
             }
         })?;
-        serde_json::from_slice(&bytes)
+        from_json_object(&bytes)
             .map(JsonBody)
             .map_err(|e| RestError::MalformedJson(e.to_string()))
+    }
+}
+
+/// Parses `bytes` as a `T` written as a JSON **object**. serde's derived
+/// struct impls also take a JSON array of the fields in order, so plain
+/// `serde_json::from_slice` read `[3]` as `{"delta": 3}`; a body type is an
+/// object here, as in proto3's JSON mapping, and anything else is 400.
+pub fn from_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = T::deserialize(ObjectOnly(&mut de))?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A deserializer that reads a struct only as a map (a JSON object), and
+/// everything else as the wrapped one does. It applies to the top level
+/// only, which is where our bodies' structs are.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
     }
 }
 
@@ -194,6 +240,32 @@ mod tests {
             })
             .count();
         assert_eq!(wrong, 0);
+    }
+
+    #[test]
+    fn bodies_are_json_objects_only() {
+        // serde's derive alone takes these arrays as the structs' fields.
+        assert!(serde_json::from_str::<AccumulateBody>("[3]").is_ok());
+        for (body, expected) in [
+            ("[3]", r#"expected a JSON object {"delta": number}"#),
+            ("3", "expected a JSON object"),
+            (r#""delta""#, "expected a JSON object"),
+            ("null", "expected a JSON object"),
+            (r#"{"delta": 3} {}"#, "trailing characters"),
+        ] {
+            let err = from_json_object::<AccumulateBody>(body.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+        }
+        let err = from_json_object::<BinaryBody>(b"[1, 2]").unwrap_err();
+        assert!(err.to_string().contains("invalid type: sequence"), "{err}");
+        assert_eq!(
+            from_json_object::<AccumulateBody>(br#" {"delta": 3} "#).unwrap(),
+            AccumulateBody { delta: 3.0 }
+        );
+        assert_eq!(
+            from_json_object::<BinaryBody>(br#"{"b": 2, "a": 1}"#).unwrap(),
+            BinaryBody { a: 1.0, b: 2.0 }
+        );
     }
 
     #[test]
