@@ -105,6 +105,17 @@ pub enum ServiceError {
         /// Suggested wait before retrying.
         pushback_ms: u64,
     },
+    /// Load shedding on queueing delay: calls wait too long for a thread
+    /// before their handlers run (see `server::queue_delay`).
+    #[error(
+        "server saturated: calls wait more than {target_ms} ms before they run; retry after {pushback_ms} ms"
+    )]
+    Saturated {
+        /// The queueing-delay target.
+        target_ms: u64,
+        /// Suggested wait before retrying.
+        pushback_ms: u64,
+    },
     /// `--require-request-id` and a mutating request without one.
     #[error(
         "a request ID (gRPC: the request_id field; REST: the Idempotency-Key header) is required for Accumulate on this server (started with --require-request-id)"
@@ -161,7 +172,7 @@ impl ServiceError {
             Self::Calc(_) => Code::InvalidArgument,
             Self::InjectedUnavailable | Self::ResponseDropped => Code::Unavailable,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
-            Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::Overloaded { .. } | Self::Saturated { .. } => Code::ResourceExhausted,
             Self::RequestIdRequired | Self::InvalidRequestId(_) => Code::InvalidArgument,
             // FAILED_PRECONDITION, not INVALID_ARGUMENT: the request is valid on
             // its own; it conflicts with state the server holds (an earlier
@@ -207,7 +218,9 @@ impl ServiceError {
     /// Pushback the server asks the client to honour, if any.
     pub fn pushback_ms(&self) -> Option<i64> {
         match self {
-            Self::Overloaded { pushback_ms, .. } => Some(*pushback_ms as i64),
+            Self::Overloaded { pushback_ms, .. } | Self::Saturated { pushback_ms, .. } => {
+                Some(*pushback_ms as i64)
+            }
             // Retrying the same reused ID can never succeed: tell gRPC
             // clients not to retry at all.
             Self::RequestIdReused { .. } => Some(-1),

@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// Pushback (ms) sent with a shed call.
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub shed_pushback_ms: u64,
+    /// Also shed calls once tasks mostly wait longer than this (ms) for a
+    /// thread: a saturated CPU, which the in-flight limit does not see
+    /// (5 is CoDel's target). Experimental, so 0 (off) by default: see
+    /// docs/operations.md for what it does and does not achieve.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub shed_queue_delay_ms: u64,
     /// Connections open at once per front. At the cap a new connection
     /// replaces one that never sent a byte or has been quiet for a second,
     /// else it is closed at once. Lowered automatically to fit the
@@ -281,6 +287,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         faults,
         in_flight_max: args.in_flight_max,
         shed_pushback_ms: args.shed_pushback_ms,
+        shed_queue_delay_ms: (args.shed_queue_delay_ms > 0).then_some(args.shed_queue_delay_ms),
         events,
         dedup,
         require_request_id: args.require_request_id,

@@ -65,7 +65,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            connections_max: 4096,
+            connections_max: 1024,
             first_byte_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             h2_streams_max: 100,
@@ -180,6 +180,7 @@ mod tests {
     #[test]
     fn the_cap_leaves_room_for_other_descriptors() {
         assert_eq!(connections_max_for_fds(4096, 20_000), 4096);
+        assert_eq!(connections_max_for_fds(1024, 20_000), 1024);
         assert_eq!(connections_max_for_fds(4096, 256), 96);
         assert_eq!(connections_max_for_fds(4096, 10), 1);
         let proc_limits = "Limit                     Soft Limit           Hard Limit           Units     \n\

@@ -91,9 +91,12 @@ impl Calculator {
             config.faults.clone(),
             config.fault_switch.clone(),
         ));
-        let shed = ShedLayer::new(
+        let shed = ShedLayer::with_queue_delay(
             config.in_flight_max.max(1),
             config.shed_pushback_ms,
+            config
+                .shed_queue_delay_ms
+                .map(std::time::Duration::from_millis),
             config.events.clone(),
         );
         Self {

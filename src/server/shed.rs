@@ -23,6 +23,19 @@
 //! So this is a small layer over `http::Request` → `http::Response` that
 //! decides in `call`, with one atomic counter shared by every clone.
 //!
+//! # Queueing delay
+//!
+//! The cap counts calls inside handlers, which never fills while the CPU
+//! is the bottleneck: calls then wait *before* their handlers. With a
+//! queueing-delay target ([`ShedLayer::with_queue_delay`]), a probe
+//! ([`ShedLayer::start_probe`]) measures how long a task waits for a
+//! thread, and [`QueueDelay`] decides what share of arrivals to admit; the
+//! rest are refused like over-cap calls ([`ServiceError::Saturated`]).
+//! Measured, not inferred from calls: a call's own wait before its handler
+//! stayed small while calls waited 70 ms end to end — they queue in their
+//! connection's task (frames read late, responses written late), which
+//! every task's wait for a thread shows.
+//!
 //! The decision itself, [`ShedLayer::try_admit`], knows no protocol: the
 //! REST twin's middleware calls it on the same layer (held by the shared
 //! [`crate::server::Calculator`]), so both fronts count against one limit
@@ -42,19 +55,21 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tonic::{
     Status,
     codegen::http::{Request, Response},
 };
 use tower::{Layer, Service};
 
-use super::tally::Tally;
+use super::{queue_delay::QueueDelay, tally::Tally};
 use crate::{
     error::ServiceError,
     rpc::Method,
@@ -96,7 +111,19 @@ struct Shared {
     /// the count, instead of a line per refusal). A std mutex: held for a
     /// counter update, never across I/O.
     summary: Mutex<Tally>,
+    /// Shedding on queueing delay, if on. A std mutex, held for a few
+    /// arithmetic operations per call.
+    queue_delay: Option<Mutex<QueueDelay>>,
+    /// The probe feeding `queue_delay` is running.
+    probing: AtomicBool,
 }
+
+/// CoDel's interval: how long the queueing delay must stay high before
+/// shedding tightens, and the pace at which it relaxes.
+pub const QUEUE_DELAY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the probe measures the run-queue delay.
+pub const PROBE_PERIOD: Duration = Duration::from_millis(5);
 
 impl ShedLayer {
     /// See [`shed_layer`].
@@ -105,6 +132,21 @@ impl ShedLayer {
     ///
     /// If `in_flight_max` is 0.
     pub fn new(in_flight_max: usize, pushback_ms: u64, events: EventSink) -> Self {
+        Self::with_queue_delay(in_flight_max, pushback_ms, None, events)
+    }
+
+    /// [`ShedLayer::new`], also shedding on queueing delay when
+    /// `queue_delay_target` is set: see [`QueueDelay`].
+    ///
+    /// # Panics
+    ///
+    /// If `in_flight_max` is 0.
+    pub fn with_queue_delay(
+        in_flight_max: usize,
+        pushback_ms: u64,
+        queue_delay_target: Option<Duration>,
+        events: EventSink,
+    ) -> Self {
         assert!(
             in_flight_max > 0,
             "in_flight_max must be at least 1: a limit of 0 would refuse every call"
@@ -117,6 +159,9 @@ impl ShedLayer {
                 in_flight: AtomicUsize::new(0),
                 shed: AtomicU64::new(0),
                 summary: Mutex::default(),
+                queue_delay: queue_delay_target
+                    .map(|target| Mutex::new(QueueDelay::new(target, QUEUE_DELAY_INTERVAL))),
+                probing: AtomicBool::new(false),
             }),
         }
     }
@@ -140,33 +185,92 @@ impl ShedLayer {
     pub fn try_admit(&self, method: Option<Method>) -> Result<Permit, ServiceError> {
         admit(&self.shared, method)
     }
+
+    /// Starts measuring the queueing delay, when shedding on it is on
+    /// (once per layer; later calls do nothing). A task wakes every
+    /// [`PROBE_PERIOD`], yields — which puts it at the back of its
+    /// worker's run queue — and times how long the runtime takes to run
+    /// it again: the wait every task sees for a thread, connection tasks
+    /// and handlers alike. It stops once the layer is dropped.
+    pub fn start_probe(&self) {
+        if self.shared.queue_delay.is_none() || self.shared.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_PERIOD).await;
+                let yielded = Instant::now();
+                tokio::task::yield_now().await;
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                if let Some(queue_delay) = &shared.queue_delay {
+                    let now = Instant::now();
+                    lock(queue_delay).record(now, now.saturating_duration_since(yielded));
+                }
+            }
+        });
+    }
+
+    /// One arrival in how many is admitted now (1: all, or shedding on
+    /// queueing delay is off).
+    pub fn admit_one_in(&self) -> u32 {
+        self.shared
+            .queue_delay
+            .as_ref()
+            .map_or(1, |q| lock(q).admit_one_in(Instant::now()))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Counters only: a panic elsewhere cannot leave them half-updated.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn admit(shared: &Arc<Shared>, method: Option<Method>) -> Result<Permit, ServiceError> {
+    if let Some(queue_delay) = &shared.queue_delay {
+        let mut queue_delay = lock(queue_delay);
+        if !queue_delay.admit(Instant::now()) {
+            let target_ms = u64::try_from(queue_delay.target().as_millis()).unwrap_or(u64::MAX);
+            drop(queue_delay);
+            return Err(refuse(
+                shared,
+                method,
+                ServiceError::Saturated {
+                    target_ms,
+                    pushback_ms: shared.pushback_ms,
+                },
+            ));
+        }
+    }
     match InFlight::enter(shared) {
         Ok(guard) => Ok(Permit { _guard: guard }),
-        Err(in_flight) => {
-            shared.shed.fetch_add(1, Ordering::Relaxed);
-            shared.events.emit(Event::Shed { method });
-            let report = shared
-                .summary
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(tokio::time::Instant::now());
-            if let Some(report) = report {
-                tracing::info!(
-                    shed = %report,
-                    in_flight_max = shared.in_flight_max,
-                    "shedding load: calls refused with RESOURCE_EXHAUSTED"
-                );
-            }
-            Err(ServiceError::Overloaded {
+        Err(in_flight) => Err(refuse(
+            shared,
+            method,
+            ServiceError::Overloaded {
                 in_flight,
                 limit: shared.in_flight_max,
                 pushback_ms: shared.pushback_ms,
-            })
-        }
+            },
+        )),
     }
+}
+
+/// Counts, reports and returns a refusal.
+fn refuse(shared: &Shared, method: Option<Method>, refusal: ServiceError) -> ServiceError {
+    shared.shed.fetch_add(1, Ordering::Relaxed);
+    shared.events.emit(Event::Shed { method });
+    let report = lock(&shared.summary).record(Instant::now());
+    if let Some(report) = report {
+        tracing::info!(
+            shed = %report,
+            in_flight_max = shared.in_flight_max,
+            "shedding load: calls refused with RESOURCE_EXHAUSTED ({refusal})"
+        );
+    }
+    refusal
 }
 
 /// One admitted call's slot in a [`ShedLayer`]; released when dropped.

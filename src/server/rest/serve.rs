@@ -60,6 +60,7 @@ pub async fn serve_rest_with<I, IO, IE>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     IE: std::fmt::Display,
 {
+    calculator.shed().start_probe();
     let app = router(calculator);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
