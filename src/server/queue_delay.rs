@@ -97,7 +97,7 @@ impl QueueDelay {
     pub fn admit(&mut self, now: Instant) -> bool {
         self.roll(now);
         self.arrivals += 1;
-        self.arrivals % u64::from(self.admit_one_in) == 0
+        self.arrivals.is_multiple_of(u64::from(self.admit_one_in))
     }
 
     /// A task waited `delay` for a thread, measured at `now`.
