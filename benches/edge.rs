@@ -15,7 +15,8 @@
 //!    `h2_streams_max` of them), then after 2,000 `Health/Watch` streams
 //!    (the server admits `long_streams_max`).
 //!
-//! Run: `cargo bench --bench edge` (`-- --quick` for a smoke run).
+//! Run: `taskset -c 1 cargo bench --bench edge` (`-- --quick` for a smoke
+//! run): the server is pinned to CPU 0, the load to CPU 1.
 
 #[path = "../tests/e2e/raw_h2.rs"]
 #[allow(dead_code)]
@@ -74,7 +75,11 @@ impl Drop for Server {
 
 impl Server {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_abacus"))
+        // The server on CPU 0 (`taskset`), the load on the others (run the
+        // bench under `taskset -c 1`): sharing cores, the load generator
+        // would saturate first and measure itself.
+        let mut child = Command::new("taskset")
+            .args(["-c", "0", env!("CARGO_BIN_EXE_abacus")])
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn,abacus::cli=info,abacus::server=info")

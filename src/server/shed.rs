@@ -31,10 +31,10 @@
 //! ([`ShedLayer::start_probe`]) measures how long a task waits for a
 //! thread, and [`QueueDelay`] decides what share of arrivals to admit; the
 //! rest are refused like over-cap calls ([`ServiceError::Saturated`]).
-//! Measured, not inferred from calls: a call's own wait before its handler
-//! stayed small while calls waited 70 ms end to end — they queue in their
-//! connection's task (frames read late, responses written late), which
-//! every task's wait for a thread shows.
+//! Measured by a probe rather than per call: a call's own wait before its
+//! handler stays small even when calls take 70 ms end to end. The probe
+//! does not see that wait either (docs/operations.md): this shedding is
+//! opt-in.
 //!
 //! The decision itself, [`ShedLayer::try_admit`], knows no protocol: the
 //! REST twin's middleware calls it on the same layer (held by the shared
@@ -187,11 +187,12 @@ impl ShedLayer {
     }
 
     /// Starts measuring the queueing delay, when shedding on it is on
-    /// (once per layer; later calls do nothing). A task wakes every
+    /// (once per layer; later calls do nothing). A task sleeps for
     /// [`PROBE_PERIOD`], yields — which puts it at the back of its
-    /// worker's run queue — and times how long the runtime takes to run
-    /// it again: the wait every task sees for a thread, connection tasks
-    /// and handlers alike. It stops once the layer is dropped.
+    /// worker's run queue — and times how late it runs compared with its
+    /// timer: the wait every task woken by the runtime's drivers sees,
+    /// connection tasks and handlers alike. It stops once the layer is
+    /// dropped.
     pub fn start_probe(&self) {
         if self.shared.queue_delay.is_none() || self.shared.probing.swap(true, Ordering::AcqRel) {
             return;
@@ -199,15 +200,15 @@ impl ShedLayer {
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(PROBE_PERIOD).await;
-                let yielded = Instant::now();
+                let due = Instant::now() + PROBE_PERIOD;
+                tokio::time::sleep_until(due).await;
                 tokio::task::yield_now().await;
                 let Some(shared) = shared.upgrade() else {
                     break;
                 };
                 if let Some(queue_delay) = &shared.queue_delay {
                     let now = Instant::now();
-                    lock(queue_delay).record(now, now.saturating_duration_since(yielded));
+                    lock(queue_delay).record(now, now.saturating_duration_since(due));
                 }
             }
         });
