@@ -17,7 +17,7 @@ use crate::{
         faults::Faults,
         service::{AccumulateError, Calculator},
     },
-    store::{AccumulateArgs, Ledger},
+    store::{AccumulateArgs, Caller, Ledger},
     trace::EventSink,
 };
 
@@ -107,6 +107,12 @@ impl CalculatorRpc for GrpcCalculator {
         req: Request<pb::AccumulateRequest>,
     ) -> Result<Response<pb::AccumulateResponse>, Status> {
         let deadline = deadline_from(req.metadata());
+        // The peer's address, for per-client bounds (`Caller::quota_key`):
+        // tonic records it for TCP connections, through the listener guard.
+        let caller = Caller {
+            peer: req.remote_addr().map(|addr| addr.ip()),
+            ..Caller::default()
+        };
         let pb::AccumulateRequest {
             register,
             delta,
@@ -116,7 +122,7 @@ impl CalculatorRpc for GrpcCalculator {
             register,
             delta,
             request_id,
-            caller: Default::default(),
+            caller,
         };
         let done = self.service.accumulate(&args, deadline).await?;
         let mut response = Response::new(pb::AccumulateResponse {

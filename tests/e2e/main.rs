@@ -18,6 +18,7 @@
 //!   content types and extra request messages (over [`raw_h2`] and `h2`).
 //! - [`sockets`]: idle sockets on both fronts, and the real binary under a
 //!   low open-file limit.
+//! - [`peer`]: the caller's address reaches the ledger.
 //!
 //! Every table runs through [`harness::Conn::check`].
 
@@ -28,6 +29,7 @@ mod flood;
 mod harness;
 mod limits;
 mod log_sink;
+mod peer;
 mod raw_h2;
 mod requests;
 mod rpcs;
