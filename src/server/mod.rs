@@ -227,6 +227,7 @@ where
     let events = calculator.events().clone();
     let ledger = Arc::clone(calculator.ledger());
     let shed = calculator.shed().clone();
+    let shed_counter = shed.clone();
     shed.start_probe();
     let calculator = GrpcCalculator::from_service(calculator);
 
@@ -268,9 +269,14 @@ where
         .add_service(calculator)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    let shed_total = shed_counter.shed();
     match ledger.stats().await {
-        Ok(stats) => tracing::info!(target: "abacus::stats", %stats, "server stopped"),
-        Err(e) => tracing::info!(target: "abacus::stats", error = %e, "server stopped"),
+        Ok(stats) => {
+            tracing::info!(target: "abacus::stats", %stats, shed = shed_total, "server stopped")
+        }
+        Err(e) => {
+            tracing::info!(target: "abacus::stats", error = %e, shed = shed_total, "server stopped")
+        }
     }
     result
 }
