@@ -1,7 +1,10 @@
 //! Benchmark: simulated runs per second, checked against every invariant,
 //! on one thread: the standard run (2 clients × 20 calls under a seed-drawn
-//! fault mix) and the full swarm (2–3 clients, plus the settle and liveness
-//! phase, ≈ 8 s simulated).
+//! fault mix), the full swarm (2–3 clients, plus the settle and liveness
+//! phase, ≈ 8 s simulated) and the replicated swarm (three replicas over
+//! the store model, 2–3 clients with one client per replica, writes and
+//! reads of three registers, the replicated fault mix, then the liveness
+//! phase).
 //!
 //! It also times the linearizability checker alone on each run's history
 //! (already included in the seeds/s), to state its cost per seed.
@@ -18,7 +21,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(2_000);
-    for name in ["standard", "swarm"] {
+    for name in ["standard", "swarm", "replicated-swarm"] {
         let start = Instant::now();
         let mut violations = 0;
         let mut events = 0;

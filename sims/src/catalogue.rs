@@ -8,8 +8,9 @@ use std::time::Duration;
 use abacus::client::{BreakerConfig, Delivery, retry::ThrottleConfig};
 
 use crate::{
-    faults::{FaultPlan, NetFault, Window},
-    scenario::Scenario,
+    faults::{Fault, FaultPlan, NetFault, Node, Window},
+    scenario::{Replicated, Scenario, Topology},
+    world::store::{ReplicaBug, StoreModel},
 };
 
 /// Calls without faults, a fifth of the pure ones invalid.
@@ -156,11 +157,72 @@ pub fn standard(seed: u64) -> Scenario {
     s
 }
 
+/// Replicas in the replicated scenarios.
+pub const REPLICAS: usize = 3;
+
+/// The replicated swarm for `seed`: three replicas over the store model,
+/// 2 or 3 clients each with one client per replica, three registers
+/// written and read, the seed's replicated fault mix
+/// ([`FaultPlan::generate_replicated`]), then a liveness phase whose calls
+/// reach the store.
+pub fn replicated_swarm(name: &'static str, seed: u64) -> Scenario {
+    let mut s = swarm(name, Delivery::ExactlyOnce, seed);
+    s.topology = Topology::Replicated(Replicated::new(REPLICAS));
+    s.registers = 3;
+    s.read_share = 0.4;
+    s.invalid_share = 0.05;
+    // A stored Accumulate crosses seven messages (client to replica; the
+    // replica's connect, Begin and Commit to the store; the answer back),
+    // each drawing the plan's latency: attempts get twice the swarm's time.
+    s.attempt_timeout = Duration::from_millis(600);
+    s.deadline = Duration::from_secs(3);
+    s.plan = FaultPlan::generate_replicated(seed, s.clients, REPLICAS);
+    s
+}
+
+/// The replicated swarm with a broken store or replica: the negative
+/// controls of the replicated checks.
+pub fn replicated_control(
+    name: &'static str,
+    seed: u64,
+    store: StoreModel,
+    bug: Option<ReplicaBug>,
+) -> Scenario {
+    let mut s = replicated_swarm(name, seed);
+    if let Topology::Replicated(r) = &mut s.topology {
+        r.store = store;
+        r.bug = bug;
+    }
+    s
+}
+
+/// A written replicated run, for the timeline snapshot and for exploring:
+/// two clients over three replicas; one replica down for longer than a
+/// call's deadline, so calls routed to it fail over; the store losing a
+/// fifth of its commit replies, so retries are answered from the record,
+/// and crashing for a moment.
+pub fn replicated_failover(name: &'static str) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.topology = Topology::Replicated(Replicated::new(REPLICAS));
+    s.calls_per_client = 10;
+    s.registers = 2;
+    s.read_share = 0.4;
+    s.deadline = Duration::from_secs(2);
+    s.attempt_timeout = Duration::from_millis(300);
+    s.plan.store_lose_rate = 0.2;
+    s.plan.windows = vec![
+        Window::new(Fault::Crash(Node::Replica(1)), 100, 2_500),
+        Window::new(Fault::Crash(Node::Store), 1_500, 200),
+    ];
+    s.tick = Duration::from_millis(10);
+    s
+}
+
 type Make = fn(u64) -> Scenario;
 
 /// The scenarios the `sim` example runs by name. One table, so a name
 /// cannot be listed without a scenario behind it.
-const REGISTRY: [(&str, Make); 15] = [
+const REGISTRY: [(&str, Make); 20] = [
     ("standard", standard),
     ("happy", |_| happy()),
     ("plain-tonic", |_| plain_tonic()),
@@ -204,7 +266,51 @@ const REGISTRY: [(&str, Make); 15] = [
         s.dedup = false;
         s
     }),
+    ("replicated", |_| replicated_failover("replicated")),
+    ("replicated-swarm", |seed| {
+        replicated_swarm("replicated-swarm", seed)
+    }),
+    ("replicated-split-store", |seed| {
+        replicated_control(
+            "replicated-split-store",
+            seed,
+            StoreModel::SplitTransactions,
+            None,
+        )
+    }),
+    ("replicated-stale-reads", |seed| {
+        replicated_control(
+            "replicated-stale-reads",
+            seed,
+            StoreModel::Atomic,
+            Some(ReplicaBug::StaleReads),
+        )
+    }),
+    ("replicated-lost-reply-not-applied", |seed| {
+        lost_reply_not_applied("replicated-lost-reply-not-applied", seed)
+    }),
 ];
+
+/// The replicated swarm whose replicas answer a lost commit reply as
+/// not-applied, with lost replies always on, and clients that take a
+/// not-applied at its word: one attempt, no failover. (A client that
+/// retries under the same request ID would be answered from the record and
+/// never see the lie — which is why the lie goes unnoticed in practice,
+/// and why it is still a lie to the caller who stops there.)
+pub fn lost_reply_not_applied(name: &'static str, seed: u64) -> Scenario {
+    let mut s = replicated_control(
+        name,
+        seed,
+        StoreModel::Atomic,
+        Some(ReplicaBug::LostReplyIsNotApplied),
+    );
+    s.plan.store_lose_rate = s.plan.store_lose_rate.max(0.2);
+    s.retry.attempts_max = 1;
+    if let Topology::Replicated(r) = &mut s.topology {
+        r.failover_max = 0;
+    }
+    s
+}
 
 /// Every name [`by_name`] knows, for `--list`, `--help` and errors.
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -256,7 +362,7 @@ mod tests {
             );
             assert!(s.clients >= 1 && s.calls_per_client >= 1, "{name}");
         }
-        for name in ["swarm", "standard", "swarm-dedup-off"] {
+        for name in ["swarm", "standard", "swarm-dedup-off", "replicated-swarm"] {
             let plans: BTreeSet<String> = (0..8)
                 .filter_map(|seed| by_name(name, seed))
                 .map(|s| s.plan.to_string())

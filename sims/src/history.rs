@@ -11,14 +11,15 @@ use std::{
 
 use abacus::trace::{Event, EventSink};
 
-use crate::{faults::SimFault, workload::Note};
+use crate::{faults::SimFault, workload::Note, world::store::StoreNote};
 
 /// One line of history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// Simulated time since the start of the run.
     pub at: Duration,
-    /// Host name (`server`, `client-1`, ...) or `sim` for injected faults.
+    /// Host name (`server`, `replica-1`, `store`, `client-1`,
+    /// `client-1/replica-2`, ...) or `sim` for injected faults.
     pub host: String,
     /// What happened.
     pub entry: Entry,
@@ -33,6 +34,9 @@ pub enum Entry {
     Fault(SimFault),
     /// A note of the workload (what a client is about to do, what it saw).
     Note(Note),
+    /// What the store model did that no library event shows (a rollback,
+    /// a lost reply).
+    Store(StoreNote),
 }
 
 /// Shared, append-only history. A `std::sync::Mutex` is enough: turmoil
@@ -88,6 +92,7 @@ pub fn render(records: &[Record]) -> String {
             Entry::Event(e) => e.to_string(),
             Entry::Fault(f) => format!("FAULT {f}"),
             Entry::Note(n) => format!("-- {n}"),
+            Entry::Store(n) => format!("model {n}"),
         };
         let _ = writeln!(
             out,

@@ -41,4 +41,4 @@ pub mod sweep;
 pub mod workload;
 pub mod world;
 
-pub use scenario::{Promise, Scenario};
+pub use scenario::{Promise, Replicated, Scenario, Topology};

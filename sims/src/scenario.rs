@@ -6,19 +6,33 @@ use std::time::Duration;
 
 use abacus::client::{BreakerConfig, Delivery, RetryConfig};
 
-use crate::{faults::FaultPlan, world::Stack};
+use crate::{
+    faults::FaultPlan,
+    world::{
+        Stack,
+        store::{ReplicaBug, StoreModel},
+    },
+};
 
 /// Everything that defines a scenario, apart from the seed.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     /// Test name (also used in the replay command).
     pub name: &'static str,
+    /// The world's shape: one server, or replicas over a store.
+    pub topology: Topology,
     /// Client hosts.
     pub clients: usize,
     /// Logical calls per client.
     pub calls_per_client: usize,
     /// Share of calls that are `Accumulate`.
     pub accumulate_share: f64,
+    /// Share of the other calls that read a register (`GetRegister`),
+    /// recorded for the linearizability check.
+    pub read_share: f64,
+    /// Registers the workload writes and reads: one (`total`) or several
+    /// (`r1`, `r2`, …), drawn per call.
+    pub registers: usize,
     /// Send every Accumulate twice at once under one request ID.
     pub hedge: bool,
     /// Think time between a client's calls, drawn from this range (ms).
@@ -42,7 +56,8 @@ pub struct Scenario {
     /// Server-side deduplication on (the default) or off (negative controls).
     pub dedup: bool,
     /// Server state survives a crash (durable mode, the default) or is lost
-    /// with it (in-memory mode).
+    /// with it (in-memory mode). Single-server world only: the replicated
+    /// world's store is always durable, its replicas always stateless.
     pub state_survives_crash: bool,
     /// Faults to inject.
     pub plan: FaultPlan,
@@ -57,6 +72,42 @@ pub struct Scenario {
     /// With a liveness phase: when the untimed faults (link failures, server
     /// faults) stop. Timed windows stop at their own end.
     pub quiet_after: Duration,
+}
+
+/// The shape of the simulated world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Topology {
+    /// One server host, `server`, its state in process.
+    Single,
+    /// Replicas, `replica-1` upwards, over one store host, `store`.
+    Replicated(Replicated),
+}
+
+/// The replicated world.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replicated {
+    /// Replica hosts (the real abacus server each).
+    pub replicas: usize,
+    /// What runs on the store host.
+    pub store: StoreModel,
+    /// A replica bug injected for a negative control.
+    pub bug: Option<ReplicaBug>,
+    /// Other replicas a logical call may try, one after the other, after a
+    /// failure that leaves it safe to (see `workload`).
+    pub failover_max: usize,
+}
+
+impl Replicated {
+    /// `replicas` correct replicas over the correct store, each call free
+    /// to try every replica.
+    pub fn new(replicas: usize) -> Self {
+        Self {
+            replicas,
+            store: StoreModel::Atomic,
+            bug: None,
+            failover_max: replicas.saturating_sub(1),
+        }
+    }
 }
 
 /// Which delivery promise the checker holds the run to.
@@ -85,9 +136,12 @@ impl Scenario {
     pub fn new(name: &'static str) -> Self {
         Self {
             name,
+            topology: Topology::Single,
             clients: 2,
             calls_per_client: 10,
             accumulate_share: 0.5,
+            read_share: 0.0,
+            registers: 1,
             hedge: false,
             think_ms: (0, 60),
             invalid_share: 0.0,
@@ -124,5 +178,37 @@ impl Scenario {
     /// Names of the client hosts, `client-1` upwards.
     pub fn client_hosts(&self) -> Vec<String> {
         (1..=self.clients).map(|i| format!("client-{i}")).collect()
+    }
+
+    /// The replicated world, if this is one.
+    pub fn replicated(&self) -> Option<&Replicated> {
+        match &self.topology {
+            Topology::Single => None,
+            Topology::Replicated(r) => Some(r),
+        }
+    }
+
+    /// Names of the server hosts: `server`, or `replica-1` upwards.
+    pub fn server_hosts(&self) -> Vec<String> {
+        match &self.topology {
+            Topology::Single => vec![crate::world::server::HOST.to_owned()],
+            Topology::Replicated(r) => (1..=r.replicas).map(|i| format!("replica-{i}")).collect(),
+        }
+    }
+
+    /// The registers the workload uses: `total` alone, or `r1`, `r2`, ….
+    pub fn register_names(&self) -> Vec<String> {
+        if self.registers <= 1 {
+            vec![crate::workload::REGISTER.to_owned()]
+        } else {
+            (1..=self.registers).map(|i| format!("r{i}")).collect()
+        }
+    }
+
+    /// True when state survives every crash the scenario can inject: the
+    /// single server's when it is durable, always in the replicated world
+    /// (the store is durable, replicas hold nothing).
+    pub fn state_is_durable(&self) -> bool {
+        self.replicated().is_some() || self.state_survives_crash
     }
 }

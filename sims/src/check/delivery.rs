@@ -1,7 +1,8 @@
-//! Delivery promises, checked against what the server applied: each
-//! logical Accumulate's delta is unique in the run, so the server's
-//! `applied` events attribute to their logical call even without request
-//! IDs.
+//! Delivery promises, checked against what was applied — the server's
+//! `applied` events, or in the replicated world the store's: each logical
+//! Accumulate's delta is unique in the run, so `applied` events attribute
+//! to their logical call even without request IDs; and each request ID is
+//! checked on its own, whichever replica it reached.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,7 @@ use abacus::trace::{Event, Outcome};
 
 use crate::{
     check::Violation,
-    faults::SimFault,
+    faults::{Node, SimFault},
     history::{Entry, Record},
     scenario::{Promise, Scenario},
     world::Run,
@@ -65,10 +66,40 @@ pub fn effects(scenario: &Scenario, run: &Run, v: &mut Vec<Violation>) {
     }
 }
 
+/// `applied-once-per-request-id`: no request ID is applied twice, across
+/// every replica and every crash (exactly-once scenarios). Read from the
+/// `applied` events alone, so it holds the store to its promise whatever
+/// the workload did with the ID.
+pub fn once_per_request_id(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
+    if scenario.promise != Promise::ExactlyOnceEffect {
+        return;
+    }
+    let mut applies: BTreeMap<&str, Vec<(&str, std::time::Duration)>> = BTreeMap::new();
+    for r in records {
+        if let Entry::Event(Event::Applied { request_id, .. }) = &r.entry
+            && !request_id.is_empty()
+        {
+            applies
+                .entry(request_id)
+                .or_default()
+                .push((r.host.as_str(), r.at));
+        }
+    }
+    for (id, at) in applies {
+        if at.len() > 1 {
+            v.push(Violation {
+                invariant: "applied-once-per-request-id",
+                detail: format!("request ID {id} was applied {} times: {at:?}", at.len()),
+            });
+        }
+    }
+}
+
 /// Each register's value after every apply equals the previous value plus
 /// the delta: the update and its record were committed together, nothing
-/// was lost or applied out of band.
-pub fn registers(state_survives_crash: bool, records: &[Record], v: &mut Vec<Violation>) {
+/// was lost or applied out of band. `durable`: state survives every crash
+/// (else a crash of the server resets every register).
+pub fn registers(durable: bool, records: &[Record], v: &mut Vec<Violation>) {
     let mut values: BTreeMap<&str, f64> = BTreeMap::new();
     for r in records {
         match &r.entry {
@@ -92,7 +123,9 @@ pub fn registers(state_survives_crash: bool, records: &[Record], v: &mut Vec<Vio
             }
             // In-memory state: a crash, or a restart (which is a crash too
             // when windows overlap), resets every register.
-            Entry::Fault(SimFault::Crash | SimFault::Restart) if !state_survives_crash => {
+            Entry::Fault(SimFault::Crash(Node::Server) | SimFault::Restart(Node::Server))
+                if !durable =>
+            {
                 values.clear()
             }
             _ => {}

@@ -9,8 +9,8 @@
 //!
 //! # Layout
 //! - [`delivery`]: delivery promises (`applied-at-most-once`,
-//!   `acknowledged-implies-applied`, `not-applied-is-true`) and
-//!   `register-consistent`.
+//!   `applied-once-per-request-id`, `acknowledged-implies-applied`,
+//!   `not-applied-is-true`) and `register-consistent`.
 //! - [`calls`]: per call: `within-deadline`, `attempts-bounded`,
 //!   `no-retry-on-non-retryable`, `liveness`.
 //! - [`breaker`]: `breaker-legal-transitions`, `breaker-open-sends-nothing`,
@@ -45,7 +45,8 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
         });
     }
     delivery::effects(scenario, run, &mut v);
-    delivery::registers(scenario.state_survives_crash, &run.records, &mut v);
+    delivery::once_per_request_id(scenario, &run.records, &mut v);
+    delivery::registers(scenario.state_is_durable(), &run.records, &mut v);
     linearizable::check(scenario, run, &mut v);
     calls::check(scenario, &run.records, &mut v);
     notes::check(scenario, &run.records, &mut v);
@@ -177,6 +178,7 @@ mod tests {
             seed: 0,
             records,
             accumulates,
+            reads: Vec::new(),
             sim_result: Ok(()),
         };
         check(s, &run).into_iter().map(|v| v.invariant).collect()

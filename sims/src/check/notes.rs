@@ -24,7 +24,7 @@ pub fn check(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
                 detail: format!("{} at {:?}, after every fault stopped: {n}", r.host, r.at),
             }),
             Note::LivenessPhase => phases += 1,
-            Note::WorkloadDone => {}
+            Note::WorkloadDone | Note::Failover { .. } => {}
         }
     }
     if scenario.liveness_calls > 0 && phases != scenario.clients {

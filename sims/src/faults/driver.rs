@@ -8,27 +8,27 @@ use std::{fmt, time::Duration};
 use abacus::server::FaultSwitch;
 
 use crate::{
-    faults::plan::{NetFault, Target, Window},
+    faults::plan::{Fault, Link, Node, Peer, Side, Window},
     history::{Entry, History},
-    world::server,
 };
 
 /// A fault the harness injected (or stopped) at a point in simulated time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SimFault {
-    /// Messages between the server and the target are dropped from now on.
-    Partition(Target),
+    /// Messages on the links are dropped from now on.
+    Partition(Link),
     /// The partition is lifted.
-    Repair(Target),
-    /// Messages between the server and the target are queued from now on.
-    Hold(Target),
+    Repair(Link),
+    /// Messages on the links are queued from now on.
+    Hold(Link),
     /// The queued messages are delivered.
-    Release(Target),
-    /// The server host crashes.
-    Crash,
-    /// The server host starts again.
-    Restart,
-    /// Link failures and server faults stop; the liveness phase follows.
+    Release(Link),
+    /// The host crashes.
+    Crash(Node),
+    /// The host starts again.
+    Restart(Node),
+    /// Link failures, server and store faults stop; the liveness phase
+    /// follows.
     AllStop,
 }
 
@@ -36,42 +36,123 @@ impl SimFault {
     /// The step that starts (`start`) or ends window `w`'s fault.
     fn of(w: &Window, start: bool) -> Self {
         match (w.fault, start) {
-            (NetFault::Partition, true) => Self::Partition(w.target),
-            (NetFault::Partition, false) => Self::Repair(w.target),
-            (NetFault::Hold, true) => Self::Hold(w.target),
-            (NetFault::Hold, false) => Self::Release(w.target),
-            (NetFault::Crash, true) => Self::Crash,
-            (NetFault::Crash, false) => Self::Restart,
+            (Fault::Partition(l), true) => Self::Partition(l),
+            (Fault::Partition(l), false) => Self::Repair(l),
+            (Fault::Hold(l), true) => Self::Hold(l),
+            (Fault::Hold(l), false) => Self::Release(l),
+            (Fault::Crash(n), true) => Self::Crash(n),
+            (Fault::Crash(n), false) => Self::Restart(n),
+        }
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Server => f.write_str("server"),
+            Self::Replica(n) => write!(f, "replica-{n}"),
+            Self::Store => f.write_str("store"),
+        }
+    }
+}
+
+impl fmt::Display for Link {
+    /// `server <-> clients`, `replica-2 <-> client-1`, `replica-1 <-> store`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.side {
+            Side::Server => f.write_str("server")?,
+            Side::Replica(n) => write!(f, "replica-{n}")?,
+        }
+        match self.peer {
+            Peer::Clients => f.write_str(" <-> clients"),
+            Peer::Client(n) => write!(f, " <-> client-{n}"),
+            Peer::Store => f.write_str(" <-> store"),
         }
     }
 }
 
 impl fmt::Display for SimFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let link = |f: &mut fmt::Formatter<'_>, verb: &str, target: &Target| match target {
-            Target::All => write!(f, "{verb} server <-> clients"),
-            Target::Client(n) => write!(f, "{verb} server <-> client-{n}"),
-        };
         match self {
-            Self::Partition(t) => link(f, "partition", t),
-            Self::Repair(t) => link(f, "repair", t),
-            Self::Hold(t) => link(f, "hold", t),
-            Self::Release(t) => link(f, "release", t),
-            Self::Crash => f.write_str("crash server"),
-            Self::Restart => f.write_str("restart server"),
+            Self::Partition(l) => write!(f, "partition {l}"),
+            Self::Repair(l) => write!(f, "repair {l}"),
+            Self::Hold(l) => write!(f, "hold {l}"),
+            Self::Release(l) => write!(f, "release {l}"),
+            Self::Crash(n) => write!(f, "crash {n}"),
+            Self::Restart(n) => write!(f, "restart {n}"),
             Self::AllStop => f.write_str("all faults stop"),
         }
     }
 }
 
+/// The hosts of a world, as faults name them.
+#[derive(Debug, Clone, Default)]
+pub struct Hosts {
+    /// Server hosts: `server`, or `replica-1` upwards.
+    pub servers: Vec<String>,
+    /// The store host, in the replicated world.
+    pub store: Option<String>,
+    /// Client hosts, `client-1` upwards.
+    pub clients: Vec<String>,
+}
+
+/// The `n`th (1-based) of `hosts`, if there is one.
+fn nth(hosts: &[String], n: usize) -> Vec<&str> {
+    n.checked_sub(1)
+        .and_then(|i| hosts.get(i))
+        .map(String::as_str)
+        .into_iter()
+        .collect()
+}
+
+impl Hosts {
+    /// The hosts `node` names (none when this world has no such host).
+    fn node(&self, node: Node) -> Vec<&str> {
+        match node {
+            Node::Server => self.servers.iter().map(String::as_str).collect(),
+            Node::Replica(n) => nth(&self.servers, n),
+            Node::Store => self.store.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The host pairs `link` names.
+    fn pairs(&self, link: Link) -> Vec<(&str, &str)> {
+        let sides = match link.side {
+            Side::Server => self.node(Node::Server),
+            Side::Replica(n) => self.node(Node::Replica(n)),
+        };
+        let peers = match link.peer {
+            Peer::Clients => self.clients.iter().map(String::as_str).collect(),
+            Peer::Client(n) => nth(&self.clients, n),
+            Peer::Store => self.node(Node::Store),
+        };
+        sides
+            .iter()
+            .flat_map(|s| peers.iter().map(move |p| (*s, *p)))
+            .collect()
+    }
+
+    /// Every pair of hosts that talk to each other: servers with clients,
+    /// servers with the store.
+    fn every_link(&self) -> Vec<(&str, &str)> {
+        let mut pairs = self.pairs(Link::SERVER_CLIENTS);
+        pairs.extend(self.pairs(Link {
+            side: Side::Server,
+            peer: Peer::Store,
+        }));
+        pairs
+    }
+}
+
 /// Steps the simulation, applying timed faults, until every client is done.
-/// At `quiet.0` link failures and server faults stop, so the liveness phase
-/// runs on a quiet network.
+/// At `quiet.0` link failures stop, every link is repaired and every
+/// switch in `quiet.1` (servers' and store's faults) is turned off, so the
+/// liveness phase runs on a quiet network.
 pub fn drive(
     sim: &mut turmoil::Sim<'_>,
     windows: &[Window],
-    quiet: Option<(Duration, FaultSwitch)>,
-    clients: &[String],
+    quiet: Option<(Duration, Vec<FaultSwitch>)>,
+    hosts: &Hosts,
     history: &History,
 ) -> Result<(), String> {
     let mut started = vec![false; windows.len()];
@@ -82,14 +163,14 @@ pub fn drive(
         for (i, w) in windows.iter().enumerate() {
             if !started[i] && now >= w.from {
                 started[i] = true;
-                step(sim, w, true, clients, history, now);
+                step(sim, SimFault::of(w, true), hosts, history, now);
             }
             if started[i] && !ended[i] && now >= w.until() {
                 ended[i] = true;
-                step(sim, w, false, clients, history, now);
+                step(sim, SimFault::of(w, false), hosts, history, now);
             }
         }
-        if let Some((at, switch)) = &quiet
+        if let Some((at, switches)) = &quiet
             && !quieted
             && now >= *at
         {
@@ -98,10 +179,10 @@ pub fn drive(
             sim.set_fail_rate(0.0);
             // turmoil repairs a randomly failed link only when a message
             // crosses it, and only by chance: repair them all explicitly.
-            for c in clients {
-                sim.repair(server::HOST, c.as_str());
+            for (a, b) in hosts.every_link() {
+                sim.repair(a, b);
             }
-            switch.turn_off();
+            switches.iter().for_each(FaultSwitch::turn_off);
         }
         match sim.step() {
             Ok(true) => return Ok(()),
@@ -111,34 +192,113 @@ pub fn drive(
     }
 }
 
-/// Starts or ends window `w`'s fault now, and records it.
+/// Applies `fault` now, and records it.
 fn step(
     sim: &mut turmoil::Sim<'_>,
-    w: &Window,
-    start: bool,
-    clients: &[String],
+    fault: SimFault,
+    hosts: &Hosts,
     history: &History,
     now: Duration,
 ) {
-    let fault = SimFault::of(w, start);
     history.push_at(now, "sim", Entry::Fault(fault));
-    let targets: Vec<&str> = match w.target {
-        Target::All => clients.iter().map(String::as_str).collect(),
-        Target::Client(n) => n
-            .checked_sub(1)
-            .and_then(|i| clients.get(i))
-            .map(String::as_str)
-            .into_iter()
-            .collect(),
-    };
-    let host = server::HOST;
     match fault {
-        SimFault::Crash => sim.crash(host),
-        SimFault::Restart => sim.bounce(host),
-        SimFault::Partition(_) => targets.iter().for_each(|c| sim.partition(host, *c)),
-        SimFault::Repair(_) => targets.iter().for_each(|c| sim.repair(host, *c)),
-        SimFault::Hold(_) => targets.iter().for_each(|c| sim.hold(host, *c)),
-        SimFault::Release(_) => targets.iter().for_each(|c| sim.release(host, *c)),
+        SimFault::Crash(n) => hosts.node(n).into_iter().for_each(|h| sim.crash(h)),
+        SimFault::Restart(n) => hosts.node(n).into_iter().for_each(|h| sim.bounce(h)),
+        SimFault::Partition(l) => hosts
+            .pairs(l)
+            .iter()
+            .for_each(|(a, b)| sim.partition(*a, *b)),
+        SimFault::Repair(l) => hosts.pairs(l).iter().for_each(|(a, b)| sim.repair(*a, *b)),
+        SimFault::Hold(l) => hosts.pairs(l).iter().for_each(|(a, b)| sim.hold(*a, *b)),
+        SimFault::Release(l) => hosts.pairs(l).iter().for_each(|(a, b)| sim.release(*a, *b)),
         SimFault::AllStop => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts() -> Hosts {
+        Hosts {
+            servers: vec!["replica-1".into(), "replica-2".into()],
+            store: Some("store".into()),
+            clients: vec!["client-1".into(), "client-2".into()],
+        }
+    }
+
+    #[test]
+    fn faults_resolve_to_the_hosts_they_name() {
+        let h = hosts();
+        assert_eq!(h.node(Node::Server), ["replica-1", "replica-2"]);
+        assert_eq!(h.node(Node::Replica(2)), ["replica-2"]);
+        assert!(h.node(Node::Replica(3)).is_empty());
+        assert_eq!(h.node(Node::Store), ["store"]);
+        assert_eq!(
+            h.pairs(Link {
+                side: Side::Replica(1),
+                peer: Peer::Clients
+            }),
+            [("replica-1", "client-1"), ("replica-1", "client-2")]
+        );
+        assert_eq!(
+            h.pairs(Link {
+                side: Side::Server,
+                peer: Peer::Store
+            }),
+            [("replica-1", "store"), ("replica-2", "store")]
+        );
+        assert_eq!(
+            h.pairs(Link {
+                side: Side::Replica(2),
+                peer: Peer::Client(2)
+            }),
+            [("replica-2", "client-2")]
+        );
+        assert_eq!(h.every_link().len(), 6);
+        // The single-server world has no store: a store fault cuts nothing.
+        let single = Hosts {
+            store: None,
+            servers: vec!["server".into()],
+            ..hosts()
+        };
+        assert!(
+            single
+                .pairs(Link {
+                    side: Side::Server,
+                    peer: Peer::Store
+                })
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn single_server_faults_print_as_before() {
+        let l = Link::SERVER_CLIENTS;
+        assert_eq!(
+            SimFault::Partition(l).to_string(),
+            "partition server <-> clients"
+        );
+        assert_eq!(
+            SimFault::Hold(Link {
+                side: Side::Server,
+                peer: Peer::Client(2)
+            })
+            .to_string(),
+            "hold server <-> client-2"
+        );
+        assert_eq!(SimFault::Crash(Node::Server).to_string(), "crash server");
+        assert_eq!(
+            SimFault::Restart(Node::Replica(3)).to_string(),
+            "restart replica-3"
+        );
+        assert_eq!(
+            SimFault::Repair(Link {
+                side: Side::Replica(1),
+                peer: Peer::Store
+            })
+            .to_string(),
+            "repair replica-1 <-> store"
+        );
     }
 }

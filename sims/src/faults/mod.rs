@@ -3,11 +3,11 @@
 //! times, recording each step as a [`SimFault`].
 //!
 //! # Layout
-//! - [`plan`]: fault plans, their swarm generator and their text form.
+//! - [`plan`]: fault plans, their swarm generators and their text form.
 //! - [`driver`]: steps the simulation and applies the plan's windows.
 
 pub mod driver;
 pub mod plan;
 
-pub use driver::SimFault;
-pub use plan::{FaultPlan, NetFault, Target, Window};
+pub use driver::{Hosts, SimFault};
+pub use plan::{Fault, FaultPlan, Link, NetFault, Node, Peer, Side, Slow, Window};

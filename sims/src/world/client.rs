@@ -1,6 +1,7 @@
 //! Client hosts' stacks: the library's own ([`Client::new`]), or a
 //! deliberately broken composition of its layers, used as a negative
-//! control to prove the checker sees the bug it causes.
+//! control to prove the checker sees the bug it causes; and [`Clients`],
+//! what one client host calls the service through.
 
 use abacus::{
     client::{
@@ -12,6 +13,7 @@ use abacus::{
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 use crate::{
+    history::History,
     scenario::Scenario,
     seed::derive_seed,
     world::{net, server},
@@ -30,24 +32,37 @@ pub enum Stack {
     DeadlineNotEnforced,
 }
 
-/// The client configuration of `host` in the run of `seed`: the scenario's
-/// policy, its own seeded streams, events into the run's history.
-pub fn config(scenario: &Scenario, seed: u64, host: &str, events: EventSink) -> ClientConfig {
+/// The client configuration of `host` in the run of `seed`, towards the
+/// server host `endpoint`: the scenario's policy, its own seeded streams,
+/// events into the run's history.
+pub fn config(
+    scenario: &Scenario,
+    seed: u64,
+    host: &str,
+    endpoint: &str,
+    events: EventSink,
+) -> ClientConfig {
+    // The single server's client keeps the stream it always had, so its
+    // scenarios replay as before; one client per replica gets one each.
+    let stream = match scenario.replicated() {
+        None => host.to_owned(),
+        Some(_) => format!("{host}/{endpoint}"),
+    };
     ClientConfig {
         deadline: scenario.deadline,
         attempt_timeout: scenario.attempt_timeout,
         mode: scenario.mode,
         retry: scenario.retry.clone(),
         breaker: scenario.breaker.clone(),
-        endpoint: server::HOST.into(),
-        seed: Some(derive_seed(seed, host)),
+        endpoint: endpoint.into(),
+        seed: Some(derive_seed(seed, &stream)),
         events,
     }
 }
 
-/// Builds the client for `stack`, connected to the server host.
+/// Builds the client for `stack`, connected to `config.endpoint`.
 pub fn build(stack: Stack, config: ClientConfig) -> Client {
-    let channel = net::channel(server::HOST);
+    let channel = net::channel(&config.endpoint);
     let seed = config.seed.unwrap_or(0);
     let retry = || {
         RetryLayer::new(
@@ -88,5 +103,68 @@ pub fn build(stack: Stack, config: ClientConfig) -> Client {
                 ))
                 .service(Transport::new(channel)),
         )),
+    }
+}
+
+/// What one client host calls the service through: one client per server
+/// host it may reach, each named by its endpoint.
+///
+/// In the single-server world that is one client; in the replicated world
+/// one single-endpoint client per replica, and the workload picks a
+/// replica per logical call and fails over itself. This is the one place
+/// that decides it: a replica-aware client (balancing and failover inside
+/// the stack) becomes one entry here over every replica, and the
+/// workload's own choice then has nothing to choose from.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// Never empty: the first endpoint apart.
+    first: (String, Client),
+    rest: Vec<(String, Client)>,
+}
+
+impl Clients {
+    /// The clients of client host `host` in the run of `seed`. Must run
+    /// inside the host (the channels are the host's). Each client's events
+    /// go to the history as `host` in the single-server world, as
+    /// `host/replica-N` in the replicated one (each client numbers its own
+    /// calls, and each has its own breaker).
+    pub fn build(scenario: &Scenario, seed: u64, host: &str, history: &History) -> Self {
+        let single = scenario.replicated().is_none();
+        let client = |endpoint: String| {
+            let label = if single {
+                host.to_owned()
+            } else {
+                format!("{host}/{endpoint}")
+            };
+            let config = config(scenario, seed, host, &endpoint, history.sink(&label));
+            let client = build(scenario.stack, config);
+            (endpoint, client)
+        };
+        let mut endpoints = scenario.server_hosts().into_iter();
+        let first = client(endpoints.next().unwrap_or_else(|| server::HOST.to_owned()));
+        Self {
+            first,
+            rest: endpoints.map(client).collect(),
+        }
+    }
+
+    /// How many endpoints there are to choose from (at least one).
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Never: there is always a first endpoint.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The endpoint `i` names, counting round (`i` modulo [`Clients::len`]):
+    /// its name and client.
+    pub fn at(&self, i: usize) -> (&str, &Client) {
+        let (name, client) = match i % self.len() {
+            0 => &self.first,
+            k => self.rest.get(k - 1).unwrap_or(&self.first),
+        };
+        (name, client)
     }
 }

@@ -1,35 +1,47 @@
-//! The simulated world of one run: a turmoil `Sim` with one server host
-//! and N client hosts running the real abacus server and client, driven
-//! until every client is done while the fault driver injects the plan.
+//! The simulated world of one run: a turmoil `Sim` running the real abacus
+//! server and client — one server host, or replicas over a store host —
+//! and N client hosts, driven until every client is done while the fault
+//! driver injects the plan.
 //!
 //! Everything random flows from the run's seed through
 //! [`derive_seed`](crate::seed::derive_seed): turmoil's RNG (latency, link
-//! failures), the server's fault RNG, each client's jitter and request IDs,
-//! and the workload. Nothing reads the wall clock.
+//! failures), the servers' and the store's fault RNGs, each client's
+//! jitter and request IDs, and the workload. Nothing reads the wall clock.
+//!
+//! # Hosts
+//! - Single-server world: `server`, `client-1` upwards.
+//! - Replicated world: `replica-1` upwards (the real server each, over a
+//!   [`RemoteLedger`](store::RemoteLedger)), `store` (the model of the
+//!   shared store), `client-1` upwards (one client per replica each).
 //!
 //! # Layout
 //! - [`net`]: turmoil TCP ↔ tonic glue (the only network swap).
-//! - [`server`]: the server host, its state surviving crashes or not.
+//! - [`server`]: the single server host, its state surviving crashes or not.
+//! - [`replica`]: the replica hosts.
+//! - [`store`]: the store host, its protocol, and the replicas' ledger.
 //! - [`client`]: client hosts' stacks: the library's own, or a broken
-//!   composition ([`Stack`]) for a negative control.
+//!   composition ([`Stack`]) for a negative control; [`Clients`], what a
+//!   client host calls through.
 
 pub mod client;
 pub mod net;
+pub mod replica;
 pub mod server;
+pub mod store;
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-pub use client::Stack;
+pub use client::{Clients, Stack};
 
 use crate::{
-    faults::driver,
+    faults::{Hosts, driver},
     history::{History, Record},
-    scenario::Scenario,
+    scenario::{Scenario, Topology},
     seed::derive_seed,
-    workload::{LogicalAccumulate, Workload},
+    workload::{LogicalAccumulate, LogicalRead, Outcomes, Workload},
 };
 
 /// The product of one run.
@@ -41,6 +53,8 @@ pub struct Run {
     pub records: Vec<Record>,
     /// Every logical Accumulate and its result.
     pub accumulates: Vec<LogicalAccumulate>,
+    /// Every logical register read and its result.
+    pub reads: Vec<LogicalRead>,
     /// `Err` when the simulation itself failed (e.g. a client did not finish
     /// within the simulated time limit).
     pub sim_result: Result<(), String>,
@@ -53,7 +67,7 @@ const SIM_DURATION: Duration = Duration::from_secs(300);
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> Run {
     let history = History::default();
-    let accumulates: Arc<Mutex<Vec<LogicalAccumulate>>> = Arc::default();
+    let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
 
     let plan = &scenario.plan;
     let mut sim = turmoil::Builder::new()
@@ -66,37 +80,59 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         .repair_rate(if plan.link_fail_rate > 0.0 { 0.5 } else { 1.0 })
         .build();
 
-    let fault_switch = server::host(&mut sim, scenario, seed, &history);
+    let (store, switches) = match &scenario.topology {
+        Topology::Single => (None, vec![server::host(&mut sim, scenario, seed, &history)]),
+        Topology::Replicated(r) => {
+            let store = store::Store::new(
+                store::StoreConfig {
+                    model: r.store,
+                    dedup: abacus::server::DedupConfig {
+                        enabled: scenario.dedup,
+                        ..Default::default()
+                    },
+                    delay_ms: plan.store_delay_ms,
+                    lose_rate: plan.store_lose_rate,
+                    seed: derive_seed(seed, "store-faults"),
+                },
+                &history,
+            );
+            store.serve_on(&mut sim);
+            let replicas = replica::hosts(&mut sim, scenario, r, seed, &history);
+            (Some(store::HOST.to_owned()), vec![replicas, store.switch()])
+        }
+    };
 
-    let hosts = scenario.client_hosts();
-    for (index, host) in hosts.iter().enumerate() {
-        let config = client::config(scenario, seed, host, history.sink(host));
+    let clients = scenario.client_hosts();
+    for (index, host) in clients.iter().enumerate() {
         let workload = Workload::new(
             scenario,
             seed,
             host,
             index,
             history.clone(),
-            accumulates.clone(),
+            outcomes.clone(),
         );
-        let stack = scenario.stack;
+        let (scenario, history, name) = (scenario.clone(), history.clone(), host.clone());
         sim.client(host.as_str(), async move {
-            let client = client::build(stack, config);
-            workload.run(&client).await;
+            let clients = Clients::build(&scenario, seed, &name, &history);
+            workload.run(&clients).await;
             Ok(())
         });
     }
 
-    let quiet = scenario.quiet_from().map(|at| (at, fault_switch));
+    let hosts = Hosts {
+        servers: scenario.server_hosts(),
+        store,
+        clients,
+    };
+    let quiet = scenario.quiet_from().map(|at| (at, switches));
     let sim_result = driver::drive(&mut sim, &plan.windows, quiet, &hosts, &history);
-    let accumulates = accumulates
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
     Run {
         seed,
         records: history.records(),
-        accumulates,
+        accumulates: outcomes.accumulates,
+        reads: outcomes.reads,
         sim_result,
     }
 }

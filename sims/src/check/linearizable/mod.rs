@@ -2,7 +2,10 @@
 //! those of one register per name — some order of the operations,
 //! consistent with real time, explains every answer. An Accumulate with an
 //! unknown outcome may have taken effect once, at any point after its
-//! call, or never (Jepsen's `:info`); one reported not-applied did not.
+//! call, or never (Jepsen's `:info`); one reported not-applied did not. A
+//! read that answered (a value, or NOT_FOUND for "absent") must see every
+//! write acknowledged before it was called, whichever replica served it; a
+//! failed read constrains nothing.
 //!
 //! Where the delivery checks compare the server's own record of applies
 //! with what the clients were told, this one uses only what clients saw, so
@@ -12,7 +15,8 @@
 //!
 //! It holds only where the scenario promises a single register: exactly-
 //! once effect, over state that survives crashes (in-memory state resets on
-//! a crash, which no single register does).
+//! a crash, which no single register does) — the durable single server, or
+//! any replicated world.
 //!
 //! # Layout
 //! - [`search`]: the search itself (Wing & Gong with Lowe's memoisation),
@@ -27,7 +31,7 @@ use abacus::trace::Outcome;
 use crate::{
     check::Violation,
     scenario::{Promise, Scenario},
-    workload::LogicalAccumulate,
+    workload::{LogicalAccumulate, LogicalRead},
     world::Run,
 };
 
@@ -35,11 +39,63 @@ use search::{Kind, Op, Verdict};
 
 /// True when `scenario` promises single-register semantics.
 pub fn applies_to(scenario: &Scenario) -> bool {
-    scenario.promise == Promise::ExactlyOnceEffect && scenario.state_survives_crash
+    scenario.promise == Promise::ExactlyOnceEffect && scenario.state_is_durable()
 }
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A client's operation, for the search and for the witness.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    Accumulate(&'a LogicalAccumulate),
+    Read(&'a LogicalRead),
+}
+
+impl Source<'_> {
+    /// One witness line.
+    fn describe(self) -> String {
+        match self {
+            Self::Accumulate(c) => format!(
+                "{} accumulate({}, {}) called at {:?}, answered {} at {:?}",
+                c.host,
+                c.register,
+                c.delta,
+                c.called,
+                match c.result {
+                    Ok(value) => value.to_string(),
+                    Err((code, outcome)) => format!("{code:?} [{outcome}]"),
+                },
+                c.returned
+            ),
+            Self::Read(r) => format!(
+                "{} get({}) called at {:?}, answered {} at {:?}",
+                r.host,
+                r.register,
+                r.called,
+                match r.result {
+                    Ok(Some(value)) => value.to_string(),
+                    Ok(None) => "NOT_FOUND".to_owned(),
+                    Err(code) => format!("{code:?}"),
+                },
+                r.returned
+            ),
+        }
+    }
+}
+
+/// The read the client saw, or `None` when it failed (and so constrains
+/// nothing).
+fn read_op(read: &LogicalRead) -> Option<Op> {
+    let value = read.result.ok()?;
+    Some(Op {
+        call: nanos(read.called),
+        kind: Kind::Read {
+            ret: nanos(read.returned),
+            value,
+        },
+    })
 }
 
 /// The operation the client saw, or `None` when it certainly did not take
@@ -69,12 +125,19 @@ pub fn check(scenario: &Scenario, run: &Run, v: &mut Vec<Violation>) -> search::
     // Per register: the operations, and the calls they came from (for the
     // witness).
     let mut histories: BTreeMap<String, Vec<Op>> = BTreeMap::new();
-    let mut sources: BTreeMap<String, Vec<&LogicalAccumulate>> = BTreeMap::new();
-    for call in &run.accumulates {
-        if let Some(op) = op(call) {
-            histories.entry(call.register.clone()).or_default().push(op);
-            sources.entry(call.register.clone()).or_default().push(call);
-        }
+    let mut sources: BTreeMap<String, Vec<Source<'_>>> = BTreeMap::new();
+    let ops = run
+        .accumulates
+        .iter()
+        .filter_map(|c| Some((&c.register, op(c)?, Source::Accumulate(c))))
+        .chain(
+            run.reads
+                .iter()
+                .filter_map(|r| Some((&r.register, read_op(r)?, Source::Read(r)))),
+        );
+    for (register, op, source) in ops {
+        histories.entry(register.clone()).or_default().push(op);
+        sources.entry(register.clone()).or_default().push(source);
     }
     let (verdict, effort) = search::check(&histories);
     match verdict {
@@ -86,19 +149,7 @@ pub fn check(scenario: &Scenario, run: &Run, v: &mut Vec<Violation>) -> search::
                  (every other operation may or may not have happened):"
             );
             for i in witness {
-                let c = calls[i];
-                let _ = write!(
-                    detail,
-                    "\n      {} accumulate({}) called at {:?}, answered {} at {:?}",
-                    c.host,
-                    c.delta,
-                    c.called,
-                    match c.result {
-                        Ok(value) => value.to_string(),
-                        Err((code, outcome)) => format!("{code:?} [{outcome}]"),
-                    },
-                    c.returned
-                );
+                let _ = write!(detail, "\n      {}", calls[i].describe());
             }
             v.push(Violation {
                 invariant: "linearizable",

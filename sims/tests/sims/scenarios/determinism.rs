@@ -7,9 +7,8 @@
 
 use std::process::Command;
 
-use abacus::client::Delivery;
 use abacus_sims::{
-    catalogue::{happy, plain_tonic, swarm},
+    catalogue::{self, happy, plain_tonic},
     history::render,
     sweep::replay_command_for,
     world,
@@ -51,32 +50,35 @@ fn same_seed_same_trace_in_process() {
     }
 }
 
-/// Prints one swarm run's timeline; run by the cross-process check below
-/// (ignored in normal runs: it checks nothing by itself).
+/// Prints one run's timeline: the catalogue's scenario `SIM_DUMP_SCENARIO`
+/// at `SIM_DUMP_SEED`. Run by the cross-process checks below (ignored in
+/// normal runs: it checks nothing by itself).
 #[test]
-#[ignore = "helper for same_seed_same_trace_across_processes"]
-fn dump_swarm_trace() {
+#[ignore = "helper for the same_seed_same_trace_across_processes checks"]
+fn dump_trace() {
     let seed: u64 = std::env::var("SIM_DUMP_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .expect("SIM_DUMP_SEED must name a seed");
-    let s = swarm("dump_swarm_trace", Delivery::ExactlyOnce, seed);
+    let name = std::env::var("SIM_DUMP_SCENARIO").expect("SIM_DUMP_SCENARIO must name a scenario");
+    let s = catalogue::by_name(&name, seed).expect("a scenario of the catalogue");
     print!(
         "<<<TRACE\n{}TRACE>>>",
         render(&world::run(&s, seed).records)
     );
 }
 
-fn trace_in_fresh_process(seed: u64) -> String {
+fn trace_in_fresh_process(scenario: &str, seed: u64) -> String {
     let exe = std::env::current_exe().expect("the test binary knows its path");
     let out = Command::new(exe)
         .args([
-            "scenarios::determinism::dump_swarm_trace",
+            "scenarios::determinism::dump_trace",
             "--exact",
             "--ignored",
             "--nocapture",
         ])
         .env("SIM_DUMP_SEED", seed.to_string())
+        .env("SIM_DUMP_SCENARIO", scenario)
         .output()
         .expect("the test binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -90,24 +92,39 @@ fn trace_in_fresh_process(seed: u64) -> String {
     stdout[start..end].to_owned()
 }
 
-#[test]
-fn same_seed_same_trace_across_processes() {
+/// Runs `scenario` (a catalogue name) at each seed in two fresh processes
+/// and compares the timelines; `test` is the test whose replay prints the
+/// same timeline.
+fn same_trace_across_processes(scenario: &str, test: &str) {
     for seed in SEEDS {
-        let a = trace_in_fresh_process(seed);
-        let b = trace_in_fresh_process(seed);
+        let a = trace_in_fresh_process(scenario, seed);
+        let b = trace_in_fresh_process(scenario, seed);
         assert!(
             a.lines().count() > 10,
-            "seed {seed}: suspiciously short trace"
+            "{scenario} seed {seed}: suspiciously short trace"
         );
         if let Some(d) = first_divergence(&a, &b) {
-            // The dump runs `swarm_exactly_once`'s scenario: its replay
-            // prints the timeline to compare.
             panic!(
-                "swarm seed {seed}: two processes diverged at {d}\nreplay: {}",
-                replay_command_for("scenarios::swarm::swarm_exactly_once", seed, None)
+                "{scenario} seed {seed}: two processes diverged at {d}\nreplay: {}",
+                replay_command_for(test, seed, None)
             );
         }
     }
+}
+
+#[test]
+fn same_seed_same_trace_across_processes() {
+    same_trace_across_processes("swarm", "scenarios::swarm::swarm_exactly_once");
+}
+
+/// The replicated swarm: replicas and the store crash and restart, so the
+/// comparison is across processes too.
+#[test]
+fn same_seed_same_trace_across_processes_replicated() {
+    same_trace_across_processes(
+        "replicated-swarm",
+        "scenarios::replicated::replicated_swarm_exactly_once",
+    );
 }
 
 #[test]

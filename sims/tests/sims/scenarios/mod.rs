@@ -9,6 +9,8 @@ mod controls;
 mod dedup;
 mod delivery;
 mod determinism;
+mod model;
 mod recovery;
 mod replay;
+mod replicated;
 mod swarm;

@@ -39,7 +39,7 @@ fn reached_by_every_swarm(sweep: &Sweep) {
         })
     });
     sweep.reached("a server crash", |e| {
-        matches!(e, Entry::Fault(SimFault::Crash))
+        matches!(e, Entry::Fault(SimFault::Crash(_)))
     });
 }
 
