@@ -4,6 +4,7 @@
 //!
 //! ```sh
 //! cargo run --release --example sim -- swarm 17
+//! cargo run --release --example sim -- replicated-swarm 17
 //! cargo run --release --example sim -- dedup-off 3 --plan 'latency=1..5 link=0 fail=0 delay=0..0 drop=0.3 windows='
 //! cargo run --release --example sim -- --list
 //! ```

@@ -14,10 +14,12 @@
 //! measures seeds per second.
 //!
 //! # Layout
-//! - [`scenario`]: [`Scenario`], everything that defines a run but its seed.
+//! - [`scenario`]: [`Scenario`], everything that defines a run but its seed,
+//!   and its [`Topology`].
 //! - [`seed`]: [`derive_seed`](seed::derive_seed), the one way a run's
 //!   random streams come from its seed.
-//! - [`world`]: the simulated hosts (server, clients) and [`run`](world::run).
+//! - [`world`]: the simulated hosts (one server, or replicas over a store
+//!   model; clients) and [`run`](world::run).
 //! - [`faults`]: fault plans (swarm-generated or written) and the driver
 //!   that injects them.
 //! - [`workload`]: what each client does, and the notes it takes.

@@ -33,7 +33,8 @@ pub struct Scenario {
     /// Registers the workload writes and reads: one (`total`) or several
     /// (`r1`, `r2`, …), drawn per call.
     pub registers: usize,
-    /// Send every Accumulate twice at once under one request ID.
+    /// Send every Accumulate twice at once under one request ID (to the
+    /// first server host).
     pub hedge: bool,
     /// Think time between a client's calls, drawn from this range (ms).
     pub think_ms: (u64, u64),

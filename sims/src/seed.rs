@@ -62,6 +62,12 @@ mod tests {
             "workload-client-1",
             "workload-client-2",
             "hedge-ids-client-1",
+            "store-faults",
+            "replica-1-faults",
+            "replica-2-faults",
+            "route-client-1",
+            "client-1/replica-1",
+            "client-1/replica-2",
         ];
         let mut seen = BTreeSet::new();
         for seed in 0..1_000 {

@@ -73,7 +73,7 @@ mod tests {
     use crate::{
         history::{Entry, Record},
         scenario::Scenario,
-        workload::{LogicalAccumulate, Note, Wrong},
+        workload::{LogicalAccumulate, LogicalRead, Note, Wrong},
         world::Run,
     };
 
@@ -182,6 +182,75 @@ mod tests {
             sim_result: Ok(()),
         };
         check(s, &run).into_iter().map(|v| v.invariant).collect()
+    }
+
+    fn read(result: Result<Option<f64>, Code>, (called, returned): (u64, u64)) -> LogicalRead {
+        LogicalRead {
+            host: "client-2".into(),
+            register: "total".into(),
+            result,
+            called: Duration::from_millis(called),
+            returned: Duration::from_millis(returned),
+        }
+    }
+
+    fn applied_with_id(ms: u64, id: &str, delta: f64, value: f64) -> Record {
+        at(
+            ms,
+            "store",
+            Entry::Event(Event::Applied {
+                request_id: id.into(),
+                register: "total".into(),
+                delta,
+                value,
+            }),
+        )
+    }
+
+    /// The checks the replicated world relies on, fed their bugs: a request
+    /// ID applied twice (whatever the deltas say), a read that misses an
+    /// acknowledged write; and their clean counterparts.
+    #[test]
+    fn replicated_invariants_can_fail() {
+        let s = Scenario::new("synthetic");
+        let run = |records, accumulates, reads| Run {
+            seed: 0,
+            records,
+            accumulates,
+            reads,
+            sim_result: Ok(()),
+        };
+        let invariants = |run: &Run| -> Vec<&'static str> {
+            check(&s, run).into_iter().map(|v| v.invariant).collect()
+        };
+        let twice = run(
+            vec![
+                applied_with_id(1, "id-1", 5.0, 5.0),
+                applied_with_id(2, "id-1", 5.0, 10.0),
+            ],
+            vec![],
+            vec![],
+        );
+        assert!(invariants(&twice).contains(&"applied-once-per-request-id"));
+        let once = run(vec![applied_with_id(1, "id-1", 5.0, 5.0)], vec![], vec![]);
+        assert_eq!(invariants(&once), Vec::<&str>::new());
+        // Acknowledged at 1 ms; a read from 2 to 3 ms says "absent".
+        let write = || vec![timed(5.0, Ok(5.0), (0, 1))];
+        let stale = run(
+            vec![applied(1, 5.0, 5.0)],
+            write(),
+            vec![read(Ok(None), (2, 3))],
+        );
+        assert!(invariants(&stale).contains(&"linearizable"));
+        // The same read seeing the write, or failing, is fine.
+        for result in [Ok(Some(5.0)), Err(Code::Unavailable)] {
+            let fine = run(
+                vec![applied(1, 5.0, 5.0)],
+                write(),
+                vec![read(result, (2, 3))],
+            );
+            assert_eq!(invariants(&fine), Vec::<&str>::new(), "{result:?}");
+        }
     }
 
     fn with_breaker() -> Scenario {

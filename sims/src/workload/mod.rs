@@ -492,7 +492,8 @@ impl Workload {
     /// succeed within [`LIVENESS_BOUND`]. In the replicated world they
     /// cycle through a pure call, an Accumulate and a read, so the store
     /// path must recover too (each Accumulate tried is a logical call of
-    /// its own, with a delta of its own).
+    /// its own, with a delta of its own; deltas stay unique while a client
+    /// makes fewer than 1,000 calls in all).
     async fn liveness(&mut self, clients: &Clients) {
         let now = sim_now();
         tokio::time::sleep(self.heal_at.saturating_sub(now)).await;
@@ -504,7 +505,8 @@ impl Workload {
             let register = self.registers[done % self.registers.len()].clone();
             let result = match (self.liveness_uses_store, done % 3) {
                 (true, 1) => {
-                    let delta = (self.index * 1000 + 500 + tried) as f64;
+                    // After every workload delta of this client (1..=calls).
+                    let delta = (self.index * 1000 + self.calls + tried) as f64;
                     self.accumulate(clients, register, delta).await
                 }
                 (true, 2) => self.read(clients, register).await,

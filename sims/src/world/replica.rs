@@ -8,14 +8,14 @@
 
 use std::sync::Arc;
 
-use abacus::server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig};
+use abacus::server::{DedupConfig, FaultConfig, FaultSwitch, ServerConfig};
 
 use crate::{
     history::History,
     scenario::{Replicated, Scenario},
     seed::derive_seed,
     world::{
-        net,
+        server,
         store::{RemoteConfig, RemoteLedger},
     },
 };
@@ -58,14 +58,8 @@ pub fn hosts(
             ..RemoteConfig::default()
         };
         sim.host(name.as_str(), move || {
-            let config = config.clone();
             let ledger = Arc::new(RemoteLedger::new(remote.clone(), config.events.clone()));
-            async move {
-                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", net::PORT)).await?;
-                let incoming = net::incoming(listener);
-                server::serve_with_ledger(config, ledger, incoming, std::future::pending()).await?;
-                Ok(())
-            }
+            server::serve(config.clone(), ledger)
         });
     }
     switch

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use abacus::server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig, State};
+use abacus::{
+    server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig, State},
+    store::Ledger,
+};
 
 use crate::{history::History, scenario::Scenario, seed::derive_seed, world::net};
 
@@ -49,12 +52,16 @@ pub fn host(
         let state = durable
             .clone()
             .unwrap_or_else(|| Arc::new(State::new(dedup.clone(), config.events.clone())));
-        async move {
-            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", net::PORT)).await?;
-            let incoming = net::incoming(listener);
-            server::serve_with_ledger(config, state, incoming, std::future::pending()).await?;
-            Ok(())
-        }
+        serve(config, state)
     });
     fault_switch
+}
+
+/// The real server on this host's port over `ledger`, until the host
+/// crashes: the software of the server host and of every replica.
+pub async fn serve(config: ServerConfig, ledger: Arc<dyn Ledger>) -> turmoil::Result {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", net::PORT)).await?;
+    let incoming = net::incoming(listener);
+    server::serve_with_ledger(config, ledger, incoming, std::future::pending()).await?;
+    Ok(())
 }

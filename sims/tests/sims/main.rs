@@ -13,8 +13,10 @@
 //!   (exactly-once), `recovery` (partition, hold, crash, latency spikes,
 //!   retry budget), `breaker` (breaker and cascade), `controls` (broken
 //!   stacks each checker must catch), `swarm` (seed-drawn fault mixes),
-//!   `determinism` (byte-identical replays), `replay` (the README's replay
-//!   command, run as written).
+//!   `replicated` (replicas over the store model: swarm, failover, the
+//!   replicated controls), `model` (the ledgers' conformance suite against
+//!   the store model over the network), `determinism` (byte-identical
+//!   replays), `replay` (the README's replay command, run as written).
 //! - `snapshot`: fixed seeds' timelines, snapshot-tested.
 
 mod scenarios;

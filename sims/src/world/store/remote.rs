@@ -92,7 +92,8 @@ enum Limit {
     Store,
 }
 
-/// When a store call must end, and which limit that is.
+/// When a store call must end, and which limit that is: the PostgreSQL
+/// ledger's rule (its own `Budget` is private to it).
 #[derive(Debug, Clone, Copy)]
 struct Budget {
     at: Instant,

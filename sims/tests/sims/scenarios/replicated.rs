@@ -20,6 +20,7 @@ use abacus_sims::{
     check::Violation,
     faults::{Node, SimFault},
     history::Entry,
+    shrink,
     sweep::{expect_violation_with, is_event, run_checked, sweep, sweep_with},
     workload::Note,
     world::{
@@ -134,7 +135,7 @@ fn caught(
     make: impl Fn(u64) -> Scenario,
     fixed: impl Fn(&mut Scenario),
     invariant: &str,
-) -> Option<Violation> {
+) -> Option<Caught> {
     let (run, violations) = expect_violation_with(&make, invariant)?;
     let mut without = make(run.seed);
     fixed(&mut without);
@@ -144,7 +145,17 @@ fn caught(
         "seed {} fails even without the bug: {left:?}",
         run.seed
     );
-    violations.into_iter().find(|v| v.invariant == invariant)
+    let violation = violations.into_iter().find(|v| v.invariant == invariant)?;
+    Some(Caught {
+        seed: run.seed,
+        violation,
+    })
+}
+
+/// A control's first failing seed and its violation.
+struct Caught {
+    seed: u64,
+    violation: Violation,
 }
 
 fn without_bug(s: &mut Scenario) {
@@ -158,20 +169,34 @@ fn without_bug(s: &mut Scenario) {
 /// two transactions; a fault between them (the store crashing, the
 /// replica's connection closing) leaves an update without its record, and
 /// the retry applies it again.
+///
+/// The failure also shrinks, through the replicated faults, to a smaller
+/// plan that still fails when replayed from its text form.
 #[test]
 fn control_split_store_transactions_double_apply() {
-    caught(
-        |seed| {
-            replicated_control(
-                "control_split_store_transactions_double_apply",
-                seed,
-                StoreModel::SplitTransactions,
-                None,
-            )
-        },
-        without_bug,
-        "applied-once-per-request-id",
+    const INVARIANT: &str = "applied-once-per-request-id";
+    let make = |seed| {
+        replicated_control(
+            "control_split_store_transactions_double_apply",
+            seed,
+            StoreModel::SplitTransactions,
+            None,
+        )
+    };
+    let Some(v) = caught(make, without_bug, INVARIANT) else {
+        return;
+    };
+    let seed = v.seed;
+    let scenario = make(seed);
+    let (small, steps) = shrink::shrink(&scenario, seed, INVARIANT);
+    eprintln!(
+        "seed {seed} shrunk in {steps} runs:\n  from {}\n  to   {small}",
+        scenario.plan
     );
+    let mut replay = scenario.clone();
+    replay.plan = small.to_string().parse().expect("plans round-trip");
+    let (_, violations) = run_checked(&replay, seed);
+    assert!(violations.iter().any(|v| v.invariant == INVARIANT));
 }
 
 /// NEGATIVE CONTROL (b): replicas serve reads from a cache only their own
@@ -179,7 +204,7 @@ fn control_split_store_transactions_double_apply() {
 /// alone, must catch a stale read with a witness of a few operations.
 #[test]
 fn control_stale_reads_are_not_linearizable() {
-    let Some(v) = caught(
+    let Some(Caught { violation: v, .. }) = caught(
         |seed| {
             replicated_control(
                 "control_stale_reads_are_not_linearizable",
