@@ -5,11 +5,16 @@
 use std::sync::Arc;
 
 use abacus::{
-    server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig, State},
+    server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig},
     store::Ledger,
 };
 
-use crate::{history::History, scenario::Scenario, seed::derive_seed, world::net};
+use crate::{
+    history::History,
+    scenario::Scenario,
+    seed::derive_seed,
+    world::{net, store::MemoryLedger},
+};
 
 /// The server's host name.
 pub const HOST: &str = "server";
@@ -46,12 +51,12 @@ pub fn host(
     };
     let durable = scenario
         .state_survives_crash
-        .then(|| Arc::new(State::new(dedup.clone(), history.sink(HOST))));
+        .then(|| Arc::new(MemoryLedger::new(dedup.clone(), history.sink(HOST))));
     sim.host(HOST, move || {
         let config = config.clone();
         let state = durable
             .clone()
-            .unwrap_or_else(|| Arc::new(State::new(dedup.clone(), config.events.clone())));
+            .unwrap_or_else(|| Arc::new(MemoryLedger::new(dedup.clone(), config.events.clone())));
         serve(config, state)
     });
     fault_switch

@@ -25,7 +25,7 @@ use std::{
 };
 
 use abacus::{
-    server::{DedupConfig, State},
+    server::DedupConfig,
     store::{
         BoxFuture,
         conformance::{self, Clock, Op, Seen},
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::{
     history::History,
     seed::derive_seed,
-    world::store::{RemoteConfig, RemoteLedger, Store, StoreConfig, StoreModel},
+    world::store::{MemoryLedger, RemoteConfig, RemoteLedger, Store, StoreConfig, StoreModel},
 };
 
 /// The simulation's step.
@@ -124,7 +124,7 @@ pub fn reference(ops: &[Op], dedup: DedupConfig) -> Result<Vec<Seen>, String> {
         .build()
         .map_err(|e| format!("no runtime for the reference: {e}"))?;
     Ok(runtime.block_on(async {
-        let ledger = State::new(dedup, EventSink::default());
+        let ledger = MemoryLedger::new(dedup, EventSink::default());
         conformance::run(&ledger, &Paused, ops).await
     }))
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use abacus::{
-    server::{DedupConfig, FaultSwitch, State},
+    server::{DedupConfig, FaultSwitch},
     store::{Begin, Ledger},
 };
 use rand::{Rng, SeedableRng};
@@ -21,7 +21,7 @@ use turmoil::net::{
 use crate::{
     history::{Entry, History},
     world::store::{
-        HOST, PORT, SplitLedger, StoreNote,
+        HOST, MemoryLedger, PORT, SplitLedger, StoreNote,
         wire::{Reply, Request, read_frame, write_frame},
     },
 };
@@ -72,7 +72,7 @@ impl Store {
     /// A store as `config` describes, reporting into `history` as `store`.
     pub fn new(config: StoreConfig, history: &History) -> Arc<Self> {
         let ledger: Arc<dyn Ledger> = match config.model {
-            StoreModel::Atomic => Arc::new(State::new(config.dedup, history.sink(HOST))),
+            StoreModel::Atomic => Arc::new(MemoryLedger::new(config.dedup, history.sink(HOST))),
             StoreModel::SplitTransactions => Arc::new(SplitLedger::new(config.dedup, history)),
         };
         Arc::new(Self {

@@ -55,6 +55,10 @@ pub mod wire;
 
 use std::fmt;
 
+/// The library's in-memory ledger: the store model, and each replica's
+/// table of local claims. (Named once here, so the simulation follows the
+/// library wherever the type lives.)
+pub use abacus::server::State as MemoryLedger;
 pub use host::{Store, StoreConfig, StoreModel};
 pub use remote::{RemoteConfig, RemoteLedger, ReplicaBug};
 pub use split::SplitLedger;

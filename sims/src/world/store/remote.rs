@@ -34,7 +34,7 @@ use std::{
 use abacus::{
     core,
     error::ServiceError,
-    server::{DedupConfig, State},
+    server::DedupConfig,
     store::{
         AccumulateArgs, Accumulated, Backend, Begin, BoxFuture, Claim, Ledger, StatsView, WriteFate,
     },
@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use turmoil::net::TcpStream;
 
 use crate::world::store::{
-    HOST, PORT,
+    HOST, MemoryLedger, PORT,
     wire::{Reply, Request, read_frame, write_frame},
 };
 
@@ -195,7 +195,7 @@ impl Conn {
 pub struct RemoteLedger {
     /// Duplicates within this replica meet here; never committed, so it
     /// holds claims only, never a record or a register.
-    local: State,
+    local: MemoryLedger,
     config: RemoteConfig,
     hits: AtomicU64,
     /// Mismatches the store reported (the local ones are `local`'s).
@@ -210,7 +210,7 @@ impl RemoteLedger {
     /// `events`.
     pub fn new(config: RemoteConfig, events: EventSink) -> Self {
         Self {
-            local: State::new(config.dedup.clone(), events),
+            local: MemoryLedger::new(config.dedup.clone(), events),
             config,
             hits: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),

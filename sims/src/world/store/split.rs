@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use abacus::{
     error::ServiceError,
-    server::{DedupConfig, State},
+    server::DedupConfig,
     store::{
         self, AccumulateArgs, Accumulated, Backend, Begin, BoxFuture, Claim, Ledger, StatsView,
     },
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::{
     history::{Entry, History},
-    world::store::HOST,
+    world::store::{HOST, MemoryLedger},
 };
 
 /// Time between the two transactions: what a replica driving them would
@@ -35,8 +35,8 @@ pub const GAP: Duration = Duration::from_millis(100);
 /// Registers and records in two transactions (see the module doc).
 #[derive(Debug)]
 pub struct SplitLedger {
-    records: State,
-    data: State,
+    records: MemoryLedger,
+    data: MemoryLedger,
 }
 
 impl SplitLedger {
@@ -51,8 +51,8 @@ impl SplitLedger {
             }
         });
         Self {
-            records: State::new(dedup.clone(), records_events),
-            data: State::new(
+            records: MemoryLedger::new(dedup.clone(), records_events),
+            data: MemoryLedger::new(
                 DedupConfig {
                     enabled: false,
                     ..dedup
