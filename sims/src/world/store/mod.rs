@@ -27,13 +27,13 @@
 //!   claims they hold — die with it (PostgreSQL rolls back open
 //!   transactions on restart).
 //!
-//! A claim whose replica vanished behind a partition is held until the
-//! store notices the connection is gone, which turmoil's TCP never tells
-//! it: PostgreSQL too holds such a transaction until TCP keepalive (hours
-//! by default) or an `idle_in_transaction_session_timeout`, which the
-//! PostgreSQL ledger does not set. The model does the same, so the
-//! simulation shows what that costs: duplicates of that request ID wait
-//! and answer ABORTED (still in flight) until their deadline.
+//! A claim whose connection was cut silently (a partition, a failed link)
+//! is held until the store notices the connection is gone, which turmoil's
+//! TCP never tells it: PostgreSQL too holds such a transaction until TCP
+//! keepalive (hours by default) or an `idle_in_transaction_session_timeout`,
+//! which the PostgreSQL ledger does not set. The model does the same, so
+//! the simulation shows what that costs: every later attempt of that
+//! request ID waits on the orphaned claim until its own timeout.
 //!
 //! # Layout
 //! - [`wire`]: the protocol's messages and frames.
