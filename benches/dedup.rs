@@ -27,10 +27,8 @@ use std::{
 
 use abacus::{
     pb::{AccumulateRequest, calculator_client::CalculatorClient},
-    server::{
-        self, ServerConfig,
-        dedup::{DedupConfig, DedupStore, Lookup, StoredOutcome, fingerprint},
-    },
+    server::{self, ServerConfig},
+    store::dedup::{DedupConfig, DedupStore, Lookup, StoredOutcome, fingerprint},
 };
 use tokio::{sync::oneshot, time::Instant};
 use tokio_stream::wrappers::TcpListenerStream;

@@ -15,6 +15,11 @@ use crate::{core::BinaryOp, store::WriteFate, trace::num};
 /// injected apply-then-drop fault's) proves nothing about the request.
 pub const NOT_APPLIED_KEY: &str = "abacus-not-applied";
 
+/// Response metadata key set to `true` on every answer replayed from the
+/// dedup store (success or recorded error), in addition to the response's
+/// `replayed` field, so a replayed *error* is recognisable too.
+pub const REPLAYED_KEY: &str = "abacus-replayed";
+
 /// Metadata key carrying gRPC's retry pushback, in milliseconds. A negative
 /// value asks the client not to retry at all.
 pub const PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";

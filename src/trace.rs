@@ -21,7 +21,7 @@ use crate::{
     client::{CallError, Reply, retry::Stop},
     error::{CalcError, ServiceError, code_name},
     rpc::Method,
-    server::dedup::EvictReason,
+    store::dedup::EvictReason,
 };
 
 /// Where a call's effect stands when it ended. See the README's "Delivery

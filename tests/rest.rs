@@ -17,8 +17,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use abacus::{
     pb::{self, calculator_client::CalculatorClient},
-    server::{self, Calculator, DedupConfig, FaultConfig, ServerConfig, State},
-    store::{AccumulateArgs, Begin, Caller, Ledger},
+    server::{self, Calculator, DedupConfig, FaultConfig, ServerConfig},
+    store::{AccumulateArgs, Begin, Caller, Ledger, MemoryLedger},
     trace::{Event, EventSink},
 };
 use axum::body::Bytes;
@@ -33,13 +33,16 @@ struct Fronts {
     grpc: SocketAddr,
     rest: SocketAddr,
     /// The state both fronts share, for tests that act on it directly.
-    state: Arc<State>,
+    state: Arc<MemoryLedger>,
     _stop: oneshot::Sender<()>,
 }
 
 impl Fronts {
     async fn start(config: ServerConfig) -> Self {
-        let state = Arc::new(State::new(DedupConfig::default(), config.events.clone()));
+        let state = Arc::new(MemoryLedger::new(
+            DedupConfig::default(),
+            config.events.clone(),
+        ));
         let calculator = Calculator::from_config(&config, state.clone());
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -44,7 +44,8 @@ mod wire;
 use std::{sync::Arc, time::Duration};
 
 use abacus::{
-    server::{self, Calculator, ServerConfig, State},
+    server::{self, Calculator, ServerConfig},
+    store::MemoryLedger,
     trace::EventSink,
 };
 use clients::{Front, Target};
@@ -137,7 +138,10 @@ async fn start_server() -> Target {
         events: EventSink::log_only(),
         ..ServerConfig::default()
     };
-    let state = Arc::new(State::new(config.dedup.clone(), config.events.clone()));
+    let state = Arc::new(MemoryLedger::new(
+        config.dedup.clone(),
+        config.events.clone(),
+    ));
     let calculator = Calculator::from_config(&config, state);
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

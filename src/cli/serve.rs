@@ -14,12 +14,12 @@ use clap::Args;
 
 use crate::{
     server::{
-        self, Calculator, DedupConfig, FaultConfig, Limits, ServerConfig, State,
+        self, Calculator, DedupConfig, FaultConfig, Limits, ServerConfig,
         faults::parse_delay_range,
         limits::{connections_max_for_fds, open_files_limit},
     },
     store::{
-        Ledger,
+        Ledger, MemoryLedger,
         postgres::{PgConfig, PgLedger},
     },
     trace::EventSink,
@@ -88,7 +88,7 @@ pub struct ServeArgs {
     pub faults: FaultArgs,
 }
 
-/// Dedup store limits (see `abacus::server::dedup`).
+/// Dedup store limits (see `abacus::store::dedup`).
 #[derive(Debug, Clone, Args)]
 pub struct DedupArgs {
     /// Most dedup records retained; the oldest is evicted beyond.
@@ -235,7 +235,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             }
         }
         _ => Arc::new(match &args.data_dir {
-            Some(dir) => match State::open(dedup.clone(), events.clone(), dir) {
+            Some(dir) => match MemoryLedger::open(dedup.clone(), events.clone(), dir) {
                 Ok(state) => {
                     tracing::info!(dir = %dir.display(), "durable state: registers and dedup records survive restarts");
                     state
@@ -249,7 +249,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
                 tracing::info!(
                     "in-memory state: registers and dedup records are lost on restart (use --data-dir to keep them)"
                 );
-                State::new(dedup.clone(), events.clone())
+                MemoryLedger::new(dedup.clone(), events.clone())
             }
         }),
     };

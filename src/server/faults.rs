@@ -70,6 +70,10 @@ pub enum FaultConfigError {
 /// Upper bound on an injected delay: a fault must not hold a request forever.
 pub const DELAY_MS_MAX: u64 = 600_000;
 
+// A duplicate may wait for a first execution as long as its injected delay
+// can last: the store's join limit must cover the longest delay.
+const _: () = assert!(crate::store::dedup::config::JOIN_WAIT_MS_LIMIT >= DELAY_MS_MAX);
+
 impl FaultConfig {
     /// Checks rates and ranges.
     pub fn validate(&self) -> Result<(), FaultConfigError> {

@@ -2,7 +2,7 @@
 //! `grpc-timeout`, calls the transport-neutral [`Calculator`] service and
 //! encodes its answer (status, not-applied and replayed markers). No
 //! calculator rule, dedup rule or fault handling lives here: those are in
-//! [`crate::core`], [`crate::server::State`] and [`crate::server::service`].
+//! [`crate::core`], [`crate::store::Ledger`] and [`crate::server::service`].
 
 use std::sync::Arc;
 
@@ -10,10 +10,10 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
     core::BinaryOp,
+    error::REPLAYED_KEY,
     pb::{self, calculator_server::Calculator as CalculatorRpc},
     server::{
         deadline::deadline_from,
-        dedup::REPLAYED_KEY,
         faults::Faults,
         service::{AccumulateError, Calculator},
     },
@@ -166,10 +166,11 @@ mod tests {
     use super::*;
     use crate::{
         error::NOT_APPLIED_KEY,
-        server::{DedupConfig, FaultConfig, State},
+        server::{DedupConfig, FaultConfig},
+        store::MemoryLedger,
     };
 
-    fn calculator(state: &Arc<State>, faults: FaultConfig) -> GrpcCalculator {
+    fn calculator(state: &Arc<MemoryLedger>, faults: FaultConfig) -> GrpcCalculator {
         GrpcCalculator::new(
             Arc::clone(state) as Arc<dyn Ledger>,
             Arc::new(Faults::new(faults, crate::server::FaultSwitch::default())),
@@ -187,7 +188,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_after_a_dropped_response_is_replayed_with_the_header() {
-        let state = Arc::new(State::new(DedupConfig::default(), EventSink::log_only()));
+        let state = Arc::new(MemoryLedger::new(
+            DedupConfig::default(),
+            EventSink::log_only(),
+        ));
         let dropping = calculator(
             &state,
             FaultConfig {
@@ -224,12 +228,15 @@ mod tests {
         );
         let fresh = healthy.accumulate(request("x", 1.0, "r2")).await.unwrap();
         assert!(fresh.metadata().get(REPLAYED_KEY).is_none());
-        assert_eq!(State::get(&state, "x"), Ok(5.0));
+        assert_eq!(MemoryLedger::get(&state, "x"), Ok(5.0));
     }
 
     #[tokio::test]
     async fn a_failure_before_apply_leaves_no_record() {
-        let state = Arc::new(State::new(DedupConfig::default(), EventSink::log_only()));
+        let state = Arc::new(MemoryLedger::new(
+            DedupConfig::default(),
+            EventSink::log_only(),
+        ));
         let failing = calculator(
             &state,
             FaultConfig {
@@ -251,7 +258,10 @@ mod tests {
 
     #[tokio::test]
     async fn replayed_errors_carry_the_header_and_ids_can_be_required() {
-        let state = Arc::new(State::new(DedupConfig::default(), EventSink::log_only()));
+        let state = Arc::new(MemoryLedger::new(
+            DedupConfig::default(),
+            EventSink::log_only(),
+        ));
         let calc = calculator(&state, FaultConfig::default()).with_require_request_id(true);
         let missing = calc.accumulate(request("x", 1.0, "")).await.unwrap_err();
         assert_eq!(missing.code(), tonic::Code::InvalidArgument);

@@ -14,10 +14,6 @@
 //!   (fault plan, deadline, begin/commit/replay).
 //! - [`grpc`]: the tonic adapter (`abacus.v1.Calculator`).
 //! - [`rest`]: the axum adapter, the HTTP/JSON twin of the gRPC service.
-//! - [`state`]: registers and everything committed together with them;
-//!   the begin/claim/commit protocol of `Accumulate`.
-//! - [`dedup`]: the idempotency design and the bounded dedup store.
-//! - [`durable`]: `--data-dir` persistence (redb).
 //! - [`faults`]: seeded fault injection (fail, delay, apply-then-drop).
 //! - [`deadline`]: reads the caller's `grpc-timeout`.
 //! - [`shed`]: load shedding — a cap on calls in flight, and shedding on
@@ -32,8 +28,6 @@
 //! - [`tally`]: counts for rate-limited log lines.
 
 pub mod deadline;
-pub mod dedup;
-pub mod durable;
 pub mod faults;
 pub mod grpc;
 pub mod limits;
@@ -42,7 +36,6 @@ pub mod queue_delay;
 pub mod rest;
 pub mod service;
 pub mod shed;
-pub mod state;
 pub mod streams;
 pub mod strict;
 pub mod tally;
@@ -53,16 +46,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
-pub use dedup::DedupConfig;
+/// The dedup limits a [`ServerConfig`] carries (defined by the store).
+pub use crate::store::DedupConfig;
 pub use faults::{FaultConfig, FaultSwitch, Faults};
 pub use grpc::GrpcCalculator;
 pub use limits::Limits;
 pub use rest::{serve_rest, serve_rest_with};
 pub use service::Calculator;
-pub use state::State;
 
 use crate::{
     pb::{self, calculator_server::CalculatorServer},
+    store::MemoryLedger,
     trace::{Event, EventSink},
 };
 
@@ -97,7 +91,7 @@ pub struct ServerConfig {
     pub shed_queue_delay_ms: Option<u64>,
     /// Where events go.
     pub events: EventSink,
-    /// Dedup store limits, used by [`serve`] to build its [`State`] (a
+    /// Dedup store limits, used by [`serve`] to build its [`MemoryLedger`] (a
     /// ledger handed to [`serve_with_ledger`] brings its own).
     pub dedup: DedupConfig,
     /// Refuse `Accumulate` without a request ID (INVALID_ARGUMENT) instead
@@ -166,12 +160,15 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: std::fmt::Display,
 {
-    let state = Arc::new(State::new(config.dedup.clone(), config.events.clone()));
-    serve_with_ledger(config, state, incoming, shutdown).await
+    let ledger = Arc::new(MemoryLedger::new(
+        config.dedup.clone(),
+        config.events.clone(),
+    ));
+    serve_with_ledger(config, ledger, incoming, shutdown).await
 }
 
 /// [`serve`] over a [`Ledger`](crate::store::Ledger) the caller owns: a
-/// durable one ([`State::open`]), a shared PostgreSQL one, or, in the
+/// durable one ([`crate::store::RedbLedger`]), a shared PostgreSQL one, or, in the
 /// simulation, one kept outside a host so it outlives `sim.crash`/
 /// `sim.bounce` and is handed to the restarted server, which models durable
 /// storage. `config.dedup` is not used (the ledger has its limits already);

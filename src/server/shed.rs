@@ -551,7 +551,8 @@ mod tests {
             client::{Call, Request, Transport, tcp_channel},
             core::BinaryOp,
             pb::calculator_server::CalculatorServer,
-            server::{FaultConfig, FaultSwitch, Faults, GrpcCalculator, State},
+            server::{FaultConfig, FaultSwitch, Faults, GrpcCalculator},
+            store::MemoryLedger,
             trace::Outcome,
         };
 
@@ -572,7 +573,7 @@ mod tests {
             ..FaultConfig::default()
         };
         let calculator = GrpcCalculator::new(
-            Arc::new(State::new(Default::default(), events.clone())),
+            Arc::new(MemoryLedger::new(Default::default(), events.clone())),
             Arc::new(Faults::new(faults, FaultSwitch::default())),
             events.clone(),
         );

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::{
     error::ServiceError,
-    server::dedup::DedupConfig,
+    store::dedup::DedupConfig,
     store::{AccumulateArgs, Accumulated, Begin, BoxFuture, Ledger},
 };
 

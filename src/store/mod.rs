@@ -39,6 +39,22 @@
 //! and the simulation plugs in a model from outside the crate), and `async
 //! fn` in traits is not object-safe. One small allocation per call is
 //! nothing next to an RPC.
+//!
+//! # Layout
+//! - [`memory`]: [`MemoryLedger`], the default backend and the claim
+//!   protocol itself (registers, dedup records and in-flight claims under
+//!   one lock).
+//! - [`redb`]: `--data-dir` persistence in an embedded redb file.
+//! - [`dedup`]: the idempotency design and the bounded dedup store.
+//!
+//! Nothing here imports `server/`: the store sits wholly below the service.
+
+pub mod dedup;
+pub mod memory;
+pub mod redb;
+
+pub use dedup::DedupConfig;
+pub use memory::MemoryLedger;
 
 pub mod conformance;
 pub mod postgres;

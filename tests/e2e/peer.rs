@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use abacus::{
     pb::{AccumulateRequest, calculator_client::CalculatorClient},
-    server::{self, DedupConfig, ServerConfig, State},
-    store::{AccumulateArgs, Backend, Begin, Caller, Ledger, StatsView},
+    server::{self, DedupConfig, ServerConfig},
+    store::{AccumulateArgs, Backend, Begin, Caller, Ledger, MemoryLedger, StatsView},
     trace::EventSink,
 };
 use futures_util::future::BoxFuture;
@@ -16,7 +16,7 @@ use tokio::{net::TcpListener, time::Instant};
 /// The in-memory ledger, recording the caller of every `begin`.
 #[derive(Debug)]
 struct Recording {
-    inner: State,
+    inner: MemoryLedger,
     callers: Mutex<Vec<Caller>>,
 }
 
@@ -50,7 +50,7 @@ impl Ledger for Recording {
 #[tokio::test]
 async fn the_ledger_sees_the_callers_address() {
     let ledger = Arc::new(Recording {
-        inner: State::new(DedupConfig::default(), EventSink::log_only()),
+        inner: MemoryLedger::new(DedupConfig::default(), EventSink::log_only()),
         callers: Mutex::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

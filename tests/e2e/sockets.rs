@@ -13,7 +13,8 @@ use std::{
 
 use abacus::{
     pb::{self, calculator_client::CalculatorClient},
-    server::{self, Calculator, DedupConfig, Limits, ServerConfig, State},
+    server::{self, Calculator, DedupConfig, Limits, ServerConfig},
+    store::MemoryLedger,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -31,7 +32,10 @@ const BOUND: Duration = Duration::from_secs(20);
 /// is dropped.
 async fn fronts(limits: Limits) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
     let config = ServerConfig::default();
-    let state = Arc::new(State::new(DedupConfig::default(), config.events.clone()));
+    let state = Arc::new(MemoryLedger::new(
+        DedupConfig::default(),
+        config.events.clone(),
+    ));
     let calculator = Calculator::from_config(&config, state);
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,9 +10,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use abacus::{
-    server::{State, dedup::DedupConfig},
+    store::dedup::DedupConfig,
     store::{
-        BoxFuture, Ledger,
+        BoxFuture, Ledger, MemoryLedger,
         conformance::{self, Clock, Op, Seen},
         postgres::{ManualClock, PgConfig, PgLedger, RetentionClock},
     },
@@ -60,7 +60,7 @@ fn real_runtime() -> tokio::runtime::Runtime {
 
 fn memory(ops: &[Op], dedup: DedupConfig) -> Vec<Seen> {
     paused_runtime().block_on(async {
-        let ledger = State::new(dedup, EventSink::default());
+        let ledger = MemoryLedger::new(dedup, EventSink::default());
         conformance::run(&ledger, &Paused, ops).await
     })
 }
@@ -80,7 +80,7 @@ fn redb(ops: &[Op], seed: u64) -> Vec<Seen> {
     );
     let _ = std::fs::remove_dir_all(&dir.0);
     paused_runtime().block_on(async {
-        let ledger = State::open(conformance::limits(), EventSink::default(), &dir.0)
+        let ledger = MemoryLedger::open(conformance::limits(), EventSink::default(), &dir.0)
             .expect("open redb in a temp dir");
         assert_eq!(ledger.backend(), abacus::store::Backend::Redb);
         conformance::run(&ledger, &Paused, ops).await

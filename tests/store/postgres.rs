@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use abacus::{
     error::{CalcError, ServiceError},
-    server::dedup::DedupConfig,
+    store::dedup::DedupConfig,
     store::{
         self, AccumulateArgs, Accumulated, Begin, Ledger, WriteFate,
         postgres::{ManualClock, PgConfig, PgLedger, RetentionClock, SCHEMA_VERSION},

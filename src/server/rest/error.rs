@@ -22,7 +22,7 @@ use axum::{
 use serde::Serialize;
 use tonic::Code;
 
-use crate::{error::ServiceError, server::dedup::REPLAYED_KEY};
+use crate::error::{REPLAYED_KEY, ServiceError};
 
 /// Everything the REST front may answer instead of a result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

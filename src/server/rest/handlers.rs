@@ -18,9 +18,7 @@ use super::{
     },
 };
 use crate::{
-    core::BinaryOp,
-    rpc::Method,
-    server::{dedup::REPLAYED_KEY, service::Calculator},
+    core::BinaryOp, error::REPLAYED_KEY, rpc::Method, server::service::Calculator,
     store::AccumulateArgs,
 };
 

@@ -39,7 +39,7 @@
 //!   its outcome, rather than the draft's immediate 409: a duplicate usually
 //!   *is* the retry of a caller that timed out because the first was slow,
 //!   and refusing it would fail exactly the retries keys exist for (see
-//!   [`crate::server::dedup`]). Only if the wait outlives its deadline or the
+//!   [`crate::store::dedup`]). Only if the wait outlives its deadline or the
 //!   join limit is it answered 409 `ABORTED`, `not_applied: false`.
 //! - No key: applied, not deduplicated (400 with `--require-request-id`).
 //!

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::{
     core,
     error::{CalcError, ServiceError},
-    server::dedup::StoredOutcome,
+    store::dedup::StoredOutcome,
     store::{
         AccumulateArgs, Accumulated, BoxFuture, Claim,
         postgres::{

@@ -105,7 +105,7 @@ use tokio_postgres::{NoTls, error::SqlState};
 use crate::{
     core,
     error::{CalcError, ServiceError},
-    server::dedup::{DedupConfig, StoredOutcome, fingerprint, validate_request_id},
+    store::dedup::{DedupConfig, StoredOutcome, fingerprint, validate_request_id},
     store::{AccumulateArgs, Accumulated, Backend, Begin, BoxFuture, Ledger, StatsView},
     trace::{Event, EventSink},
 };

@@ -23,7 +23,7 @@ use deadpool_postgres::Pool;
 use super::conn::TxConn;
 
 use crate::{
-    server::dedup::DedupConfig,
+    store::dedup::DedupConfig,
     store::postgres::{PgConfig, RetentionClock, sql},
 };
 

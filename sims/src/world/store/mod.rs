@@ -58,7 +58,7 @@ use std::fmt;
 /// The library's in-memory ledger: the store model, and each replica's
 /// table of local claims. (Named once here, so the simulation follows the
 /// library wherever the type lives.)
-pub use abacus::server::State as MemoryLedger;
+pub use abacus::store::MemoryLedger;
 pub use host::{Store, StoreConfig, StoreModel};
 pub use remote::{RemoteConfig, RemoteLedger, ReplicaBug};
 pub use split::SplitLedger;

@@ -19,7 +19,7 @@ use std::{io, net::IpAddr};
 use abacus::{
     core::{self, BinaryOp},
     error::{CalcError, ServiceError},
-    server::dedup::{REQUEST_ID_BYTES_MAX, validate_request_id},
+    store::dedup::{REQUEST_ID_BYTES_MAX, validate_request_id},
     store::{AccumulateArgs, Accumulated, Caller, StatsView, WriteFate},
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

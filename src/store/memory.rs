@@ -3,13 +3,13 @@
 //! `Accumulate` protocol that makes a retried request apply at most once.
 //!
 //! # Protocol
-//! [`State::begin`] validates the payload and the request ID, then either
+//! [`MemoryLedger::begin`] validates the payload and the request ID, then either
 //! answers from the dedup store ([`Begin::Replay`]), joins an execution of
 //! the same ID already in flight (waits, then looks again), or claims the ID
 //! ([`Begin::Execute`]). The adapter then runs whatever comes between claim
 //! and commit (fault delay, deadline check, injected failure) and calls
 //! [`Claim::commit`], or drops the claim to release it. See
-//! [`crate::server::dedup`] for why it works this way.
+//! [`crate::store::dedup`] for why it works this way.
 //!
 //! # Atomicity
 //! Every mutation is one synchronous critical section with no `.await`
@@ -20,7 +20,7 @@
 //! cannot separate a register update from its record.
 //!
 //! Events are emitted inside the critical section, so their order in a trace
-//! is the commit order; event hooks must not call back into `State`.
+//! is the commit order; event hooks must not call back into `MemoryLedger`.
 
 use std::{
     collections::HashMap,
@@ -38,14 +38,14 @@ use tokio::{
 use crate::{
     core::{self, Registers},
     error::ServiceError,
-    server::{
+    store::{
+        self, AccumulateArgs, Accumulated, Backend, BoxFuture, Ledger, StatsView,
         dedup::{
             DedupConfig, DedupStore, Evicted, Lookup, StoredOutcome, fingerprint,
             validate_request_id,
         },
-        durable::{Durable, RecordRow, StorageError, Write},
+        redb::file::{Durable, RecordRow, StorageError, Write},
     },
-    store::{self, AccumulateArgs, Accumulated, Backend, BoxFuture, Ledger, StatsView},
     trace::{Event, EventSink},
 };
 
@@ -53,7 +53,7 @@ use crate::{
 /// typical execution to finish.
 const IN_FLIGHT_PUSHBACK_MS: u64 = 100;
 
-/// How [`State::begin`] ended: [`store::Begin`] with the concrete claim.
+/// How [`MemoryLedger::begin`] ended: [`store::Begin`] with the concrete claim.
 #[derive(Debug)]
 pub enum Begin<'a> {
     /// The first outcome of an earlier execution, to answer as is.
@@ -67,7 +67,7 @@ pub enum Begin<'a> {
 /// the ID without a record, and one waiter takes over.
 #[must_use = "dropping a claim releases it without applying the request"]
 pub struct Claim<'a> {
-    state: &'a State,
+    state: &'a MemoryLedger,
     args: &'a AccumulateArgs,
     fingerprint: u64,
     /// False for a request without an ID: nothing to record or release.
@@ -113,7 +113,7 @@ struct Inner {
 
 /// Registers plus everything that must change together with them.
 #[derive(Debug)]
-pub struct State {
+pub struct MemoryLedger {
     // A std Mutex, not tokio's: the critical sections are short, synchronous
     // and never hold the lock across an await, which is what makes them
     // atomic with respect to cancellation. One lock for registers, store and
@@ -157,7 +157,7 @@ fn reused(args: &AccumulateArgs, first: u64, this: u64) -> ServiceError {
     }
 }
 
-impl State {
+impl MemoryLedger {
     /// Empty in-memory state reporting to `events`: registers and dedup
     /// records are lost when it is dropped (a restart).
     pub fn new(dedup: DedupConfig, events: EventSink) -> Self {
@@ -222,7 +222,7 @@ impl State {
         }
     }
 
-    /// True when commits are persisted (`State::open`).
+    /// True when commits are persisted (`MemoryLedger::open`).
     pub fn is_durable(&self) -> bool {
         self.lock().durable.is_some()
     }
@@ -426,7 +426,7 @@ impl Claim<'_> {
     /// memory, records the outcome and releases the claim, waking
     /// duplicates so they replay it.
     ///
-    /// State-dependent rule errors (overflow, too many registers) are
+    /// MemoryLedger-dependent rule errors (overflow, too many registers) are
     /// recorded and returned; a storage error records nothing and changes
     /// nothing, so a retry executes again.
     pub fn commit(mut self) -> Result<Accumulated, ServiceError> {
@@ -532,14 +532,14 @@ impl Drop for Claim<'_> {
 
 /// The in-memory (and, with `--data-dir`, redb) backend of the
 /// [`Ledger`] seam: the synchronous protocol above, behind boxed futures.
-impl Ledger for State {
+impl Ledger for MemoryLedger {
     fn begin<'a>(
         &'a self,
         args: &'a AccumulateArgs,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<store::Begin<'a>, ServiceError>> {
         Box::pin(async move {
-            Ok(match State::begin(self, args, deadline).await? {
+            Ok(match MemoryLedger::begin(self, args, deadline).await? {
                 Begin::Replay(result) => store::Begin::Replay(result),
                 Begin::Execute(claim) => store::Begin::Execute(Box::new(claim)),
             })
@@ -551,11 +551,11 @@ impl Ledger for State {
         register: &'a str,
         _deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<f64, ServiceError>> {
-        Box::pin(std::future::ready(State::get(self, register)))
+        Box::pin(std::future::ready(MemoryLedger::get(self, register)))
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
-        Box::pin(std::future::ready(Ok(State::stats(self))))
+        Box::pin(std::future::ready(Ok(MemoryLedger::stats(self))))
     }
 
     fn backend(&self) -> Backend {

@@ -8,7 +8,7 @@
 //! `Durability::Immediate` (on disk when `commit` returns): the register's
 //! new value, the dedup record (if the request had an ID), and the deletion
 //! of records the in-memory store has evicted since the last commit.
-//! [`crate::server::State`] runs that transaction inside the same critical
+//! [`crate::store::MemoryLedger`] runs that transaction inside the same critical
 //! section as the in-memory update, *before* it, and changes memory only if
 //! the transaction committed: memory never holds what the disk does not.
 //! If the commit fails, the request is answered INTERNAL without the
@@ -18,7 +18,7 @@
 //!
 //! Records are keyed by their sequence number, so the disk holds them in
 //! commit order and eviction is a range delete below the store's
-//! [`front_seq`](crate::server::dedup::DedupStore::front_seq). Deletion lags
+//! [`front_seq`](crate::store::dedup::DedupStore::front_seq). Deletion lags
 //! by at most one commit (records evicted by a lookup's TTL expiry, or by
 //! this very insert, go at the next commit); on reload the store re-applies
 //! its capacity bound, so the lag is harmless.
@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use crate::{
     core::Registers,
-    server::dedup::{DedupStore, Evicted, RestoreError, StoredOutcome},
+    store::dedup::{DedupStore, Evicted, RestoreError, StoredOutcome},
 };
 
 /// Register name → value.
@@ -304,7 +304,7 @@ impl Durable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::dedup::{DedupConfig, Lookup};
+    use crate::store::dedup::{DedupConfig, Lookup};
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);

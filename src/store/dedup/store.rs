@@ -1,6 +1,6 @@
 //! The dedup store proper: a bounded, synchronous map from request ID to the
 //! outcome of its first execution. No I/O, no clock (every call takes `now`),
-//! no locking: [`crate::server::State`] owns one behind its lock.
+//! no locking: [`crate::store::MemoryLedger`] owns one behind its lock.
 //!
 //! # Shape
 //! Records live in a `VecDeque` in commit order, so the oldest is always at
@@ -23,7 +23,7 @@ use std::{collections::VecDeque, fmt, hash::BuildHasher, time::Duration};
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
-use crate::{core::REGISTERS_MAX, error::CalcError, server::dedup::DedupConfig};
+use crate::{core::REGISTERS_MAX, error::CalcError, store::dedup::DedupConfig};
 
 /// The outcome of a first execution, as much of it as is needed to answer a
 /// repeat identically. A repeat carries the same payload (the fingerprint
@@ -64,7 +64,7 @@ impl StoredOutcome {
     /// `register += delta`.
     ///
     /// ```
-    /// use abacus::server::dedup::StoredOutcome;
+    /// use abacus::store::dedup::StoredOutcome;
     /// let o = StoredOutcome::Applied { value: 3.5 };
     /// assert_eq!(StoredOutcome::of(&o.result("x", 1.0)), Some(o));
     /// let o = StoredOutcome::RegisterOverflow { current: f64::MAX };

@@ -30,7 +30,7 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// control characters (IDs are printed in logs and traces, one per line).
 ///
 /// ```
-/// use abacus::server::dedup::validate_request_id;
+/// use abacus::store::dedup::validate_request_id;
 /// assert!(validate_request_id("client-7/call-42").is_ok());
 /// assert!(validate_request_id("a\nb").is_err());
 /// assert!(validate_request_id(&"x".repeat(129)).is_err());
@@ -53,7 +53,7 @@ pub fn validate_request_id(request_id: &str) -> Result<(), ServiceError> {
 /// (they are different requests as far as the client is concerned).
 ///
 /// ```
-/// use abacus::server::dedup::fingerprint;
+/// use abacus::store::dedup::fingerprint;
 /// assert_eq!(fingerprint("x", 1.0), fingerprint("x", 1.0));
 /// assert_ne!(fingerprint("x", 1.0), fingerprint("x", 2.0));
 /// assert_ne!(fingerprint("x", 1.0), fingerprint("y", 1.0));

@@ -5,7 +5,7 @@
 //! cannot know whether its request was applied, so it retries with the same
 //! `request_id`; the server must then answer with the *first* execution's
 //! outcome instead of applying again. This module holds the pieces with no
-//! I/O and no locking; [`crate::server::State`] combines them with the
+//! I/O and no locking; [`crate::store::MemoryLedger`] combines them with the
 //! registers under one lock, and the adapters only call `State`.
 //!
 //! # Layout
@@ -74,7 +74,7 @@
 //! In-memory mode (the default) loses registers and records on restart:
 //! registers reset to nothing, and a retry of a request applied before the
 //! restart applies again. With `--data-dir` both are persisted (see
-//! [`crate::server::durable`]) and a restart keeps the guarantee; the TTL of
+//! [`crate::store::redb::file`]) and a restart keeps the guarantee; the TTL of
 //! reloaded records restarts at load time.
 
 pub mod config;
@@ -86,8 +86,3 @@ pub use key::{REQUEST_ID_BYTES_MAX, fingerprint, validate_request_id};
 pub use store::{
     DedupStats, DedupStore, EvictReason, Evicted, Lookup, RestoreError, StoredOutcome,
 };
-
-/// Response metadata key set to `true` on every answer replayed from the
-/// dedup store (success or recorded error), in addition to the response's
-/// `replayed` field, so a replayed *error* is recognisable too.
-pub const REPLAYED_KEY: &str = "abacus-replayed";

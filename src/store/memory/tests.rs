@@ -13,16 +13,16 @@ use super::*;
 use crate::error::CalcError;
 
 /// A state whose events are collected as rendered trace lines.
-fn state_with(dedup: DedupConfig) -> (State, Arc<Mutex<Vec<String>>>) {
+fn state_with(dedup: DedupConfig) -> (MemoryLedger, Arc<Mutex<Vec<String>>>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = {
         let lines = Arc::clone(&lines);
         EventSink::with_hook(move |e| lines.lock().unwrap().push(e.to_string()))
     };
-    (State::new(dedup, sink), lines)
+    (MemoryLedger::new(dedup, sink), lines)
 }
 
-fn state() -> (State, Arc<Mutex<Vec<String>>>) {
+fn state() -> (MemoryLedger, Arc<Mutex<Vec<String>>>) {
     state_with(DedupConfig::default())
 }
 
@@ -327,13 +327,13 @@ async fn durable_state_survives_reopening() {
     let _ = std::fs::remove_dir_all(&dir);
     let a = args("x", 2.0, "kept");
     {
-        let s = State::open(DedupConfig::default(), EventSink::log_only(), &dir).unwrap();
+        let s = MemoryLedger::open(DedupConfig::default(), EventSink::log_only(), &dir).unwrap();
         assert!(s.is_durable());
         assert_eq!(s.accumulate(&a, None).await, ok(2.0, false));
         s.accumulate(&args("x", 3.0, ""), None).await.unwrap();
     }
     {
-        let s = State::open(DedupConfig::default(), EventSink::log_only(), &dir).unwrap();
+        let s = MemoryLedger::open(DedupConfig::default(), EventSink::log_only(), &dir).unwrap();
         assert_eq!(s.get("x"), Ok(5.0));
         assert_eq!(s.accumulate(&a, None).await, ok(2.0, true));
         assert_eq!(
@@ -341,7 +341,7 @@ async fn durable_state_survives_reopening() {
             ok(6.0, false)
         );
     }
-    let s = State::open(DedupConfig::default(), EventSink::log_only(), &dir).unwrap();
+    let s = MemoryLedger::open(DedupConfig::default(), EventSink::log_only(), &dir).unwrap();
     assert_eq!(s.get("x"), Ok(6.0));
     assert_eq!(s.stats().dedup_entries, 2);
     drop(s);
