@@ -21,6 +21,7 @@ use crate::{
     store::{
         Ledger, MemoryLedger,
         postgres::{PgConfig, PgLedger},
+        redb::RedbLedger,
     },
     trace::EventSink,
 };
@@ -234,11 +235,11 @@ pub async fn run(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        _ => Arc::new(match &args.data_dir {
-            Some(dir) => match MemoryLedger::open(dedup.clone(), events.clone(), dir) {
-                Ok(state) => {
+        _ => match &args.data_dir {
+            Some(dir) => match RedbLedger::open(dedup.clone(), events.clone(), dir) {
+                Ok(ledger) => {
                     tracing::info!(dir = %dir.display(), "durable state: registers and dedup records survive restarts");
-                    state
+                    Arc::new(ledger)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -249,9 +250,9 @@ pub async fn run(args: ServeArgs) -> ExitCode {
                 tracing::info!(
                     "in-memory state: registers and dedup records are lost on restart (use --data-dir to keep them)"
                 );
-                MemoryLedger::new(dedup.clone(), events.clone())
+                Arc::new(MemoryLedger::new(dedup.clone(), events.clone()))
             }
-        }),
+        },
     };
     let listener = match tokio::net::TcpListener::bind(args.addr).await {
         Ok(l) => l,

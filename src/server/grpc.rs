@@ -228,7 +228,7 @@ mod tests {
         );
         let fresh = healthy.accumulate(request("x", 1.0, "r2")).await.unwrap();
         assert!(fresh.metadata().get(REPLAYED_KEY).is_none());
-        assert_eq!(MemoryLedger::get(&state, "x"), Ok(5.0));
+        assert_eq!(MemoryLedger::get(&state, "x", None).await, Ok(5.0));
     }
 
     #[tokio::test]

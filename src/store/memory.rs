@@ -1,50 +1,65 @@
-//! The server's state: registers, the dedup store, the in-flight claims and
-//! (in durable mode) the database, behind one lock, with the two-step
-//! `Accumulate` protocol that makes a retried request apply at most once.
+//! The in-memory ledger: registers, the dedup store and the in-flight claims
+//! behind one lock, with the two-step `Accumulate` protocol that makes a
+//! retried request apply at most once. It is the default backend, the
+//! simulation's model of a store, and — with a [journal](super::journal)
+//! attached — the write-back cache in front of the durable backend
+//! ([`crate::store::redb`]).
 //!
 //! # Protocol
-//! [`MemoryLedger::begin`] validates the payload and the request ID, then either
-//! answers from the dedup store ([`Begin::Replay`]), joins an execution of
-//! the same ID already in flight (waits, then looks again), or claims the ID
-//! ([`Begin::Execute`]). The adapter then runs whatever comes between claim
-//! and commit (fault delay, deadline check, injected failure) and calls
-//! [`Claim::commit`], or drops the claim to release it. See
+//! [`MemoryLedger::begin`] validates the payload and the request ID, then
+//! either joins an execution of the same ID still in flight (waits, then
+//! looks again), answers from the dedup store ([`Begin::Replay`]), or
+//! claims the ID ([`Begin::Execute`]). The caller then runs whatever comes
+//! between claim and commit (fault delay, deadline check, injected failure)
+//! and calls [`Claim::commit`], or drops the claim to release it. See
 //! [`crate::store::dedup`] for why it works this way.
 //!
 //! # Atomicity
 //! Every mutation is one synchronous critical section with no `.await`
-//! inside: `commit` plans the update, writes the durable transaction (if
-//! any), updates the register, inserts the dedup record and releases the
-//! claim under one lock acquisition. A cancelled handler therefore either
-//! committed entirely or not at all, and a crash (process or simulated host)
-//! cannot separate a register update from its record.
+//! inside: `commit` plans the update, updates the register, inserts the
+//! dedup record and (in memory) releases the claim under one lock
+//! acquisition. A cancelled handler therefore either committed entirely or
+//! not at all, and a crash (process or simulated host) cannot separate a
+//! register update from its record.
 //!
-//! Events are emitted inside the critical section, so their order in a trace
-//! is the commit order; event hooks must not call back into `MemoryLedger`.
+//! With a journal, the same critical section also queues the commit's
+//! [`Write`] for the writer, and the claim is released only once the write
+//! is durable (see [`super::journal`]): the lock is never held while the
+//! disk works.
+//!
+//! # Events
+//! Events are queued under the lock and emitted after it (see
+//! [`super::outbox`]), in decision order, so a trace still shows commits in
+//! commit order while a slow log sink never holds the lock.
 
 use std::{
     collections::HashMap,
     fmt,
-    path::Path,
-    sync::{Arc, Mutex},
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use tokio::{
-    sync::{Notify, futures::OwnedNotified},
+    sync::{Notify, futures::OwnedNotified, watch},
     time::Instant,
 };
 
 use crate::{
     core::{self, Registers},
-    error::ServiceError,
+    error::{CalcError, ServiceError},
     store::{
-        self, AccumulateArgs, Accumulated, Backend, BoxFuture, Ledger, StatsView,
+        self, AccumulateArgs, Accumulated, Backend, BoxFuture, Ledger, StatsView, StoreHealth,
+        WriteFate,
         dedup::{
             DedupConfig, DedupStore, Evicted, Lookup, StoredOutcome, fingerprint,
             validate_request_id,
         },
-        redb::file::{Durable, RecordRow, StorageError, Write},
+        journal::{Awaiting, CommitSeq, Journal, Queue, RecordRow, Synced, Write},
+        outbox::Outbox,
     },
     trace::{Event, EventSink},
 };
@@ -53,7 +68,8 @@ use crate::{
 /// typical execution to finish.
 const IN_FLIGHT_PUSHBACK_MS: u64 = 100;
 
-/// How [`MemoryLedger::begin`] ended: [`store::Begin`] with the concrete claim.
+/// How [`MemoryLedger::begin`] ended: [`store::Begin`] with the concrete
+/// claim.
 #[derive(Debug)]
 pub enum Begin<'a> {
     /// The first outcome of an earlier execution, to answer as is.
@@ -67,7 +83,7 @@ pub enum Begin<'a> {
 /// the ID without a record, and one waiter takes over.
 #[must_use = "dropping a claim releases it without applying the request"]
 pub struct Claim<'a> {
-    state: &'a MemoryLedger,
+    ledger: &'a MemoryLedger,
     args: &'a AccumulateArgs,
     fingerprint: u64,
     /// False for a request without an ID: nothing to record or release.
@@ -77,7 +93,7 @@ pub struct Claim<'a> {
 }
 
 impl fmt::Debug for Claim<'_> {
-    // Not derived: that would print the whole state.
+    // Not derived: that would print the whole ledger.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Claim")
             .field("request_id", &self.args.request_id)
@@ -87,13 +103,15 @@ impl fmt::Debug for Claim<'_> {
     }
 }
 
-/// An ID being executed.
+/// An ID being executed (or, with a journal, committed and not yet
+/// durable).
 #[derive(Debug)]
 struct Flight {
     /// Fingerprint of the executing payload, so a reuse with a different
     /// payload is refused at once instead of joining.
     fingerprint: u64,
-    /// Woken when the claim is committed or released.
+    /// Woken when the claim is released: committed (durably, with a
+    /// journal) or dropped.
     done: Arc<Notify>,
 }
 
@@ -102,24 +120,24 @@ struct Inner {
     registers: Registers,
     applied: u64,
     store: DedupStore,
-    /// Claimed, uncommitted request IDs. Only ever looked up by key, never
-    /// iterated, so hash order cannot reach behaviour or output. Its size is
-    /// capped by `in_flight_max`.
+    /// Claimed request IDs, until committed (durably) or released. Only
+    /// ever looked up by key, never iterated, so hash order cannot reach
+    /// behaviour or output. Its size is capped by `in_flight_max`.
     in_flight: HashMap<Box<str>, Flight>,
-    /// The database, in durable mode. Inside the lock because its write
-    /// transaction is part of the commit's critical section.
-    durable: Option<Durable>,
+    /// Write-back to durable storage; `None` for a plain memory ledger.
+    journal: Option<Journal>,
 }
 
 /// Registers plus everything that must change together with them.
-#[derive(Debug)]
 pub struct MemoryLedger {
     // A std Mutex, not tokio's: the critical sections are short, synchronous
-    // and never hold the lock across an await, which is what makes them
-    // atomic with respect to cancellation. One lock for registers, store and
-    // claims means there is no lock order to get wrong.
+    // and never hold the lock across an await or any I/O, which is what
+    // makes them atomic with respect to cancellation. One lock for
+    // registers, store and claims means there is no lock order to get
+    // wrong (the outbox's and the journal queue's small locks are only ever
+    // taken inside it or alone).
     inner: Mutex<Inner>,
-    events: EventSink,
+    outbox: Outbox,
     join_wait_max: Duration,
     in_flight_max: usize,
     /// `DedupConfig::enabled`.
@@ -129,19 +147,25 @@ pub struct MemoryLedger {
     ttl: Duration,
     /// Set once the TTL warning was logged (it is about configuration, not
     /// about each request).
-    ttl_warned: std::sync::atomic::AtomicBool,
+    ttl_warned: AtomicBool,
+    /// Where durable storage stands (journal mode; constant otherwise).
+    synced: watch::Sender<Synced>,
+    /// Whether the store can serve registers (always, in memory).
+    health: watch::Sender<StoreHealth>,
+}
+
+impl fmt::Debug for MemoryLedger {
+    // Not derived: that would print every register and record.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLedger")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 enum Attempt<'a> {
     Ready(Begin<'a>),
     Wait(OwnedNotified),
-}
-
-fn emit_evicted(events: &EventSink, e: Evicted<'_>) {
-    events.emit(Event::DedupEvicted {
-        request_id: e.request_id.to_owned(),
-        reason: e.reason,
-    });
 }
 
 fn reused(args: &AccumulateArgs, first: u64, this: u64) -> ServiceError {
@@ -157,53 +181,45 @@ fn reused(args: &AccumulateArgs, first: u64, this: u64) -> ServiceError {
     }
 }
 
+/// The store is broken (a durable batch failed and memory is not reloaded
+/// yet): nothing was done for this request.
+const UNAVAILABLE: ServiceError = ServiceError::StoreUnavailable {
+    fate: WriteFate::NotApplied,
+};
+
 impl MemoryLedger {
-    /// Empty in-memory state reporting to `events`: registers and dedup
+    /// An empty in-memory ledger reporting to `events`: registers and dedup
     /// records are lost when it is dropped (a restart).
     pub fn new(dedup: DedupConfig, events: EventSink) -> Self {
-        Self::with_inner(
-            &dedup,
-            events,
-            Registers::new(),
-            DedupStore::new(&dedup),
-            None,
-        )
+        let store = DedupStore::new(&dedup);
+        Self::with_state(&dedup, events, Registers::new(), store, None)
     }
 
-    /// Durable state in `data_dir`: reloads registers and dedup records
-    /// written by an earlier process, and persists every commit.
-    pub fn open(
-        dedup: DedupConfig,
-        events: EventSink,
-        data_dir: &Path,
-    ) -> Result<Self, StorageError> {
-        let mut durable = Durable::open(data_dir)?;
-        let mut registers = Registers::new();
-        let mut store = DedupStore::new(&dedup);
-        let loaded = durable.load(&mut registers, &mut store, Instant::now(), |e| {
-            emit_evicted(&events, e)
-        })?;
-        tracing::info!(
-            path = %durable.path().display(),
-            registers = loaded.registers,
-            dedup_records = loaded.records,
-            "durable state loaded"
-        );
-        Ok(Self::with_inner(
-            &dedup,
-            events,
-            registers,
-            store,
-            Some(durable),
-        ))
-    }
-
-    fn with_inner(
+    /// A ledger over state loaded from durable storage, writing back
+    /// through `queue` (see [`super::journal`]). Commit sequence numbers
+    /// start at 1.
+    pub(crate) fn with_journal(
         dedup: &DedupConfig,
         events: EventSink,
         registers: Registers,
         store: DedupStore,
-        durable: Option<Durable>,
+        queue: Arc<Queue>,
+    ) -> Self {
+        Self::with_state(
+            dedup,
+            events,
+            registers,
+            store,
+            Some(Journal::new(queue, 0)),
+        )
+    }
+
+    fn with_state(
+        dedup: &DedupConfig,
+        events: EventSink,
+        registers: Registers,
+        store: DedupStore,
+        journal: Option<Journal>,
     ) -> Self {
         Self {
             inner: Mutex::new(Inner {
@@ -211,20 +227,17 @@ impl MemoryLedger {
                 applied: 0,
                 store,
                 in_flight: HashMap::new(),
-                durable,
+                journal,
             }),
-            events,
+            outbox: Outbox::new(events),
             dedup_enabled: dedup.enabled,
             ttl: dedup.ttl(),
-            ttl_warned: std::sync::atomic::AtomicBool::new(false),
+            ttl_warned: AtomicBool::new(false),
             join_wait_max: dedup.join_wait_max(),
             in_flight_max: dedup.in_flight_max.max(1),
+            synced: watch::Sender::new(Synced::default()),
+            health: watch::Sender::new(StoreHealth::Serving),
         }
-    }
-
-    /// True when commits are persisted (`MemoryLedger::open`).
-    pub fn is_durable(&self) -> bool {
-        self.lock().durable.is_some()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -234,8 +247,8 @@ impl MemoryLedger {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts an `Accumulate`: validates it, then replays its ID's recorded
-    /// outcome, or waits for an execution of the same ID in flight, or
+    /// Starts an `Accumulate`: validates it, then waits for an execution of
+    /// the same ID in flight, or replays its ID's recorded outcome, or
     /// claims the ID. A request without an ID is always executed.
     ///
     /// Waiting ends at `deadline` (the caller's) or after the configured
@@ -254,21 +267,22 @@ impl MemoryLedger {
         }
         if args.request_id.is_empty() || !self.dedup_enabled {
             return Ok(Begin::Execute(Claim {
-                state: self,
+                ledger: self,
                 args,
                 fingerprint: 0,
                 keyed: false,
                 finished: false,
             }));
         }
-        validate_request_id(&args.request_id)?;
         self.warn_if_deadline_outlives_records(deadline);
         let fingerprint = fingerprint(&args.register, args.delta);
         let join_until = Instant::now() + self.join_wait_max;
         let wait_until = deadline.map_or(join_until, |d| d.min(join_until));
         let mut joined = false;
         loop {
-            let done = match self.try_claim(args, fingerprint, joined)? {
+            let attempt = self.try_claim(args, fingerprint, joined);
+            self.outbox.flush();
+            let done = match attempt? {
                 Attempt::Ready(begin) => return Ok(begin),
                 Attempt::Wait(done) => done,
             };
@@ -288,7 +302,6 @@ impl MemoryLedger {
     /// refuse such callers (their retries may all arrive in time), so it
     /// says so once, loudly.
     fn warn_if_deadline_outlives_records(&self, deadline: Option<Instant>) {
-        use std::sync::atomic::Ordering;
         let Some(deadline) = deadline else { return };
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait > self.ttl && !self.ttl_warned.swap(true, Ordering::Relaxed) {
@@ -307,19 +320,46 @@ impl MemoryLedger {
         fingerprint: u64,
         joined: bool,
     ) -> Result<Attempt<'a>, ServiceError> {
-        let events = &self.events;
+        let outbox = &self.outbox;
+        let listening = outbox.enabled();
         let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.journal.as_ref().is_some_and(|j| j.broken) {
+            return Err(UNAVAILABLE);
+        }
+        let id = args.request_id.as_str();
+        // In flight first: with a journal, a committed record stays in
+        // flight until it is durable, and a duplicate must wait for that
+        // rather than replay an outcome a crash could still undo.
+        if let Some(flight) = inner.in_flight.get(id) {
+            if flight.fingerprint != fingerprint {
+                let first = flight.fingerprint;
+                inner.store.count_mismatch();
+                outbox.push(Event::DedupMismatch {
+                    request_id: id.to_owned(),
+                });
+                return Err(reused(args, first, fingerprint));
+            }
+            if !joined {
+                outbox.push(Event::DedupJoined {
+                    request_id: id.to_owned(),
+                });
+            }
+            // Registered under the lock, before the holder can release
+            // (which takes the lock), so its wake-up cannot be missed.
+            return Ok(Attempt::Wait(Arc::clone(&flight.done).notified_owned()));
+        }
         // Read under the lock, like commit's: expiry then never judges with
         // an instant older than a commit already made.
         let now = Instant::now();
-        let inner = &mut *guard;
-        let id = args.request_id.as_str();
-        match inner
-            .store
-            .lookup(id, fingerprint, now, |e| emit_evicted(events, e))
-        {
+        let evicted = |e: Evicted<'_>| {
+            if listening {
+                outbox.push(evicted_event(e));
+            }
+        };
+        match inner.store.lookup(id, fingerprint, now, evicted) {
             Lookup::Hit(outcome) => {
-                events.emit(Event::DedupHit {
+                outbox.push(Event::DedupHit {
                     request_id: id.to_owned(),
                     value: outcome.value(),
                 });
@@ -333,30 +373,12 @@ impl MemoryLedger {
                 return Ok(Attempt::Ready(Begin::Replay(result)));
             }
             Lookup::Mismatch { first_fingerprint } => {
-                events.emit(Event::DedupMismatch {
+                outbox.push(Event::DedupMismatch {
                     request_id: id.to_owned(),
                 });
                 return Err(reused(args, first_fingerprint, fingerprint));
             }
             Lookup::Miss => {}
-        }
-        if let Some(flight) = inner.in_flight.get(id) {
-            if flight.fingerprint != fingerprint {
-                let first = flight.fingerprint;
-                inner.store.count_mismatch();
-                events.emit(Event::DedupMismatch {
-                    request_id: id.to_owned(),
-                });
-                return Err(reused(args, first, fingerprint));
-            }
-            if !joined {
-                events.emit(Event::DedupJoined {
-                    request_id: id.to_owned(),
-                });
-            }
-            // Registered under the lock, before the holder can commit or
-            // release (both take the lock), so its wake-up cannot be missed.
-            return Ok(Attempt::Wait(Arc::clone(&flight.done).notified_owned()));
         }
         if inner.in_flight.len() >= self.in_flight_max {
             return Err(ServiceError::Overloaded {
@@ -373,7 +395,7 @@ impl MemoryLedger {
             },
         );
         Ok(Attempt::Ready(Begin::Execute(Claim {
-            state: self,
+            ledger: self,
             args,
             fingerprint,
             keyed: true,
@@ -390,13 +412,53 @@ impl MemoryLedger {
     ) -> Result<Accumulated, ServiceError> {
         match self.begin(args, deadline).await? {
             Begin::Replay(result) => result,
-            Begin::Execute(claim) => claim.commit(),
+            Begin::Execute(claim) => claim.commit().await,
         }
     }
 
-    /// Reads a register.
-    pub fn get(&self, register: &str) -> Result<f64, ServiceError> {
-        Ok(self.lock().registers.get(register)?)
+    /// Reads a register. With a journal, a value whose write is not durable
+    /// yet is answered once it is (never earlier: a crash could still undo
+    /// it), waiting at most until `deadline`.
+    pub async fn get(
+        &self,
+        register: &str,
+        deadline: Option<Instant>,
+    ) -> Result<f64, ServiceError> {
+        let (value, unsynced) = {
+            let inner = self.lock();
+            let unsynced = match &inner.journal {
+                None => None,
+                Some(j) if j.broken => return Err(UNAVAILABLE),
+                Some(j) => j.unsynced.get(register).map(|&seq| (seq, j.epoch)),
+            };
+            (inner.registers.get(register), unsynced)
+        };
+        if let Some((seq, epoch)) = unsynced {
+            let durable = self.synced(seq, epoch);
+            let durable = match deadline {
+                Some(d) => tokio::time::timeout_at(d, durable)
+                    .await
+                    .map_err(|_| ServiceError::DeadlineExceeded)?,
+                None => durable.await,
+            };
+            if !durable {
+                return Err(UNAVAILABLE);
+            }
+        }
+        Ok(value?)
+    }
+
+    /// Resolves once commit `seq` of failure epoch `epoch` is durable
+    /// (`true`) or failed (`false`).
+    fn synced(&self, seq: CommitSeq, epoch: u64) -> impl Future<Output = bool> + Send + 'static {
+        let mut synced = self.synced.subscribe();
+        async move {
+            match synced.wait_for(|s| s.resolved(seq, epoch).is_some()).await {
+                Ok(s) => s.resolved(seq, epoch) == Some(true),
+                // The ledger is gone: nothing will ever say.
+                Err(_) => false,
+            }
+        }
     }
 
     /// Current counters.
@@ -413,87 +475,268 @@ impl MemoryLedger {
             registers: inner.registers.len() as u64,
         }
     }
+
+    /// Whether the ledger can serve registers now, and every change.
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.health.subscribe()
+    }
+
+    /// Journal mode: every commit up to `through` is durable. Releases their
+    /// claims (duplicates then replay them), lets reads of their registers
+    /// through, counts them applied and emits their events.
+    pub(crate) fn synced_through(&self, through: CommitSeq) {
+        let mut wake = Vec::new();
+        {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let Some(journal) = &mut inner.journal else {
+                return;
+            };
+            journal.durable = journal.durable.max(through);
+            while journal.awaiting.front().is_some_and(|a| a.seq <= through) {
+                let Some(done) = journal.awaiting.pop_front() else {
+                    break;
+                };
+                if let Some(register) = &done.register
+                    && journal.unsynced.get(register) == Some(&done.seq)
+                {
+                    journal.unsynced.remove(register);
+                }
+                if done.applied {
+                    inner.applied += 1;
+                }
+                if let Some(event) = done.event {
+                    self.outbox.push(event);
+                }
+                if let Some(flight) = done.release.and_then(|id| inner.in_flight.remove(&id)) {
+                    wake.push(flight.done);
+                }
+            }
+        }
+        self.synced
+            .send_modify(|s| s.durable = s.durable.max(through));
+        for done in wake {
+            done.notify_waiters();
+        }
+    }
+
+    /// Journal mode: a batch failed. Every commit decided so far and not
+    /// durable fails with an unknown fate; the ledger refuses everything
+    /// until [`MemoryLedger::reloaded`] (memory may now hold what the disk
+    /// does not).
+    pub(crate) fn sync_failed(&self) {
+        let mut wake = Vec::new();
+        {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let Some(journal) = &mut inner.journal else {
+                return;
+            };
+            journal.broken = true;
+            journal.epoch += 1;
+            journal.unsynced.clear();
+            for lost in journal.awaiting.drain(..) {
+                if let Some(flight) = lost.release.and_then(|id| inner.in_flight.remove(&id)) {
+                    wake.push(flight.done);
+                }
+            }
+        }
+        self.synced.send_modify(|s| {
+            s.epoch += 1;
+            s.durable_before_failure = s.durable;
+        });
+        self.health.send_replace(StoreHealth::NotServing);
+        for done in wake {
+            done.notify_waiters();
+        }
+    }
+
+    /// Journal mode: memory reloaded from disk after a failure; serving
+    /// again. The dedup counters carry over (they describe this process).
+    pub(crate) fn reloaded(&self, registers: Registers, mut store: DedupStore) {
+        {
+            let mut inner = self.lock();
+            store.carry_counters(&inner.store);
+            inner.registers = registers;
+            inner.store = store;
+            if let Some(journal) = &mut inner.journal {
+                journal.broken = false;
+            }
+        }
+        self.health.send_replace(StoreHealth::Serving);
+    }
 }
 
-impl Claim<'_> {
+fn evicted_event(e: Evicted<'_>) -> Event {
+    Event::DedupEvicted {
+        request_id: e.request_id.to_owned(),
+        reason: e.reason,
+    }
+}
+
+/// A decided commit: answered at once in memory, once durable with a
+/// journal.
+enum Decided {
+    Done(Result<Accumulated, ServiceError>),
+    Syncing {
+        seq: CommitSeq,
+        epoch: u64,
+        result: Result<f64, CalcError>,
+    },
+}
+
+impl<'a> Claim<'a> {
     /// The request ID claimed (empty for a request without one).
     pub fn request_id(&self) -> &str {
         &self.args.request_id
     }
 
-    /// Executes the request: in one critical section, plans the update,
-    /// persists it with its dedup record (durable mode), applies it in
-    /// memory, records the outcome and releases the claim, waking
-    /// duplicates so they replay it.
+    /// Executes the request. The decision is taken *now*, in one critical
+    /// section: plans the update, applies it in memory, records the outcome
+    /// and (in memory) releases the claim, waking duplicates so they replay
+    /// it. The returned future resolves at once in memory, and with a
+    /// journal once the commit is durable (dropping it does not undo the
+    /// commit: it only stops waiting, as a lost response would).
     ///
-    /// MemoryLedger-dependent rule errors (overflow, too many registers) are
-    /// recorded and returned; a storage error records nothing and changes
-    /// nothing, so a retry executes again.
-    pub fn commit(mut self) -> Result<Accumulated, ServiceError> {
-        let (state, args) = (self.state, self.args);
-        let events = &state.events;
-        let mut guard = state.lock();
+    /// State-dependent rule errors (overflow, too many registers) are
+    /// recorded and returned. A journal failure answers
+    /// [`ServiceError::StoreUnavailable`]: `NotApplied` if the store was
+    /// already broken (nothing decided), `Unknown` if this commit's batch
+    /// failed (the disk may hold it).
+    pub fn commit(mut self) -> impl Future<Output = Result<Accumulated, ServiceError>> + Send + 'a {
+        let ledger = self.ledger;
+        let decided = self.decide();
+        ledger.outbox.flush();
+        async move {
+            match decided {
+                Decided::Done(result) => result,
+                Decided::Syncing { seq, epoch, result } => {
+                    let durable = ledger.synced(seq, epoch).await;
+                    // Our `applied` event (and others') were queued when the
+                    // writer reported: emit them from here, not from the
+                    // writer's thread.
+                    ledger.outbox.flush();
+                    if !durable {
+                        return Err(ServiceError::StoreUnavailable {
+                            fate: WriteFate::Unknown,
+                        });
+                    }
+                    result
+                        .map(|value| Accumulated {
+                            value,
+                            replayed: false,
+                        })
+                        .map_err(ServiceError::from)
+                }
+            }
+        }
+    }
+
+    fn decide(&mut self) -> Decided {
+        let (ledger, args) = (self.ledger, self.args);
+        let outbox = &ledger.outbox;
+        let listening = outbox.enabled();
+        let evicted = |e: Evicted<'_>| {
+            if listening {
+                outbox.push(evicted_event(e));
+            }
+        };
+        let mut guard = ledger.lock();
+        let inner = &mut *guard;
+        if inner.journal.as_ref().is_some_and(|j| j.broken) {
+            let done = self.release(inner);
+            drop(guard);
+            wake(done);
+            return Decided::Done(Err(UNAVAILABLE));
+        }
         // Read under the lock: records enter the FIFO in commit order, so
         // their instants must be too, or TTL expiry (a front pop) lags.
         let now = Instant::now();
-        let inner = &mut *guard;
-        // Released in the same critical section as the commit, so a waiter
-        // woken below finds the record, never an empty slot.
-        let done = self.release(inner);
         let result = inner.registers.plan_accumulate(&args.register, args.delta);
         let outcome = if self.keyed {
             StoredOutcome::of(&result)
         } else {
             None
         };
-        // Expire before numbering the record, so the durable range delete
-        // below covers what the TTL removed.
-        inner.store.expire(now, |e| emit_evicted(events, e));
-        if let Some(durable) = &mut inner.durable {
-            let write = Write {
-                register: result.as_ref().ok().map(|v| (args.register.as_str(), *v)),
-                record: outcome.map(|outcome| RecordRow {
-                    seq: inner.store.next_seq(),
-                    request_id: &args.request_id,
-                    fingerprint: self.fingerprint,
-                    outcome,
-                }),
-                delete_below: inner.store.front_seq(),
-            };
-            if let Err(e) = durable.commit(&write) {
-                drop(guard);
-                wake(done);
-                tracing::error!(error = %e, "durable commit failed; request not applied in memory");
-                return Err(e.into());
-            }
-        }
+        // Expire before numbering the record, so a journal's range delete
+        // covers what the TTL removed.
+        inner.store.expire(now, evicted);
+        let record_seq = inner.store.next_seq();
+        let delete_below = inner.store.front_seq();
         if let Ok(value) = result {
             inner.registers.set(&args.register, value);
-            inner.applied += 1;
         }
         if let Some(outcome) = outcome {
             inner
                 .store
-                .insert(&args.request_id, self.fingerprint, outcome, now, |e| {
-                    emit_evicted(events, e)
-                });
+                .insert(&args.request_id, self.fingerprint, outcome, now, evicted);
         }
-        if let Ok(value) = result {
-            events.emit(Event::Applied {
+        let event = match result {
+            Ok(value) if listening => Some(Event::Applied {
                 request_id: args.request_id.clone(),
                 register: args.register.clone(),
                 delta: args.delta,
                 value,
-            });
+            }),
+            _ => None,
+        };
+        let Some(journal) = &mut inner.journal else {
+            // In memory, committed is final: count, announce and release
+            // in this same critical section, so a waiter woken below finds
+            // the record, never an empty slot.
+            if result.is_ok() {
+                inner.applied += 1;
+            }
+            if let Some(event) = event {
+                outbox.push(event);
+            }
+            let done = self.release(inner);
+            drop(guard);
+            wake(done);
+            return Decided::Done(
+                result
+                    .map(|value| Accumulated {
+                        value,
+                        replayed: false,
+                    })
+                    .map_err(ServiceError::from),
+            );
+        };
+        // Journal: the claim stays in flight until the write is durable,
+        // so duplicates keep waiting; the writer's report releases it.
+        self.finished = true;
+        let seq = journal.next;
+        journal.next += 1;
+        let register: Option<Box<str>> = result.is_ok().then(|| args.register.as_str().into());
+        if let Some(name) = &register {
+            journal.unsynced.insert(name.clone(), seq);
         }
+        journal.queue.push(Write {
+            seq,
+            register: result
+                .as_ref()
+                .ok()
+                .map(|&value| (args.register.as_str().into(), value)),
+            record: outcome.map(|outcome| RecordRow {
+                seq: record_seq,
+                request_id: args.request_id.as_str().into(),
+                fingerprint: self.fingerprint,
+                outcome,
+            }),
+            delete_below,
+        });
+        journal.awaiting.push_back(Awaiting {
+            seq,
+            release: self.keyed.then(|| args.request_id.as_str().into()),
+            applied: result.is_ok(),
+            event,
+            register,
+        });
+        let epoch = journal.epoch;
+        let queue = Arc::clone(&journal.queue);
         drop(guard);
-        wake(done);
-        result
-            .map(|value| Accumulated {
-                value,
-                replayed: false,
-            })
-            .map_err(ServiceError::from)
+        queue.wake();
+        Decided::Syncing { seq, epoch, result }
     }
 
     /// Removes the in-flight marker (once), returning the notifier to wake
@@ -523,15 +766,15 @@ impl Drop for Claim<'_> {
             return;
         }
         let done = {
-            let mut inner = self.state.lock();
+            let mut inner = self.ledger.lock();
             self.release(&mut inner)
         };
         wake(done);
     }
 }
 
-/// The in-memory (and, with `--data-dir`, redb) backend of the
-/// [`Ledger`] seam: the synchronous protocol above, behind boxed futures.
+/// The in-memory backend of the [`Ledger`] seam: the protocol above,
+/// behind boxed futures.
 impl Ledger for MemoryLedger {
     fn begin<'a>(
         &'a self,
@@ -549,21 +792,21 @@ impl Ledger for MemoryLedger {
     fn get<'a>(
         &'a self,
         register: &'a str,
-        _deadline: Option<Instant>,
+        deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<f64, ServiceError>> {
-        Box::pin(std::future::ready(MemoryLedger::get(self, register)))
+        Box::pin(MemoryLedger::get(self, register, deadline))
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
         Box::pin(std::future::ready(Ok(MemoryLedger::stats(self))))
     }
 
+    fn health(&self) -> watch::Receiver<StoreHealth> {
+        MemoryLedger::health(self)
+    }
+
     fn backend(&self) -> Backend {
-        if self.is_durable() {
-            Backend::Redb
-        } else {
-            Backend::Memory
-        }
+        Backend::Memory
     }
 }
 
@@ -573,8 +816,8 @@ impl<'a> store::Claim<'a> for Claim<'a> {
     }
 
     fn commit(self: Box<Self>) -> BoxFuture<'a, Result<Accumulated, ServiceError>> {
-        // Synchronous: the whole commit is one critical section.
-        Box::pin(std::future::ready(Claim::commit(*self)))
+        // Decided here, before the future is first polled.
+        Box::pin(Claim::commit(*self))
     }
 }
 

@@ -50,7 +50,9 @@
 //! Nothing here imports `server/`: the store sits wholly below the service.
 
 pub mod dedup;
+pub(crate) mod journal;
 pub mod memory;
+mod outbox;
 pub mod redb;
 
 pub use dedup::DedupConfig;
@@ -61,7 +63,7 @@ pub mod postgres;
 
 use std::{fmt, future::Future, net::IpAddr, pin::Pin, sync::Arc};
 
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 use crate::error::ServiceError;
 
@@ -216,6 +218,18 @@ impl fmt::Display for Backend {
     }
 }
 
+/// Whether a ledger can serve the register methods (`Accumulate`,
+/// `GetRegister`), as the gRPC health service reports it for
+/// `abacus.v1.Registers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreHealth {
+    /// Working.
+    Serving,
+    /// Broken (e.g. the disk refuses writes): register calls are answered
+    /// UNAVAILABLE until the backend recovers by itself.
+    NotServing,
+}
+
 /// How [`Ledger::begin`] ended.
 #[derive(Debug)]
 pub enum Begin<'a> {
@@ -262,6 +276,13 @@ pub trait Ledger: Send + Sync + fmt::Debug {
 
     /// Current counters.
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>>;
+
+    /// Whether the ledger can serve registers now, and every change after.
+    /// The default is a backend that never breaks: always `Serving` (the
+    /// channel's sender is gone, so a watcher sees no change, ever).
+    fn health(&self) -> watch::Receiver<StoreHealth> {
+        watch::channel(StoreHealth::Serving).1
+    }
 
     /// Which backend this is.
     fn backend(&self) -> Backend;

@@ -15,6 +15,7 @@ use abacus::{
         BoxFuture, Ledger, MemoryLedger,
         conformance::{self, Clock, Op, Seen},
         postgres::{ManualClock, PgConfig, PgLedger, RetentionClock},
+        redb::RedbLedger,
     },
     trace::EventSink,
 };
@@ -80,7 +81,7 @@ fn redb(ops: &[Op], seed: u64) -> Vec<Seen> {
     );
     let _ = std::fs::remove_dir_all(&dir.0);
     paused_runtime().block_on(async {
-        let ledger = MemoryLedger::open(conformance::limits(), EventSink::default(), &dir.0)
+        let ledger = RedbLedger::open(conformance::limits(), EventSink::default(), &dir.0)
             .expect("open redb in a temp dir");
         assert_eq!(ledger.backend(), abacus::store::Backend::Redb);
         conformance::run(&ledger, &Paused, ops).await

@@ -259,6 +259,15 @@ impl DedupStore {
         self.mismatches += 1;
     }
 
+    /// Takes over `old`'s hit, eviction and mismatch counters: a store
+    /// reloaded from disk replaces one whose counters describe this
+    /// process.
+    pub fn carry_counters(&mut self, old: &DedupStore) {
+        self.hits += old.hits;
+        self.evictions += old.evictions;
+        self.mismatches += old.mismatches;
+    }
+
     fn hash(&self, request_id: &str) -> u64 {
         self.hasher.hash_one(request_id)
     }

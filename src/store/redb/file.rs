@@ -1,27 +1,22 @@
-//! Durable mode (`abacus serve --data-dir DIR`): registers and dedup records
-//! in an embedded [redb](https://docs.rs/redb) database, so both survive a
-//! restart and a retry of a request applied before the restart is replayed,
-//! not applied again.
+//! The database file of durable mode: its tables, its format, and the two
+//! things done with it — load everything at start-up, and write one batch
+//! of decided commits in one transaction.
 //!
 //! # What is written, and when
-//! Each `Accumulate` commit writes, in **one** write transaction with
-//! `Durability::Immediate` (on disk when `commit` returns): the register's
-//! new value, the dedup record (if the request had an ID), and the deletion
-//! of records the in-memory store has evicted since the last commit.
-//! [`crate::store::MemoryLedger`] runs that transaction inside the same critical
-//! section as the in-memory update, *before* it, and changes memory only if
-//! the transaction committed: memory never holds what the disk does not.
-//! If the commit fails, the request is answered INTERNAL without the
-//! not-applied marker and leaves no record; a retry recomputes the same value
-//! from the unchanged memory and writes it again, so even a commit that did
-//! reach the disk despite its error converges.
+//! Each batch is **one** write transaction with `Durability::Immediate` (on
+//! disk when `commit` returns: one fsync): for each commit in it, the
+//! register's new value and the dedup record (if the request had an ID);
+//! and the deletion of records the in-memory store has evicted. The writer
+//! ([`super::writer`]) reports the batch durable only after `commit`
+//! returned, and memory is reloaded from this file after any failure, so
+//! memory never serves what the disk does not hold.
 //!
 //! Records are keyed by their sequence number, so the disk holds them in
 //! commit order and eviction is a range delete below the store's
 //! [`front_seq`](crate::store::dedup::DedupStore::front_seq). Deletion lags
 //! by at most one commit (records evicted by a lookup's TTL expiry, or by
-//! this very insert, go at the next commit); on reload the store re-applies
-//! its capacity bound, so the lag is harmless.
+//! an insert, go with the next batch); on reload the store re-applies its
+//! capacity bound, so the lag is harmless.
 //!
 //! # What survives, in each mode
 //! | | in memory (default) | `--data-dir` |
@@ -30,19 +25,23 @@
 //! | dedup records | lost: a retry after restart applies again | kept (TTL restarts at load) |
 //! | `GetStats` counters | lost | lost (they describe this process) |
 //! | in-flight claims | lost (their requests were never applied) | lost, likewise |
-//!
-//! The cost is one fsync per `Accumulate`, taken under the state lock:
-//! durable mode serialises updates at disk speed, a deliberate trade for a
-//! demonstration service.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::{File, OpenOptions},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, StorageBackend, TableDefinition, backends::FileBackend};
 use tokio::time::Instant;
 
+use super::disk::{Disk, DiskFaults};
 use crate::{
     core::Registers,
-    store::dedup::{DedupStore, Evicted, RestoreError, StoredOutcome},
+    store::{
+        dedup::{DedupStore, Evicted, RestoreError, StoredOutcome},
+        journal::Write,
+    },
 };
 
 /// Register name → value.
@@ -61,7 +60,9 @@ pub const FORMAT_VERSION: u64 = 1;
 /// The database file inside the data directory.
 pub const DB_FILE_NAME: &str = "abacus.redb";
 
-/// A durable store that failed.
+/// A durable store that failed. Every variant met at start-up names the
+/// file; these texts go to the operator (stderr, the log), never to
+/// clients, who get a stable UNAVAILABLE.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The data directory cannot be created.
@@ -73,32 +74,61 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    /// The database cannot be opened (already open in another process,
-    /// damaged, not a redb file).
+    /// The file cannot be created, opened or put in place.
     #[error("cannot open {path}: {source}")]
-    Open {
+    Io {
         /// The file.
         path: PathBuf,
-        /// Why (boxed: redb's errors are large, and this one is rare).
+        /// Why.
         #[source]
-        source: Box<redb::DatabaseError>,
+        source: std::io::Error,
+    },
+    /// Another process has the file open (redb locks it).
+    #[error(
+        "{path} is in use by another process (is another abacus serve running on this data directory?)"
+    )]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file exists but is empty: a database is never empty (it is
+    /// created elsewhere and renamed into place), so something truncated
+    /// it. Starting afresh over it would silently forget everything.
+    #[error(
+        "{path} is empty (0 bytes): it was truncated or replaced; refusing to start with an empty store over it (restore it from a backup, or remove it to start afresh)"
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A redb file, but not one this program wrote (no format version).
+    #[error("{path} is not an abacus database (it has no format version)")]
+    NotAbacus {
+        /// The file.
+        path: PathBuf,
     },
     /// Written by a different format version.
-    #[error("{path} has format version {found}; this build reads version {FORMAT_VERSION}")]
+    #[error(
+        "{path} has format version {found}; this build reads version {FORMAT_VERSION} (use the abacus build that wrote it)"
+    )]
     Format {
         /// The file.
         path: PathBuf,
         /// The version found.
         found: u64,
     },
-    /// A stored record cannot be decoded or restored.
-    #[error("damaged dedup record {seq}: {what}")]
-    Corrupt {
-        /// Its sequence number.
-        seq: u64,
+    /// The file is damaged: redb refuses it, a record fails its checksum
+    /// or its sequence, or the engine panicked reading it.
+    #[error("{path} is damaged: {what}; refusing to start (restore it from a backup)")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
         /// What is wrong.
         what: String,
     },
+    /// The writer thread cannot be started.
+    #[error("cannot start the durable writer thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// A transaction failed (boxed: redb's errors are large, and every
     /// `Result` of this module would pay for them).
     #[error("storage: {0}")]
@@ -130,31 +160,6 @@ impl From<StorageError> for crate::error::ServiceError {
             fate: crate::store::WriteFate::Unknown,
         }
     }
-}
-
-/// One dedup record to persist.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RecordRow<'a> {
-    /// Its sequence number in the store.
-    pub seq: u64,
-    /// The request ID.
-    pub request_id: &'a str,
-    /// The payload fingerprint.
-    pub fingerprint: u64,
-    /// The first execution's outcome.
-    pub outcome: StoredOutcome,
-}
-
-/// Everything one `Accumulate` commit writes, in one transaction.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Write<'a> {
-    /// The register and its new value, if the request applied.
-    pub register: Option<(&'a str, f64)>,
-    /// The dedup record, if the request had an ID.
-    pub record: Option<RecordRow<'a>>,
-    /// Delete every record with a smaller sequence number (the store's
-    /// `front_seq`).
-    pub delete_below: u64,
 }
 
 /// What [`Durable::load`] found.
@@ -193,35 +198,139 @@ fn decode(tag: u8, number: f64) -> Option<StoredOutcome> {
     }
 }
 
+/// Opens redb over `file` (already open), behind the fault switch.
+fn open_db(path: &Path, file: File, faults: &Arc<DiskFaults>) -> Result<Database, StorageError> {
+    let file = FileBackend::new(file).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
+            path: path.to_owned(),
+        },
+        e => StorageError::Damaged {
+            path: path.to_owned(),
+            what: e.to_string(),
+        },
+    })?;
+    Database::builder()
+        .create_with_backend(Disk::new(file, Arc::clone(faults)))
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
+                path: path.to_owned(),
+            },
+            // The disk refusing (full, failing) is not the file's fault.
+            redb::DatabaseError::Storage(redb::StorageError::Io(source)) => StorageError::Io {
+                path: path.to_owned(),
+                source,
+            },
+            e => StorageError::Damaged {
+                path: path.to_owned(),
+                what: e.to_string(),
+            },
+        })
+}
+
+/// Creates an initialised, empty database at `path`: built under a
+/// temporary name, synced, then renamed into place (and the directory
+/// synced), so a crash leaves either no file or a whole one.
+fn create(dir: &Path, path: &Path, faults: &Arc<DiskFaults>) -> Result<(), StorageError> {
+    let mut new_name = path.as_os_str().to_owned();
+    new_name.push(NEW_FILE_SUFFIX);
+    let new_path = PathBuf::from(new_name);
+    let io = |source| StorageError::Io {
+        path: new_path.clone(),
+        source,
+    };
+    // Not truncated on open: another process starting at the same moment
+    // may hold it; redb's lock (taken by `open_db`) decides who builds it.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&new_path)
+        .map_err(io)?;
+    let leftover = file.metadata().map_err(io)?.len() > 0;
+    let db = {
+        let file = FileBackend::new(file).map_err(|_| StorageError::Locked {
+            path: new_path.clone(),
+        })?;
+        // A leftover of a crash during an earlier creation: start it over.
+        if leftover {
+            file.set_len(0).map_err(io)?;
+        }
+        Database::builder()
+            .create_with_backend(Disk::new(file, Arc::clone(faults)))
+            .map_err(|e| StorageError::Damaged {
+                path: new_path.clone(),
+                what: e.to_string(),
+            })?
+    };
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(REGISTERS)?;
+        txn.open_table(DEDUP)?;
+        txn.open_table(META)?.insert("format", FORMAT_VERSION)?;
+    }
+    txn.commit()?;
+    drop(db);
+    std::fs::rename(&new_path, path).map_err(io)?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StorageError::Io {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// The file's name while it is being created: it is renamed to
+/// [`DB_FILE_NAME`] only once initialised, so an empty or half-made
+/// database never sits under the real name.
+const NEW_FILE_SUFFIX: &str = ".new";
+
 impl Durable {
-    /// Opens (creating if needed) `dir/abacus.redb` and checks its format.
-    /// redb locks the file: a second server on the same directory is
-    /// refused.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+    /// Opens `dir/abacus.redb`, creating it if it does not exist, and
+    /// checks its format. redb locks the file: a second server on the same
+    /// directory is refused. `faults` is the disk's fault switch (off in
+    /// production).
+    pub fn open(dir: &Path, faults: &Arc<DiskFaults>) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
             dir: dir.to_owned(),
             source,
         })?;
         let path = dir.join(DB_FILE_NAME);
-        let db = Database::create(&path).map_err(|source| StorageError::Open {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(REGISTERS)?;
-            txn.open_table(DEDUP)?;
-            let mut meta = txn.open_table(META)?;
-            let found = meta.get("format")?.map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert("format", FORMAT_VERSION)?;
-                }
-                Some(FORMAT_VERSION) => {}
-                Some(found) => return Err(StorageError::Format { path, found }),
-            }
+        if !path.exists() {
+            create(dir, &path, faults)?;
         }
-        txn.commit()?;
+        let io = |source| StorageError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        if file.metadata().map_err(io)?.len() == 0 {
+            return Err(StorageError::Empty { path });
+        }
+        let db = open_db(&path, file, faults)?;
+        let damaged = |e: &dyn std::fmt::Display| StorageError::Damaged {
+            path: path.clone(),
+            what: e.to_string(),
+        };
+        let found = (|| {
+            let txn = db.begin_read().map_err(|e| damaged(&e))?;
+            let meta = match txn.open_table(META) {
+                Ok(meta) => meta,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(damaged(&e)),
+            };
+            let format = meta.get("format").map_err(|e| damaged(&e))?;
+            Ok(format.map(|v| v.value()))
+        })()?;
+        match found {
+            None => return Err(StorageError::NotAbacus { path }),
+            Some(FORMAT_VERSION) => {}
+            Some(found) => return Err(StorageError::Format { path, found }),
+        }
         Ok(Self {
             db,
             path,
@@ -246,57 +355,89 @@ impl Durable {
         mut on_evict: impl FnMut(Evicted<'_>),
     ) -> Result<Loaded, StorageError> {
         let mut loaded = Loaded::default();
-        let txn = self.db.begin_read()?;
-        for row in txn.open_table(REGISTERS)?.iter()? {
-            let (name, value) = row?;
-            registers.set(name.value(), value.value());
-            loaded.registers += 1;
-        }
-        let dedup = txn.open_table(DEDUP)?;
-        if let Some((first, _)) = dedup.first()? {
-            self.deleted_below = first.value();
-        }
-        for row in dedup.iter()? {
-            let (seq, value) = row?;
-            let seq = seq.value();
-            let (request_id, fingerprint, tag, number) = value.value();
-            let outcome = decode(tag, number).ok_or_else(|| StorageError::Corrupt {
-                seq,
-                what: format!("unknown outcome tag {tag}"),
-            })?;
-            store
-                .restore(seq, request_id, fingerprint, outcome, now, &mut on_evict)
-                .map_err(|e: RestoreError| StorageError::Corrupt {
-                    seq,
-                    what: e.to_string(),
-                })?;
-            loaded.records += 1;
+        let mut deleted_below = None;
+        let mut read = || -> Result<(), String> {
+            let e = |e: redb::Error| e.to_string();
+            let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+            let table = txn.open_table(REGISTERS).map_err(|x| e(x.into()))?;
+            for row in table.iter().map_err(|x| e(x.into()))? {
+                let (name, value) = row.map_err(|x| e(x.into()))?;
+                registers.set(name.value(), value.value());
+                loaded.registers += 1;
+            }
+            let dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
+            for row in dedup.iter().map_err(|x| e(x.into()))? {
+                let (seq, value) = row.map_err(|x| e(x.into()))?;
+                let seq = seq.value();
+                deleted_below.get_or_insert(seq);
+                let (request_id, fingerprint, tag, number) = value.value();
+                let outcome = decode(tag, number)
+                    .ok_or_else(|| format!("dedup record {seq}: unknown outcome tag {tag}"))?;
+                store
+                    .restore(seq, request_id, fingerprint, outcome, now, &mut on_evict)
+                    .map_err(|e: RestoreError| format!("dedup record {seq}: {e}"))?;
+                loaded.records += 1;
+            }
+            Ok(())
+        };
+        read().map_err(|what| StorageError::Damaged {
+            path: self.path.clone(),
+            what,
+        })?;
+        if let Some(first) = deleted_below {
+            self.deleted_below = first;
         }
         Ok(loaded)
     }
 
-    /// Writes one commit's changes in one durable transaction.
-    pub fn commit(&mut self, write: &Write<'_>) -> Result<(), StorageError> {
-        let delete = write.delete_below > self.deleted_below;
-        if write.register.is_none() && write.record.is_none() && !delete {
+    /// Commits a write that changes nothing a reader sees: proof that the
+    /// disk takes writes again, before a recovered store serves.
+    pub fn probe(&mut self) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let n = meta.get("probes")?.map_or(0, |v| v.value());
+            meta.insert("probes", n.wrapping_add(1))?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Writes a batch of decided commits, in order, in one durable
+    /// transaction: on disk when this returns `Ok`. On `Err` the batch may
+    /// or may not be on disk, and this handle must not be used again (redb
+    /// refuses further writes after an I/O error): reopen the file.
+    pub(crate) fn write_batch(&mut self, batch: &[Write]) -> Result<(), StorageError> {
+        let delete_below = batch.iter().map(|w| w.delete_below).max().unwrap_or(0);
+        let delete = delete_below > self.deleted_below;
+        if !delete
+            && batch
+                .iter()
+                .all(|w| w.register.is_none() && w.record.is_none())
+        {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
         {
-            if let Some((name, value)) = write.register {
-                txn.open_table(REGISTERS)?.insert(name, value)?;
-            }
+            let mut registers = txn.open_table(REGISTERS)?;
             let mut dedup = txn.open_table(DEDUP)?;
-            if delete {
-                dedup.retain_in(self.deleted_below..write.delete_below, |_, _| false)?;
+            for write in batch {
+                if let Some((name, value)) = &write.register {
+                    registers.insert(&**name, *value)?;
+                }
+                if let Some(r) = &write.record {
+                    let (tag, number) = encode(r.outcome);
+                    dedup.insert(r.seq, (&*r.request_id, r.fingerprint, tag, number))?;
+                }
             }
-            if let Some(r) = write.record {
-                let (tag, number) = encode(r.outcome);
-                dedup.insert(r.seq, (r.request_id, r.fingerprint, tag, number))?;
+            // After the inserts: a record inserted and evicted within one
+            // batch (a tiny capacity) goes too.
+            if delete {
+                dedup.retain_in(self.deleted_below..delete_below, |_, _| false)?;
             }
         }
         txn.commit()?;
-        self.deleted_below = self.deleted_below.max(write.delete_below);
+        self.deleted_below = self.deleted_below.max(delete_below);
         Ok(())
     }
 }
@@ -304,7 +445,31 @@ impl Durable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::dedup::{DedupConfig, Lookup};
+    use crate::store::{
+        dedup::{DedupConfig, Lookup},
+        journal::RecordRow,
+    };
+
+    /// One commit's write: `register = value` (if any), the record
+    /// `(seq, id, fingerprint, outcome)` (if any), evictions below
+    /// `delete_below`.
+    fn write(
+        register: Option<(&str, f64)>,
+        record: Option<(u64, &str, u64, StoredOutcome)>,
+        delete_below: u64,
+    ) -> Write {
+        Write {
+            seq: 0,
+            register: register.map(|(name, value)| (name.into(), value)),
+            record: record.map(|(seq, id, fingerprint, outcome)| RecordRow {
+                seq,
+                request_id: id.into(),
+                fingerprint,
+                outcome,
+            }),
+            delete_below,
+        }
+    }
 
     /// A fresh directory under the system temp dir, removed on drop.
     struct TempDir(PathBuf);
@@ -325,7 +490,7 @@ mod tests {
     }
 
     fn reload(dir: &Path, entries_max: usize) -> (Durable, Registers, DedupStore, Loaded) {
-        let mut d = Durable::open(dir).unwrap();
+        let mut d = Durable::open(dir, &DiskFaults::new()).unwrap();
         let mut regs = Registers::new();
         let mut store = DedupStore::new(&DedupConfig {
             entries_max,
@@ -341,36 +506,19 @@ mod tests {
     fn commits_survive_reopen_and_evictions_are_deleted() {
         let tmp = TempDir::new("reopen");
         {
-            let mut d = Durable::open(&tmp.0).unwrap();
+            let mut d = Durable::open(&tmp.0, &DiskFaults::new()).unwrap();
             for seq in 0..3u64 {
                 let id = format!("id-{seq}");
-                d.commit(&Write {
-                    register: Some(("x", seq as f64 + 1.0)),
-                    record: Some(RecordRow {
-                        seq,
-                        request_id: &id,
-                        fingerprint: 7,
-                        outcome: StoredOutcome::Applied {
-                            value: seq as f64 + 1.0,
-                        },
-                    }),
-                    delete_below: 0,
-                })
-                .unwrap();
+                let value = seq as f64 + 1.0;
+                let outcome = StoredOutcome::Applied { value };
+                d.write_batch(&[write(Some(("x", value)), Some((seq, &id, 7, outcome)), 0)])
+                    .unwrap();
             }
             // A refused execution: recorded, register untouched; and the
             // first record evicted.
-            d.commit(&Write {
-                register: None,
-                record: Some(RecordRow {
-                    seq: 3,
-                    request_id: "big",
-                    fingerprint: 8,
-                    outcome: StoredOutcome::RegisterOverflow { current: 3.0 },
-                }),
-                delete_below: 1,
-            })
-            .unwrap();
+            let overflow = StoredOutcome::RegisterOverflow { current: 3.0 };
+            d.write_batch(&[write(None, Some((3, "big", 8, overflow)), 1)])
+                .unwrap();
         }
         let (_d, regs, mut store, loaded) = reload(&tmp.0, 100);
         assert_eq!(
@@ -398,31 +546,19 @@ mod tests {
     fn a_smaller_capacity_applies_on_reload() {
         let tmp = TempDir::new("shrink");
         {
-            let mut d = Durable::open(&tmp.0).unwrap();
+            let mut d = Durable::open(&tmp.0, &DiskFaults::new()).unwrap();
             for seq in 0..5u64 {
                 let id = format!("id-{seq}");
-                d.commit(&Write {
-                    register: None,
-                    record: Some(RecordRow {
-                        seq,
-                        request_id: &id,
-                        fingerprint: 0,
-                        outcome: StoredOutcome::TooManyRegisters,
-                    }),
-                    delete_below: 0,
-                })
-                .unwrap();
+                let full = StoredOutcome::TooManyRegisters;
+                d.write_batch(&[write(None, Some((seq, &id, 0, full)), 0)])
+                    .unwrap();
             }
         }
         let (mut d, _regs, store, _) = reload(&tmp.0, 2);
         assert_eq!((store.front_seq(), store.len()), (3, 2));
         // The next commit deletes what the reload evicted.
-        d.commit(&Write {
-            register: None,
-            record: None,
-            delete_below: store.front_seq(),
-        })
-        .unwrap();
+        d.write_batch(&[write(None, None, store.front_seq())])
+            .unwrap();
         drop(d);
         let (_d, _regs, store, loaded) = reload(&tmp.0, 100);
         assert_eq!((loaded.records, store.front_seq()), (2, 3));
@@ -431,8 +567,8 @@ mod tests {
     #[test]
     fn a_second_server_on_the_same_dir_is_refused() {
         let tmp = TempDir::new("lock");
-        let _first = Durable::open(&tmp.0).unwrap();
-        let second = Durable::open(&tmp.0).unwrap_err();
-        assert!(matches!(second, StorageError::Open { .. }), "{second}");
+        let _first = Durable::open(&tmp.0, &DiskFaults::new()).unwrap();
+        let second = Durable::open(&tmp.0, &DiskFaults::new()).unwrap_err();
+        assert!(matches!(second, StorageError::Locked { .. }), "{second}");
     }
 }

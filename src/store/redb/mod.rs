@@ -1,4 +1,227 @@
-//! Durable mode (`abacus serve --data-dir DIR`): registers and dedup records
-//! in an embedded [redb](https://docs.rs/redb) database.
+//! Durable mode (`abacus serve --data-dir DIR`): registers and dedup
+//! records in an embedded [redb](https://docs.rs/redb) file, so both
+//! survive a restart and a retry of a request applied before the restart
+//! is replayed, not applied again.
+//!
+//! # Shape
+//! [`RedbLedger`] is a [`MemoryLedger`] with a journal attached (see
+//! [`super::journal`]): every commit is decided in memory under the
+//! ledger's lock, exactly as without a disk, and queued; one writer thread
+//! ([`writer`]) takes whatever is queued as a batch, writes it in one redb
+//! transaction with one fsync ([`file`]), and reports back. So the lock is
+//! never held while the disk works, and under concurrency many commits
+//! share one fsync (group commit). A caller is answered only once its
+//! commit is durable; so is a duplicate of it, and so is a read of a
+//! register it wrote.
+//!
+//! # Failures
+//! If a batch fails (disk full, an I/O error, a panic inside the engine),
+//! its callers are answered UNAVAILABLE with an unknown fate, the ledger
+//! refuses every register call (UNAVAILABLE, certainly not applied) and
+//! reports [`StoreHealth::NotServing`], and the writer reopens the file and
+//! reloads memory from it, retrying with backoff until a probe write
+//! succeeds. Then it serves again, by itself.
+//!
+//! # Layout
+//! - [`file`]: the database file: tables, format, load, batch write.
+//! - [`writer`]: the writer thread: batches, failure, recovery.
 
+mod disk;
 pub mod file;
+mod writer;
+
+use std::{
+    fmt,
+    panic::{AssertUnwindSafe, catch_unwind},
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+};
+
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    core::Registers,
+    error::ServiceError,
+    store::{
+        self, AccumulateArgs, Backend, BoxFuture, Ledger, MemoryLedger, StatsView, StoreHealth,
+        dedup::{DedupConfig, DedupStore},
+        journal::Queue,
+    },
+    trace::{Event, EventSink},
+};
+
+pub use disk::{DiskFault, DiskFaults};
+pub use file::{DB_FILE_NAME, FORMAT_VERSION, StorageError};
+
+use file::Durable;
+
+/// The durable ledger: see the module documentation.
+pub struct RedbLedger {
+    memory: Arc<MemoryLedger>,
+    queue: Arc<Queue>,
+    writer: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for RedbLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbLedger")
+            .field("path", &self.path)
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers and dedup records read back from the file.
+fn load(
+    durable: &mut Durable,
+    dedup: &DedupConfig,
+    events: &EventSink,
+) -> Result<(Registers, DedupStore), StorageError> {
+    let mut registers = Registers::new();
+    let mut store = DedupStore::new(dedup);
+    let loaded = durable.load(&mut registers, &mut store, Instant::now(), |e| {
+        // Only when the capacity shrank since the records were written;
+        // no lock is held here, so the event may be emitted at once.
+        events.emit(Event::DedupEvicted {
+            request_id: e.request_id.to_owned(),
+            reason: e.reason,
+        });
+    })?;
+    tracing::info!(
+        path = %durable.path().display(),
+        registers = loaded.registers,
+        dedup_records = loaded.records,
+        "durable state loaded"
+    );
+    Ok((registers, store))
+}
+
+impl RedbLedger {
+    /// Opens (creating if needed) the database in `data_dir`, reloads the
+    /// registers and dedup records an earlier process wrote, and starts the
+    /// writer thread. Fails if the file cannot be opened, is held by
+    /// another process, or is damaged.
+    pub fn open(
+        dedup: DedupConfig,
+        events: EventSink,
+        data_dir: &Path,
+    ) -> Result<Self, StorageError> {
+        Self::open_with_faults(dedup, events, data_dir, DiskFaults::new())
+    }
+
+    /// [`RedbLedger::open`] over a disk whose behaviour `faults` switches
+    /// at run time (tests; the simulation).
+    pub fn open_with_faults(
+        dedup: DedupConfig,
+        events: EventSink,
+        data_dir: &Path,
+        faults: Arc<DiskFaults>,
+    ) -> Result<Self, StorageError> {
+        // redb may panic on a damaged file instead of returning an error:
+        // that is a damaged file too, and must not take the process down
+        // with a backtrace instead of a sentence naming the file.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            let mut durable = Durable::open(data_dir, &faults)?;
+            let (registers, store) = load(&mut durable, &dedup, &events)?;
+            Ok::<_, StorageError>((durable, registers, store))
+        }));
+        let (durable, registers, store) = match opened {
+            Ok(opened) => opened?,
+            Err(panic) => {
+                return Err(StorageError::Damaged {
+                    path: data_dir.join(DB_FILE_NAME),
+                    what: format!(
+                        "the storage engine panicked reading it ({})",
+                        writer::panic_message(&*panic)
+                    ),
+                });
+            }
+        };
+        let path = durable.path().to_owned();
+        let queue = Arc::new(Queue::default());
+        let memory = Arc::new(MemoryLedger::with_journal(
+            &dedup,
+            events.clone(),
+            registers,
+            store,
+            Arc::clone(&queue),
+        ));
+        let writer = writer::Writer {
+            durable: Some(durable),
+            dir: data_dir.to_owned(),
+            faults,
+            dedup,
+            events,
+            memory: Arc::clone(&memory),
+            queue: Arc::clone(&queue),
+        };
+        let writer = std::thread::Builder::new()
+            .name("abacus-redb-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StorageError::Thread)?;
+        Ok(Self {
+            memory,
+            queue,
+            writer: Some(writer),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The in-memory side (for tests and tools).
+    pub fn memory(&self) -> &MemoryLedger {
+        &self.memory
+    }
+}
+
+impl Drop for RedbLedger {
+    /// Lets the writer persist what is queued, then waits for it to close
+    /// the file (so the same process can open it again at once).
+    fn drop(&mut self) {
+        self.queue.close();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "the durable writer thread panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl Ledger for RedbLedger {
+    fn begin<'a>(
+        &'a self,
+        args: &'a AccumulateArgs,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<store::Begin<'a>, ServiceError>> {
+        Ledger::begin(&*self.memory, args, deadline)
+    }
+
+    fn get<'a>(
+        &'a self,
+        register: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<f64, ServiceError>> {
+        Ledger::get(&*self.memory, register, deadline)
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
+        Ledger::stats(&*self.memory)
+    }
+
+    fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.memory.health()
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Redb
+    }
+}

@@ -1,0 +1,242 @@
+//! Write-back to durable storage: what a [`MemoryLedger`] with a journal
+//! attached hands to a writer, and the bookkeeping that keeps readers from
+//! seeing what is not on disk yet.
+//!
+//! # Decide under the lock, persist outside it
+//! A durable commit is *decided* in the ledger's critical section, exactly
+//! as in memory: the register is updated, the dedup record inserted, and a
+//! [`Write`] with a [`CommitSeq`] queued for the writer (the [`Queue`]).
+//! The lock is then released; the writer (a thread of the backend, e.g.
+//! [`crate::store::redb`]) takes everything queued as one batch, persists
+//! it in one transaction with one fsync, and reports back
+//! ([`MemoryLedger::synced_through`] or [`MemoryLedger::sync_failed`]).
+//!
+//! # What nobody may see before it is durable
+//! A crash loses what is not on disk, so nothing that could be lost may
+//! reach a client:
+//! - the committing caller is answered once its sequence number is durable
+//!   ([`Synced`]);
+//! - a duplicate of its request ID keeps waiting on the claim, which is
+//!   released only then (so it replays a durable outcome);
+//! - a read of a register whose last write is not durable yet waits for
+//!   that write's sequence number ([`Journal::unsynced`]).
+//!
+//! If a batch fails, its commits' fate is unknown (the disk may or may not
+//! hold them), every commit decided so far is failed with that fate, and
+//! the ledger refuses everything until the backend has reloaded memory
+//! from disk: memory that disagrees with the disk is never served.
+//!
+//! [`MemoryLedger`]: crate::store::MemoryLedger
+//! [`MemoryLedger::synced_through`]: crate::store::MemoryLedger::synced_through
+//! [`MemoryLedger::sync_failed`]: crate::store::MemoryLedger::sync_failed
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Condvar, Mutex, MutexGuard},
+};
+
+use crate::{store::dedup::StoredOutcome, trace::Event};
+
+/// Number of a decided commit: strictly increasing in decision order,
+/// across the whole life of a ledger (a failure does not reset it).
+pub(crate) type CommitSeq = u64;
+
+/// One dedup record to persist.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RecordRow {
+    /// Its sequence number in the dedup store (records are kept on disk in
+    /// this order, so eviction is a range delete).
+    pub(crate) seq: u64,
+    /// The request ID.
+    pub(crate) request_id: Box<str>,
+    /// The payload fingerprint.
+    pub(crate) fingerprint: u64,
+    /// The first execution's outcome.
+    pub(crate) outcome: StoredOutcome,
+}
+
+/// Everything one decided commit writes. Owned: it crosses to the writer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Write {
+    /// Its commit sequence number.
+    pub(crate) seq: CommitSeq,
+    /// The register and its new value, if the request applied.
+    pub(crate) register: Option<(Box<str>, f64)>,
+    /// The dedup record, if the request had an ID.
+    pub(crate) record: Option<RecordRow>,
+    /// Every dedup record below this dedup sequence number has been
+    /// evicted: delete it.
+    pub(crate) delete_below: u64,
+}
+
+/// Where durable storage stands, published by the ledger after every batch
+/// (a `tokio::sync::watch` value) for the callers waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Synced {
+    /// Every commit up to this one is durable.
+    pub(crate) durable: CommitSeq,
+    /// Number of failures so far.
+    pub(crate) epoch: u64,
+    /// `durable` when the latest failure happened: the commits after it,
+    /// decided before the failure, have an unknown fate.
+    pub(crate) durable_before_failure: CommitSeq,
+}
+
+impl Synced {
+    /// What became of commit `seq`, decided in failure epoch `epoch`:
+    /// `Some(true)` durable, `Some(false)` failed (fate unknown), `None` not
+    /// known yet.
+    pub(crate) fn resolved(&self, seq: CommitSeq, epoch: u64) -> Option<bool> {
+        if self.epoch == epoch {
+            (seq <= self.durable).then_some(true)
+        } else if self.epoch == epoch + 1 {
+            Some(seq <= self.durable_before_failure)
+        } else {
+            // Two failures since: the first one's watermark is gone, so
+            // say what is certain, that the fate is not known.
+            Some(false)
+        }
+    }
+}
+
+/// Decided commits on their way to the writer: a plain FIFO under its own
+/// small lock, pushed to under the ledger's lock (so its order is decision
+/// order) and woken after it.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    writes: Vec<Write>,
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn push(&self, write: Write) {
+        self.lock().writes.push(write);
+    }
+
+    /// Wakes the writer (call after releasing the ledger's lock: a futex
+    /// wake is a system call).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Blocks the calling (writer) thread until something is queued, and
+    /// takes all of it: one batch. `None` once closed and drained.
+    pub(crate) fn take(&self) -> Option<Vec<Write>> {
+        let mut state = self.lock();
+        loop {
+            if !state.writes.is_empty() {
+                return Some(std::mem::take(&mut state.writes));
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Drops everything queued (after a failure: those commits are failed
+    /// already).
+    pub(crate) fn discard(&self) {
+        self.lock().writes.clear();
+    }
+
+    /// Stops the writer once it has drained the queue.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `pause` for [`Queue::close`] (a recovering writer's
+    /// backoff that ends early on shutdown); true once closed.
+    pub(crate) fn wait_closed(&self, pause: std::time::Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .wake
+            .wait_timeout_while(state, pause, |s| !s.closed)
+            .unwrap_or_else(|p| p.into_inner());
+        state.closed
+    }
+}
+
+/// A decided commit waiting to become durable.
+#[derive(Debug)]
+pub(crate) struct Awaiting {
+    pub(crate) seq: CommitSeq,
+    /// The request ID whose claim to release once durable (keyed requests).
+    pub(crate) release: Option<Box<str>>,
+    /// The register written, to clear its [`Journal::unsynced`] mark.
+    pub(crate) register: Option<Box<str>>,
+    /// True when the request applied (counted once durable).
+    pub(crate) applied: bool,
+    /// The `applied` event, emitted once durable (if anyone listens).
+    pub(crate) event: Option<Event>,
+}
+
+/// The journal's state under the ledger's lock.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    pub(crate) queue: std::sync::Arc<Queue>,
+    /// The next commit's sequence number.
+    pub(crate) next: CommitSeq,
+    /// What the writer last reported durable.
+    pub(crate) durable: CommitSeq,
+    /// Failures so far (see [`Synced::epoch`]).
+    pub(crate) epoch: u64,
+    /// Register → sequence number of its last write not yet durable. Only
+    /// looked up by key, never iterated.
+    pub(crate) unsynced: HashMap<Box<str>, CommitSeq>,
+    /// Decided, not yet durable, in sequence order.
+    pub(crate) awaiting: VecDeque<Awaiting>,
+    /// Set when a batch failed, until memory is reloaded from disk.
+    pub(crate) broken: bool,
+}
+
+impl Journal {
+    pub(crate) fn new(queue: std::sync::Arc<Queue>, durable: CommitSeq) -> Self {
+        Self {
+            queue,
+            next: durable + 1,
+            durable,
+            epoch: 0,
+            unsynced: HashMap::new(),
+            awaiting: VecDeque::new(),
+            broken: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_resolves_by_its_epoch() {
+        let mut s = Synced::default();
+        assert_eq!(s.resolved(1, 0), None);
+        s.durable = 3;
+        assert_eq!(s.resolved(3, 0), Some(true));
+        assert_eq!(s.resolved(4, 0), None);
+        // A failure with 3 durable: 4 and 5 (decided before it) failed.
+        s.epoch = 1;
+        s.durable_before_failure = 3;
+        assert_eq!(s.resolved(2, 0), Some(true));
+        assert_eq!(s.resolved(5, 0), Some(false));
+        // Later commits, decided in the new epoch, become durable normally,
+        // and the failed ones stay failed.
+        s.durable = 9;
+        assert_eq!(s.resolved(7, 1), Some(true));
+        assert_eq!(s.resolved(5, 0), Some(false));
+        s.epoch = 3;
+        assert_eq!(s.resolved(2, 0), Some(false), "too old to tell: unknown");
+    }
+}

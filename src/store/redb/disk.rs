@@ -1,0 +1,124 @@
+//! The file under the database, as redb's [`StorageBackend`]: redb's own
+//! [`FileBackend`] (which also takes the file lock), with a switch that
+//! makes the disk misbehave on demand.
+//!
+//! Production runs with the switch off: one atomic read per write, the
+//! same code path. Tests (and, later, the simulation) turn it on to see
+//! what the ledger does when the disk is full or slow, without needing a
+//! small filesystem or root.
+
+use std::{
+    fmt, io,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+};
+
+use redb::{StorageBackend, backends::FileBackend};
+
+/// What the disk does to writes and syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskFault {
+    /// Works.
+    #[default]
+    None,
+    /// Every write, resize and sync fails with "no space left on device"
+    /// (`ErrorKind::StorageFull`); reads work.
+    Full,
+    /// Every write, resize and sync blocks until the fault is changed: a
+    /// disk that has not answered yet. For tests that need a commit held
+    /// between decided and durable.
+    Stall,
+}
+
+/// A run-time switch for [`DiskFault`], shared by a ledger's every
+/// incarnation of the file (it survives reopening).
+#[derive(Debug, Default)]
+pub struct DiskFaults {
+    fault: Mutex<DiskFault>,
+    changed: Condvar,
+}
+
+impl DiskFaults {
+    /// A switch in the off position.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskFault> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the fault for every later write (and releases stalled ones).
+    pub fn set(&self, fault: DiskFault) {
+        *self.lock() = fault;
+        self.changed.notify_all();
+    }
+
+    /// The fault now.
+    pub fn get(&self) -> DiskFault {
+        *self.lock()
+    }
+
+    /// What a write, resize or sync meets: `Ok` to go ahead.
+    fn admit(&self) -> io::Result<()> {
+        let mut fault = self.lock();
+        loop {
+            match *fault {
+                DiskFault::None => return Ok(()),
+                DiskFault::Full => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "no space left on device (injected)",
+                    ));
+                }
+                DiskFault::Stall => {
+                    fault = self.changed.wait(fault).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+}
+
+/// redb's file backend behind a [`DiskFaults`] switch.
+pub(super) struct Disk {
+    file: FileBackend,
+    faults: Arc<DiskFaults>,
+}
+
+impl Disk {
+    pub(super) fn new(file: FileBackend, faults: Arc<DiskFaults>) -> Self {
+        Self { file, faults }
+    }
+}
+
+impl fmt::Debug for Disk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Disk")
+            .field("fault", &self.faults.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StorageBackend for Disk {
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.file.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.faults.admit()?;
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self, eventual: bool) -> io::Result<()> {
+        self.faults.admit()?;
+        self.file.sync_data(eventual)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.faults.admit()?;
+        self.file.write(offset, data)
+    }
+}
