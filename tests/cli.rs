@@ -19,6 +19,11 @@ use std::{
     time::Duration,
 };
 
+#[path = "support/listening.rs"]
+mod listening;
+
+use listening::listening_addr;
+
 const BIN: &str = env!("CARGO_BIN_EXE_abacus");
 
 /// What a run must produce.
@@ -132,43 +137,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `addr=127.0.0.1:PORT` from the "listening" log line, ANSI colours or not.
-fn listening_addr(line: &str) -> Option<String> {
-    let plain = strip_ansi(line);
-    if !plain.contains("listening") {
-        return None;
-    }
-    let rest = &plain[plain.find("addr=")? + "addr=".len()..];
-    Some(rest.split_whitespace().next()?.to_owned())
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip `ESC [ ... letter`.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[test]
-fn log_line_parsing() {
-    let colored = "\u{1b}[2m2026\u{1b}[0m INFO abacus listening \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:37337 \u{1b}[3mfaults";
-    assert_eq!(listening_addr(colored).as_deref(), Some("127.0.0.1:37337"));
-    let plain = "INFO abacus::cli::serve: abacus listening (no faults) addr=127.0.0.1:45265";
-    assert_eq!(listening_addr(plain).as_deref(), Some("127.0.0.1:45265"));
-    assert_eq!(listening_addr("INFO server-started"), None);
 }
 
 #[test]

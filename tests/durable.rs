@@ -5,25 +5,30 @@
 //! mode is run the same way to show the contrast the docs promise.
 //!
 //! Talks to the server with the raw generated client, so it does not depend
-//! on the resilient client's API. The only waiting is a bounded poll for the
-//! port to accept connections (and for a refused server to exit).
+//! on the resilient client's API. Servers listen on `127.0.0.1:0` and the
+//! test reads the bound address from the server's log line; a server that
+//! must refuse to start is waited for until it exits. Nothing polls a clock.
+
+#[path = "support/listening.rs"]
+mod listening;
 
 use std::{
-    fs::File,
-    net::{SocketAddr, TcpListener},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
 use abacus::pb::{
     AccumulateRequest, GetRegisterRequest, GetStatsRequest, calculator_client::CalculatorClient,
 };
+use listening::listening_addr;
 use tonic::{Code, transport::Channel};
 
-/// Poll interval and count while waiting for a server: 200 × 25 ms = 5 s.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
-const POLLS_MAX: u32 = 200;
+/// A hang guard, not a timing assertion: a healthy server logs its address
+/// or exits within a second.
+const HANG_GUARD: Duration = Duration::from_secs(60);
 
 /// A scratch directory under the system temp dir, unique to this process
 /// and test, removed on drop.
@@ -44,72 +49,121 @@ impl Drop for TempDir {
     }
 }
 
-/// A running `abacus serve`, killed on drop.
-struct Server {
+/// What the server's log reader saw.
+enum Seen {
+    /// The "listening" line, with the bound address.
+    Listening(String),
+    /// The log closed (the process exited) before that.
+    Closed,
+}
+
+/// A spawned `abacus serve`, killed on drop, its log collected.
+struct Process {
     child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    seen: mpsc::Receiver<Seen>,
 }
 
-/// A port that was free a moment ago (the server binds it right after).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-fn spawn(data_dir: Option<&Path>, addr: SocketAddr, log: &Path) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_abacus"));
-    cmd.args(["serve", "--addr", &addr.to_string()]);
-    if let Some(dir) = data_dir {
-        cmd.arg("--data-dir").arg(dir);
-    }
-    // Logs go to a file, not a pipe nobody reads (a full pipe would block
-    // the server); they are printed if the test fails.
-    let log = File::create(log).expect("create log file");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn abacus serve")
-}
-
-impl Server {
-    /// Starts a server and waits (bounded) until it accepts gRPC calls.
-    async fn start(scratch: &Path, data_dir: Option<&Path>, name: &str) -> (Self, Client) {
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = scratch.join(format!("{name}.log"));
-        let child = spawn(data_dir, addr, &log);
-        let mut server = Server { child, addr, log };
-        for _ in 0..POLLS_MAX {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("server exited early ({status}):\n{}", server.logs());
-            }
-            if let Ok(client) = CalculatorClient::connect(format!("http://{}", server.addr)).await {
-                return (server, client);
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+impl Process {
+    /// Starts `abacus serve --addr 127.0.0.1:0 [--data-dir DIR]`. A thread
+    /// reads every log line (so the server never blocks on a full pipe),
+    /// keeps them for failure messages, and reports the listening line or
+    /// the end of the log.
+    fn spawn(data_dir: Option<&Path>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_abacus"));
+        cmd.args(["serve", "--addr", "127.0.0.1:0"]);
+        if let Some(dir) = data_dir {
+            cmd.arg("--data-dir").arg(dir);
         }
-        panic!(
-            "server did not accept connections within 5 s:\n{}",
-            server.logs()
-        );
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn abacus serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                let mut listening = false;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if !listening && let Some(addr) = listening_addr(&line) {
+                        listening = true;
+                        let _ = tx.send(Seen::Listening(addr));
+                    }
+                    log.lock().unwrap().push(line);
+                }
+                let _ = tx.send(Seen::Closed);
+            });
+        }
+        Self { child, log, seen }
     }
 
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.log.lock().unwrap().join("\n")
     }
 
-    /// SIGKILL: no shutdown hook runs, as in a crash.
-    fn crash(mut self) {
+    /// Waits for the process to exit (it must: it is refusing to start);
+    /// returns its status and its whole log.
+    fn exit(mut self) -> (ExitStatus, String) {
+        let closed = loop {
+            match self.seen.recv_timeout(HANG_GUARD) {
+                Ok(Seen::Closed) => break true,
+                Ok(Seen::Listening(addr)) => {
+                    panic!(
+                        "expected a refusal, but it listens on {addr}:\n{}",
+                        self.logs()
+                    )
+                }
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "the server neither exited nor listened:\n{}",
+            self.logs()
+        );
+        let status = self.child.wait().expect("wait for the server");
+        (status, self.logs())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A running server and its address.
+struct Server {
+    process: Process,
+}
+
+impl Server {
+    /// Starts a server and connects once it logs its address (it is
+    /// printed after bind, so the port accepts connections from then on).
+    async fn start(data_dir: Option<&Path>) -> (Self, Client) {
+        let process = Process::spawn(data_dir);
+        let addr = match process.seen.recv_timeout(HANG_GUARD) {
+            Ok(Seen::Listening(addr)) => addr,
+            Ok(Seen::Closed) => panic!("server exited early:\n{}", process.logs()),
+            Err(_) => panic!("server did not start:\n{}", process.logs()),
+        };
+        let client = CalculatorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}\n{}", process.logs()));
+        (Self { process }, client)
+    }
+
+    /// SIGKILL: no shutdown hook runs, as in a crash.
+    fn crash(self) {
+        drop(self.process);
     }
 }
 
@@ -150,8 +204,9 @@ async fn get(client: &mut Client, register: &str) -> Result<f64, tonic::Status> 
 async fn registers_and_dedup_records_survive_a_crash() {
     let tmp = TempDir::new("durable");
     let data = tmp.0.join("data");
+    let rival_dir = data.clone();
 
-    let (first, mut c) = Server::start(&tmp.0, Some(&data), "first").await;
+    let (first, mut c) = Server::start(Some(&data)).await;
     assert_eq!(
         accumulate(&mut c, "x", 2.5, "req-1").await.unwrap(),
         (2.5, false, false)
@@ -167,29 +222,20 @@ async fn registers_and_dedup_records_survive_a_crash() {
 
     // A second server on the same directory is refused (redb's file lock),
     // so two processes can never commit into one store.
-    let mut rival = spawn(
-        Some(&data),
-        ([127, 0, 0, 1], free_port()).into(),
-        &tmp.0.join("rival.log"),
-    );
-    let mut status = None;
-    for _ in 0..POLLS_MAX {
-        status = rival.try_wait().expect("poll rival");
-        if status.is_some() {
-            break;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-    let _ = rival.kill();
+    let (status, log) =
+        tokio::task::spawn_blocking(move || Process::spawn(Some(&rival_dir)).exit())
+            .await
+            .expect("rival");
     assert!(
-        status.is_some_and(|s| !s.success()),
-        "a second server on the same data dir must exit with an error"
+        !status.success(),
+        "a second server on the same data dir must fail:\n{log}"
     );
+    assert!(log.contains("in use by another process"), "{log}");
 
     first.crash();
     drop(c);
 
-    let (second, mut c) = Server::start(&tmp.0, Some(&data), "second").await;
+    let (second, mut c) = Server::start(Some(&data)).await;
     assert_eq!(get(&mut c, "x").await.unwrap(), 3.5, "register survived");
     assert_eq!(
         accumulate(&mut c, "x", 2.5, "req-1").await.unwrap(),
@@ -219,8 +265,7 @@ async fn registers_and_dedup_records_survive_a_crash() {
 
 #[tokio::test]
 async fn in_memory_state_is_lost_on_restart() {
-    let tmp = TempDir::new("memory");
-    let (first, mut c) = Server::start(&tmp.0, None, "first").await;
+    let (first, mut c) = Server::start(None).await;
     assert_eq!(
         accumulate(&mut c, "x", 2.0, "req-1").await.unwrap(),
         (2.0, false, false)
@@ -228,12 +273,83 @@ async fn in_memory_state_is_lost_on_restart() {
     first.crash();
     drop(c);
 
-    let (second, mut c) = Server::start(&tmp.0, None, "second").await;
+    let (second, mut c) = Server::start(None).await;
     assert_eq!(get(&mut c, "x").await.unwrap_err().code(), Code::NotFound);
     // What durable mode prevents: the retry is applied a second time.
     assert_eq!(
         accumulate(&mut c, "x", 2.0, "req-1").await.unwrap(),
         (2.0, false, false)
+    );
+    second.crash();
+}
+
+#[tokio::test]
+async fn a_crash_under_concurrent_load_loses_nothing_acknowledged_and_applies_nothing_twice() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const CALLERS: usize = 16;
+    const ACKED_BEFORE_CRASH: usize = 300;
+    let tmp = TempDir::new("load");
+    let data = tmp.0.join("data");
+    let (server, c) = Server::start(Some(&data)).await;
+
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (mut c, sent, acked) = (c.clone(), sent.clone(), acked.clone());
+            let (acked_count, enough, stop) = (acked_count.clone(), enough.clone(), stop.clone());
+            tokio::spawn(async move {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("c{caller}-{n}");
+                    sent.lock().unwrap().push(id.clone());
+                    // Until the crash cuts the connection.
+                    if accumulate(&mut c, "load", 1.0, &id).await.is_err() {
+                        break;
+                    }
+                    acked.lock().unwrap().push(id);
+                    if acked_count.fetch_add(1, Ordering::Relaxed) + 1 == ACKED_BEFORE_CRASH {
+                        enough.notify_one();
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(HANG_GUARD, enough.notified())
+        .await
+        .expect("the load makes progress");
+    // SIGKILL with calls in flight: some decided, some mid-fsync, some not
+    // yet read by the server.
+    server.crash();
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.await.expect("caller task");
+    }
+    drop(c);
+
+    let (second, mut c) = Server::start(Some(&data)).await;
+    let acked = acked.lock().unwrap().clone();
+    let sent = sent.lock().unwrap().clone();
+    assert!(acked.len() >= ACKED_BEFORE_CRASH);
+    for id in &acked {
+        let (_, replayed, _) = accumulate(&mut c, "load", 1.0, id).await.unwrap();
+        assert!(replayed, "acknowledged {id} was lost in the crash");
+    }
+    // Whatever was in flight is resolved by its retry: replayed if it
+    // reached the disk, applied now if not; either way once.
+    for id in sent.iter().filter(|id| !acked.contains(id)) {
+        accumulate(&mut c, "load", 1.0, id).await.unwrap();
+    }
+    assert_eq!(
+        get(&mut c, "load").await.unwrap(),
+        sent.len() as f64,
+        "every request ID sent is applied exactly once"
     );
     second.crash();
 }
