@@ -111,23 +111,16 @@ impl Process {
     /// Waits for the process to exit (it must: it is refusing to start);
     /// returns its status and its whole log.
     fn exit(mut self) -> (ExitStatus, String) {
-        let closed = loop {
-            match self.seen.recv_timeout(HANG_GUARD) {
-                Ok(Seen::Closed) => break true,
-                Ok(Seen::Listening(addr)) => {
-                    panic!(
-                        "expected a refusal, but it listens on {addr}:\n{}",
-                        self.logs()
-                    )
-                }
-                Err(_) => break false,
+        match self.seen.recv_timeout(HANG_GUARD) {
+            Ok(Seen::Closed) => {}
+            Ok(Seen::Listening(addr)) => {
+                panic!(
+                    "expected a refusal, but it listens on {addr}:\n{}",
+                    self.logs()
+                )
             }
-        };
-        assert!(
-            closed,
-            "the server neither exited nor listened:\n{}",
-            self.logs()
-        );
+            Err(_) => panic!("the server neither exited nor listened:\n{}", self.logs()),
+        }
         let status = self.child.wait().expect("wait for the server");
         (status, self.logs())
     }
