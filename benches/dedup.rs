@@ -4,8 +4,9 @@
 //! that prints three measurements and stops by itself:
 //!
 //! 1. **Memory per retained record**: the resident-set growth (from
-//!    `/proc/self/statm`) of a `DedupStore` holding 1,000,000 records with
-//!    36-byte UUID-shaped IDs. Target: at most 200 MiB.
+//!    `/proc/self/statm`) of a `DedupStore` holding 1,000,000 records, with
+//!    36-byte UUID-shaped IDs and with 128-byte IDs (the longest allowed).
+//!    Target: at most 64 bytes per record, whatever the ID's length.
 //! 2. **Store operations**, ns/op: lookup (hit and miss) in the full store,
 //!    and insert at capacity (every insert evicts the oldest record).
 //! 3. **`Accumulate` throughput over loopback gRPC**, with a fresh request ID
@@ -28,7 +29,10 @@ use std::{
 use abacus::{
     pb::{AccumulateRequest, calculator_client::CalculatorClient},
     server::{self, ServerConfig},
-    store::dedup::{DedupConfig, DedupStore, Lookup, StoredOutcome, fingerprint},
+    store::dedup::{
+        DedupConfig, DedupStore, DigestKey, Lookup, REQUEST_ID_BYTES_MAX, StoredOutcome,
+        fingerprint,
+    },
 };
 use tokio::{sync::oneshot, time::Instant};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -120,6 +124,24 @@ fn ns_per_op(elapsed: Duration, ops: usize) -> f64 {
 }
 
 fn store_bench(sizes: &Sizes) {
+    for id_bytes in [36, REQUEST_ID_BYTES_MAX] {
+        store_bench_with(sizes, id_bytes);
+    }
+}
+
+/// A deterministic request ID of `len` bytes for `i`: the UUID-shaped one,
+/// padded with more hex digits (a client prefix, a longer token).
+fn long_request_id(i: u64, salt: u64, len: usize, buf: &mut String) {
+    request_id(i, salt, buf);
+    let mut x = splitmix(i ^ salt ^ 0x5eed);
+    while buf.len() < len {
+        let _ = write!(buf, "{:x}", x & 0xf);
+        x = x.rotate_right(4) ^ splitmix(x);
+    }
+    buf.truncate(len);
+}
+
+fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
     let n = sizes.entries;
     let config = DedupConfig {
         entries_max: n,
@@ -127,17 +149,27 @@ fn store_bench(sizes: &Sizes) {
     };
     let now = Instant::now();
     let outcome = StoredOutcome::Applied { value: 1.0 };
-    let mut id = String::with_capacity(64);
+    // The store keeps digests: every timed operation below includes
+    // digesting the ID, as the ledger does per request.
+    let key = DigestKey::random();
+    let mut id = String::with_capacity(REQUEST_ID_BYTES_MAX);
     // Warm the allocator so the measured growth is the store's.
-    request_id(0, 0, &mut id);
+    long_request_id(0, 0, id_bytes, &mut id);
+    assert_eq!(id.len(), id_bytes);
 
-    println!("\n(a) memory per retained record ({n} records, 36-byte IDs)");
+    println!("\n(a) memory per retained record ({n} records, {id_bytes}-byte IDs)");
     let before = rss_bytes();
     let mut store = DedupStore::new(&config);
     let t = StdInstant::now();
     for i in 0..n as u64 {
-        request_id(i, 0, &mut id);
-        store.insert(&id, fingerprint("r", 1.0), outcome, now, |_| {});
+        long_request_id(i, 0, id_bytes, &mut id);
+        store.insert(
+            key.digest("", &id),
+            fingerprint("r", 1.0),
+            outcome,
+            now,
+            |_| {},
+        );
     }
     let fill = t.elapsed();
     let after = rss_bytes();
@@ -145,7 +177,7 @@ fn store_bench(sizes: &Sizes) {
         (Some(b), Some(a)) => {
             let delta = a.saturating_sub(b);
             println!(
-                "    RSS delta {:.1} MiB = {:.0} bytes/record (target <= 200 MiB at 1,000,000)",
+                "    RSS delta {:.1} MiB = {:.0} bytes/record (target <= 64 bytes/record, whatever the ID's length)",
                 delta as f64 / (1024.0 * 1024.0),
                 delta as f64 / n as f64
             );
@@ -154,7 +186,7 @@ fn store_bench(sizes: &Sizes) {
     }
     assert_eq!(store.len(), n);
 
-    println!("\n(b) store operations (full store of {n})");
+    println!("\n(b) store operations, digesting included ({n} records, {id_bytes}-byte IDs)");
     println!(
         "    insert while filling (incl. ID formatting, growth): {:>6.0} ns/op",
         ns_per_op(fill, n)
@@ -165,22 +197,22 @@ fn store_bench(sizes: &Sizes) {
     let hits: Vec<String> = (0..n as u64)
         .map(|i| {
             let mut s = String::new();
-            request_id(i * stride % n as u64, 0, &mut s);
+            long_request_id(i * stride % n as u64, 0, id_bytes, &mut s);
             s
         })
         .collect();
     let fresh: Vec<String> = (0..n as u64)
         .map(|i| {
             let mut s = String::new();
-            request_id(i, FRESH_SALT, &mut s);
+            long_request_id(i, FRESH_SALT, id_bytes, &mut s);
             s
         })
         .collect();
     let fp = fingerprint("r", 1.0);
 
     let t = StdInstant::now();
-    for key in &hits {
-        let found = store.lookup(black_box(key), fp, now, |_| {});
+    for id in &hits {
+        let found = store.lookup(key.digest("", black_box(id)), fp, now, |_| {});
         debug_assert!(matches!(found, Lookup::Hit(_)));
         black_box(found);
     }
@@ -190,8 +222,8 @@ fn store_bench(sizes: &Sizes) {
     );
 
     let t = StdInstant::now();
-    for key in &fresh {
-        black_box(store.lookup(black_box(key), fp, now, |_| {}));
+    for id in &fresh {
+        black_box(store.lookup(key.digest("", black_box(id)), fp, now, |_| {}));
     }
     println!(
         "    lookup, miss:                                       {:>6.0} ns/op",
@@ -199,8 +231,8 @@ fn store_bench(sizes: &Sizes) {
     );
 
     let t = StdInstant::now();
-    for key in &fresh {
-        store.insert(black_box(key), fp, outcome, now, |_| {});
+    for id in &fresh {
+        store.insert(key.digest("", black_box(id)), fp, outcome, now, |_| {});
     }
     println!(
         "    insert at capacity (evicts the oldest):             {:>6.0} ns/op",

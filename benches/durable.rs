@@ -91,10 +91,8 @@ fn main() {
         .expect("tokio runtime");
     rt.block_on(async {
         let scratch = Scratch::new("in-process");
-        let memory: Arc<dyn Ledger> = Arc::new(MemoryLedger::new(
-            Default::default(),
-            EventSink::log_only(),
-        ));
+        let memory: Arc<dyn Ledger> =
+            Arc::new(MemoryLedger::new(Default::default(), EventSink::log_only()));
         let durable: Arc<dyn Ledger> = Arc::new(
             RedbLedger::open(Default::default(), EventSink::log_only(), &scratch.0)
                 .expect("open the durable ledger"),
@@ -131,8 +129,10 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("abacus-bench-durable-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "abacus-bench-durable-{name}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         Self(dir)
     }
@@ -232,7 +232,13 @@ async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
         throughput_round(t, sizes.round / 2, u64::MAX - 1).await;
         latency_round(t, sizes.calls / 4, u64::MAX - 2).await;
     }
-    let order = |r: usize| if matches!(r % 4, 0 | 3) { [a, b] } else { [b, a] };
+    let order = |r: usize| {
+        if matches!(r % 4, 0 | 3) {
+            [a, b]
+        } else {
+            [b, a]
+        }
+    };
 
     println!(
         "  throughput at {CALLERS} callers over {CONNECTIONS} connections, fresh request ID per call, {} rounds of {} ms each:",
@@ -244,7 +250,12 @@ async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
         for t in order(r) {
             let rate = throughput_round(t, sizes.round, r as u64).await;
             println!("    round {r:>2}: {:<16} {rate:>8.0} calls/s", t.name);
-            if std::ptr::eq(t, a) { &mut rates_a } else { &mut rates_b }.push(rate);
+            if std::ptr::eq(t, a) {
+                &mut rates_a
+            } else {
+                &mut rates_b
+            }
+            .push(rate);
         }
     }
     let ratios: Vec<f64> = rates_b.iter().zip(&rates_a).map(|(b, a)| b / a).collect();

@@ -346,3 +346,100 @@ async fn a_crash_under_concurrent_load_loses_nothing_acknowledged_and_applies_no
     );
     second.crash();
 }
+
+/// Every offset where `needle` occurs in `hay`.
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Damage done to a database file.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// Truncated to nothing (a zero-length file is not a fresh database).
+    Empty,
+    /// Truncated to its first 4 KiB.
+    Truncated4k,
+    /// Truncated to half its length.
+    TruncatedHalf,
+    /// One bit flipped in every stored copy of the newest value.
+    FlippedValue,
+    /// The page holding the newest value zeroed.
+    ZeroedPage,
+}
+
+fn damage(path: &Path, how: Damage) {
+    let mut bytes = std::fs::read(path).expect("read the database");
+    let newest = find_all(&bytes, &141_044.0f64.to_le_bytes());
+    assert!(!newest.is_empty(), "the value is stored in the file");
+    match how {
+        Damage::Empty => bytes.clear(),
+        Damage::Truncated4k => bytes.truncate(4096),
+        Damage::TruncatedHalf => bytes.truncate(bytes.len() / 2),
+        Damage::FlippedValue => newest.iter().for_each(|&at| bytes[at + 1] ^= 0x20),
+        Damage::ZeroedPage => newest
+            .iter()
+            .for_each(|&at| bytes[at / 4096 * 4096..][..4096].fill(0)),
+    }
+    std::fs::write(path, &bytes).expect("write the damaged database");
+}
+
+#[tokio::test]
+async fn a_damaged_file_stops_abacus_serve_with_a_clear_error_not_a_panic() {
+    let tmp = TempDir::new("damaged");
+    let data = tmp.0.join("data");
+    // x = 1000, then x = 141044, then a crash: the file is left as a
+    // SIGKILL leaves it (redb repairs such a file when it opens it).
+    let (server, mut c) = Server::start(Some(&data)).await;
+    accumulate(&mut c, "x", 1000.0, "a").await.unwrap();
+    accumulate(&mut c, "x", 140_044.0, "b").await.unwrap();
+    server.crash();
+    let file = data.join(abacus::store::redb::DB_FILE_NAME);
+    let pristine = std::fs::read(&file).unwrap();
+
+    for how in [
+        Damage::Empty,
+        Damage::Truncated4k,
+        Damage::TruncatedHalf,
+        Damage::FlippedValue,
+        Damage::ZeroedPage,
+    ] {
+        std::fs::write(&file, &pristine).unwrap();
+        damage(&file, how);
+        let dir = data.clone();
+        let (status, log) = tokio::task::spawn_blocking(move || Process::spawn(Some(&dir)).exit())
+            .await
+            .expect("server");
+        assert!(
+            !status.success(),
+            "{how:?}: a damaged file must stop the server:\n{log}"
+        );
+        assert_ne!(
+            status.code(),
+            Some(101),
+            "{how:?}: a panic is not an error message:\n{log}"
+        );
+        assert!(
+            !log.contains("panicked at"),
+            "{how:?}: no panic message or backtrace:\n{log}"
+        );
+        assert!(
+            log.contains(&file.display().to_string()),
+            "{how:?}: the error names the file:\n{log}"
+        );
+        let len = std::fs::metadata(&file).unwrap().len();
+        if matches!(how, Damage::Empty) {
+            assert_eq!(len, 0, "an empty file is left as found, not initialised");
+        }
+    }
+
+    // The undamaged file still serves the newest value: the damage, not
+    // the crash, is what was refused.
+    std::fs::write(&file, &pristine).unwrap();
+    let (server, mut c) = Server::start(Some(&data)).await;
+    assert_eq!(get(&mut c, "x").await.unwrap(), 141_044.0);
+    server.crash();
+}

@@ -35,7 +35,10 @@ use std::{
     sync::{Condvar, Mutex, MutexGuard},
 };
 
-use crate::{store::dedup::StoredOutcome, trace::Event};
+use crate::{
+    store::dedup::{IdDigest, StoredOutcome},
+    trace::Event,
+};
 
 /// Number of a decided commit: strictly increasing in decision order,
 /// across the whole life of a ledger (a failure does not reset it).
@@ -47,8 +50,8 @@ pub(crate) struct RecordRow {
     /// Its sequence number in the dedup store (records are kept on disk in
     /// this order, so eviction is a range delete).
     pub(crate) seq: u64,
-    /// The request ID.
-    pub(crate) request_id: Box<str>,
+    /// The request's digest.
+    pub(crate) key: IdDigest,
     /// The payload fingerprint.
     pub(crate) fingerprint: u64,
     /// The first execution's outcome.
@@ -172,8 +175,8 @@ impl Queue {
 #[derive(Debug)]
 pub(crate) struct Awaiting {
     pub(crate) seq: CommitSeq,
-    /// The request ID whose claim to release once durable (keyed requests).
-    pub(crate) release: Option<Box<str>>,
+    /// The request whose claim to release once durable (keyed requests).
+    pub(crate) release: Option<IdDigest>,
     /// The register written, to clear its [`Journal::unsynced`] mark.
     pub(crate) register: Option<Box<str>>,
     /// True when the request applied (counted once durable).

@@ -55,8 +55,8 @@ use crate::{
         self, AccumulateArgs, Accumulated, Backend, BoxFuture, Ledger, StatsView, StoreHealth,
         WriteFate,
         dedup::{
-            DedupConfig, DedupStore, Evicted, Lookup, StoredOutcome, fingerprint,
-            validate_request_id,
+            DedupConfig, DedupStore, DigestKey, Evicted, IdDigest, Lookup, StoredOutcome,
+            fingerprint, validate_request_id,
         },
         journal::{Awaiting, CommitSeq, Journal, Queue, RecordRow, Synced, Write},
         outbox::Outbox,
@@ -85,6 +85,8 @@ pub enum Begin<'a> {
 pub struct Claim<'a> {
     ledger: &'a MemoryLedger,
     args: &'a AccumulateArgs,
+    /// The digest of the caller's scope and request ID.
+    key: IdDigest,
     fingerprint: u64,
     /// False for a request without an ID: nothing to record or release.
     keyed: bool,
@@ -123,7 +125,7 @@ struct Inner {
     /// Claimed request IDs, until committed (durably) or released. Only
     /// ever looked up by key, never iterated, so hash order cannot reach
     /// behaviour or output. Its size is capped by `in_flight_max`.
-    in_flight: HashMap<Box<str>, Flight>,
+    in_flight: HashMap<IdDigest, Flight>,
     /// Write-back to durable storage; `None` for a plain memory ledger.
     journal: Option<Journal>,
 }
@@ -138,6 +140,8 @@ pub struct MemoryLedger {
     // taken inside it or alone).
     inner: Mutex<Inner>,
     outbox: Outbox,
+    /// Keys request-ID digests (see [`crate::store::dedup::key`]).
+    digest_key: DigestKey,
     join_wait_max: Duration,
     in_flight_max: usize,
     /// `DedupConfig::enabled`.
@@ -192,7 +196,8 @@ impl MemoryLedger {
     /// records are lost when it is dropped (a restart).
     pub fn new(dedup: DedupConfig, events: EventSink) -> Self {
         let store = DedupStore::new(&dedup);
-        Self::with_state(&dedup, events, Registers::new(), store, None)
+        let key = DigestKey::random();
+        Self::with_state(&dedup, events, key, Registers::new(), store, None)
     }
 
     /// A ledger over state loaded from durable storage, writing back
@@ -201,6 +206,7 @@ impl MemoryLedger {
     pub(crate) fn with_journal(
         dedup: &DedupConfig,
         events: EventSink,
+        digest_key: DigestKey,
         registers: Registers,
         store: DedupStore,
         queue: Arc<Queue>,
@@ -208,6 +214,7 @@ impl MemoryLedger {
         Self::with_state(
             dedup,
             events,
+            digest_key,
             registers,
             store,
             Some(Journal::new(queue, 0)),
@@ -217,6 +224,7 @@ impl MemoryLedger {
     fn with_state(
         dedup: &DedupConfig,
         events: EventSink,
+        digest_key: DigestKey,
         registers: Registers,
         store: DedupStore,
         journal: Option<Journal>,
@@ -230,6 +238,7 @@ impl MemoryLedger {
                 journal,
             }),
             outbox: Outbox::new(events),
+            digest_key,
             dedup_enabled: dedup.enabled,
             ttl: dedup.ttl(),
             ttl_warned: AtomicBool::new(false),
@@ -269,6 +278,7 @@ impl MemoryLedger {
             return Ok(Begin::Execute(Claim {
                 ledger: self,
                 args,
+                key: IdDigest(0),
                 fingerprint: 0,
                 keyed: false,
                 finished: false,
@@ -276,11 +286,14 @@ impl MemoryLedger {
         }
         self.warn_if_deadline_outlives_records(deadline);
         let fingerprint = fingerprint(&args.register, args.delta);
+        let key = self
+            .digest_key
+            .digest(args.caller.scope(), &args.request_id);
         let join_until = Instant::now() + self.join_wait_max;
         let wait_until = deadline.map_or(join_until, |d| d.min(join_until));
         let mut joined = false;
         loop {
-            let attempt = self.try_claim(args, fingerprint, joined);
+            let attempt = self.try_claim(args, key, fingerprint, joined);
             self.outbox.flush();
             let done = match attempt? {
                 Attempt::Ready(begin) => return Ok(begin),
@@ -317,6 +330,7 @@ impl MemoryLedger {
     fn try_claim<'a>(
         &'a self,
         args: &'a AccumulateArgs,
+        key: IdDigest,
         fingerprint: u64,
         joined: bool,
     ) -> Result<Attempt<'a>, ServiceError> {
@@ -331,7 +345,7 @@ impl MemoryLedger {
         // In flight first: with a journal, a committed record stays in
         // flight until it is durable, and a duplicate must wait for that
         // rather than replay an outcome a crash could still undo.
-        if let Some(flight) = inner.in_flight.get(id) {
+        if let Some(flight) = inner.in_flight.get(&key) {
             if flight.fingerprint != fingerprint {
                 let first = flight.fingerprint;
                 inner.store.count_mismatch();
@@ -352,12 +366,12 @@ impl MemoryLedger {
         // Read under the lock, like commit's: expiry then never judges with
         // an instant older than a commit already made.
         let now = Instant::now();
-        let evicted = |e: Evicted<'_>| {
+        let evicted = |e: Evicted| {
             if listening {
                 outbox.push(evicted_event(e));
             }
         };
-        match inner.store.lookup(id, fingerprint, now, evicted) {
+        match inner.store.lookup(key, fingerprint, now, evicted) {
             Lookup::Hit(outcome) => {
                 outbox.push(Event::DedupHit {
                     request_id: id.to_owned(),
@@ -388,7 +402,7 @@ impl MemoryLedger {
             });
         }
         inner.in_flight.insert(
-            id.into(),
+            key,
             Flight {
                 fingerprint,
                 done: Arc::new(Notify::new()),
@@ -397,6 +411,7 @@ impl MemoryLedger {
         Ok(Attempt::Ready(Begin::Execute(Claim {
             ledger: self,
             args,
+            key,
             fingerprint,
             keyed: true,
             finished: false,
@@ -567,9 +582,10 @@ impl MemoryLedger {
     }
 }
 
-fn evicted_event(e: Evicted<'_>) -> Event {
+fn evicted_event(e: Evicted) -> Event {
     Event::DedupEvicted {
-        request_id: e.request_id.to_owned(),
+        // The store keeps no IDs, only their digests.
+        request_id: e.key.to_string(),
         reason: e.reason,
     }
 }
@@ -636,7 +652,7 @@ impl<'a> Claim<'a> {
         let (ledger, args) = (self.ledger, self.args);
         let outbox = &ledger.outbox;
         let listening = outbox.enabled();
-        let evicted = |e: Evicted<'_>| {
+        let evicted = |e: Evicted| {
             if listening {
                 outbox.push(evicted_event(e));
             }
@@ -669,7 +685,7 @@ impl<'a> Claim<'a> {
         if let Some(outcome) = outcome {
             inner
                 .store
-                .insert(&args.request_id, self.fingerprint, outcome, now, evicted);
+                .insert(self.key, self.fingerprint, outcome, now, evicted);
         }
         let event = match result {
             Ok(value) if listening => Some(Event::Applied {
@@ -719,7 +735,7 @@ impl<'a> Claim<'a> {
                 .map(|&value| (args.register.as_str().into(), value)),
             record: outcome.map(|outcome| RecordRow {
                 seq: record_seq,
-                request_id: args.request_id.as_str().into(),
+                key: self.key,
                 fingerprint: self.fingerprint,
                 outcome,
             }),
@@ -727,7 +743,7 @@ impl<'a> Claim<'a> {
         });
         journal.awaiting.push_back(Awaiting {
             seq,
-            release: self.keyed.then(|| args.request_id.as_str().into()),
+            release: self.keyed.then_some(self.key),
             applied: result.is_ok(),
             event,
             register,
@@ -747,10 +763,7 @@ impl<'a> Claim<'a> {
             return None;
         }
         self.finished = true;
-        inner
-            .in_flight
-            .remove(self.args.request_id.as_str())
-            .map(|flight| flight.done)
+        inner.in_flight.remove(&self.key).map(|flight| flight.done)
     }
 }
 

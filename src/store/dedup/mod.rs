@@ -10,8 +10,10 @@
 //!
 //! # Layout
 //! - [`config`]: [`DedupConfig`], the limits and their defaults.
-//! - [`key`]: request-ID validation and the payload [`fingerprint`].
-//! - [`store`]: [`DedupStore`], the bounded ID → first-outcome map.
+//! - [`key`]: request-ID validation, the [`IdDigest`] a record is keyed
+//!   by (the caller's scope and request ID, hashed to 16 bytes), and the
+//!   payload [`fingerprint`].
+//! - [`store`]: [`DedupStore`], the bounded digest → first-outcome map.
 //!
 //! # The protocol, per request ID
 //! 1. *Lookup*: a retained record with the same fingerprint is replayed
@@ -82,7 +84,7 @@ pub mod key;
 pub mod store;
 
 pub use config::{DedupConfig, DedupConfigError};
-pub use key::{REQUEST_ID_BYTES_MAX, fingerprint, validate_request_id};
+pub use key::{DigestKey, IdDigest, REQUEST_ID_BYTES_MAX, fingerprint, validate_request_id};
 pub use store::{
     DedupStats, DedupStore, EvictReason, Evicted, Lookup, RestoreError, StoredOutcome,
 };

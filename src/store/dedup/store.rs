@@ -1,29 +1,39 @@
-//! The dedup store proper: a bounded, synchronous map from request ID to the
-//! outcome of its first execution. No I/O, no clock (every call takes `now`),
-//! no locking: [`crate::store::MemoryLedger`] owns one behind its lock.
+//! The dedup store proper: a bounded, synchronous map from a request's
+//! [`IdDigest`] to the outcome of its first execution. No I/O, no clock
+//! (every call takes `now`), no locking: [`crate::store::MemoryLedger`] owns
+//! one behind its lock.
 //!
 //! # Shape
 //! Records live in a `VecDeque` in commit order, so the oldest is always at
 //! the front: eviction by capacity and expiry by TTL are both "pop the
 //! front", O(1), and the store never iterates a hash map. An index
-//! (`hashbrown::HashTable<u64>`) maps a request ID to the *sequence number*
-//! of its record; the record at sequence `s` sits at position
-//! `s - front_seq`. The ID is stored once, in the record, and the index
-//! holds only 8 bytes per entry: about 120 bytes per retained request with a
-//! 36-byte ID, all included (measured by `benches/dedup.rs`).
+//! (`hashbrown::HashTable<u32>`) maps a digest to the low 32 bits of its
+//! record's *sequence number*; the record at sequence `s` sits at position
+//! `s - front_seq` (computed in 32 bits: the store never holds 2³² records).
 //!
-//! The index hashes IDs with `std`'s `RandomState` (random keys), because
-//! IDs are chosen by peers and a fixed hash could be flooded with colliding
-//! IDs. That randomness only decides bucket placement: lookups give the same
-//! answers whatever the keys, and nothing ever iterates the index, so
+//! A record is 48 bytes whatever the ID's length (a 16-byte digest, the
+//! 8-byte fingerprint, the commit instant as 8 bytes of nanoseconds since
+//! the store began, the 16-byte outcome), and an index entry 5 (4 + a
+//! control byte) at up to 50 % spare capacity: about 60 bytes per retained
+//! request, all included (measured by `benches/dedup.rs` for 36- and
+//! 128-byte IDs).
+//!
+//! The index hashes a digest by taking 64 of its bits: a keyed digest is
+//! already uniformly distributed, and peers cannot aim at buckets without
+//! the key. Bucket placement decides nothing else: lookups give the same
+//! answers whatever the key, and nothing ever iterates the index, so
 //! behaviour and output stay deterministic.
 
-use std::{collections::VecDeque, fmt, hash::BuildHasher, time::Duration};
+use std::{collections::VecDeque, fmt, time::Duration};
 
 use hashbrown::HashTable;
 use tokio::time::Instant;
 
-use crate::{core::REGISTERS_MAX, error::CalcError, store::dedup::DedupConfig};
+use crate::{
+    core::REGISTERS_MAX,
+    error::CalcError,
+    store::dedup::{DedupConfig, IdDigest},
+};
 
 /// The outcome of a first execution, as much of it as is needed to answer a
 /// repeat identically. A repeat carries the same payload (the fingerprint
@@ -126,9 +136,9 @@ impl EvictReason {
 
 /// A record that was just evicted, reported to the caller's callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Evicted<'a> {
-    /// Its request ID.
-    pub request_id: &'a str,
+pub struct Evicted {
+    /// Its request's digest.
+    pub key: IdDigest,
     /// Its sequence number.
     pub seq: u64,
     /// Why.
@@ -162,21 +172,23 @@ pub enum RestoreError {
         got: u64,
     },
     /// The request ID is already retained under another sequence number.
-    #[error("dedup record {seq} repeats request ID {request_id:?}")]
+    #[error("dedup record {seq} repeats request {key}")]
     DuplicateId {
         /// The record's sequence number.
         seq: u64,
-        /// The ID.
-        request_id: String,
+        /// The request's digest.
+        key: IdDigest,
     },
 }
 
 #[derive(Debug)]
 struct Record {
-    request_id: Box<str>,
+    key: IdDigest,
     fingerprint: u64,
     outcome: StoredOutcome,
-    committed_at: Instant,
+    /// Nanoseconds from the store's `epoch` to the commit (negative for an
+    /// instant before it): 8 bytes where an `Instant` takes 16, ±292 years.
+    committed_ns: i64,
 }
 
 /// Bounded request-ID → first-outcome store. See the module doc.
@@ -185,9 +197,10 @@ pub struct DedupStore {
     ttl: Duration,
     /// In commit order; `records[i]` has sequence number `front_seq + i`.
     records: VecDeque<Record>,
-    /// Sequence number of each record, hashed by its request ID.
-    index: HashTable<u64>,
-    hasher: std::hash::RandomState,
+    /// Low 32 bits of each record's sequence number, hashed by its digest.
+    index: HashTable<u32>,
+    /// The instant commit times count from.
+    epoch: Instant,
     front_seq: u64,
     hits: u64,
     evictions: u64,
@@ -214,7 +227,7 @@ impl DedupStore {
             ttl: config.ttl(),
             records: VecDeque::new(),
             index: HashTable::new(),
-            hasher: std::hash::RandomState::new(),
+            epoch: Instant::now(),
             front_seq: 0,
             hits: 0,
             evictions: 0,
@@ -268,36 +281,49 @@ impl DedupStore {
         self.mismatches += old.mismatches;
     }
 
-    fn hash(&self, request_id: &str) -> u64 {
-        self.hasher.hash_one(request_id)
+    fn hash(key: IdDigest) -> u64 {
+        key.0 as u64
     }
 
-    fn position(&self, request_id: &str) -> Option<usize> {
-        let hash = self.hash(request_id);
+    /// Signed nanoseconds from the store's epoch to `now`.
+    fn ns(&self, now: Instant) -> i64 {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        match now.checked_duration_since(self.epoch) {
+            Some(after) => nanos(after),
+            None => -nanos(self.epoch.saturating_duration_since(now)),
+        }
+    }
+
+    /// Where the record of sequence number `seq32` (low bits) sits.
+    fn offset(front_seq: u64, seq32: u32) -> usize {
+        seq32.wrapping_sub(front_seq as u32) as usize
+    }
+
+    fn position(&self, key: IdDigest) -> Option<usize> {
         let (records, front) = (&self.records, self.front_seq);
-        // Every indexed sequence number is at least `front_seq` (evicted
-        // records leave the index in the same step), so the subtraction
-        // cannot underflow; `get` keeps a broken invariant from panicking.
+        // Every indexed record is retained (evicted ones leave the index in
+        // the same step), so the offset is in range; `get` keeps a broken
+        // invariant from panicking.
         self.index
-            .find(hash, |&seq| {
+            .find(Self::hash(key), |&seq| {
                 records
-                    .get(seq.wrapping_sub(front) as usize)
-                    .is_some_and(|r| *r.request_id == *request_id)
+                    .get(Self::offset(front, seq))
+                    .is_some_and(|r| r.key == key)
             })
-            .map(|&seq| seq.wrapping_sub(front) as usize)
+            .map(|&seq| Self::offset(front, seq))
     }
 
-    /// Looks `request_id` up, after expiring what `now` makes too old.
-    /// Counts hits and mismatches.
+    /// Looks `key` up, after expiring what `now` makes too old. Counts
+    /// hits and mismatches.
     pub fn lookup(
         &mut self,
-        request_id: &str,
+        key: IdDigest,
         fingerprint: u64,
         now: Instant,
-        on_evict: impl FnMut(Evicted<'_>),
+        on_evict: impl FnMut(Evicted),
     ) -> Lookup {
         self.expire(now, on_evict);
-        let Some(pos) = self.position(request_id) else {
+        let Some(pos) = self.position(key) else {
             return Lookup::Miss;
         };
         let record = &self.records[pos];
@@ -312,7 +338,7 @@ impl DedupStore {
         }
     }
 
-    /// Retains the outcome of `request_id`'s first execution, committed at
+    /// Retains the outcome of `key`'s first execution, committed at
     /// `now`, evicting the oldest records if the store is full. Returns the
     /// record's sequence number.
     ///
@@ -322,24 +348,24 @@ impl DedupStore {
     /// sequence number returned.
     pub fn insert(
         &mut self,
-        request_id: &str,
+        key: IdDigest,
         fingerprint: u64,
         outcome: StoredOutcome,
         now: Instant,
-        mut on_evict: impl FnMut(Evicted<'_>),
+        mut on_evict: impl FnMut(Evicted),
     ) -> u64 {
         self.expire(now, &mut on_evict);
-        if let Some(pos) = self.position(request_id) {
+        if let Some(pos) = self.position(key) {
             return self.front_seq + pos as u64;
         }
         while self.records.len() >= self.entries_max {
             self.pop_front(EvictReason::Capacity, &mut on_evict);
         }
         self.push_back(Record {
-            request_id: request_id.into(),
+            key,
             fingerprint,
             outcome,
-            committed_at: now,
+            committed_ns: self.ns(now),
         })
     }
 
@@ -351,11 +377,11 @@ impl DedupStore {
     pub fn restore(
         &mut self,
         seq: u64,
-        request_id: &str,
+        key: IdDigest,
         fingerprint: u64,
         outcome: StoredOutcome,
         now: Instant,
-        mut on_evict: impl FnMut(Evicted<'_>),
+        mut on_evict: impl FnMut(Evicted),
     ) -> Result<(), RestoreError> {
         if self.records.is_empty() {
             self.front_seq = seq;
@@ -365,20 +391,17 @@ impl DedupStore {
                 got: seq,
             });
         }
-        if self.position(request_id).is_some() {
-            return Err(RestoreError::DuplicateId {
-                seq,
-                request_id: request_id.to_owned(),
-            });
+        if self.position(key).is_some() {
+            return Err(RestoreError::DuplicateId { seq, key });
         }
         while self.records.len() >= self.entries_max {
             self.pop_front(EvictReason::Capacity, &mut on_evict);
         }
         self.push_back(Record {
-            request_id: request_id.into(),
+            key,
             fingerprint,
             outcome,
-            committed_at: now,
+            committed_ns: self.ns(now),
         });
         Ok(())
     }
@@ -386,9 +409,11 @@ impl DedupStore {
     /// Evicts every record committed at least a TTL before `now`. Records
     /// are in commit order, so the expired ones are a prefix. (Should `now`
     /// ever go backwards, expiry is merely delayed.)
-    pub fn expire(&mut self, now: Instant, mut on_evict: impl FnMut(Evicted<'_>)) {
+    pub fn expire(&mut self, now: Instant, mut on_evict: impl FnMut(Evicted)) {
+        let now_ns = self.ns(now);
+        let ttl_ns = i64::try_from(self.ttl.as_nanos()).unwrap_or(i64::MAX);
         while let Some(front) = self.records.front() {
-            if now.saturating_duration_since(front.committed_at) < self.ttl {
+            if now_ns.saturating_sub(front.committed_ns) < ttl_ns {
                 break;
             }
             self.pop_front(EvictReason::Ttl, &mut on_evict);
@@ -397,30 +422,34 @@ impl DedupStore {
 
     fn push_back(&mut self, record: Record) -> u64 {
         let seq = self.next_seq();
-        let hash = self.hash(&record.request_id);
+        let hash = Self::hash(record.key);
         self.records.push_back(record);
-        let (records, front, hasher) = (&self.records, self.front_seq, &self.hasher);
+        let (records, front) = (&self.records, self.front_seq);
         // The rehash closure recomputes a stored entry's hash from its
-        // record: the index keeps no hashes, to stay at 8 bytes per entry.
-        self.index.insert_unique(hash, seq, |&s| {
-            hasher.hash_one(&*records[(s - front) as usize].request_id)
+        // record: the index keeps no hashes, to stay at 4 bytes per entry.
+        self.index.insert_unique(hash, seq as u32, |&s| {
+            records
+                .get(Self::offset(front, s))
+                .map_or(0, |r| Self::hash(r.key))
         });
         seq
     }
 
-    fn pop_front(&mut self, reason: EvictReason, on_evict: &mut impl FnMut(Evicted<'_>)) {
+    fn pop_front(&mut self, reason: EvictReason, on_evict: &mut impl FnMut(Evicted)) {
         let Some(record) = self.records.pop_front() else {
             return;
         };
         let seq = self.front_seq;
         self.front_seq += 1;
-        let hash = self.hash(&record.request_id);
-        if let Ok(entry) = self.index.find_entry(hash, |&s| s == seq) {
+        if let Ok(entry) = self
+            .index
+            .find_entry(Self::hash(record.key), |&s| s == seq as u32)
+        {
             entry.remove();
         }
         self.evictions += 1;
         on_evict(Evicted {
-            request_id: &record.request_id,
+            key: record.key,
             seq,
             reason,
         });
@@ -430,6 +459,7 @@ impl DedupStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::dedup::DigestKey;
 
     fn store(entries_max: usize, ttl_ms: u64) -> DedupStore {
         DedupStore::new(&DedupConfig {
@@ -443,9 +473,21 @@ mod tests {
         StoredOutcome::Applied { value }
     }
 
-    /// Collects evictions as `id:reason` strings.
-    fn log(into: &mut Vec<String>) -> impl FnMut(Evicted<'_>) + '_ {
-        |e| into.push(format!("{}:{}", e.request_id, e.reason.as_str()))
+    /// The digest of a test ID (one fixed key, the default scope).
+    fn k(id: &str) -> IdDigest {
+        DigestKey([7, 11]).digest("", id)
+    }
+
+    /// Collects evictions as `id:reason` strings, naming the test's
+    /// one-letter IDs back from their digests.
+    fn log(into: &mut Vec<String>) -> impl FnMut(Evicted) + '_ {
+        |e| {
+            let name = ('a'..='z')
+                .map(String::from)
+                .find(|id| k(id) == e.key)
+                .unwrap_or_else(|| e.key.to_string());
+            into.push(format!("{name}:{}", e.reason.as_str()))
+        }
     }
 
     #[test]
@@ -453,19 +495,19 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store(10, 60_000);
         let mut ev = Vec::new();
-        assert_eq!(s.lookup("a", 1, t0, log(&mut ev)), Lookup::Miss);
-        assert_eq!(s.insert("a", 1, applied(2.0), t0, log(&mut ev)), 0);
+        assert_eq!(s.lookup(k("a"), 1, t0, log(&mut ev)), Lookup::Miss);
+        assert_eq!(s.insert(k("a"), 1, applied(2.0), t0, log(&mut ev)), 0);
         assert_eq!(
-            s.lookup("a", 1, t0, log(&mut ev)),
+            s.lookup(k("a"), 1, t0, log(&mut ev)),
             Lookup::Hit(applied(2.0))
         );
         assert_eq!(
-            s.lookup("a", 9, t0, log(&mut ev)),
+            s.lookup(k("a"), 9, t0, log(&mut ev)),
             Lookup::Mismatch {
                 first_fingerprint: 1
             }
         );
-        assert_eq!(s.lookup("b", 1, t0, log(&mut ev)), Lookup::Miss);
+        assert_eq!(s.lookup(k("b"), 1, t0, log(&mut ev)), Lookup::Miss);
         assert_eq!(
             s.stats(),
             DedupStats {
@@ -482,10 +524,10 @@ mod tests {
     fn first_outcome_is_never_overwritten() {
         let t0 = Instant::now();
         let mut s = store(10, 60_000);
-        s.insert("a", 1, applied(2.0), t0, |_| {});
-        assert_eq!(s.insert("a", 1, applied(99.0), t0, |_| {}), 0);
+        s.insert(k("a"), 1, applied(2.0), t0, |_| {});
+        assert_eq!(s.insert(k("a"), 1, applied(99.0), t0, |_| {}), 0);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.lookup("a", 1, t0, |_| {}), Lookup::Hit(applied(2.0)));
+        assert_eq!(s.lookup(k("a"), 1, t0, |_| {}), Lookup::Hit(applied(2.0)));
     }
 
     #[test]
@@ -494,15 +536,15 @@ mod tests {
         let mut s = store(3, 60_000);
         let mut ev = Vec::new();
         for (i, id) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
-            let seq = s.insert(id, 0, applied(i as f64), t0, log(&mut ev));
+            let seq = s.insert(k(id), 0, applied(i as f64), t0, log(&mut ev));
             assert_eq!(seq, i as u64);
         }
         assert_eq!(ev, ["a:capacity", "b:capacity"]);
         assert_eq!(s.len(), 3);
         assert_eq!(s.front_seq(), 2);
-        assert_eq!(s.lookup("a", 0, t0, |_| {}), Lookup::Miss);
-        assert_eq!(s.lookup("c", 0, t0, |_| {}), Lookup::Hit(applied(2.0)));
-        assert_eq!(s.lookup("e", 0, t0, |_| {}), Lookup::Hit(applied(4.0)));
+        assert_eq!(s.lookup(k("a"), 0, t0, |_| {}), Lookup::Miss);
+        assert_eq!(s.lookup(k("c"), 0, t0, |_| {}), Lookup::Hit(applied(2.0)));
+        assert_eq!(s.lookup(k("e"), 0, t0, |_| {}), Lookup::Hit(applied(4.0)));
         assert_eq!(s.stats().evictions, 2);
     }
 
@@ -512,25 +554,28 @@ mod tests {
         let ms = Duration::from_millis;
         let mut s = store(10, 100);
         let mut ev = Vec::new();
-        s.insert("a", 0, applied(1.0), t0, log(&mut ev));
-        s.insert("b", 0, applied(2.0), t0 + ms(50), log(&mut ev));
+        s.insert(k("a"), 0, applied(1.0), t0, log(&mut ev));
+        s.insert(k("b"), 0, applied(2.0), t0 + ms(50), log(&mut ev));
         // Just under the TTL: still there.
         assert_eq!(
-            s.lookup("a", 0, t0 + ms(99), log(&mut ev)),
+            s.lookup(k("a"), 0, t0 + ms(99), log(&mut ev)),
             Lookup::Hit(applied(1.0))
         );
         // At the TTL: "a" expires on this lookup (of another ID), "b" stays.
-        assert_eq!(s.lookup("zz", 0, t0 + ms(100), log(&mut ev)), Lookup::Miss);
+        assert_eq!(
+            s.lookup(k("zz"), 0, t0 + ms(100), log(&mut ev)),
+            Lookup::Miss
+        );
         assert_eq!(ev, ["a:ttl"]);
-        assert_eq!(s.lookup("a", 0, t0 + ms(100), |_| {}), Lookup::Miss);
+        assert_eq!(s.lookup(k("a"), 0, t0 + ms(100), |_| {}), Lookup::Miss);
         // An insert expires too, before making room.
-        s.insert("c", 0, applied(3.0), t0 + ms(150), log(&mut ev));
+        s.insert(k("c"), 0, applied(3.0), t0 + ms(150), log(&mut ev));
         assert_eq!(ev, ["a:ttl", "b:ttl"]);
         assert_eq!(s.len(), 1);
         // An expired ID may be used again: it is a new request.
-        s.insert("a", 0, applied(4.0), t0 + ms(160), |_| {});
+        s.insert(k("a"), 0, applied(4.0), t0 + ms(160), |_| {});
         assert_eq!(
-            s.lookup("a", 0, t0 + ms(160), |_| {}),
+            s.lookup(k("a"), 0, t0 + ms(160), |_| {}),
             Lookup::Hit(applied(4.0))
         );
     }
@@ -539,8 +584,8 @@ mod tests {
     fn time_going_backwards_only_delays_expiry() {
         let t0 = Instant::now() + Duration::from_secs(10);
         let mut s = store(10, 100);
-        s.insert("a", 0, applied(1.0), t0, |_| {});
-        s.insert("b", 0, applied(1.0), t0 - Duration::from_secs(5), |_| {});
+        s.insert(k("a"), 0, applied(1.0), t0, |_| {});
+        s.insert(k("b"), 0, applied(1.0), t0 - Duration::from_secs(5), |_| {});
         s.expire(t0 + Duration::from_millis(100), |_| {});
         assert_eq!(s.len(), 0, "both expire once the front does");
     }
@@ -550,25 +595,25 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store(2, 100);
         let mut ev = Vec::new();
-        s.restore(40, "x", 1, applied(1.0), t0, log(&mut ev))
+        s.restore(40, k("x"), 1, applied(1.0), t0, log(&mut ev))
             .unwrap();
-        s.restore(41, "y", 1, applied(2.0), t0, log(&mut ev))
+        s.restore(41, k("y"), 1, applied(2.0), t0, log(&mut ev))
             .unwrap();
         // Over capacity after a config change: the oldest goes.
-        s.restore(42, "z", 1, applied(3.0), t0, log(&mut ev))
+        s.restore(42, k("z"), 1, applied(3.0), t0, log(&mut ev))
             .unwrap();
         assert_eq!(ev, ["x:capacity"]);
         assert_eq!((s.front_seq(), s.next_seq()), (41, 43));
         assert_eq!(
-            s.restore(50, "w", 1, applied(0.0), t0, |_| {}),
+            s.restore(50, k("w"), 1, applied(0.0), t0, |_| {}),
             Err(RestoreError::Gap {
                 expected: 43,
                 got: 50
             })
         );
-        assert!(s.restore(43, "y", 1, applied(0.0), t0, |_| {}).is_err());
-        assert_eq!(s.insert("n", 1, applied(5.0), t0, |_| {}), 43);
-        assert_eq!(s.lookup("z", 1, t0, |_| {}), Lookup::Hit(applied(3.0)));
+        assert!(s.restore(43, k("y"), 1, applied(0.0), t0, |_| {}).is_err());
+        assert_eq!(s.insert(k("n"), 1, applied(5.0), t0, |_| {}), 43);
+        assert_eq!(s.lookup(k("z"), 1, t0, |_| {}), Lookup::Hit(applied(3.0)));
     }
 
     #[test]
@@ -580,12 +625,12 @@ mod tests {
         let mut s = store(64, 60_000);
         for i in 0..10_000u64 {
             let id = format!("id-{i}");
-            s.insert(&id, i, applied(i as f64), t0, |_| {});
+            s.insert(k(&id), i, applied(i as f64), t0, |_| {});
             assert!(s.len() <= 64);
             if i >= 63 {
                 let old = format!("id-{}", i - 63);
                 assert_eq!(
-                    s.lookup(&old, i - 63, t0, |_| {}),
+                    s.lookup(k(&old), i - 63, t0, |_| {}),
                     Lookup::Hit(applied((i - 63) as f64))
                 );
             }

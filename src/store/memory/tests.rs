@@ -293,7 +293,7 @@ async fn retention_is_bounded_and_a_late_retry_executes_again() {
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l == "dedup-evicted id=a (capacity)")
+            .any(|l| l.starts_with("dedup-evicted id=#") && l.ends_with(" (capacity)"))
     );
     assert_eq!(
         s.accumulate(&args("x", 1.0, "a"), None).await,
@@ -313,7 +313,7 @@ async fn retention_is_bounded_and_a_late_retry_executes_again() {
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l == "dedup-evicted id=c (ttl)")
+            .any(|l| l.starts_with("dedup-evicted id=#") && l.ends_with(" (ttl)"))
     );
     let st = s.stats();
     // Everything older than the TTL went; only the new "c" is retained.
@@ -343,4 +343,39 @@ async fn dedup_off_applies_every_repeat_and_long_deadlines_are_flagged() {
         .await
         .unwrap();
     assert!(s.ttl_warned.load(Ordering::Relaxed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_id_from_two_identities_names_two_requests() {
+    let (s, _) = state();
+    let from = |identity: Option<&str>, peer: &str| AccumulateArgs {
+        caller: store::Caller {
+            identity: identity.map(Into::into),
+            peer: Some(peer.parse().unwrap()),
+        },
+        ..args("x", 1.0, "id-1")
+    };
+    assert_eq!(
+        s.accumulate(&from(Some("alice"), "10.0.0.1"), None).await,
+        ok(1.0, false)
+    );
+    assert_eq!(
+        s.accumulate(&from(Some("bob"), "10.0.0.1"), None).await,
+        ok(2.0, false),
+        "another identity's ID is another request"
+    );
+    assert_eq!(
+        s.accumulate(&from(Some("alice"), "10.0.0.2"), None).await,
+        ok(1.0, true),
+        "a retry from another address is the same request"
+    );
+    // Without authentication every caller shares one scope.
+    assert_eq!(
+        s.accumulate(&from(None, "10.0.0.3"), None).await,
+        ok(3.0, false)
+    );
+    assert_eq!(
+        s.accumulate(&from(None, "10.0.0.4"), None).await,
+        ok(3.0, true)
+    );
 }

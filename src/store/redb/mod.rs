@@ -28,11 +28,11 @@
 
 mod disk;
 pub mod file;
+mod panics;
 mod writer;
 
 use std::{
     fmt,
-    panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
     sync::Arc,
     thread::JoinHandle,
@@ -85,7 +85,7 @@ fn load(
         // Only when the capacity shrank since the records were written;
         // no lock is held here, so the event may be emitted at once.
         events.emit(Event::DedupEvicted {
-            request_id: e.request_id.to_owned(),
+            request_id: e.key.to_string(),
             reason: e.reason,
         });
     })?;
@@ -122,20 +122,17 @@ impl RedbLedger {
         // redb may panic on a damaged file instead of returning an error:
         // that is a damaged file too, and must not take the process down
         // with a backtrace instead of a sentence naming the file.
-        let opened = catch_unwind(AssertUnwindSafe(|| {
+        let opened = panics::catch(|| {
             let mut durable = Durable::open(data_dir, &faults)?;
             let (registers, store) = load(&mut durable, &dedup, &events)?;
             Ok::<_, StorageError>((durable, registers, store))
-        }));
+        });
         let (durable, registers, store) = match opened {
             Ok(opened) => opened?,
             Err(panic) => {
                 return Err(StorageError::Damaged {
                     path: data_dir.join(DB_FILE_NAME),
-                    what: format!(
-                        "the storage engine panicked reading it ({})",
-                        writer::panic_message(&*panic)
-                    ),
+                    what: format!("the storage engine panicked reading it ({panic})"),
                 });
             }
         };
@@ -144,6 +141,7 @@ impl RedbLedger {
         let memory = Arc::new(MemoryLedger::with_journal(
             &dedup,
             events.clone(),
+            durable.digest_key(),
             registers,
             store,
             Arc::clone(&queue),

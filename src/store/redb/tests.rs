@@ -201,3 +201,162 @@ async fn a_full_disk_fails_cleanly_and_the_store_heals_by_itself() {
     let s = open(&tmp.0, &faults);
     assert_eq!(Ledger::get(&s, "x", None).await, Ok(11.0));
 }
+
+// ------------------------------------------------------- damaged files ----
+
+/// A cleanly closed database holding `x = 141044` (after `x = 1000`), and
+/// its file.
+async fn pristine(tmp: &TempDir) -> PathBuf {
+    let s = open(&tmp.0, &DiskFaults::new());
+    accumulate(&s, &args("x", 1000.0, "a"), None).await.unwrap();
+    accumulate(&s, &args("x", 140_044.0, "b"), None)
+        .await
+        .unwrap();
+    drop(s);
+    tmp.0.join(DB_FILE_NAME)
+}
+
+/// Opening must fail with an error that names the file (and no panic
+/// escapes: `open` catches the engine's).
+fn refused(dir: &Path) -> StorageError {
+    let err = RedbLedger::open(DedupConfig::default(), EventSink::log_only(), dir)
+        .expect_err("a damaged file must be refused");
+    let text = err.to_string();
+    assert!(
+        text.contains(DB_FILE_NAME),
+        "the error names the file: {text}"
+    );
+    err
+}
+
+/// Every offset where `needle` occurs in `hay`.
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_stored_value_is_caught_not_served() {
+    let tmp = TempDir::new("flip");
+    let path = pristine(&tmp).await;
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = find_all(&bytes, &141_044.0f64.to_le_bytes());
+    assert!(!at.is_empty(), "the value is stored in the file");
+    for i in at {
+        // One bit of the mantissa: 141044 becomes another plausible number.
+        bytes[i + 1] ^= 0x20;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let err = refused(&tmp.0);
+    assert!(err.to_string().contains("fails its checksum"), "{err}");
+}
+
+#[tokio::test]
+async fn an_empty_file_is_refused_not_taken_for_a_new_store() {
+    let tmp = TempDir::new("empty");
+    let path = pristine(&tmp).await;
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(refused(&tmp.0), StorageError::Empty { .. }));
+    // And the file is left as found, for the operator.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn truncated_files_are_refused() {
+    for keep in [Keep::Half, Keep::Bytes(4096)] {
+        let tmp = TempDir::new("truncated");
+        let path = pristine(&tmp).await;
+        let len = std::fs::metadata(&path).unwrap().len();
+        let keep = match keep {
+            Keep::Half => len / 2,
+            Keep::Bytes(n) => n,
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(keep)
+            .unwrap();
+        refused(&tmp.0);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Keep {
+    Half,
+    Bytes(u64),
+}
+
+#[tokio::test]
+async fn a_zeroed_page_is_refused() {
+    let tmp = TempDir::new("zeroed");
+    let path = pristine(&tmp).await;
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The pages holding the registers' newest value (redb's pages are 4 KiB).
+    for at in find_all(&bytes, &141_044.0f64.to_le_bytes()) {
+        let page = at / 4096 * 4096;
+        bytes[page..page + 4096].fill(0);
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    refused(&tmp.0);
+}
+
+#[tokio::test]
+async fn random_byte_flips_are_refused_or_harmless_never_served_wrong() {
+    let tmp = TempDir::new("random");
+    let path = pristine(&tmp).await;
+    let good = std::fs::read(&path).unwrap();
+    let used: Vec<usize> = find_all(&good, &141_044.0f64.to_le_bytes())
+        .into_iter()
+        .map(|at| at / 4096)
+        .collect();
+    let mut refusals = 0;
+    for seed in 1..=32u64 {
+        let mut bytes = good.clone();
+        // A splitmix stream per seed: reproducible damage.
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        // Flips land in the pages holding the tables' newest rows (a flip
+        // anywhere else in this mostly preallocated file is harmless), at
+        // random places within them, rows and page headers alike.
+        for _ in 0..4 {
+            let page = used[(next() % used.len() as u64) as usize];
+            let at = page * 4096 + (next() % 4096) as usize;
+            bytes[at] ^= (next() % 255 + 1) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        match RedbLedger::open(DedupConfig::default(), EventSink::log_only(), &tmp.0) {
+            Err(err) => {
+                assert!(err.to_string().contains(DB_FILE_NAME), "seed {seed}: {err}");
+                refusals += 1;
+            }
+            // Damage where nothing lives is harmless: then the data must
+            // be exactly what was written.
+            Ok(s) => {
+                assert_eq!(
+                    Ledger::get(&s, "x", None).await,
+                    Ok(141_044.0),
+                    "seed {seed}"
+                );
+                assert_eq!(
+                    accumulate(&s, &args("x", 1000.0, "a"), None).await,
+                    ok(1000.0, true),
+                    "seed {seed}"
+                );
+            }
+        }
+    }
+    assert!(
+        refusals > 0,
+        "no flip hit anything: the test proves nothing"
+    );
+}

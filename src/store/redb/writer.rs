@@ -8,12 +8,7 @@
 //! meanwhile queue up and form the next batch, so a lone caller pays one
 //! fsync and 64 concurrent callers share a few.
 
-use std::{
-    panic::{AssertUnwindSafe, catch_unwind},
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
     store::{
@@ -43,15 +38,6 @@ pub(super) struct Writer {
     pub(super) events: EventSink,
     pub(super) memory: Arc<MemoryLedger>,
     pub(super) queue: Arc<Queue>,
-}
-
-/// What a panic carried, for the log.
-pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 impl Writer {
@@ -87,13 +73,10 @@ impl Writer {
         let Some(durable) = &mut self.durable else {
             return Err("the database is not open".to_owned());
         };
-        match catch_unwind(AssertUnwindSafe(|| durable.write_batch(batch))) {
+        match super::panics::catch(|| durable.write_batch(batch)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(panic) => Err(format!(
-                "the storage engine panicked: {}",
-                panic_message(&*panic)
-            )),
+            Err(panic) => Err(format!("the storage engine panicked: {panic}")),
         }
     }
 
@@ -142,12 +125,9 @@ impl Writer {
             durable.probe()?;
             Ok::<_, super::StorageError>((durable, registers, store))
         };
-        match catch_unwind(AssertUnwindSafe(attempt)) {
+        match super::panics::catch(attempt) {
             Ok(result) => result.map_err(|e| e.to_string()),
-            Err(panic) => Err(format!(
-                "the storage engine panicked: {}",
-                panic_message(&*panic)
-            )),
+            Err(panic) => Err(format!("the storage engine panicked: {panic}")),
         }
     }
 }
