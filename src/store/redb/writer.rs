@@ -46,8 +46,16 @@ impl Writer {
             let Some(through) = batch.last().map(|w| w.seq) else {
                 continue;
             };
+            let started = std::time::Instant::now();
             match self.persist(&batch) {
-                Ok(()) => self.memory.synced_through(through),
+                Ok(()) => {
+                    self.memory.synced_through(through);
+                    tracing::debug!(
+                        commits = batch.len(),
+                        micros = started.elapsed().as_micros() as u64,
+                        "durable batch"
+                    );
+                }
                 Err(why) => {
                     // The engine's message names paths and internals: it
                     // goes to the log, callers get a stable UNAVAILABLE.
