@@ -14,8 +14,8 @@
 //! # What nobody may see before it is durable
 //! A crash loses what is not on disk, so nothing that could be lost may
 //! reach a client:
-//! - the committing caller is answered once its sequence number is durable
-//!   ([`Synced`]);
+//! - the committing caller is answered once its commit is durable (a
+//!   oneshot per commit);
 //! - a duplicate of its request ID keeps waiting on the claim, which is
 //!   released only then (so it replays a durable outcome);
 //! - a read of a register whose last write is not durable yet waits for
@@ -32,7 +32,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Condvar, Mutex, MutexGuard},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 
 use crate::{
@@ -64,7 +64,7 @@ pub(crate) struct Write {
     /// Its commit sequence number.
     pub(crate) seq: CommitSeq,
     /// The register and its new value, if the request applied.
-    pub(crate) register: Option<(Box<str>, f64)>,
+    pub(crate) register: Option<(Arc<str>, f64)>,
     /// The dedup record, if the request had an ID.
     pub(crate) record: Option<RecordRow>,
     /// Every dedup record below this dedup sequence number has been
@@ -73,7 +73,7 @@ pub(crate) struct Write {
 }
 
 /// Where durable storage stands, published by the ledger after every batch
-/// (a `tokio::sync::watch` value) for the callers waiting on it.
+/// (a `tokio::sync::watch` value) for the readers waiting on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Synced {
     /// Every commit up to this one is durable.
@@ -178,11 +178,15 @@ pub(crate) struct Awaiting {
     /// The request whose claim to release once durable (keyed requests).
     pub(crate) release: Option<IdDigest>,
     /// The register written, to clear its [`Journal::unsynced`] mark.
-    pub(crate) register: Option<Box<str>>,
+    pub(crate) register: Option<Arc<str>>,
     /// True when the request applied (counted once durable).
     pub(crate) applied: bool,
     /// The `applied` event, emitted once durable (if anyone listens).
     pub(crate) event: Option<Event>,
+    /// The committing caller, told `true` once durable, `false` if its
+    /// batch failed. One channel per commit, so a batch wakes exactly its
+    /// own callers (a shared watch would wake every waiting caller).
+    pub(crate) done: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// The journal's state under the ledger's lock.
@@ -197,7 +201,7 @@ pub(crate) struct Journal {
     pub(crate) epoch: u64,
     /// Register → sequence number of its last write not yet durable. Only
     /// looked up by key, never iterated.
-    pub(crate) unsynced: HashMap<Box<str>, CommitSeq>,
+    pub(crate) unsynced: HashMap<Arc<str>, CommitSeq>,
     /// Decided, not yet durable, in sequence order.
     pub(crate) awaiting: VecDeque<Awaiting>,
     /// Set when a batch failed, until memory is reloaded from disk.

@@ -44,7 +44,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{Notify, futures::OwnedNotified, watch},
+    sync::{Notify, futures::OwnedNotified, oneshot, watch},
     time::Instant,
 };
 
@@ -500,7 +500,7 @@ impl MemoryLedger {
     /// claims (duplicates then replay them), lets reads of their registers
     /// through, counts them applied and emits their events.
     pub(crate) fn synced_through(&self, through: CommitSeq) {
-        let mut wake = Vec::new();
+        let (mut wake, mut callers) = (Vec::new(), Vec::new());
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
@@ -526,10 +526,15 @@ impl MemoryLedger {
                 if let Some(flight) = done.release.and_then(|id| inner.in_flight.remove(&id)) {
                     wake.push(flight.done);
                 }
+                callers.push(done.done);
             }
         }
         self.synced
             .send_modify(|s| s.durable = s.durable.max(through));
+        for caller in callers {
+            // A caller that gave up has dropped its receiver: nothing to do.
+            let _ = caller.send(true);
+        }
         for done in wake {
             done.notify_waiters();
         }
@@ -540,7 +545,7 @@ impl MemoryLedger {
     /// until [`MemoryLedger::reloaded`] (memory may now hold what the disk
     /// does not).
     pub(crate) fn sync_failed(&self) {
-        let mut wake = Vec::new();
+        let (mut wake, mut callers) = (Vec::new(), Vec::new());
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
@@ -554,6 +559,7 @@ impl MemoryLedger {
                 if let Some(flight) = lost.release.and_then(|id| inner.in_flight.remove(&id)) {
                     wake.push(flight.done);
                 }
+                callers.push(lost.done);
             }
         }
         self.synced.send_modify(|s| {
@@ -561,6 +567,9 @@ impl MemoryLedger {
             s.durable_before_failure = s.durable;
         });
         self.health.send_replace(StoreHealth::NotServing);
+        for caller in callers {
+            let _ = caller.send(false);
+        }
         for done in wake {
             done.notify_waiters();
         }
@@ -595,8 +604,7 @@ fn evicted_event(e: Evicted) -> Event {
 enum Decided {
     Done(Result<Accumulated, ServiceError>),
     Syncing {
-        seq: CommitSeq,
-        epoch: u64,
+        durable: oneshot::Receiver<bool>,
         result: Result<f64, CalcError>,
     },
 }
@@ -626,8 +634,9 @@ impl<'a> Claim<'a> {
         async move {
             match decided {
                 Decided::Done(result) => result,
-                Decided::Syncing { seq, epoch, result } => {
-                    let durable = ledger.synced(seq, epoch).await;
+                Decided::Syncing { durable, result } => {
+                    // A dropped sender means the ledger is gone: unknown.
+                    let durable = durable.await.unwrap_or(false);
                     // Our `applied` event (and others') were queued when the
                     // writer reported: emit them from here, not from the
                     // writer's thread.
@@ -723,16 +732,18 @@ impl<'a> Claim<'a> {
         self.finished = true;
         let seq = journal.next;
         journal.next += 1;
-        let register: Option<Box<str>> = result.is_ok().then(|| args.register.as_str().into());
+        // One allocation of the name, shared by the write, the unsynced
+        // mark and the awaiting entry.
+        let register: Option<Arc<str>> = result.is_ok().then(|| args.register.as_str().into());
         if let Some(name) = &register {
-            journal.unsynced.insert(name.clone(), seq);
+            journal.unsynced.insert(Arc::clone(name), seq);
         }
         journal.queue.push(Write {
             seq,
-            register: result
+            register: register
                 .as_ref()
-                .ok()
-                .map(|&value| (args.register.as_str().into(), value)),
+                .zip(result.as_ref().ok())
+                .map(|(name, &value)| (Arc::clone(name), value)),
             record: outcome.map(|outcome| RecordRow {
                 seq: record_seq,
                 key: self.key,
@@ -741,18 +752,19 @@ impl<'a> Claim<'a> {
             }),
             delete_below,
         });
+        let (done, durable) = oneshot::channel();
         journal.awaiting.push_back(Awaiting {
             seq,
+            done,
             release: self.keyed.then_some(self.key),
             applied: result.is_ok(),
             event,
             register,
         });
-        let epoch = journal.epoch;
         let queue = Arc::clone(&journal.queue);
         drop(guard);
         queue.wake();
-        Decided::Syncing { seq, epoch, result }
+        Decided::Syncing { durable, result }
     }
 
     /// Removes the in-flight marker (once), returning the notifier to wake
