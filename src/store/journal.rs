@@ -115,6 +115,11 @@ pub(crate) struct Queue {
 struct QueueState {
     writes: Vec<Write>,
     closed: bool,
+    /// The writer waits on the condition variable and nobody has woken it
+    /// yet. Only then does a push need a wake-up: std's `notify_one` is a
+    /// system call even when nobody waits, and under load the writer is
+    /// busy writing the previous batch nearly all the time.
+    parked: bool,
 }
 
 impl Queue {
@@ -122,8 +127,13 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn push(&self, write: Write) {
-        self.lock().writes.push(write);
+    /// Queues `write`; true when the writer must then be woken with
+    /// [`Queue::wake`].
+    #[must_use = "a parked writer sleeps until woken"]
+    pub(crate) fn push(&self, write: Write) -> bool {
+        let mut state = self.lock();
+        state.writes.push(write);
+        std::mem::take(&mut state.parked)
     }
 
     /// Wakes the writer (call after releasing the ledger's lock: a futex
@@ -143,7 +153,9 @@ impl Queue {
             if state.closed {
                 return None;
             }
+            state.parked = true;
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.parked = false;
         }
     }
 

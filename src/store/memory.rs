@@ -738,7 +738,7 @@ impl<'a> Claim<'a> {
         if let Some(name) = &register {
             journal.unsynced.insert(Arc::clone(name), seq);
         }
-        journal.queue.push(Write {
+        let wake = journal.queue.push(Write {
             seq,
             register: register
                 .as_ref()
@@ -761,9 +761,11 @@ impl<'a> Claim<'a> {
             event,
             register,
         });
-        let queue = Arc::clone(&journal.queue);
+        let queue = wake.then(|| Arc::clone(&journal.queue));
         drop(guard);
-        queue.wake();
+        if let Some(queue) = queue {
+            queue.wake();
+        }
         Decided::Syncing { durable, result }
     }
 
