@@ -443,3 +443,123 @@ async fn a_damaged_file_stops_abacus_serve_with_a_clear_error_not_a_panic() {
     assert_eq!(get(&mut c, "x").await.unwrap(), 141_044.0);
     server.crash();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_unavailable_reports_not_serving_and_heals_by_itself() {
+    use abacus::{
+        error::NOT_APPLIED_KEY,
+        pb::BinaryRequest,
+        server::{self, REGISTERS_HEALTH_SERVICE, ServerConfig},
+        store::redb::{DiskFault, DiskFaults, RedbLedger},
+        trace::EventSink,
+    };
+    use tokio_stream::StreamExt;
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    let tmp = TempDir::new("full");
+    let faults = DiskFaults::new();
+    let ledger = RedbLedger::open_with_faults(
+        Default::default(),
+        EventSink::log_only(),
+        &tmp.0,
+        Arc::clone(&faults),
+    )
+    .expect("open");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve_with_ledger(
+        ServerConfig::default(),
+        Arc::new(ledger),
+        server::tcp_incoming(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = CalculatorClient::new(channel.clone());
+    let health = HealthClient::new(channel);
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+                .status()
+        }
+    };
+    // Health changes are pushed (Watch): the test waits on them, bounded.
+    let mut registers = health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: REGISTERS_HEALTH_SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut becomes = async |want: ServingStatus| loop {
+        let next = tokio::time::timeout(HANG_GUARD, registers.next())
+            .await
+            .expect("the health status changes")
+            .expect("the watch goes on")
+            .expect("a status");
+        if next.status() == want {
+            return;
+        }
+    };
+    becomes(ServingStatus::Serving).await;
+    assert_eq!(accumulate(&mut c, "x", 1.0, "a").await.unwrap().0, 1.0);
+
+    faults.set(DiskFault::Full);
+    let failed = accumulate(&mut c, "x", 1.0, "b").await.unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert!(
+        failed.metadata().get(NOT_APPLIED_KEY).is_none(),
+        "the failed batch's fate is unknown, never a false not-applied"
+    );
+    let text = failed.message().to_lowercase();
+    for internal in ["space", "redb", "/tmp", "i/o", "abacus.redb"] {
+        assert!(
+            !text.contains(internal),
+            "{internal:?} leaks to clients: {text}"
+        );
+    }
+    becomes(ServingStatus::NotServing).await;
+    // Pure RPCs keep working, and the overall status says so.
+    assert_eq!(status("").await, ServingStatus::Serving);
+    assert_eq!(status("abacus.v1.Calculator").await, ServingStatus::Serving);
+    let sum = c.add(BinaryRequest { a: 2.0, b: 3.0 }).await.unwrap();
+    assert_eq!(sum.into_inner().result, 5.0);
+    // Register calls are refused while broken: certainly not applied.
+    let refused = accumulate(&mut c, "x", 1.0, "c").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(refused.metadata().get(NOT_APPLIED_KEY).unwrap(), "true");
+    assert_eq!(
+        get(&mut c, "x").await.unwrap_err().code(),
+        Code::Unavailable
+    );
+
+    // Space comes back: the store recovers by itself.
+    faults.set(DiskFault::None);
+    becomes(ServingStatus::Serving).await;
+    assert_eq!(get(&mut c, "x").await.unwrap(), 1.0, "reloaded from disk");
+    assert_eq!(
+        accumulate(&mut c, "x", 1.0, "b").await.unwrap(),
+        (2.0, false, false),
+        "the retry of the failed request applies once"
+    );
+    // A graceful stop waits for open calls: the health watch is one.
+    drop((becomes, status, c));
+    drop(registers);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

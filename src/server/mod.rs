@@ -143,6 +143,34 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// The `grpc.health.v1` service name under which the server reports whether
+/// its register methods (`Accumulate`, `GetRegister`) can be served: NOT_SERVING
+/// while the store is broken (e.g. the disk is full), SERVING again once it
+/// has recovered. The overall status (`""`) and `abacus.v1.Calculator` stay
+/// SERVING meanwhile: the pure methods keep working.
+pub const REGISTERS_HEALTH_SERVICE: &str = "abacus.v1.Registers";
+
+/// Mirrors the store's health into the health service, until the store
+/// goes away (or the task is aborted with the server).
+async fn report_store_health(
+    health: tonic_health::server::HealthReporter,
+    mut store: tokio::sync::watch::Receiver<crate::store::StoreHealth>,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let status = match *store.borrow_and_update() {
+            crate::store::StoreHealth::Serving => ServingStatus::Serving,
+            crate::store::StoreHealth::NotServing => ServingStatus::NotServing,
+        };
+        health
+            .set_service_status(REGISTERS_HEALTH_SERVICE, status)
+            .await;
+        if store.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Error returned by [`serve`].
 pub type ServeError = tonic::transport::Error;
 
@@ -232,6 +260,7 @@ where
     health
         .set_serving::<CalculatorServer<GrpcCalculator>>()
         .await;
+    let store_health = tokio::spawn(report_store_health(health, ledger.health()));
 
     // Both reflection versions: grpcurl speaks v1, Python's grpcio only v1alpha.
     let reflection_v1 = reflection()
@@ -266,6 +295,7 @@ where
         .add_service(calculator)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    store_health.abort();
     let shed_total = shed_counter.shed();
     match ledger.stats().await {
         Ok(stats) => {
