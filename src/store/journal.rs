@@ -115,11 +115,30 @@ pub(crate) struct Queue {
 struct QueueState {
     writes: Vec<Write>,
     closed: bool,
-    /// The writer waits on the condition variable and nobody has woken it
-    /// yet. Only then does a push need a wake-up: std's `notify_one` is a
-    /// system call even when nobody waits, and under load the writer is
-    /// busy writing the previous batch nearly all the time.
+    /// The writer waits for work and nobody has claimed the job of waking
+    /// it (or of writing inline) yet. A push takes this: only that pusher
+    /// wakes or leads; std's `notify_one` is a system call even when nobody
+    /// waits, and under load the writer is busy nearly all the time.
     parked: bool,
+    /// A batch failed: the writer thread must reopen the file.
+    recover: bool,
+}
+
+/// What the writer thread is woken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// Writes are queued, or the file must be reopened.
+    Writes,
+    /// The ledger is closing and nothing is queued.
+    Closed,
+}
+
+/// Writes queued commits on the committing caller's thread when the writer
+/// is idle (see `store::redb::writer`).
+pub(crate) trait Lead: Send + Sync + std::fmt::Debug {
+    /// Writes what is queued, now, on this thread; false when it could not
+    /// (the writer thread is at the disk), and the writer must be woken.
+    fn lead(&self) -> bool;
 }
 
 impl Queue {
@@ -127,9 +146,9 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `write`; true when the writer must then be woken with
-    /// [`Queue::wake`].
-    #[must_use = "a parked writer sleeps until woken"]
+    /// Queues `write`; true when the writer is idle and this pusher must
+    /// see the write through: lead it, or [`Queue::wake`] the writer.
+    #[must_use = "an idle writer sleeps until woken"]
     pub(crate) fn push(&self, write: Write) -> bool {
         let mut state = self.lock();
         state.writes.push(write);
@@ -142,20 +161,35 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// Blocks the calling (writer) thread until something is queued, and
-    /// takes all of it: one batch. `None` once closed and drained.
-    pub(crate) fn take(&self) -> Option<Vec<Write>> {
+    /// The writer thread: blocks until there is work.
+    pub(crate) fn wait(&self) -> Work {
         let mut state = self.lock();
         loop {
-            if !state.writes.is_empty() {
-                return Some(std::mem::take(&mut state.writes));
+            if std::mem::take(&mut state.recover) || !state.writes.is_empty() {
+                return Work::Writes;
             }
             if state.closed {
-                return None;
+                return Work::Closed;
             }
             state.parked = true;
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
-            state.parked = false;
+        }
+    }
+
+    /// Takes everything queued: one batch (possibly empty).
+    pub(crate) fn take(&self) -> Vec<Write> {
+        std::mem::take(&mut self.lock().writes)
+    }
+
+    /// After an inline batch: marks the writer idle again if nothing was
+    /// queued meanwhile; true if something was (wake the writer for it).
+    pub(crate) fn repark(&self) -> bool {
+        let mut state = self.lock();
+        if state.writes.is_empty() {
+            state.parked = true;
+            false
+        } else {
+            true
         }
     }
 
@@ -163,6 +197,12 @@ impl Queue {
     /// already).
     pub(crate) fn discard(&self) {
         self.lock().writes.clear();
+    }
+
+    /// Asks the writer thread to reopen the file.
+    pub(crate) fn request_recovery(&self) {
+        self.lock().recover = true;
+        self.wake.notify_one();
     }
 
     /// Stops the writer once it has drained the queue.
@@ -205,6 +245,8 @@ pub(crate) struct Awaiting {
 #[derive(Debug)]
 pub(crate) struct Journal {
     pub(crate) queue: std::sync::Arc<Queue>,
+    /// Writes inline when the writer is idle.
+    pub(crate) lead: Arc<dyn Lead>,
     /// The next commit's sequence number.
     pub(crate) next: CommitSeq,
     /// What the writer last reported durable.
@@ -221,9 +263,10 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    pub(crate) fn new(queue: std::sync::Arc<Queue>, durable: CommitSeq) -> Self {
+    pub(crate) fn new(queue: Arc<Queue>, lead: Arc<dyn Lead>, durable: CommitSeq) -> Self {
         Self {
             queue,
+            lead,
             next: durable + 1,
             durable,
             epoch: 0,

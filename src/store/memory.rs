@@ -58,7 +58,7 @@ use crate::{
             DedupConfig, DedupStore, DigestKey, Evicted, IdDigest, Lookup, StoredOutcome,
             fingerprint, validate_request_id,
         },
-        journal::{Awaiting, CommitSeq, Journal, Queue, RecordRow, Synced, Write},
+        journal::{Awaiting, CommitSeq, Journal, Lead, Queue, RecordRow, Synced, Write},
         outbox::Outbox,
     },
     trace::{Event, EventSink},
@@ -210,6 +210,7 @@ impl MemoryLedger {
         registers: Registers,
         store: DedupStore,
         queue: Arc<Queue>,
+        lead: Arc<dyn Lead>,
     ) -> Self {
         Self::with_state(
             dedup,
@@ -217,7 +218,7 @@ impl MemoryLedger {
             digest_key,
             registers,
             store,
-            Some(Journal::new(queue, 0)),
+            Some(Journal::new(queue, lead, 0)),
         )
     }
 
@@ -761,10 +762,18 @@ impl<'a> Claim<'a> {
             event,
             register,
         });
-        let queue = wake.then(|| Arc::clone(&journal.queue));
+        let idle = wake.then(|| (Arc::clone(&journal.queue), Arc::clone(&journal.lead)));
         drop(guard);
-        if let Some(queue) = queue {
-            queue.wake();
+        if let Some((queue, lead)) = idle {
+            // The writer is idle: write our own commit on this thread, and
+            // spare a lone caller two thread hand-offs. Only on tokio's
+            // multi-threaded runtime, where `block_in_place` first moves
+            // this worker's other tasks elsewhere.
+            let inline = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if !(inline && tokio::task::block_in_place(|| lead.lead())) {
+                queue.wake();
+            }
         }
         Decided::Syncing { durable, result }
     }

@@ -46,7 +46,7 @@ use crate::{
     store::{
         self, AccumulateArgs, Backend, BoxFuture, Ledger, MemoryLedger, StatsView, StoreHealth,
         dedup::{DedupConfig, DedupStore},
-        journal::Queue,
+        journal::{Lead, Queue},
     },
     trace::{Event, EventSink},
 };
@@ -137,24 +137,28 @@ impl RedbLedger {
             }
         };
         let path = durable.path().to_owned();
+        let digest_key = durable.digest_key();
         let queue = Arc::new(Queue::default());
+        let writer = Arc::new(writer::Writer::new(
+            writer::Disk {
+                durable: Some(durable),
+                dir: data_dir.to_owned(),
+                faults,
+                dedup: dedup.clone(),
+                events: events.clone(),
+            },
+            Arc::clone(&queue),
+        ));
         let memory = Arc::new(MemoryLedger::with_journal(
             &dedup,
-            events.clone(),
-            durable.digest_key(),
+            events,
+            digest_key,
             registers,
             store,
             Arc::clone(&queue),
+            Arc::clone(&writer) as Arc<dyn Lead>,
         ));
-        let writer = writer::Writer {
-            durable: Some(durable),
-            dir: data_dir.to_owned(),
-            faults,
-            dedup,
-            events,
-            memory: Arc::clone(&memory),
-            queue: Arc::clone(&queue),
-        };
+        writer.report_to(&memory);
         let writer = std::thread::Builder::new()
             .name("abacus-redb-writer".into())
             .spawn(move || writer.run())

@@ -92,20 +92,23 @@ async fn state_survives_reopening() {
     assert_eq!(s.memory().stats().dedup_entries, 2);
 }
 
-#[tokio::test]
+/// On the multi-threaded runtime, where an idle writer lets callers write
+/// their commits inline and a busy one batches them: both paths at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_share_batches_and_all_survive() {
     let tmp = TempDir::new("group");
     let faults = DiskFaults::new();
     {
-        let s = open(&tmp.0, &faults);
+        let s = Arc::new(open(&tmp.0, &faults));
         let calls: Vec<_> = (0..64)
             .map(|i| {
                 let a = args(&format!("r{}", i % 4), 1.0, &format!("id-{i}"));
-                let s = &s;
-                async move { accumulate(s, &a, None).await }
+                let s = Arc::clone(&s);
+                tokio::spawn(async move { accumulate(&*s, &a, None).await })
             })
             .collect();
-        for result in futures_util::future::join_all(calls).await {
+        for call in calls {
+            let result = call.await.expect("task");
             assert!(result.is_ok(), "{result:?}");
         }
         assert_eq!(s.memory().stats().applied, 64);
@@ -155,7 +158,18 @@ async fn nothing_is_seen_before_it_is_durable() {
 
 #[tokio::test]
 async fn a_full_disk_fails_cleanly_and_the_store_heals_by_itself() {
-    let tmp = TempDir::new("full");
+    full_disk_fails_cleanly_and_heals("full").await;
+}
+
+/// The same with callers writing inline (the multi-threaded runtime): the
+/// failure is met on a caller's thread, the recovery on the writer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_met_inline_fails_cleanly_and_heals_too() {
+    full_disk_fails_cleanly_and_heals("full-inline").await;
+}
+
+async fn full_disk_fails_cleanly_and_heals(name: &str) {
+    let tmp = TempDir::new(name);
     let faults = DiskFaults::new();
     let s = open(&tmp.0, &faults);
     accumulate(&s, &args("x", 1.0, "before"), None)

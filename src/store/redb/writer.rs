@@ -1,25 +1,41 @@
-//! The writer thread of durable mode: group commit, failure, recovery.
+//! What writes the file in durable mode: group commit, failure, recovery.
 //!
-//! One dedicated OS thread, because redb's API is blocking (an fsync per
-//! transaction) and must stay off tokio's workers. It loops: take every
-//! decided commit queued since the last batch, write them in one
-//! transaction, and tell the ledger they are durable. Nothing waits on a
-//! timer to form a batch: while one fsync runs, the commits decided
-//! meanwhile queue up and form the next batch, so a lone caller pays one
-//! fsync and 64 concurrent callers share a few.
+//! redb's API is blocking (an fsync per transaction), so the disk work runs
+//! off tokio's scheduler, in one of two places:
+//! - the **writer thread**, a dedicated OS thread that loops: wait for
+//!   queued commits, write everything queued as one transaction, tell the
+//!   ledger it is durable. Nothing waits on a timer to form a batch: while
+//!   one fsync runs, the commits decided meanwhile queue up and form the
+//!   next batch, so 64 concurrent callers share a few fsyncs;
+//! - the **committing caller itself**, when the writer thread is idle (the
+//!   ledger sees it parked): it writes its own commit inline, inside
+//!   `tokio::task::block_in_place` (which hands the worker's other tasks to
+//!   another thread first). A lone caller thus pays its fsync and nothing
+//!   else: no hand-off to a parked thread and back, each a wake-up that a
+//!   busy two-core machine can delay by hundreds of microseconds.
+//!
+//! Both go through [`Writer::write_queued`] under one lock, the disk's, so
+//! batches are taken and written strictly in commit order. That lock is a
+//! std `Mutex` held across the fsync on purpose: it *is* the disk, and only
+//! the writer thread ever blocks on it; a caller only `try_lock`s it and
+//! hands over to the writer thread when it is taken.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard, OnceLock, Weak},
+    time::Duration,
+};
 
 use crate::{
     store::{
         MemoryLedger,
         dedup::DedupConfig,
-        journal::{Queue, Write},
+        journal::{Lead, Queue, Work},
     },
     trace::EventSink,
 };
 
-use super::{disk::DiskFaults, file::Durable};
+use super::{disk::DiskFaults, file::Durable, panics};
 
 /// First pause between recovery attempts; doubled up to
 /// [`RECOVERY_PAUSE_MAX`].
@@ -29,80 +45,141 @@ const RECOVERY_PAUSE_MIN: Duration = Duration::from_millis(20);
 /// unnoticed.
 const RECOVERY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
-pub(super) struct Writer {
+/// The file and what reopening it takes.
+pub(super) struct Disk {
     /// The open file; `None` while broken.
     pub(super) durable: Option<Durable>,
     pub(super) dir: PathBuf,
     pub(super) faults: Arc<DiskFaults>,
     pub(super) dedup: DedupConfig,
     pub(super) events: EventSink,
-    pub(super) memory: Arc<MemoryLedger>,
-    pub(super) queue: Arc<Queue>,
+}
+
+/// See the module documentation.
+pub(super) struct Writer {
+    disk: Mutex<Disk>,
+    /// The ledger it reports to; weak, because the ledger's journal holds
+    /// this writer (as its [`Lead`]).
+    memory: OnceLock<Weak<MemoryLedger>>,
+    queue: Arc<Queue>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
 }
 
 impl Writer {
-    pub(super) fn run(mut self) {
-        while let Some(batch) = self.queue.take() {
-            let Some(through) = batch.last().map(|w| w.seq) else {
-                continue;
-            };
-            let started = std::time::Instant::now();
-            match self.persist(&batch) {
-                Ok(()) => {
-                    self.memory.synced_through(through);
-                    tracing::debug!(
-                        commits = batch.len(),
-                        micros = started.elapsed().as_micros() as u64,
-                        "durable batch"
-                    );
+    pub(super) fn new(disk: Disk, queue: Arc<Queue>) -> Self {
+        Self {
+            disk: Mutex::new(disk),
+            memory: OnceLock::new(),
+            queue,
+        }
+    }
+
+    /// Connects the writer to the ledger it reports to (once).
+    pub(super) fn report_to(&self, memory: &Arc<MemoryLedger>) {
+        let _ = self.memory.set(Arc::downgrade(memory));
+    }
+
+    fn memory(&self) -> Option<Arc<MemoryLedger>> {
+        self.memory.get().and_then(Weak::upgrade)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Disk> {
+        // A panic inside redb is caught (see `panics`); one elsewhere leaves
+        // at worst a closed file, which the next writer reopens.
+        self.disk.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer thread: serves the queue until the ledger closes it.
+    pub(super) fn run(&self) {
+        loop {
+            match self.queue.wait() {
+                Work::Closed => {
+                    // Whatever was queued last is written before the file
+                    // closes.
+                    let mut disk = self.lock();
+                    self.write_queued(&mut disk);
+                    return;
                 }
-                Err(why) => {
-                    // The engine's message names paths and internals: it
-                    // goes to the log, callers get a stable UNAVAILABLE.
-                    tracing::error!(
-                        dir = %self.dir.display(),
-                        error = %why,
-                        commits = batch.len(),
-                        "durable write failed: the batch's fate is unknown; refusing register \
-                         calls until the file is reopened and memory reloaded from it"
-                    );
-                    self.durable = None;
-                    self.memory.sync_failed();
-                    // Decided before the failure, so failed with it already.
-                    self.queue.discard();
-                    self.recover();
+                Work::Writes => {
+                    let mut disk = self.lock();
+                    if disk.durable.is_none() {
+                        self.recover(&mut disk);
+                    } else {
+                        self.write_queued(&mut disk);
+                    }
                 }
             }
         }
     }
 
-    /// Writes one batch; any error or panic of the engine is a failure.
-    fn persist(&mut self, batch: &[Write]) -> Result<(), String> {
-        let Some(durable) = &mut self.durable else {
-            return Err("the database is not open".to_owned());
+    /// Takes everything queued and writes it as one batch, then reports.
+    /// A failure fails the batch and every commit decided so far, and
+    /// closes the file: the writer thread reopens it.
+    fn write_queued(&self, disk: &mut Disk) {
+        let batch = self.queue.take();
+        let Some(through) = batch.last().map(|w| w.seq) else {
+            return;
         };
-        match super::panics::catch(|| durable.write_batch(batch)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(panic) => Err(format!("the storage engine panicked: {panic}")),
+        let Some(memory) = self.memory() else { return };
+        let started = std::time::Instant::now();
+        let written = match &mut disk.durable {
+            None => Err("the database is not open".to_owned()),
+            Some(durable) => match panics::catch(|| durable.write_batch(&batch)) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(panic) => Err(format!("the storage engine panicked: {panic}")),
+            },
+        };
+        match written {
+            Ok(()) => {
+                memory.synced_through(through);
+                tracing::debug!(
+                    commits = batch.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "durable batch"
+                );
+            }
+            Err(why) => {
+                // The engine's message names paths and internals: it goes
+                // to the log, callers get a stable UNAVAILABLE.
+                tracing::error!(
+                    dir = %disk.dir.display(),
+                    error = %why,
+                    commits = batch.len(),
+                    "durable write failed: the batch's fate is unknown; refusing register \
+                     calls until the file is reopened and memory reloaded from it"
+                );
+                disk.durable = None;
+                memory.sync_failed();
+                // Decided before the failure, so failed with it already.
+                self.queue.discard();
+                self.queue.request_recovery();
+            }
         }
     }
 
     /// Reopens the file and reloads memory from it, with backoff, until a
     /// probe write succeeds or the ledger closes.
-    fn recover(&mut self) {
+    fn recover(&self, disk: &mut Disk) {
         let mut pause = RECOVERY_PAUSE_MIN;
         loop {
-            match self.reopen() {
+            match reopen(disk) {
                 Ok((durable, registers, store)) => {
-                    self.durable = Some(durable);
-                    self.memory.reloaded(registers, store);
-                    tracing::warn!(dir = %self.dir.display(), "durable store recovered: serving again");
+                    disk.durable = Some(durable);
+                    if let Some(memory) = self.memory() {
+                        memory.reloaded(registers, store);
+                    }
+                    tracing::warn!(dir = %disk.dir.display(), "durable store recovered: serving again");
                     return;
                 }
                 Err(why) => {
                     tracing::warn!(
-                        dir = %self.dir.display(),
+                        dir = %disk.dir.display(),
                         error = %why,
                         retry_in_ms = pause.as_millis() as u64,
                         "durable store still unavailable"
@@ -115,27 +192,50 @@ impl Writer {
             pause = (pause * 2).min(RECOVERY_PAUSE_MAX);
         }
     }
+}
 
-    fn reopen(
-        &self,
-    ) -> Result<
-        (
-            Durable,
-            crate::core::Registers,
-            crate::store::dedup::DedupStore,
-        ),
-        String,
-    > {
-        let attempt = || {
-            let mut durable = Durable::open(&self.dir, &self.faults)?;
-            let (registers, store) = super::load(&mut durable, &self.dedup, &self.events)?;
-            // Reading is not enough: the disk may still refuse writes.
-            durable.probe()?;
-            Ok::<_, super::StorageError>((durable, registers, store))
+/// Opens the file again and reads it back, then proves the disk takes
+/// writes again.
+fn reopen(
+    disk: &Disk,
+) -> Result<
+    (
+        Durable,
+        crate::core::Registers,
+        crate::store::dedup::DedupStore,
+    ),
+    String,
+> {
+    let attempt = || {
+        let mut durable = Durable::open(&disk.dir, &disk.faults)?;
+        let (registers, store) = super::load(&mut durable, &disk.dedup, &disk.events)?;
+        // Reading is not enough: the disk may still refuse writes.
+        durable.probe()?;
+        Ok::<_, super::StorageError>((durable, registers, store))
+    };
+    match panics::catch(attempt) {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(panic) => Err(format!("the storage engine panicked: {panic}")),
+    }
+}
+
+impl Lead for Writer {
+    fn lead(&self) -> bool {
+        let Ok(mut disk) = self.disk.try_lock() else {
+            // The writer thread is at the disk: it will see the queue.
+            return false;
         };
-        match super::panics::catch(attempt) {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(panic) => Err(format!("the storage engine panicked: {panic}")),
+        if disk.durable.is_none() {
+            return false;
         }
+        self.write_queued(&mut disk);
+        // Commits queued while we wrote found the writer "busy" and woke
+        // nobody: hand them to the writer thread, or mark it idle again.
+        let more = self.queue.repark();
+        drop(disk);
+        if more {
+            self.queue.wake();
+        }
+        true
     }
 }
