@@ -38,7 +38,6 @@ use abacus::{
     trace::EventSink,
 };
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 /// Sizes of one run.
@@ -172,7 +171,9 @@ async fn in_process(name: &str, ledger: Arc<dyn Ledger>) -> (Target, oneshot::Se
     tokio::spawn(server::serve_with_ledger(
         ServerConfig::default(),
         ledger,
-        TcpListenerStream::new(listener),
+        // TCP_NODELAY, as `abacus serve` sets it: without it a response
+        // written in two pieces can wait 40 ms for a delayed ACK.
+        server::tcp_incoming(listener),
         async {
             let _ = stopped.await;
         },

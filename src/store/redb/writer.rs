@@ -8,7 +8,8 @@
 //!   one fsync runs, the commits decided meanwhile queue up and form the
 //!   next batch, so 64 concurrent callers share a few fsyncs;
 //! - the **committing caller itself**, when the writer thread is idle (the
-//!   ledger sees it parked): it writes its own commit inline, inside
+//!   ledger sees it parked) and the last batch held one commit (callers do
+//!   not overlap): it writes its own commit inline, inside
 //!   `tokio::task::block_in_place` (which hands the worker's other tasks to
 //!   another thread first). A lone caller thus pays its fsync and nothing
 //!   else: no hand-off to a parked thread and back, each a wake-up that a
@@ -22,7 +23,10 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard, OnceLock, Weak},
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -62,6 +66,11 @@ pub(super) struct Writer {
     /// this writer (as its [`Lead`]).
     memory: OnceLock<Weak<MemoryLedger>>,
     queue: Arc<Queue>,
+    /// Commits in the last batch written. More than one means callers
+    /// overlap: then batching on the writer thread serves them better than
+    /// inline writes (each `block_in_place` moves a worker's tasks to
+    /// another thread, worth it only to spare a lone caller its hand-offs).
+    last_batch: AtomicUsize,
 }
 
 impl std::fmt::Debug for Writer {
@@ -76,6 +85,7 @@ impl Writer {
             disk: Mutex::new(disk),
             memory: OnceLock::new(),
             queue,
+            last_batch: AtomicUsize::new(0),
         }
     }
 
@@ -126,6 +136,7 @@ impl Writer {
             return;
         };
         let Some(memory) = self.memory() else { return };
+        self.last_batch.store(batch.len(), Ordering::Relaxed);
         let started = std::time::Instant::now();
         let written = match &mut disk.durable {
             None => Err("the database is not open".to_owned()),
@@ -221,6 +232,9 @@ fn reopen(
 
 impl Lead for Writer {
     fn lead(&self) -> bool {
+        if self.last_batch.load(Ordering::Relaxed) > 1 {
+            return false;
+        }
         let Ok(mut disk) = self.disk.try_lock() else {
             // The writer thread is at the disk: it will see the queue.
             return false;
