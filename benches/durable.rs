@@ -42,10 +42,14 @@ use tonic::transport::Channel;
 
 /// Sizes of one run.
 struct Sizes {
-    /// Rounds per target and measurement.
+    /// Throughput rounds per target.
     rounds: usize,
     /// Length of one throughput round.
     round: Duration,
+    /// Latency rounds per target: many short ones, so that both targets
+    /// meet the same disk (fsync latency here swings tenfold within
+    /// minutes, with other work on the machine).
+    latency_rounds: usize,
     /// Calls of one latency round.
     calls: usize,
 }
@@ -53,12 +57,14 @@ struct Sizes {
 const FULL: Sizes = Sizes {
     rounds: 10,
     round: Duration::from_millis(1_500),
-    calls: 400,
+    latency_rounds: 30,
+    calls: 100,
 };
 
 const QUICK: Sizes = Sizes {
     rounds: 2,
     round: Duration::from_millis(300),
+    latency_rounds: 2,
     calls: 50,
 };
 
@@ -226,8 +232,28 @@ async fn spawned(name: &str, bin: &Path, dir: &Path) -> (Target, Process) {
     (connect(name, addr).await, process)
 }
 
+/// The disk's own fsync latency where the data lives, measured between
+/// rounds: the ratios above depend on it, and it is not this program's.
+fn fsync_probe(samples: &mut Vec<Duration>) {
+    use std::{io::Write as _, os::unix::fs::FileExt as _};
+    let path = std::env::temp_dir().join(format!("abacus-bench-fsync-{}", std::process::id()));
+    let Ok(mut file) = std::fs::File::create(&path) else {
+        return;
+    };
+    let _ = file.write_all(&[0; 16 * 1024]);
+    for i in 0..20u64 {
+        let _ = file.write_at(&[i as u8; 4096], (i % 4) * 4096);
+        let t = Instant::now();
+        if file.sync_data().is_ok() {
+            samples.push(t.elapsed());
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
 /// Both measurements, `a` and `b` alternating (ABBA), and the ratios b / a.
 async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
+    let mut fsyncs = Vec::new();
     // Warm-up: connections, allocator, the file's first pages.
     for t in [a, b] {
         throughput_round(t, sizes.round / 2, u64::MAX - 1).await;
@@ -258,6 +284,7 @@ async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
             }
             .push(rate);
         }
+        fsync_probe(&mut fsyncs);
     }
     let ratios: Vec<f64> = rates_b.iter().zip(&rates_a).map(|(b, a)| b / a).collect();
     let (lo, mid, hi) = quartiles(&ratios);
@@ -277,13 +304,22 @@ async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
         ratios.iter().copied().fold(f64::INFINITY, f64::min),
         ratios.iter().copied().fold(0.0, f64::max),
     );
+    fsyncs.sort();
+    if !fsyncs.is_empty() {
+        println!(
+            "  (this disk's own fdatasync of 4 KiB during the throughput rounds: p50 {:.0} µs, p90 {:.0} µs)",
+            us(percentile(&fsyncs, 0.5)),
+            us(percentile(&fsyncs, 0.9))
+        );
+    }
+    fsyncs.clear();
 
     println!(
         "  latency of one caller, {} rounds of {} sequential calls:",
-        sizes.rounds, sizes.calls
+        sizes.latency_rounds, sizes.calls
     );
     let (mut p50_a, mut p50_b, mut p99_a, mut p99_b) = (vec![], vec![], vec![], vec![]);
-    for r in 0..sizes.rounds {
+    for r in 0..sizes.latency_rounds {
         for t in order(r) {
             let mut lat = latency_round(t, sizes.calls, r as u64).await;
             lat.sort();
@@ -302,6 +338,7 @@ async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
             p50s.push(us(p50));
             p99s.push(us(p99));
         }
+        fsync_probe(&mut fsyncs);
     }
     for (what, xs, ys) in [("p50", &p50_a, &p50_b), ("p99", &p99_a, &p99_b)] {
         let ratios: Vec<f64> = ys.iter().zip(xs.iter()).map(|(y, x)| y / x).collect();
@@ -316,6 +353,14 @@ async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
             quartiles(ys).1,
             quartiles(ys).0,
             quartiles(ys).2,
+        );
+    }
+    fsyncs.sort();
+    if !fsyncs.is_empty() {
+        println!(
+            "  (this disk's own fdatasync of 4 KiB during the latency rounds: p50 {:.0} µs, p90 {:.0} µs)",
+            us(percentile(&fsyncs, 0.5)),
+            us(percentile(&fsyncs, 0.9))
         );
     }
 }

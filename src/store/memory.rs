@@ -765,13 +765,16 @@ impl<'a> Claim<'a> {
         let idle = wake.then(|| (Arc::clone(&journal.queue), Arc::clone(&journal.lead)));
         drop(guard);
         if let Some((queue, lead)) = idle {
-            // The writer is idle: write our own commit on this thread, and
-            // spare a lone caller two thread hand-offs. Only on tokio's
-            // multi-threaded runtime, where `block_in_place` first moves
-            // this worker's other tasks elsewhere.
+            // The writer is idle and callers do not overlap: write our own
+            // commit on this thread (one fsync, with no lock held), sparing
+            // a lone caller two thread hand-offs. Only on tokio's
+            // multi-threaded runtime, whose other worker can steal this
+            // one's queued tasks meanwhile. Not through `block_in_place`:
+            // it hands the worker's core to another thread, the very
+            // hand-off this is meant to spare (measured: no gain at all).
             let inline = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if !(inline && tokio::task::block_in_place(|| lead.lead())) {
+            if !(inline && lead.lead()) {
                 queue.wake();
             }
         }
