@@ -124,9 +124,59 @@ fn ns_per_op(elapsed: Duration, ops: usize) -> f64 {
 }
 
 fn store_bench(sizes: &Sizes) {
+    // Memory first, for both ID lengths, with both stores alive: once big
+    // buffers have been freed, the allocator reuses them and the resident
+    // set stops growing, so a later measurement would read zero.
+    let key = DigestKey::random();
+    let stores: Vec<DedupStore> = [36, REQUEST_ID_BYTES_MAX]
+        .into_iter()
+        .map(|id_bytes| memory_bench(sizes, id_bytes, key))
+        .collect();
+    drop(stores);
     for id_bytes in [36, REQUEST_ID_BYTES_MAX] {
         store_bench_with(sizes, id_bytes);
     }
+}
+
+/// Fills a store with `sizes.entries` records of `id_bytes`-byte IDs and
+/// prints its resident-set growth; returns the store, to keep it alive.
+fn memory_bench(sizes: &Sizes, id_bytes: usize, key: DigestKey) -> DedupStore {
+    let n = sizes.entries;
+    let config = DedupConfig {
+        entries_max: n,
+        ..DedupConfig::default()
+    };
+    let now = Instant::now();
+    let outcome = StoredOutcome::Applied { value: 1.0 };
+    let mut id = String::with_capacity(REQUEST_ID_BYTES_MAX);
+    long_request_id(0, 0, id_bytes, &mut id);
+    assert_eq!(id.len(), id_bytes);
+    println!("\n(a) memory per retained record ({n} records, {id_bytes}-byte IDs)");
+    let before = rss_bytes();
+    let mut store = DedupStore::new(&config);
+    for i in 0..n as u64 {
+        long_request_id(i, 0, id_bytes, &mut id);
+        store.insert(
+            key.digest("", &id),
+            fingerprint("r", 1.0),
+            outcome,
+            now,
+            |_| {},
+        );
+    }
+    match (before, rss_bytes()) {
+        (Some(b), Some(a)) => {
+            let delta = a.saturating_sub(b);
+            println!(
+                "    RSS delta {:.1} MiB = {:.0} bytes/record (target <= 64 bytes/record, whatever the ID's length)",
+                delta as f64 / (1024.0 * 1024.0),
+                delta as f64 / n as f64
+            );
+        }
+        _ => println!("    /proc/self/statm unreadable: memory not measured"),
+    }
+    assert_eq!(store.len(), n);
+    store
 }
 
 /// A deterministic request ID of `len` bytes for `i`: the UUID-shaped one,
@@ -157,8 +207,6 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
     long_request_id(0, 0, id_bytes, &mut id);
     assert_eq!(id.len(), id_bytes);
 
-    println!("\n(a) memory per retained record ({n} records, {id_bytes}-byte IDs)");
-    let before = rss_bytes();
     let mut store = DedupStore::new(&config);
     let t = StdInstant::now();
     for i in 0..n as u64 {
@@ -172,18 +220,6 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
         );
     }
     let fill = t.elapsed();
-    let after = rss_bytes();
-    match (before, after) {
-        (Some(b), Some(a)) => {
-            let delta = a.saturating_sub(b);
-            println!(
-                "    RSS delta {:.1} MiB = {:.0} bytes/record (target <= 64 bytes/record, whatever the ID's length)",
-                delta as f64 / (1024.0 * 1024.0),
-                delta as f64 / n as f64
-            );
-        }
-        _ => println!("    /proc/self/statm unreadable: memory not measured"),
-    }
     assert_eq!(store.len(), n);
 
     println!("\n(b) store operations, digesting included ({n} records, {id_bytes}-byte IDs)");

@@ -21,9 +21,7 @@
 mod listening;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -188,48 +186,25 @@ async fn in_process(name: &str, ledger: Arc<dyn Ledger>) -> (Target, oneshot::Se
 }
 
 /// A child process, killed on drop.
-struct Process(Child);
+struct Process(listening::Served);
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
     }
 }
 
 /// `bin serve --addr 127.0.0.1:0 --data-dir dir`, logging only warnings
 /// and its listening line (read for the bound address).
 async fn spawned(name: &str, bin: &Path, dir: &Path) -> (Target, Process) {
-    let mut child = Command::new(bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "warn,abacus::cli::serve=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keeps reading, so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = listening::listening_addr(&line)
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let process = Process(child);
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{} did not log its address", bin.display()));
-    let addr = addr.parse().expect("a socket address");
-    (connect(name, addr).await, process)
+    let served = listening::Served::spawn(
+        bin,
+        &[std::ffi::OsStr::new("--data-dir"), dir.as_os_str()],
+        "warn,abacus::cli::serve=info",
+    );
+    let addr = served.addr().parse().expect("a socket address");
+    (connect(name, addr).await, Process(served))
 }
 
 /// The disk's own fsync latency where the data lives, measured between

@@ -12,17 +12,12 @@
 //! `127.0.0.1:0`; the test reads the bound address from the server's log
 //! line, so there is no port race and no polling.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::process::{Child, Command, Stdio};
 
 #[path = "support/listening.rs"]
 mod listening;
 
-use listening::listening_addr;
+use listening::Served;
 
 const BIN: &str = env!("CARGO_BIN_EXE_abacus");
 
@@ -95,40 +90,13 @@ impl Server {
     /// log line that carries the bound address (it is printed after bind,
     /// so the port accepts connections from then on).
     fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn abacus serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        // Reads every line, so the server never blocks on a full pipe; sends
-        // the address once.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = listening_addr(&line)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let mut server = Self {
-            child,
-            addr: String::new(),
-        };
-        // A hang guard, not a timing assertion: the line comes at once.
-        server.addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("abacus serve logs its address");
-        server
+        let extra: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
+        let served = Served::spawn(std::path::Path::new(BIN), &extra, "info");
+        let addr = served.addr();
+        Self {
+            child: served.child,
+            addr,
+        }
     }
 }
 

@@ -13,17 +13,16 @@
 mod listening;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::ExitStatus,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use abacus::pb::{
     AccumulateRequest, GetRegisterRequest, GetStatsRequest, calculator_client::CalculatorClient,
 };
-use listening::listening_addr;
+use listening::{Seen, Served};
 use tonic::{Code, transport::Channel};
 
 /// A hang guard, not a timing assertion: a healthy server logs its address
@@ -49,69 +48,31 @@ impl Drop for TempDir {
     }
 }
 
-/// What the server's log reader saw.
-enum Seen {
-    /// The "listening" line, with the bound address.
-    Listening(String),
-    /// The log closed (the process exited) before that.
-    Closed,
-}
-
 /// A spawned `abacus serve`, killed on drop, its log collected.
-struct Process {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    seen: mpsc::Receiver<Seen>,
-}
+struct Process(Served);
 
 impl Process {
-    /// Starts `abacus serve --addr 127.0.0.1:0 [--data-dir DIR]`. A thread
-    /// reads every log line (so the server never blocks on a full pipe),
-    /// keeps them for failure messages, and reports the listening line or
-    /// the end of the log.
+    /// Starts `abacus serve --addr 127.0.0.1:0 [--data-dir DIR]`.
     fn spawn(data_dir: Option<&Path>) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_abacus"));
-        cmd.args(["serve", "--addr", "127.0.0.1:0"]);
+        let mut extra = Vec::new();
         if let Some(dir) = data_dir {
-            cmd.arg("--data-dir").arg(dir);
+            extra.extend([std::ffi::OsStr::new("--data-dir"), dir.as_os_str()]);
         }
-        let mut child = cmd
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn abacus serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, seen) = mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut listening = false;
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if !listening && let Some(addr) = listening_addr(&line) {
-                        listening = true;
-                        let _ = tx.send(Seen::Listening(addr));
-                    }
-                    log.lock().unwrap().push(line);
-                }
-                let _ = tx.send(Seen::Closed);
-            });
-        }
-        Self { child, log, seen }
+        Self(Served::spawn(
+            Path::new(env!("CARGO_BIN_EXE_abacus")),
+            &extra,
+            "info",
+        ))
     }
 
     fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.0.logs()
     }
 
     /// Waits for the process to exit (it must: it is refusing to start);
     /// returns its status and its whole log.
     fn exit(mut self) -> (ExitStatus, String) {
-        match self.seen.recv_timeout(HANG_GUARD) {
+        match self.0.seen.recv_timeout(HANG_GUARD) {
             Ok(Seen::Closed) => {}
             Ok(Seen::Listening(addr)) => {
                 panic!(
@@ -121,15 +82,15 @@ impl Process {
             }
             Err(_) => panic!("the server neither exited nor listened:\n{}", self.logs()),
         }
-        let status = self.child.wait().expect("wait for the server");
+        let status = self.0.child.wait().expect("wait for the server");
         (status, self.logs())
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
     }
 }
 
@@ -143,11 +104,7 @@ impl Server {
     /// printed after bind, so the port accepts connections from then on).
     async fn start(data_dir: Option<&Path>) -> (Self, Client) {
         let process = Process::spawn(data_dir);
-        let addr = match process.seen.recv_timeout(HANG_GUARD) {
-            Ok(Seen::Listening(addr)) => addr,
-            Ok(Seen::Closed) => panic!("server exited early:\n{}", process.logs()),
-            Err(_) => panic!("server did not start:\n{}", process.logs()),
-        };
+        let addr = process.0.addr();
         let client = CalculatorClient::connect(format!("http://{addr}"))
             .await
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}\n{}", process.logs()));

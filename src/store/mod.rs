@@ -301,6 +301,17 @@ pub async fn accumulate(
     }
 }
 
+/// `Accumulate` arguments from an anonymous caller, for the backends' tests.
+#[cfg(test)]
+pub(crate) fn test_args(register: &str, delta: f64, request_id: &str) -> AccumulateArgs {
+    AccumulateArgs {
+        register: register.into(),
+        delta,
+        request_id: request_id.into(),
+        caller: Caller::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

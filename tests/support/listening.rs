@@ -38,3 +38,71 @@ fn log_line_parsing() {
     assert_eq!(listening_addr(plain).as_deref(), Some("127.0.0.1:45265"));
     assert_eq!(listening_addr("INFO server-started"), None);
 }
+
+/// What the log reader of a [`Served`] saw.
+pub(crate) enum Seen {
+    /// The "listening" line, with the bound address.
+    Listening(String),
+    /// The log closed (the process exited) before that.
+    Closed,
+}
+
+/// A spawned `abacus serve --addr 127.0.0.1:0 ...`, its log piped to a
+/// thread that reads every line (so the server never blocks on a full
+/// pipe), keeps them for failure messages, and reports the listening line
+/// or the end of the log.
+pub(crate) struct Served {
+    pub(crate) child: std::process::Child,
+    pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub(crate) seen: std::sync::mpsc::Receiver<Seen>,
+}
+
+impl Served {
+    /// Starts `bin serve --addr 127.0.0.1:0 extra...` logging at `rust_log`
+    /// (which must keep the listening line, `abacus::cli::serve` at INFO).
+    pub(crate) fn spawn(bin: &std::path::Path, extra: &[&std::ffi::OsStr], rust_log: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(bin)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", rust_log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} serve: {e}", bin.display()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, seen) = std::sync::mpsc::channel();
+        let kept = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut listening = false;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !listening && let Some(addr) = listening_addr(&line) {
+                    listening = true;
+                    let _ = tx.send(Seen::Listening(addr));
+                }
+                kept.lock().unwrap().push(line);
+            }
+            let _ = tx.send(Seen::Closed);
+        });
+        Self { child, log, seen }
+    }
+
+    /// Everything logged so far.
+    pub(crate) fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The bound address, once logged (a hang guard bounds the wait; the
+    /// line comes at once from a healthy server).
+    pub(crate) fn addr(&self) -> String {
+        match self.seen.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Seen::Listening(addr)) => addr,
+            Ok(Seen::Closed) => panic!("abacus serve exited early:\n{}", self.logs()),
+            Err(_) => panic!("abacus serve did not log its address:\n{}", self.logs()),
+        }
+    }
+}

@@ -358,6 +358,19 @@ impl DedupStore {
         if let Some(pos) = self.position(key) {
             return self.front_seq + pos as u64;
         }
+        self.append(key, fingerprint, outcome, now, on_evict)
+    }
+
+    /// Makes room (capacity evictions) and appends a record committed at
+    /// `now`; returns its sequence number.
+    fn append(
+        &mut self,
+        key: IdDigest,
+        fingerprint: u64,
+        outcome: StoredOutcome,
+        now: Instant,
+        mut on_evict: impl FnMut(Evicted),
+    ) -> u64 {
         while self.records.len() >= self.entries_max {
             self.pop_front(EvictReason::Capacity, &mut on_evict);
         }
@@ -381,7 +394,7 @@ impl DedupStore {
         fingerprint: u64,
         outcome: StoredOutcome,
         now: Instant,
-        mut on_evict: impl FnMut(Evicted),
+        on_evict: impl FnMut(Evicted),
     ) -> Result<(), RestoreError> {
         if self.records.is_empty() {
             self.front_seq = seq;
@@ -394,15 +407,7 @@ impl DedupStore {
         if self.position(key).is_some() {
             return Err(RestoreError::DuplicateId { seq, key });
         }
-        while self.records.len() >= self.entries_max {
-            self.pop_front(EvictReason::Capacity, &mut on_evict);
-        }
-        self.push_back(Record {
-            key,
-            fingerprint,
-            outcome,
-            committed_ns: self.ns(now),
-        });
+        self.append(key, fingerprint, outcome, now, on_evict);
         Ok(())
     }
 

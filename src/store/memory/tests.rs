@@ -26,14 +26,7 @@ fn state() -> (MemoryLedger, Arc<Mutex<Vec<String>>>) {
     state_with(DedupConfig::default())
 }
 
-fn args(register: &str, delta: f64, request_id: &str) -> AccumulateArgs {
-    AccumulateArgs {
-        register: register.into(),
-        delta,
-        request_id: request_id.into(),
-        caller: Default::default(),
-    }
-}
+use crate::store::test_args as args;
 
 fn kinds(lines: &Mutex<Vec<String>>) -> Vec<String> {
     lines

@@ -6,12 +6,13 @@
 //! # Shape
 //! [`RedbLedger`] is a [`MemoryLedger`] with a journal attached (see
 //! [`super::journal`]): every commit is decided in memory under the
-//! ledger's lock, exactly as without a disk, and queued; one writer thread
-//! ([`writer`]) takes whatever is queued as a batch, writes it in one redb
-//! transaction with one fsync ([`file`]), and reports back. So the lock is
-//! never held while the disk works, and under concurrency many commits
-//! share one fsync (group commit). A caller is answered only once its
-//! commit is durable; so is a duplicate of it, and so is a read of a
+//! ledger's lock, exactly as without a disk, and queued; a writer thread
+//! takes whatever is queued as a batch, writes it in one redb transaction
+//! with one fsync ([`file`]), and reports back (a lone caller finding the
+//! writer idle writes its own commit the same way: see `writer.rs`). So the
+//! lock is never held while the disk works, and under concurrency many
+//! commits share one fsync (group commit). A caller is answered only once
+//! its commit is durable; so is a duplicate of it, and so is a read of a
 //! register it wrote.
 //!
 //! # Failures

@@ -28,14 +28,7 @@ impl Drop for TempDir {
     }
 }
 
-fn args(register: &str, delta: f64, request_id: &str) -> AccumulateArgs {
-    AccumulateArgs {
-        register: register.into(),
-        delta,
-        request_id: request_id.into(),
-        caller: Default::default(),
-    }
-}
+use crate::store::test_args as args;
 
 fn ok(value: f64, replayed: bool) -> Result<Accumulated, ServiceError> {
     Ok(Accumulated { value, replayed })

@@ -9,17 +9,20 @@
 //!   next batch, so 64 concurrent callers share a few fsyncs;
 //! - the **committing caller itself**, when the writer thread is idle (the
 //!   ledger sees it parked) and the last batch held one commit (callers do
-//!   not overlap): it writes its own commit inline, inside
-//!   `tokio::task::block_in_place` (which hands the worker's other tasks to
-//!   another thread first). A lone caller thus pays its fsync and nothing
-//!   else: no hand-off to a parked thread and back, each a wake-up that a
-//!   busy two-core machine can delay by hundreds of microseconds.
+//!   not overlap): it writes its own commit inline, on its tokio worker,
+//!   with no lock held (the runtime's other worker steals this one's queued
+//!   tasks meanwhile). A lone caller thus pays its fsync and nothing else:
+//!   no hand-off to a parked thread and back, each a wake-up that a busy
+//!   two-core machine can delay by hundreds of microseconds.
+//!   `block_in_place` would hand the worker's core to another thread: the
+//!   same hand-off, measured no better.
 //!
 //! Both go through [`Writer::write_queued`] under one lock, the disk's, so
 //! batches are taken and written strictly in commit order. That lock is a
 //! std `Mutex` held across the fsync on purpose: it *is* the disk, and only
 //! the writer thread ever blocks on it; a caller only `try_lock`s it and
-//! hands over to the writer thread when it is taken.
+//! hands over to the writer thread when it is taken, so no task ever waits
+//! for another's fsync.
 
 use std::{
     path::PathBuf,
