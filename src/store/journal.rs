@@ -137,8 +137,10 @@ pub(crate) enum Work {
 /// is idle (see `store::redb::writer`).
 pub(crate) trait Lead: Send + Sync + std::fmt::Debug {
     /// Writes what is queued, now, on this thread; false when it could not
-    /// (the writer thread is at the disk), and the writer must be woken.
-    fn lead(&self) -> bool;
+    /// (the writer thread is at the disk) or should not (`always` unset and
+    /// callers overlap, when batching on the writer thread serves them
+    /// better), and the writer must be woken.
+    fn lead(&self, always: bool) -> bool;
 }
 
 impl Queue {

@@ -765,16 +765,25 @@ impl<'a> Claim<'a> {
         let idle = wake.then(|| (Arc::clone(&journal.queue), Arc::clone(&journal.lead)));
         drop(guard);
         if let Some((queue, lead)) = idle {
-            // The writer is idle and callers do not overlap: write our own
-            // commit on this thread (one fsync, with no lock held), sparing
-            // a lone caller two thread hand-offs. Only on tokio's
-            // multi-threaded runtime, whose other worker can steal this
-            // one's queued tasks meanwhile. Not through `block_in_place`:
-            // it hands the worker's core to another thread, the very
-            // hand-off this is meant to spare (measured: no gain at all).
-            let inline = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            if !(inline && lead.lead()) {
+            // The writer is idle: write our own commit on this thread (one
+            // fsync, with no lock held), sparing a lone caller two thread
+            // hand-offs. On tokio's multi-threaded runtime only while
+            // callers do not overlap (the other worker steals this one's
+            // queued tasks meanwhile; under load the writer thread batches
+            // better). On a current-thread runtime always: no other thread
+            // could run anything meanwhile anyway, and a commit that never
+            // leaves the thread keeps a paused clock (tests, the
+            // simulation) from jumping ahead while a foreign thread works.
+            // Not through `block_in_place`: it hands the worker's core to
+            // another thread, the very hand-off this spares (measured: no
+            // gain at all).
+            use tokio::runtime::{Handle, RuntimeFlavor};
+            let led = match Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(RuntimeFlavor::MultiThread) => lead.lead(false),
+                Ok(_) => lead.lead(true),
+                Err(_) => false,
+            };
+            if !led {
                 queue.wake();
             }
         }

@@ -34,6 +34,8 @@ pub enum DiskFault {
 #[derive(Debug, Default)]
 pub struct DiskFaults {
     fault: Mutex<DiskFault>,
+    /// Writes waiting in [`DiskFault::Stall`] right now.
+    stalled: Mutex<usize>,
     changed: Condvar,
 }
 
@@ -58,23 +60,43 @@ impl DiskFaults {
         *self.lock()
     }
 
+    /// Blocks until some write is held by [`DiskFault::Stall`]: from then
+    /// on, a commit has been decided and is not durable (for tests that
+    /// look at that window without guessing when it opens).
+    pub fn wait_stalled(&self) {
+        let mut fault = self.lock();
+        while *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+            fault = self.changed.wait(fault).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// What a write, resize or sync meets: `Ok` to go ahead.
     fn admit(&self) -> io::Result<()> {
         let mut fault = self.lock();
-        loop {
+        let mut counted = false;
+        let admitted = loop {
             match *fault {
-                DiskFault::None => return Ok(()),
+                DiskFault::None => break Ok(()),
                 DiskFault::Full => {
-                    return Err(io::Error::new(
+                    break Err(io::Error::new(
                         io::ErrorKind::StorageFull,
                         "no space left on device (injected)",
                     ));
                 }
                 DiskFault::Stall => {
+                    if !counted {
+                        counted = true;
+                        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                        self.changed.notify_all();
+                    }
                     fault = self.changed.wait(fault).unwrap_or_else(|p| p.into_inner());
                 }
             }
+        };
+        if counted {
+            *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
         }
+        admitted
     }
 }
 

@@ -8,7 +8,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use super::*;
-use crate::store::{Accumulated, Begin, WriteFate, accumulate};
+use crate::store::{Accumulated, WriteFate, accumulate};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub(super) struct TempDir(pub(super) PathBuf);
@@ -113,40 +113,47 @@ async fn concurrent_commits_share_batches_and_all_survive() {
     assert_eq!(s.memory().stats().dedup_entries, 64);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_seen_before_it_is_durable() {
     let tmp = TempDir::new("stall");
     let faults = DiskFaults::new();
-    let s = open(&tmp.0, &faults);
-    accumulate(&s, &args("x", 1.0, "first"), None)
+    let s = Arc::new(open(&tmp.0, &faults));
+    accumulate(&*s, &args("x", 1.0, "first"), None)
         .await
         .unwrap();
 
-    // The disk stops answering: the next commit is decided, not durable.
+    // The disk stops answering. The next commit runs on a thread of its
+    // own (it may write inline, and then waits on the disk right there).
     faults.set(DiskFault::Stall);
     let a = args("x", 5.0, "held");
-    let Ok(Begin::Execute(claim)) = Ledger::begin(&s, &a, None).await else {
-        panic!("a fresh ID executes");
+    let committer = {
+        let (s, a) = (Arc::clone(&s), a.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async { accumulate(&*s, &a, None).await })
+        })
     };
-    let mut commit = claim.commit();
-    assert!(
-        pending(&mut commit),
-        "the caller is not answered before its write is durable"
-    );
+    // Once a write waits on the disk, the commit is decided, not durable.
+    let stalled = Arc::clone(&faults);
+    tokio::task::spawn_blocking(move || stalled.wait_stalled())
+        .await
+        .unwrap();
     // A reader of the register waits for that write rather than see it...
-    let read = Ledger::get(&s, "x", Some(Instant::now()));
+    let read = Ledger::get(&*s, "x", Some(Instant::now()));
     assert_eq!(read.await, Err(ServiceError::DeadlineExceeded));
     // ...and a duplicate waits on the claim rather than replay it.
-    let duplicate = accumulate(&s, &a, None);
-    let mut duplicate = Box::pin(duplicate);
+    let mut duplicate = Box::pin(accumulate(&*s, &a, None));
     assert!(pending(&mut duplicate));
     // Registers nobody wrote since are read at once.
-    assert!(Ledger::get(&s, "y", None).now_or_never().is_some());
+    assert!(Ledger::get(&*s, "y", None).now_or_never().is_some());
 
     faults.set(DiskFault::None);
-    assert_eq!(commit.await, ok(6.0, false));
+    assert_eq!(committer.join().unwrap(), ok(6.0, false));
     assert_eq!(duplicate.await, ok(6.0, true));
-    assert_eq!(Ledger::get(&s, "x", None).await, Ok(6.0));
+    assert_eq!(Ledger::get(&*s, "x", None).await, Ok(6.0));
 }
 
 #[tokio::test]

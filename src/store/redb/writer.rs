@@ -234,8 +234,8 @@ fn reopen(
 }
 
 impl Lead for Writer {
-    fn lead(&self) -> bool {
-        if self.last_batch.load(Ordering::Relaxed) > 1 {
+    fn lead(&self, always: bool) -> bool {
+        if !always && self.last_batch.load(Ordering::Relaxed) > 1 {
             return false;
         }
         let Ok(mut disk) = self.disk.try_lock() else {
