@@ -111,7 +111,7 @@ pub(crate) struct Queue {
     wake: Condvar,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct QueueState {
     writes: Vec<Write>,
     closed: bool,
@@ -122,6 +122,20 @@ struct QueueState {
     parked: bool,
     /// A batch failed: the writer thread must reopen the file.
     recover: bool,
+}
+
+impl Default for QueueState {
+    fn default() -> Self {
+        Self {
+            writes: Vec::new(),
+            closed: false,
+            // Idle from the start: the first pusher writes inline or wakes
+            // the writer, which may not even have reached its wait yet (it
+            // looks at the queue before waiting, so nothing is missed).
+            parked: true,
+            recover: false,
+        }
+    }
 }
 
 /// What the writer thread is woken for.
