@@ -152,6 +152,22 @@ fn store_bench(sizes: &Sizes, quick: bool) {
     }
 }
 
+/// Inserts records `0..n` of `id_bytes`-byte IDs (digested with `key`).
+fn fill(store: &mut DedupStore, n: usize, id_bytes: usize, key: DigestKey, id: &mut String) {
+    let now = Instant::now();
+    let outcome = StoredOutcome::Applied { value: 1.0 };
+    for i in 0..n as u64 {
+        long_request_id(i, 0, id_bytes, id);
+        store.insert(
+            key.digest("", id),
+            fingerprint("r", 1.0),
+            outcome,
+            now,
+            |_| {},
+        );
+    }
+}
+
 /// Fills a store with `sizes.entries` records of `id_bytes`-byte IDs and
 /// prints its resident-set growth; returns the store, to keep it alive.
 fn memory_bench(sizes: &Sizes, id_bytes: usize, key: DigestKey) -> DedupStore {
@@ -160,24 +176,13 @@ fn memory_bench(sizes: &Sizes, id_bytes: usize, key: DigestKey) -> DedupStore {
         entries_max: n,
         ..DedupConfig::default()
     };
-    let now = Instant::now();
-    let outcome = StoredOutcome::Applied { value: 1.0 };
     let mut id = String::with_capacity(REQUEST_ID_BYTES_MAX);
     long_request_id(0, 0, id_bytes, &mut id);
     assert_eq!(id.len(), id_bytes);
     println!("\n(a) memory per retained record ({n} records, {id_bytes}-byte IDs)");
     let before = rss_bytes();
     let mut store = DedupStore::new(&config);
-    for i in 0..n as u64 {
-        long_request_id(i, 0, id_bytes, &mut id);
-        store.insert(
-            key.digest("", &id),
-            fingerprint("r", 1.0),
-            outcome,
-            now,
-            |_| {},
-        );
-    }
+    fill(&mut store, n, id_bytes, key, &mut id);
     match (before, rss_bytes()) {
         (Some(b), Some(a)) => {
             let delta = a.saturating_sub(b);
@@ -223,16 +228,7 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
 
     let mut store = DedupStore::new(&config);
     let t = StdInstant::now();
-    for i in 0..n as u64 {
-        long_request_id(i, 0, id_bytes, &mut id);
-        store.insert(
-            key.digest("", &id),
-            fingerprint("r", 1.0),
-            outcome,
-            now,
-            |_| {},
-        );
-    }
+    fill(&mut store, n, id_bytes, key, &mut id);
     let fill = t.elapsed();
     assert_eq!(store.len(), n);
 

@@ -56,7 +56,7 @@ use crate::{
         WriteFate,
         dedup::{
             DedupConfig, DedupStore, DigestKey, Evicted, IdDigest, Lookup, StoredOutcome,
-            fingerprint, validate_request_id,
+            fingerprint, reused, validate_request_id,
         },
         journal::{Awaiting, CommitSeq, Journal, Lead, Queue, RecordRow, Synced, Write},
         outbox::Outbox,
@@ -170,19 +170,6 @@ impl fmt::Debug for MemoryLedger {
 enum Attempt<'a> {
     Ready(Begin<'a>),
     Wait(OwnedNotified),
-}
-
-fn reused(args: &AccumulateArgs, first: u64, this: u64) -> ServiceError {
-    ServiceError::RequestIdReused {
-        request_id: args.request_id.clone(),
-        // Only the fingerprint of the first payload is kept (see
-        // `dedup::key`), so that is all the message can say about it.
-        first: format!("a request with payload fingerprint {first:016x}"),
-        this: format!(
-            "Accumulate(register={:?}, delta={}) with fingerprint {this:016x}",
-            args.register, args.delta
-        ),
-    }
 }
 
 /// The store is broken (a durable batch failed and memory is not reloaded

@@ -42,7 +42,7 @@ use std::{fmt, hash::Hasher};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::error::ServiceError;
+use crate::{error::ServiceError, store::AccumulateArgs};
 
 /// The 128-bit key of the request-ID digest.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -178,6 +178,21 @@ pub fn checksum(parts: &[&[u8]]) -> u64 {
         h.write(part);
     }
     h.finish()
+}
+
+/// The error for a request ID reused with another payload, the same word
+/// for word in every backend (the conformance test compares them). Only
+/// the fingerprint of the first payload is kept, so that is all the message
+/// can say about it.
+pub fn reused(args: &AccumulateArgs, first: u64, this: u64) -> ServiceError {
+    ServiceError::RequestIdReused {
+        request_id: args.request_id.clone(),
+        first: format!("a request with payload fingerprint {first:016x}"),
+        this: format!(
+            "Accumulate(register={:?}, delta={}) with fingerprint {this:016x}",
+            args.register, args.delta
+        ),
+    }
 }
 
 /// FNV-1a, 64-bit: tiny, stable, and good enough to tell payloads apart (it

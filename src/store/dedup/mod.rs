@@ -84,7 +84,9 @@ pub mod key;
 pub mod store;
 
 pub use config::{DedupConfig, DedupConfigError};
-pub use key::{DigestKey, IdDigest, REQUEST_ID_BYTES_MAX, fingerprint, validate_request_id};
+pub use key::{
+    DigestKey, IdDigest, REQUEST_ID_BYTES_MAX, fingerprint, reused, validate_request_id,
+};
 pub use store::{
     DedupStats, DedupStore, EvictReason, Evicted, Lookup, RestoreError, StoredOutcome,
 };

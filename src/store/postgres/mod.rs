@@ -105,7 +105,7 @@ use tokio_postgres::{NoTls, error::SqlState};
 use crate::{
     core,
     error::{CalcError, ServiceError},
-    store::dedup::{DedupConfig, StoredOutcome, fingerprint, validate_request_id},
+    store::dedup::{DedupConfig, StoredOutcome, fingerprint, reused, validate_request_id},
     store::{AccumulateArgs, Accumulated, Backend, Begin, BoxFuture, Ledger, StatsView},
     trace::{Event, EventSink},
 };
@@ -595,19 +595,6 @@ fn replayed(outcome: StoredOutcome, args: &AccumulateArgs) -> Result<Accumulated
             replayed: true,
         })
         .map_err(ServiceError::from)
-}
-
-/// The same ID with another payload: the error the in-memory ledger gives,
-/// word for word (the conformance test compares them).
-fn reused(args: &AccumulateArgs, first: u64, this: u64) -> ServiceError {
-    ServiceError::RequestIdReused {
-        request_id: args.request_id.clone(),
-        first: format!("a request with payload fingerprint {first:016x}"),
-        this: format!(
-            "Accumulate(register={:?}, delta={}) with fingerprint {this:016x}",
-            args.register, args.delta
-        ),
-    }
 }
 
 impl Ledger for PgLedger {
