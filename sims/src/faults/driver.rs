@@ -3,7 +3,7 @@
 //! other fault so the liveness phase runs on a quiet network. Each step is
 //! recorded in the history as a typed [`SimFault`].
 
-use std::{fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use abacus::server::FaultSwitch;
 
@@ -158,16 +158,17 @@ pub fn drive(
     let mut started = vec![false; windows.len()];
     let mut ended = vec![false; windows.len()];
     let mut quieted = false;
+    let mut links = LinkStates::default();
     loop {
         let now = sim.elapsed();
         for (i, w) in windows.iter().enumerate() {
             if !started[i] && now >= w.from {
                 started[i] = true;
-                step(sim, SimFault::of(w, true), hosts, history, now);
+                step(sim, SimFault::of(w, true), hosts, &mut links, history, now);
             }
             if started[i] && !ended[i] && now >= w.until() {
                 ended[i] = true;
-                step(sim, SimFault::of(w, false), hosts, history, now);
+                step(sim, SimFault::of(w, false), hosts, &mut links, history, now);
             }
         }
         if let Some((at, switches)) = &quiet
@@ -192,25 +193,125 @@ pub fn drive(
     }
 }
 
+/// What the plan's windows have done to a link, as far as the driver
+/// knows (turmoil's random link failures aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Partitioned,
+    Held,
+}
+
+/// The links the plan has partitioned or held, by host pair.
+#[derive(Debug, Default)]
+struct LinkStates(BTreeMap<(String, String), LinkState>);
+
+impl LinkStates {
+    fn set(&mut self, (a, b): (&str, &str), state: Option<LinkState>) {
+        let key = (a.to_owned(), b.to_owned());
+        match state {
+            Some(state) => self.0.insert(key, state),
+            None => self.0.remove(&key),
+        };
+    }
+
+    fn get(&self, (a, b): (&str, &str)) -> Option<LinkState> {
+        self.0.get(&(a.to_owned(), b.to_owned())).copied()
+    }
+}
+
+/// Crashes or restarts `host` **silently**: nothing the host sends while
+/// its software is torn down leaves it, and what was in flight on its links
+/// (either way) is lost.
+///
+/// Why: turmoil tears a host down by dropping its tokio runtime, whose
+/// tasks are dropped in an order set by tokio's *process-wide* task-ID
+/// counter (tasks are sharded by ID), and every socket dropped sends a FIN
+/// or RST that draws its latency from the simulation's one RNG. So the
+/// run's trace depended on how many tasks earlier runs in the same process
+/// had spawned: a seed in a sweep (after other seeds, beside other test
+/// threads) could differ from the same seed replayed alone. Silenced, the
+/// teardown sends nothing and draws nothing the order could change, and a
+/// seed's trace is the same wherever it runs — which is also what lets
+/// sweeps run seeds on several threads.
+///
+/// It is also the truer model of a crash: a machine that loses power
+/// sends no FIN. Peers find out when they next write to it (its network
+/// stack answers RST for a connection it no longer has, once restarted or
+/// not) or by keepalive.
+///
+/// The cut is a partition both ways, not one way: a link healthy in one
+/// direction lets each message draw turmoil's random link failure, and
+/// which link a draw fails would again depend on the teardown's order. A
+/// random link failure on the host's links ends with the crash (the links
+/// come back healthy, or held if a hold window is open); that is
+/// deterministic too.
+fn silently(
+    sim: &mut turmoil::Sim<'_>,
+    host: &str,
+    hosts: &Hosts,
+    links: &LinkStates,
+    teardown: impl FnOnce(&mut turmoil::Sim<'_>),
+) {
+    // A partitioned link is silent already; the others are cut for the
+    // teardown only.
+    let cut: Vec<((&str, &str), Option<LinkState>)> = hosts
+        .every_link()
+        .into_iter()
+        .filter(|(a, b)| *a == host || *b == host)
+        .map(|pair| (pair, links.get(pair)))
+        .filter(|(_, state)| *state != Some(LinkState::Partitioned))
+        .collect();
+    for ((a, b), _) in &cut {
+        sim.partition(*a, *b);
+    }
+    teardown(sim);
+    for ((a, b), state) in &cut {
+        sim.repair(*a, *b);
+        if *state == Some(LinkState::Held) {
+            sim.hold(*a, *b);
+        }
+    }
+}
+
 /// Applies `fault` now, and records it.
 fn step(
     sim: &mut turmoil::Sim<'_>,
     fault: SimFault,
     hosts: &Hosts,
+    links: &mut LinkStates,
     history: &History,
     now: Duration,
 ) {
     history.push_at(now, "sim", Entry::Fault(fault));
     match fault {
-        SimFault::Crash(n) => hosts.node(n).into_iter().for_each(|h| sim.crash(h)),
-        SimFault::Restart(n) => hosts.node(n).into_iter().for_each(|h| sim.bounce(h)),
-        SimFault::Partition(l) => hosts
-            .pairs(l)
-            .iter()
-            .for_each(|(a, b)| sim.partition(*a, *b)),
-        SimFault::Repair(l) => hosts.pairs(l).iter().for_each(|(a, b)| sim.repair(*a, *b)),
-        SimFault::Hold(l) => hosts.pairs(l).iter().for_each(|(a, b)| sim.hold(*a, *b)),
-        SimFault::Release(l) => hosts.pairs(l).iter().for_each(|(a, b)| sim.release(*a, *b)),
+        SimFault::Crash(n) => {
+            for h in hosts.node(n) {
+                silently(sim, h, hosts, links, |sim| sim.crash(h));
+            }
+        }
+        // A restart of a host that is still running tears it down first:
+        // silently too.
+        SimFault::Restart(n) => {
+            for h in hosts.node(n) {
+                silently(sim, h, hosts, links, |sim| sim.bounce(h));
+            }
+        }
+        SimFault::Partition(l) => hosts.pairs(l).into_iter().for_each(|pair| {
+            sim.partition(pair.0, pair.1);
+            links.set(pair, Some(LinkState::Partitioned));
+        }),
+        SimFault::Repair(l) => hosts.pairs(l).into_iter().for_each(|pair| {
+            sim.repair(pair.0, pair.1);
+            links.set(pair, None);
+        }),
+        SimFault::Hold(l) => hosts.pairs(l).into_iter().for_each(|pair| {
+            sim.hold(pair.0, pair.1);
+            links.set(pair, Some(LinkState::Held));
+        }),
+        SimFault::Release(l) => hosts.pairs(l).into_iter().for_each(|pair| {
+            sim.release(pair.0, pair.1);
+            links.set(pair, None);
+        }),
         SimFault::AllStop => {}
     }
 }

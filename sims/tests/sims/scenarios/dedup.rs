@@ -10,6 +10,7 @@ use abacus_sims::{
     catalogue::exactly_once,
     faults::{NetFault, Window},
     history::Entry,
+    scenario::Promise,
     sweep::{expect_violation, is_event, sweep},
 };
 
@@ -70,14 +71,30 @@ fn exactly_once_across_crash_with_durable_state() {
 }
 
 /// In-memory state: the crash loses the dedup records with the registers
-/// (documented), and the checker follows the reset rather than flagging it.
+/// (documented: "a retry after restart applies again"), and the checker
+/// follows the reset rather than flagging it. So this world promises only
+/// at-least-once across the crash: a request applied just before it, whose
+/// answer the crash lost, is applied again by its retry — and the sweep must
+/// see that happen, or the documented loss would be untested.
 #[test]
 fn in_memory_state_is_lost_on_crash_and_the_checker_knows() {
     let mut s = exactly_once("in_memory_state_is_lost_on_crash_and_the_checker_knows");
     s.state_survives_crash = false;
+    s.promise = Promise::AtLeastOnce;
     s.plan.drop_rate = 0.0;
     s.plan.windows = vec![Window::all(NetFault::Crash, 200, 600)];
     s.deadline = Duration::from_secs(4);
     s.retry.throttle = None;
-    sweep(&s);
+    sweep(&s).reached_by(
+        "a request ID applied again after the crash lost its record",
+        |run| {
+            let mut seen = std::collections::BTreeSet::new();
+            run.records.iter().any(|r| match &r.entry {
+                Entry::Event(Event::Applied { request_id, .. }) if !request_id.is_empty() => {
+                    !seen.insert(request_id.clone())
+                }
+                _ => false,
+            })
+        },
+    );
 }

@@ -1,9 +1,12 @@
 //! Determinism self-check: the same seed must give a byte-identical
-//! timeline. Runs without crashes are compared within this process; runs
-//! with crashes are compared across two fresh processes of this test binary,
-//! because turmoil's crash/bounce drops a host's tasks in an order that can
-//! depend on process-wide state (tokio task IDs) — a known trap when one
-//! process runs the same seed twice.
+//! timeline — run twice in this process, run in two fresh processes, and
+//! run after or beside other seeds (what a sweep does, and a replay does
+//! not). Crashes used to make a seed's trace depend on the process: turmoil
+//! drops a crashed host's tasks in an order set by tokio's process-wide task
+//! IDs, and each dropped socket's FIN drew latency from the run's RNG. The
+//! fault driver now tears hosts down silently (`faults::driver`), and
+//! `a_seeds_trace_does_not_depend_on_what_else_the_process_runs` holds it to
+//! that.
 
 use std::process::Command;
 
@@ -134,4 +137,49 @@ fn divergence_is_named() {
     let d = first_divergence("a\nb\nc\n", "a\nx\nc\n").expect("they differ");
     assert!(d.contains("line 2") && d.contains("first run:  b") && d.contains("second run: x"));
     assert_eq!(first_divergence("a\n", "a\n"), None);
+}
+
+/// A seed's trace must not depend on what else the process ran before it
+/// or runs beside it: a sweep runs a seed after others (and beside other
+/// test threads), a replay runs it alone, and both must see the same run.
+/// Each seed runs once in order, then again in reverse order on two threads
+/// at once; every trace must match. (Crashes used to break this: turmoil
+/// drops a crashed host's tasks in an order set by tokio's process-wide
+/// task IDs, and each dropped socket's FIN drew from the run's RNG — see
+/// `faults::driver`.)
+#[test]
+fn a_seeds_trace_does_not_depend_on_what_else_the_process_runs() {
+    const SEEDS: u64 = 12;
+    for scenario in ["swarm", "replicated-swarm"] {
+        let trace = |seed: u64| {
+            let s = catalogue::by_name(scenario, seed).expect("a scenario of the catalogue");
+            render(&world::run(&s, seed).records)
+        };
+        let in_order: Vec<String> = (0..SEEDS).map(trace).collect();
+        let again: Vec<(u64, String)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|w| {
+                    scope.spawn(move || {
+                        (0..SEEDS)
+                            .rev()
+                            .filter(|seed| seed % 2 == w)
+                            .map(|seed| (seed, trace(seed)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a worker does not panic"))
+                .collect()
+        });
+        assert_eq!(again.len() as u64, SEEDS);
+        for (seed, b) in again {
+            if let Some(d) = first_divergence(&in_order[seed as usize], &b) {
+                panic!(
+                    "{scenario} seed {seed}: the trace changed with what else the process ran, at {d}"
+                );
+            }
+        }
+    }
 }
