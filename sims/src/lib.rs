@@ -26,6 +26,8 @@
 //! - [`history`]: the recorded, typed timeline.
 //! - [`check`]: invariants over a history.
 //! - [`sweep`]: seeds, sweeps and replays, reports, negative controls.
+//! - [`parallel`]: seeds on several threads, results in seed order
+//!   (`SIM_THREADS`, default one per core).
 //! - [`shrink`]: minimises a failing seed's fault plan.
 //! - [`catalogue`]: the named scenarios.
 
@@ -36,6 +38,7 @@ pub mod catalogue;
 pub mod check;
 pub mod faults;
 pub mod history;
+pub mod parallel;
 pub mod scenario;
 pub mod seed;
 pub mod shrink;

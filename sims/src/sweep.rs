@@ -21,6 +21,7 @@ use crate::{
     check::{self, Violation},
     faults::FaultPlan,
     history::{Entry, render},
+    parallel,
     scenario::Scenario,
     shrink,
     world::{self, Run},
@@ -172,32 +173,39 @@ pub fn sweep(scenario: &Scenario) -> Sweep {
 }
 
 /// Like [`sweep`], for scenarios that depend on the seed (swarm plans).
-pub fn sweep_with(make: impl Fn(u64) -> Scenario) -> Sweep {
+pub fn sweep_with(make: impl Fn(u64) -> Scenario + Sync) -> Sweep {
     sweep_seeds(Seeds::from_env(), make)
 }
 
-/// Like [`sweep_with`], over `seeds`.
-pub fn sweep_seeds(seeds: Seeds, make: impl Fn(u64) -> Scenario) -> Sweep {
+/// Like [`sweep_with`], over `seeds`. Seeds run on [`parallel::threads`]
+/// threads; what is reported is what a sequential sweep would report (see
+/// [`parallel`]).
+pub fn sweep_seeds(seeds: Seeds, make: impl Fn(u64) -> Scenario + Sync) -> Sweep {
     let plan = plan_override();
-    let mut runs = Vec::new();
-    let mut name = "";
-    for seed in seeds.iter() {
-        let scenario = &with_override(make(seed), plan.as_ref());
-        name = scenario.name;
-        let (run, violations) = run_checked(scenario, seed);
+    let list: Vec<u64> = seeds.iter().collect();
+    let name = make(list.first().copied().unwrap_or_default()).name;
+    let results = parallel::in_seed_order(
+        &list,
+        parallel::threads(),
+        |seed| run_checked(&with_override(make(seed), plan.as_ref()), seed),
+        |(_, violations)| !violations.is_empty(),
+    );
+    let mut runs = Vec::with_capacity(results.len());
+    for (seed, (run, violations)) in results {
         if seeds.is_replay() {
             // Replaying one seed: show the whole timeline (with --nocapture).
-            eprintln!("{} seed {seed}:\n{}", scenario.name, render(&run.records));
+            eprintln!("{name} seed {seed}:\n{}", render(&run.records));
         }
         if !violations.is_empty() {
-            let mut text = report(scenario.name, &run, &violations, plan.as_ref());
+            let mut text = report(name, &run, &violations, plan.as_ref());
             if !seeds.is_replay() {
+                let scenario = with_override(make(seed), plan.as_ref());
                 let invariant = violations[0].invariant;
-                let (small, steps) = shrink::shrink(scenario, seed, invariant);
+                let (small, steps) = shrink::shrink(&scenario, seed, invariant);
                 let _ = write!(
                     text,
                     "shrunk in {steps} runs to the smallest plan that still violates {invariant}:\n  {small}\nreplay: {}\n",
-                    replay_command(scenario.name, seed, Some(&small))
+                    replay_command(name, seed, Some(&small))
                 );
             }
             panic!("{text}");
@@ -297,30 +305,37 @@ pub fn expect_violation(scenario: &Scenario, invariant: &str) -> Option<(Run, Ve
 
 /// Like [`expect_violation`], for scenarios that depend on the seed.
 pub fn expect_violation_with(
-    make: impl Fn(u64) -> Scenario,
+    make: impl Fn(u64) -> Scenario + Sync,
     invariant: &str,
 ) -> Option<(Run, Vec<Violation>)> {
     expect_violation_seeds(Seeds::from_env(), make, invariant)
 }
 
-/// Like [`expect_violation_with`], over `seeds`.
+/// Like [`expect_violation_with`], over `seeds` (on several threads, the
+/// first violating seed in seed order reported, as in [`sweep_seeds`]).
 pub fn expect_violation_seeds(
     seeds: Seeds,
-    make: impl Fn(u64) -> Scenario,
+    make: impl Fn(u64) -> Scenario + Sync,
     invariant: &str,
 ) -> Option<(Run, Vec<Violation>)> {
     let name = make(0).name;
     let plan = plan_override();
-    for seed in seeds.iter() {
-        let scenario = &with_override(make(seed), plan.as_ref());
-        let (run, violations) = run_checked(scenario, seed);
+    let list: Vec<u64> = seeds.iter().collect();
+    let caught = |violations: &[Violation]| violations.iter().any(|v| v.invariant == invariant);
+    let results = parallel::in_seed_order(
+        &list,
+        parallel::threads(),
+        |seed| run_checked(&with_override(make(seed), plan.as_ref()), seed),
+        |(_, violations)| caught(violations),
+    );
+    for (seed, (run, violations)) in results {
         if seeds.is_replay() {
-            eprintln!("{} seed {seed}:\n{}", scenario.name, render(&run.records));
+            eprintln!("{name} seed {seed}:\n{}", render(&run.records));
         }
-        if violations.iter().any(|v| v.invariant == invariant) {
+        if caught(&violations) {
             eprintln!(
                 "negative control caught as expected:\n{}",
-                report(scenario.name, &run, &violations, plan.as_ref())
+                report(name, &run, &violations, plan.as_ref())
             );
             return Some((run, violations));
         }

@@ -132,7 +132,7 @@ fn replicated_failover_across_replicas() {
 /// without the bug (`fixed`) must pass: the control fails because of its
 /// bug, not because of its scenario.
 fn caught(
-    make: impl Fn(u64) -> Scenario,
+    make: impl Fn(u64) -> Scenario + Sync,
     fixed: impl Fn(&mut Scenario),
     invariant: &str,
 ) -> Option<Caught> {
