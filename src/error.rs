@@ -308,6 +308,92 @@ impl From<ProtocolError> for Status {
     }
 }
 
+/// Calls refused by the server's authentication (`--auth-tokens`), before
+/// anything else looks at them: never applied. Messages name the identity
+/// at most, never a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` header.
+    #[error("this server requires a token: send `authorization: Bearer <token>`")]
+    Missing,
+    /// An `authorization` header that is not `Bearer <token>`.
+    #[error("the authorization header must be `Bearer <token>`")]
+    Malformed,
+    /// A token no identity of the server has.
+    #[error("unknown token")]
+    UnknownToken,
+    /// A known identity whose role does not allow the method.
+    #[error("identity {identity:?} has the read role: {method} needs a write token")]
+    Forbidden {
+        /// The identity's name.
+        identity: std::sync::Arc<str>,
+        /// The method refused.
+        method: crate::rpc::Method,
+    },
+    /// A known identity over its rate limit.
+    #[error("identity {identity:?} is over its rate limit; retry after {pushback_ms} ms")]
+    RateLimited {
+        /// The identity's name.
+        identity: std::sync::Arc<str>,
+        /// When a call would be admitted again.
+        pushback_ms: u64,
+    },
+}
+
+impl AuthError {
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Missing | Self::Malformed | Self::UnknownToken => Code::Unauthenticated,
+            Self::Forbidden { .. } => Code::PermissionDenied,
+            // What load shedding answers too: retryable, with a pushback.
+            Self::RateLimited { .. } => Code::ResourceExhausted,
+        }
+    }
+
+    /// The REST twin's HTTP status.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Missing | Self::Malformed | Self::UnknownToken => 401,
+            Self::Forbidden { .. } => 403,
+            Self::RateLimited { .. } => 429,
+        }
+    }
+
+    /// The pushback a rate-limited caller must honour.
+    pub fn pushback_ms(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { pushback_ms, .. } => Some(*pushback_ms),
+            _ => None,
+        }
+    }
+
+    /// The REST twin's `WWW-Authenticate` challenge (RFC 6750), for 401
+    /// and 403.
+    pub fn www_authenticate(&self) -> Option<&'static str> {
+        match self {
+            Self::Missing => Some(r#"Bearer realm="abacus""#),
+            Self::Malformed => Some(r#"Bearer realm="abacus", error="invalid_request""#),
+            Self::UnknownToken => Some(r#"Bearer realm="abacus", error="invalid_token""#),
+            Self::Forbidden { .. } => Some(r#"Bearer realm="abacus", error="insufficient_scope""#),
+            Self::RateLimited { .. } => None,
+        }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Status {
+        let mut status = Status::new(err.code(), err.to_string());
+        let md = status.metadata_mut();
+        // Refused before the service saw it.
+        md.insert(NOT_APPLIED_KEY, MetadataValue::from_static("true"));
+        if let Some(ms) = err.pushback_ms() {
+            md.insert(PUSHBACK_KEY, MetadataValue::from(ms));
+        }
+        status
+    }
+}
+
 /// The canonical upper-case name of a code, as gRPC service configs spell
 /// it.
 pub fn code_name(code: Code) -> &'static str {

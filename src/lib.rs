@@ -17,6 +17,7 @@
 //! - [`resilience`]: decisions about failure (breaker, backoff, retry
 //!   budget) shared by the client and the server's store guard.
 //! - [`trace`]: typed events shared by logs, the sim checker and snapshots.
+//! - [`tls`]: TLS material (PEM files, the crypto provider) both sides load.
 //! - [`cli`]: the `abacus` command line (serve, call, demo).
 
 #![forbid(unsafe_code)]
@@ -31,4 +32,5 @@ pub mod resilience;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod trace;

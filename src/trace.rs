@@ -409,6 +409,19 @@ impl EventSink {
         }
     }
 
+    /// This sink, also calling `hook` for every event (after the hook it
+    /// had, if any): how a metrics recorder joins a sink that already
+    /// feeds a history or a verbose printer.
+    pub fn and_hook(self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        match self.hook {
+            None => Self::with_hook(hook),
+            Some(first) => Self::with_hook(move |event| {
+                first(event);
+                hook(event);
+            }),
+        }
+    }
+
     /// Records one event.
     pub fn emit(&self, event: Event) {
         // Per-request events are DEBUG: at INFO a busy server wrote a line

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 
 use crate::{
     cli::client_args::ClientArgs,
-    client::{CallError, Client, tcp_channel},
+    client::{CallError, Client},
 };
 
 /// Arguments of `abacus call`.
@@ -73,7 +73,7 @@ pub struct Operands {
 /// Makes the call and prints its result or error.
 pub async fn run(args: CallArgs) -> ExitCode {
     super::init_logging("warn");
-    let channel = match tcp_channel(&args.addr) {
+    let channel = match args.client.security.channel(&args.addr) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

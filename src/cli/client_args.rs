@@ -7,7 +7,10 @@ use clap::Args;
 use tonic::Code;
 
 use crate::{
-    client::{ClientConfig, Delivery, ServiceConfig, service_config::parse_code},
+    client::{
+        BearerToken, ClientConfig, ClientTls, Delivery, ServiceConfig, service_config::parse_code,
+        tcp_channel_with,
+    },
     trace::EventSink,
 };
 
@@ -58,6 +61,83 @@ pub struct ClientArgs {
     /// Print every attempt, pause and give-up decision to stderr.
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
+    /// TLS and token.
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
+}
+
+// ---- TLS and tokens (docs/security.md) ----
+
+/// The environment variable holding the client's token.
+pub const TOKEN_ENV: &str = "ABACUS_TOKEN";
+
+/// How the client proves who it is and whom it talks to.
+#[derive(Debug, Clone, Args)]
+pub struct ClientSecurityArgs {
+    /// Connect with TLS, trusting server certificates signed by this CA
+    /// (PEM). Without it the client speaks plaintext.
+    #[arg(long, value_name = "PEM", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: present this certificate chain (PEM). Needs --tls-key
+    /// and --tls-ca.
+    #[arg(long, value_name = "PEM", global = true, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Verify the server's certificate for this name instead of the
+    /// address's host.
+    #[arg(long, value_name = "NAME", global = true, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// Read the token to send (`authorization: Bearer TOKEN`) from this
+    /// file. Default: the ABACUS_TOKEN environment variable, if set. (No
+    /// flag takes the token itself: command lines are visible to every
+    /// user of the machine.)
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ClientSecurityArgs {
+    /// The TLS settings, if any; errors name the flag and file.
+    pub fn tls(&self) -> Result<Option<ClientTls>, String> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        let tls = ClientTls::from_files(ca, identity).map_err(|e| e.to_string())?;
+        Ok(Some(match &self.tls_server_name {
+            Some(name) => tls.with_server_name(name),
+            None => tls,
+        }))
+    }
+
+    /// The token: `--token-file`, else `ABACUS_TOKEN`, else none.
+    pub fn token(&self) -> Result<Option<BearerToken>, String> {
+        if let Some(path) = &self.token_file {
+            return BearerToken::from_file(path)
+                .map(Some)
+                .map_err(|e| e.to_string());
+        }
+        match std::env::var(TOKEN_ENV) {
+            Ok(token) => BearerToken::new(&token, TOKEN_ENV)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("{TOKEN_ENV}: the token must be visible ASCII"))
+            }
+        }
+    }
+
+    /// A channel to `addr` with these TLS settings.
+    pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
+        let tls = self.tls()?;
+        tcp_channel_with(addr, tls.as_ref()).map_err(|e| e.to_string())
+    }
 }
 
 impl ClientArgs {
@@ -97,6 +177,7 @@ impl ClientArgs {
         if self.verbose {
             c.events = EventSink::with_hook(|e| eprintln!("  · {e}"));
         }
+        c.token = self.security.token()?;
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }

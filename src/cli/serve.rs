@@ -8,15 +8,21 @@
 //! record. Two processes would need a shared store (and its failure modes)
 //! to promise that.
 
-use std::{net::SocketAddr, ops::RangeInclusive, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    net::SocketAddr, num::NonZeroU32, ops::RangeInclusive, path::PathBuf, process::ExitCode,
+    sync::Arc,
+};
 
 use clap::Args;
 
 use crate::{
     server::{
-        self, Calculator, DedupConfig, FaultConfig, Limits, ServerConfig,
+        self, Calculator, DedupConfig, Edge, FaultConfig, Limits, ServerConfig,
+        auth::{self, Authenticator, RateLimit},
         faults::parse_delay_range,
         limits::{connections_max_for_fds, open_files_limit},
+        metrics::ServerMetrics,
+        tls::ServerTls,
     },
     store::{
         Ledger, MemoryLedger,
@@ -87,6 +93,81 @@ pub struct ServeArgs {
     /// Fault injection.
     #[command(flatten)]
     pub faults: FaultArgs,
+    /// TLS, tokens and metrics.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// What a real deployment adds: TLS, tokens, metrics (see
+/// docs/security.md and docs/metrics.md).
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// Serve TLS on both fronts with this certificate chain (PEM, leaf
+    /// first). Needs --tls-key. Without it both fronts speak plaintext.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: require every client to present a certificate signed by
+    /// this CA (PEM). Needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require a token on every calculator call, from this file: one
+    /// identity per line, `NAME ROLE TOKEN`, ROLE `read` (pure calls only)
+    /// or `write`, TOKEN the token or `sha256:HEX` of it; `#` starts a
+    /// comment line. Clients send `authorization: Bearer TOKEN`. Request
+    /// IDs are scoped by identity. Health stays open. On an address other
+    /// than loopback, needs --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Calls per second each identity may make on average (both fronts
+    /// together); beyond it, RESOURCE_EXHAUSTED with a retry pushback (REST:
+    /// 429 with Retry-After). Needs --auth-tokens. Default: no limit.
+    #[arg(long, value_name = "N", requires = "auth_tokens")]
+    pub rate_limit: Option<NonZeroU32>,
+    /// Calls an identity may make at once after a quiet period (default:
+    /// the --rate-limit, i.e. one second's worth).
+    #[arg(long, value_name = "N", requires = "rate_limit")]
+    pub rate_burst: Option<NonZeroU32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (gRFC A66's server
+    /// series and abacus' own; see docs/metrics.md). No TLS, no token:
+    /// listen where only the scraper reaches.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl EdgeArgs {
+    /// Reads the certificate, key and token files; every problem is one
+    /// sentence naming the flag and file.
+    pub fn to_edge(&self) -> Result<Edge, String> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                ServerTls::from_files(cert, key, self.tls_client_ca.as_deref())
+                    .map_err(|e| e.to_string())?,
+            ),
+            // clap's `requires` makes the other cases impossible; refuse
+            // them anyway rather than serve plaintext by surprise.
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        let auth = match &self.auth_tokens {
+            Some(path) => {
+                let entries = auth::tokens::read_file(path).map_err(|e| e.to_string())?;
+                let rate = self.rate_limit.map(|per_second| RateLimit {
+                    per_second,
+                    burst: self.rate_burst.unwrap_or(per_second),
+                });
+                Some(Arc::new(Authenticator::new(entries, rate)))
+            }
+            None => None,
+        };
+        Ok(Edge {
+            tls,
+            auth,
+            metrics: self.metrics_addr.map(|_| ServerMetrics::new()),
+        })
+    }
 }
 
 /// Dedup store limits (see `abacus::store::dedup`).
@@ -208,7 +289,25 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let events = EventSink::log_only();
+    let edge = match args.edge.to_edge() {
+        Ok(edge) => edge,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut exposed = vec![("--addr", args.addr)];
+    exposed.extend(args.rest_addr.map(|a| ("--rest-addr", a)));
+    if let Err(e) = edge.check_exposure(&exposed) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    // Metrics count events (dedup, applied, shed) from everything that
+    // emits them, the ledger included: the sink is built before it.
+    let events = match &edge.metrics {
+        Some(metrics) => metrics.hook_into(EventSink::log_only()),
+        None => EventSink::log_only(),
+    };
     let state: Arc<dyn Ledger> = match (args.store.as_deref(), &args.data_dir) {
         (Some(store), Some(_)) => {
             eprintln!(
@@ -271,11 +370,33 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    let metrics_listener = match args.edge.metrics_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} (--metrics-addr): {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let local = listener.local_addr().map_or(args.addr, |a| a);
+    let tls = match &edge.tls {
+        None => "off",
+        Some(t) if t.is_mutual() => "mutual",
+        Some(_) => "on",
+    };
+    let identities = edge.auth.as_ref().map_or(0, |a| a.identities().count());
     if faults.is_off() {
-        tracing::info!(addr = %local, "abacus listening (no faults)");
+        tracing::info!(addr = %local, tls, identities, "abacus listening (no faults)");
     } else {
-        tracing::warn!(addr = %local, faults = %faults, "abacus listening WITH INJECTED FAULTS");
+        tracing::warn!(addr = %local, tls, identities, faults = %faults, "abacus listening WITH INJECTED FAULTS");
+    }
+    if edge.tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "serving plaintext beyond loopback: anyone on the path reads and writes calls (add --tls-cert and --tls-key)"
+        );
     }
     tracing::info!(
         dedup_entries_max = dedup.entries_max,
@@ -293,6 +414,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         dedup,
         require_request_id: args.require_request_id,
         limits: limits.clone(),
+        edge: edge.clone(),
         ..ServerConfig::default()
     };
     let calculator = Calculator::from_config(&config, state);
@@ -307,6 +429,25 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         // An error means the sender is gone, which also means stop.
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let metrics_server = metrics_listener
+        .zip(edge.metrics.clone())
+        .map(|(listener, metrics)| {
+            match listener.local_addr() {
+                Ok(local) => tracing::info!(addr = %local, "metrics at http://{local}/metrics"),
+                Err(e) => tracing::warn!(error = %e, "metrics listening on an unknown address"),
+            }
+            let limits = limits.clone();
+            let stopped = until_stopped(stopped.clone());
+            tokio::spawn(async move {
+                server::metrics::serve_metrics(
+                    metrics,
+                    &limits,
+                    server::tcp_incoming(listener),
+                    stopped,
+                )
+                .await;
+            })
+        });
     let rest = rest_listener.map(|listener| {
         match listener.local_addr() {
             Ok(local) => {
@@ -335,6 +476,9 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             rest.abort();
         }
         let _ = rest.await;
+    }
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
     }
     match grpc {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,17 +22,24 @@
 //!   [`attempt`]: the layers.
 //! - [`service_config`]: the retry policy in gRPC service-config JSON.
 //! - [`transport`]: the innermost service; builds channels over any connector.
+//! - [`tls`]: TLS settings applied to an endpoint; [`credentials`]: the
+//!   bearer token sent on every attempt.
+//! - [`metrics`]: a recorder of gRFC A66's client series and the
+//!   resilience counters, installed as an event hook.
 
 pub mod attempt;
 pub mod breaker;
 pub mod call;
+pub mod credentials;
 pub mod deadline;
 pub mod error;
+pub mod metrics;
 pub mod mode;
 pub mod observe;
 pub mod request_id;
 pub mod retry;
 pub mod service_config;
+pub mod tls;
 pub mod transport;
 
 use std::{
@@ -49,6 +56,7 @@ use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 pub use attempt::AttemptLayer;
 pub use breaker::{BreakerConfig, BreakerHandle, BreakerLayer};
 pub use call::{Call, Reply, Request};
+pub use credentials::BearerToken;
 pub use deadline::DeadlineLayer;
 pub use error::{CallError, Cause};
 pub use mode::Delivery;
@@ -56,8 +64,10 @@ pub use observe::ObserveLayer;
 pub use request_id::{IdGenerator, RequestIdLayer};
 pub use retry::{RetryConfig, RetryLayer, RetryPolicy};
 pub use service_config::{ServiceConfig, ServiceConfigError};
+pub use tls::ClientTls;
 pub use transport::{
-    ConnectFailed, InvalidAddress, Transport, channel_with_connector, tcp_channel,
+    ChannelError, ConnectFailed, InvalidAddress, Transport, channel_with_connector, tcp_channel,
+    tcp_channel_with,
 };
 
 use crate::{
@@ -87,6 +97,9 @@ pub struct ClientConfig {
     pub seed: Option<u64>,
     /// Where events go.
     pub events: EventSink,
+    /// Sent as `authorization: Bearer …` on every attempt, for servers
+    /// that check tokens.
+    pub token: Option<BearerToken>,
 }
 
 impl Default for ClientConfig {
@@ -100,6 +113,7 @@ impl Default for ClientConfig {
             endpoint: "server".into(),
             seed: None,
             events: EventSink::default(),
+            token: None,
         }
     }
 }
@@ -196,7 +210,7 @@ impl Client {
             .layer(retry.clone())
             .option_layer(breaker)
             .layer(AttemptLayer::new(config.attempt_timeout, events))
-            .service(Transport::new(channel));
+            .service(Transport::new(channel).with_token(config.token.clone()));
         Self {
             stack: BoxCloneSyncService::new(stack),
             next_call: Arc::new(AtomicU64::new(1)),

@@ -26,7 +26,9 @@ use tonic::{
 use crate::{
     client::{
         call::{Call, CallFuture, Reply, Request},
+        credentials::BearerToken,
         error::{CallError, Cause},
+        tls::{self, ClientTls, ClientTlsError},
     },
     core::BinaryOp,
     error::{NOT_APPLIED_KEY, PUSHBACK_KEY},
@@ -56,12 +58,22 @@ where
     Fut: Future<Output = Result<IO, ConnectFailed>> + Send + 'static,
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    connect_lazy(Endpoint::from(uri), connector)
+}
+
+/// [`channel_with_connector`] over an endpoint already configured (TLS).
+fn connect_lazy<C, IO, Fut>(endpoint: Endpoint, connector: C) -> Channel
+where
+    C: FnMut(Uri) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<IO, ConnectFailed>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let mut connector = connector;
     let service = tower::service_fn(move |uri: Uri| {
         let fut = connector(uri);
         async move { fut.await.map(TokioIo::new) }
     });
-    Endpoint::from(uri)
+    endpoint
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(1))
         .keep_alive_while_idle(true)
@@ -78,16 +90,46 @@ pub struct InvalidAddress {
 
 /// A channel to `addr` (`host:port`) over real TCP.
 pub fn tcp_channel(addr: &str) -> Result<Channel, InvalidAddress> {
+    tcp_channel_with(addr, None).map_err(|e| match e {
+        ChannelError::Address(e) => e,
+        // Without TLS settings there is nothing else to fail.
+        ChannelError::Tls(_) => InvalidAddress {
+            addr: addr.to_owned(),
+        },
+    })
+}
+
+/// A channel cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// Not `host:port`.
+    #[error(transparent)]
+    Address(#[from] InvalidAddress),
+    /// TLS settings refused.
+    #[error(transparent)]
+    Tls(#[from] ClientTlsError),
+}
+
+/// A channel to `addr` (`host:port`) over real TCP, with TLS when `tls`
+/// is given (the endpoint is then `https`, see [`ClientTls::apply`]).
+pub fn tcp_channel_with(addr: &str, tls: Option<&ClientTls>) -> Result<Channel, ChannelError> {
     let invalid = || InvalidAddress {
         addr: addr.to_owned(),
     };
-    let uri: Uri = format!("http://{addr}").parse().map_err(|_| invalid())?;
+    let scheme = if tls.is_some() { tls::SCHEME } else { "http" };
+    let uri: Uri = format!("{scheme}://{addr}")
+        .parse()
+        .map_err(|_| invalid())?;
     // Only an authority: a scheme or path in `addr` would have ended up in
     // the path of this URI.
     if uri.authority().is_none() || uri.path() != "/" || uri.port_u16().is_none() {
-        return Err(invalid());
+        return Err(invalid().into());
     }
-    Ok(channel_with_connector(uri, |uri: Uri| async move {
+    let mut endpoint = Endpoint::from(uri);
+    if let Some(tls) = tls {
+        endpoint = tls.apply(endpoint)?;
+    }
+    Ok(connect_lazy(endpoint, |uri: Uri| async move {
         let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         match tokio::net::TcpStream::connect(&addr).await {
             Ok(s) => {
@@ -110,6 +152,8 @@ pub fn tcp_channel(addr: &str) -> Result<Channel, InvalidAddress> {
 #[derive(Debug, Clone)]
 pub struct Transport {
     client: Arc<CalculatorClient<Channel>>,
+    /// Sent on every attempt, when the server checks tokens.
+    token: Option<BearerToken>,
 }
 
 impl Transport {
@@ -117,14 +161,29 @@ impl Transport {
     pub fn new(channel: Channel) -> Self {
         Self {
             client: Arc::new(CalculatorClient::new(channel)),
+            token: None,
         }
+    }
+
+    /// Sends `token` as `authorization: Bearer …` on every attempt.
+    pub fn with_token(mut self, token: Option<BearerToken>) -> Self {
+        self.token = token;
+        self
     }
 }
 
 /// Wraps one attempt's message with its metadata: the time left before
 /// `deadline`, and how many attempts came before this one.
-fn request<T>(msg: T, deadline: Option<Instant>, attempt: u32) -> tonic::Request<T> {
+fn request<T>(
+    msg: T,
+    deadline: Option<Instant>,
+    attempt: u32,
+    token: Option<&BearerToken>,
+) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
+    if let Some(token) = token {
+        token.apply(req.metadata_mut());
+    }
     if let Some(deadline) = deadline {
         // Tell the server how long we will wait, so it can stop work that
         // nobody will collect.
@@ -162,7 +221,12 @@ pub fn classify(status: &Status) -> CallError {
             Outcome::Unknown,
         );
     }
-    let (cause, outcome) = if in_chain::<ConnectFailed>(status) {
+    // tonic's `ConnectError` wraps every failure to establish a connection,
+    // our connector's and the TLS handshake's (a wrong CA, an expired
+    // certificate): no request goes out before both succeed.
+    let never_connected =
+        in_chain::<ConnectFailed>(status) || in_chain::<tonic::ConnectError>(status);
+    let (cause, outcome) = if never_connected {
         (Cause::Connect, Outcome::NotApplied)
     } else if server_says_not_applied {
         (Cause::Status, Outcome::NotApplied)
@@ -210,10 +274,16 @@ impl tower::Service<Call> for Transport {
         // cloning it on every attempt. Each request variant names its RPC,
         // so nothing here can send one RPC's message as another's.
         let (deadline, attempt) = (call.effective_deadline(), call.attempt);
+        let token = self.token.clone();
         Box::pin(async move {
             let result = match call.request {
                 Request::Binary { op, a, b } => {
-                    let req = request(pb::BinaryRequest { a, b }, deadline, attempt);
+                    let req = request(
+                        pb::BinaryRequest { a, b },
+                        deadline,
+                        attempt,
+                        token.as_ref(),
+                    );
                     let resp = match op {
                         BinaryOp::Add => client.add(req).await,
                         BinaryOp::Subtract => client.subtract(req).await,
@@ -233,7 +303,7 @@ impl tower::Service<Call> for Transport {
                         request_id,
                     };
                     client
-                        .accumulate(request(msg, deadline, attempt))
+                        .accumulate(request(msg, deadline, attempt, token.as_ref()))
                         .await
                         .map(|r| {
                             let r = r.into_inner();
@@ -248,11 +318,17 @@ impl tower::Service<Call> for Transport {
                         pb::GetRegisterRequest { register },
                         deadline,
                         attempt,
+                        token.as_ref(),
                     ))
                     .await
                     .map(|r| Reply::Register(r.into_inner().value)),
                 Request::GetStats => client
-                    .get_stats(request(pb::GetStatsRequest {}, deadline, attempt))
+                    .get_stats(request(
+                        pb::GetStatsRequest {},
+                        deadline,
+                        attempt,
+                        token.as_ref(),
+                    ))
                     .await
                     .map(|r| Reply::Stats(r.into_inner())),
             };

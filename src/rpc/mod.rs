@@ -11,8 +11,11 @@
 //! # Layout
 //! - [`method`]: [`Method`], the one table of RPC names and properties.
 //! - [`timeout`]: the `grpc-timeout` header codec.
+//! - [`metrics`]: gRFC A66's names, labels and buckets, shared by the
+//!   server's and the client's metrics.
 
 pub mod method;
+pub mod metrics;
 pub mod timeout;
 
 pub use method::Method;

@@ -13,6 +13,7 @@ use crate::{
     error::REPLAYED_KEY,
     pb::{self, calculator_server::Calculator as CalculatorRpc},
     server::{
+        auth::Identity,
         deadline::deadline_from,
         faults::Faults,
         service::{AccumulateError, Calculator},
@@ -108,10 +109,15 @@ impl CalculatorRpc for GrpcCalculator {
     ) -> Result<Response<pb::AccumulateResponse>, Status> {
         let deadline = deadline_from(req.metadata());
         // The peer's address, for per-client bounds (`Caller::quota_key`):
-        // tonic records it for TCP connections, through the listener guard.
+        // tonic records it for TCP connections (and TLS over them), through
+        // the listener guard. The identity `AuthLayer` admitted, if the
+        // server checks tokens: it scopes the request ID.
         let caller = Caller {
             peer: req.remote_addr().map(|addr| addr.ip()),
-            ..Caller::default()
+            identity: req
+                .extensions()
+                .get::<Identity>()
+                .map(|identity| Arc::clone(&identity.name)),
         };
         let pb::AccumulateRequest {
             register,

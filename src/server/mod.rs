@@ -26,12 +26,17 @@
 //! - [`strict`]: refuses requests that break the gRPC protocol (content
 //!   type, extra request messages).
 //! - [`tally`]: counts for rate-limited log lines.
+//! - [`edge`]: what a deployment adds on both fronts ([`Edge`]): TLS
+//!   ([`tls`]), tokens and roles ([`auth`]), metrics ([`metrics`]).
 
+pub mod auth;
 pub mod deadline;
+pub mod edge;
 pub mod faults;
 pub mod grpc;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod queue_delay;
 pub mod rest;
 pub mod service;
@@ -39,6 +44,7 @@ pub mod shed;
 pub mod streams;
 pub mod strict;
 pub mod tally;
+pub mod tls;
 
 use std::{future::Future, sync::Arc};
 
@@ -48,6 +54,7 @@ use tonic::transport::server::Connected;
 
 /// The dedup limits a [`ServerConfig`] carries (defined by the store).
 pub use crate::store::DedupConfig;
+pub use edge::Edge;
 pub use faults::{FaultConfig, FaultSwitch, Faults};
 pub use grpc::GrpcCalculator;
 pub use limits::Limits;
@@ -99,6 +106,8 @@ pub struct ServerConfig {
     pub require_request_id: bool,
     /// Connection, stream and timeout limits of the fronts.
     pub limits: Limits,
+    /// TLS, tokens and metrics of both fronts.
+    pub edge: Edge,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +124,7 @@ impl Default for ServerConfig {
             dedup: DedupConfig::default(),
             require_request_id: false,
             limits: Limits::default(),
+            edge: Edge::default(),
         }
     }
 }
@@ -251,6 +261,7 @@ where
 {
     let events = calculator.events().clone();
     let ledger = Arc::clone(calculator.ledger());
+    let edge = calculator.edge().clone();
     let shed = calculator.shed().clone();
     let shed_counter = shed.clone();
     shed.start_probe();
@@ -273,10 +284,14 @@ where
     let calculator = CalculatorServer::new(calculator).max_decoding_message_size(MESSAGE_BYTES_MAX);
 
     let incoming = listener::guard(incoming, limits, "gRPC");
+    let handshakes = edge.tls.as_ref().map(|_| tls::HandshakeStats::default());
+    if let Some(metrics) = &edge.metrics {
+        metrics.watch_front(metrics::Front::Grpc, incoming.stats(), handshakes.clone());
+    }
     events.emit(Event::ServerStarted);
     // Every HTTP/2 setting is explicit: tonic's defaults leave concurrent
     // streams and locally reset streams unlimited (see `Limits`).
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.h2_streams_max)
         .http2_max_header_list_size(limits.h2_header_list_bytes_max)
         .initial_stream_window_size(limits.h2_stream_window_bytes)
@@ -284,17 +299,43 @@ where
         .http2_max_local_error_reset_streams(Some(limits.h2_local_error_resets_max))
         .http2_keepalive_interval(Some(limits.h2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.h2_keepalive_timeout))
-        // Outermost first: a request that is not gRPC is refused before it
-        // is counted anywhere.
+        // Outermost first. Metrics see every call, refused ones included;
+        // a request that is not gRPC is refused before anything else
+        // counts it; an unauthenticated call never takes an in-flight slot.
+        .layer(tower::util::option_layer(
+            edge.metrics.clone().map(metrics::MetricsLayer::new),
+        ))
         .layer(strict::StrictLayer)
         .layer(streams::LongStreamsLayer::new(limits.long_streams_max))
+        .layer(tower::util::option_layer(
+            edge.auth.clone().map(auth::AuthLayer::new),
+        ))
         .layer(shed)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(calculator)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .add_service(calculator);
+    // Two instantiations of the server: tonic sees plaintext streams
+    // either way (the handshake runs below it, after the guard).
+    let result = match (&edge.tls, handshakes) {
+        (Some(config), Some(stats)) => {
+            let sessions = tls::handshakes(
+                incoming,
+                config.acceptor(tls::ALPN_GRPC),
+                limits.first_byte_timeout,
+                "gRPC",
+                stats,
+            );
+            router
+                .serve_with_incoming_shutdown(sessions, shutdown)
+                .await
+        }
+        _ => {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
     store_health.abort();
     let shed_total = shed_counter.shed();
     match ledger.stats().await {

@@ -21,8 +21,9 @@ use crate::{
     error::ServiceError,
     rpc::Method,
     server::{
-        ServerConfig,
+        Edge, ServerConfig,
         faults::{FaultPlan, Faults},
+        metrics::MeteredLedger,
         shed::ShedLayer,
     },
     store::{AccumulateArgs, Accumulated, Begin, Ledger, StatsView},
@@ -62,6 +63,8 @@ pub struct Calculator {
     /// calls through it, because overload is a property of the server, not
     /// of the protocol a caller happens to speak.
     shed: ShedLayer,
+    /// TLS, tokens and metrics, the same on both fronts.
+    edge: Edge,
 }
 
 impl Calculator {
@@ -80,6 +83,7 @@ impl Calculator {
             events,
             require_request_id: false,
             shed,
+            edge: Edge::default(),
         }
     }
 
@@ -105,7 +109,32 @@ impl Calculator {
             events: config.events.clone(),
             require_request_id: config.require_request_id,
             shed,
+            edge: Edge::default(),
         }
+        .with_edge(config.edge.clone())
+    }
+
+    /// Serves both fronts with `edge`'s TLS, tokens and metrics. With
+    /// metrics, the ledger is timed ([`MeteredLedger`]) and watched, and
+    /// the authenticator's refusals counted.
+    pub fn with_edge(mut self, edge: Edge) -> Self {
+        if let Some(metrics) = &edge.metrics {
+            self.ledger = Arc::new(MeteredLedger::new(
+                Arc::clone(&self.ledger),
+                metrics.clone(),
+            ));
+            metrics.watch_ledger(Arc::clone(&self.ledger));
+            if let Some(auth) = &edge.auth {
+                metrics.watch_auth(Arc::clone(auth));
+            }
+        }
+        self.edge = edge;
+        self
+    }
+
+    /// TLS, tokens and metrics of both fronts.
+    pub fn edge(&self) -> &Edge {
+        &self.edge
     }
 
     /// Refuses `Accumulate` without a request ID (`--require-request-id`)

@@ -57,6 +57,7 @@ pub fn config(
         endpoint: endpoint.into(),
         seed: Some(derive_seed(seed, &stream)),
         events,
+        token: None,
     }
 }
 

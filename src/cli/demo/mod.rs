@@ -81,7 +81,13 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             }
         },
     };
-    let channel = match tcp_channel(&addr) {
+    // TLS settings apply to a server given with --addr; the embedded one
+    // speaks plaintext on loopback.
+    let channel = match &args.addr {
+        Some(_) => args.client.security.channel(&addr),
+        None => tcp_channel(&addr).map_err(|e| e.to_string()),
+    };
+    let channel = match channel {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -21,8 +21,15 @@ use axum::{
 };
 use serde::Serialize;
 use tonic::Code;
+use utoipa::ToSchema;
 
-use crate::error::{REPLAYED_KEY, ServiceError};
+use crate::error::{AuthError, REPLAYED_KEY, ServiceError};
+
+/// The gRPC code a REST response stands for, left in the response's
+/// extensions for the metrics middleware (which labels REST calls with
+/// `grpc_status` like gRPC ones). Absent on successes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnsweredCode(pub Code);
 
 /// Everything the REST front may answer instead of a result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -30,6 +37,9 @@ pub enum RestError {
     /// The service refused or failed the request.
     #[error(transparent)]
     Service(ServiceError),
+    /// Refused by authentication (`--auth-tokens`): 401, 403 or 429.
+    #[error(transparent)]
+    Auth(AuthError),
     /// A recorded outcome replayed from the dedup store (an error the first
     /// execution of this idempotency key got): answered again, marked
     /// replayed.
@@ -86,23 +96,26 @@ impl From<ServiceError> for RestError {
     }
 }
 
-/// The JSON error body.
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The JSON error body of every REST error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    /// What went wrong.
+    pub error: ErrorDetail<'a>,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorDetail<'a> {
+/// The fields of [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
     /// gRPC code name (`INVALID_ARGUMENT`, ...).
-    code: &'a str,
-    message: String,
+    pub code: &'a str,
+    /// What went wrong, for a person.
+    pub message: String,
     /// True only when the request is known not to have been applied.
-    not_applied: bool,
+    pub not_applied: bool,
     /// Pushback in ms, when the server asks the client to wait (also sent
     /// as `Retry-After`, rounded up to whole seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u64>,
+    pub retry_after_ms: Option<u64>,
 }
 
 /// gRPC's canonical name of a code, as the `code` field carries it.
@@ -118,6 +131,10 @@ impl RestError {
         match self {
             Self::Service(e) | Self::Replayed(e) => (
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                e.code(),
+            ),
+            Self::Auth(e) => (
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED),
                 e.code(),
             ),
             Self::MalformedJson(_)
@@ -148,6 +165,7 @@ impl IntoResponse for RestError {
         let (status, code) = self.status_and_code();
         let pushback_ms = match &self {
             Self::Service(e) | Self::Replayed(e) => e.pushback_ms(),
+            Self::Auth(e) => e.pushback_ms().and_then(|ms| i64::try_from(ms).ok()),
             _ => None,
         };
         // A negative pushback means "never retry this": HTTP has no header
@@ -178,6 +196,17 @@ impl IntoResponse for RestError {
             // RFC 9110: a 405 must say what the path does take.
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
+        if let Self::Auth(e) = &self
+            && let Some(challenge) = e.www_authenticate()
+        {
+            // RFC 6750: every 401 (and the 403 of a role too weak) says
+            // which scheme the server takes.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response.extensions_mut().insert(AnsweredCode(code));
         response
     }
 }

@@ -3,6 +3,7 @@
 //! knows a calculator or dedup rule.
 
 use axum::{
+    Extension,
     extract::{Path, Request, State, rejection::PathRejection},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     middleware::Next,
@@ -18,8 +19,11 @@ use super::{
     },
 };
 use crate::{
-    core::BinaryOp, error::REPLAYED_KEY, rpc::Method, server::service::Calculator,
-    store::AccumulateArgs,
+    core::BinaryOp,
+    rpc::Method,
+    error::REPLAYED_KEY,
+    server::{auth::Identity, service::Calculator},
+    store::{AccumulateArgs, Caller},
 };
 
 /// The custom-method suffix of the accumulate path, in the style of
@@ -50,6 +54,7 @@ fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, RestE
 /// (required with `--require-request-id`).
 pub async fn register_action(
     State(calculator): State<Calculator>,
+    identity: Option<Extension<Identity>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<JsonBody<AccumulateBody>, RestError>,
@@ -71,7 +76,12 @@ pub async fn register_action(
         register: register.to_owned(),
         delta,
         request_id,
-        caller: Default::default(),
+        // The identity the authenticator admitted scopes the key, as on
+        // the gRPC front.
+        caller: Caller {
+            identity: identity.map(|Extension(i)| i.name),
+            peer: None,
+        },
     };
     match calculator.accumulate(&args, deadline).await {
         Ok(done) => {
@@ -131,7 +141,7 @@ pub async fn method_not_allowed(req: Request) -> RestError {
     let path = req.uri().path();
     let allow = if path.starts_with("/v1/registers/") {
         "GET, POST"
-    } else if path == "/v1/stats" || path == "/healthz" {
+    } else if path == "/v1/stats" || path == "/healthz" || path == super::openapi::OPENAPI_PATH {
         "GET"
     } else {
         "POST"
@@ -153,9 +163,10 @@ pub async fn admit(State(calculator): State<Calculator>, req: Request, next: Nex
     }
 }
 
-/// The RPC a REST path stands for, for the shed event. The binary paths
-/// are the operations' short names, as the router builds them.
-fn method_of(path: &str) -> Option<Method> {
+/// The RPC a REST path stands for, for the shed event, the authenticator
+/// and metrics labels. The binary paths are the operations' short names,
+/// as the router builds them.
+pub fn method_of(path: &str) -> Option<Method> {
     match path {
         "/v1/stats" => Some(Method::GetStats),
         p if p.ends_with(ACCUMULATE_SUFFIX) => Some(Method::Accumulate),

@@ -17,13 +17,15 @@ use serde::{
     de::{DeserializeOwned, Visitor},
 };
 
+use utoipa::ToSchema;
+
 use super::error::RestError;
 use crate::{server::MESSAGE_BYTES_MAX, store::StatsView};
 
 /// `POST /v1/{op}` body. Unknown fields are refused, as proto3's JSON
 /// mapping does by default: a typo (`"bb": 3`) must not silently become 0.
 /// Only a JSON object is accepted (see [`from_json_object`]).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = r#"a JSON object {"a": number, "b": number}"#
@@ -36,14 +38,14 @@ pub struct BinaryBody {
 }
 
 /// `POST /v1/{op}` answer.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ResultBody {
     /// The result.
     pub result: f64,
 }
 
 /// `POST /v1/registers/{name}:accumulate` body (a JSON object only).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, expecting = r#"a JSON object {"delta": number}"#)]
 pub struct AccumulateBody {
     /// Amount to add.
@@ -51,7 +53,7 @@ pub struct AccumulateBody {
 }
 
 /// `POST /v1/registers/{name}:accumulate` answer.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AccumulatedBody {
     /// The register's value right after this request was applied.
     pub value: f64,
@@ -61,14 +63,14 @@ pub struct AccumulatedBody {
 }
 
 /// `GET /v1/registers/{name}` answer.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RegisterBody {
     /// The register's value.
     pub value: f64,
 }
 
 /// `GET /v1/stats` answer: the fields of the proto's `Stats`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatsBody {
     /// Dedup records retained.
     pub dedup_entries: u64,

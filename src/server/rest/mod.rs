@@ -48,12 +48,18 @@
 //! - [`json`]: wire types and the JSON body extractor.
 //! - [`headers`]: `Idempotency-Key` and `abacus-timeout-ms`.
 //! - [`error`]: [`RestError`] and its one mapping to status + JSON body.
-//! - [`serve`]: [`serve_rest`], HTTP/1.1 keep-alive and h2c on one port.
+//! - [`serve`]: [`serve_rest`], HTTP/1.1 keep-alive and h2c on one port
+//!   (and TLS, with ALPN, when the server has a certificate).
+//! - [`edge`]: tokens and metrics, shared with the gRPC front.
+//! - [`openapi`]: the OpenAPI document (`GET /openapi.json`,
+//!   `docs/openapi.json`).
 
+pub mod edge;
 pub mod error;
 pub mod handlers;
 pub mod headers;
 pub mod json;
+pub mod openapi;
 pub mod serve;
 
 use axum::{
@@ -95,11 +101,34 @@ pub fn router(calculator: Calculator) -> Router {
         .route_layer(middleware::from_fn_with_state(
             calculator.clone(),
             handlers::admit,
+        ))
+        // Outside admission: an unauthenticated call never takes a slot.
+        .route_layer(middleware::from_fn_with_state(
+            calculator.clone(),
+            edge::authenticate,
         ));
+    let document = std::sync::Arc::<str>::from(openapi::document_json());
     calls
         .route("/healthz", get(handlers::healthz))
+        .route(
+            openapi::OPENAPI_PATH,
+            get(move || {
+                let document = std::sync::Arc::clone(&document);
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        )
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(MESSAGE_BYTES_MAX))
+        // Outermost: every request counts, refused and unknown ones too.
+        .layer(middleware::from_fn_with_state(
+            calculator.clone(),
+            edge::record,
+        ))
         .with_state(calculator)
 }

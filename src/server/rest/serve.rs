@@ -9,7 +9,7 @@
 //! accept backoff, first-byte and idle timeouts), header read and shutdown
 //! limits, and needs no extra axum features.
 
-use std::{future::Future, time::Duration};
+use std::{convert::Infallible, future::Future, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -20,7 +20,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::{Stream, StreamExt};
 
 use super::router;
-use crate::server::{Limits, listener, service::Calculator};
+use crate::server::{
+    Limits, listener,
+    metrics::Front,
+    service::Calculator,
+    tls::{self, HandshakeStats},
+};
 
 /// Longest an HTTP/1.1 client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,7 +66,6 @@ pub async fn serve_rest_with<I, IO, IE>(
     IE: std::fmt::Display,
 {
     calculator.shed().start_probe();
-    let app = router(calculator);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -79,7 +83,48 @@ pub async fn serve_rest_with<I, IO, IE>(
         .keep_alive_interval(limits.h2_keepalive_interval)
         .keep_alive_timeout(limits.h2_keepalive_timeout);
     let graceful = GracefulShutdown::new();
+    let edge = calculator.edge().clone();
+    let app = router(calculator);
     let incoming = listener::guard(incoming, limits, "REST");
+    let handshakes = edge.tls.as_ref().map(|_| HandshakeStats::default());
+    if let Some(metrics) = &edge.metrics {
+        metrics.watch_front(Front::Rest, incoming.stats(), handshakes.clone());
+    }
+    match (&edge.tls, handshakes) {
+        (Some(config), Some(stats)) => {
+            let sessions = tls::handshakes(
+                incoming,
+                config.acceptor(tls::ALPN_REST),
+                limits.first_byte_timeout,
+                "REST",
+                stats,
+            );
+            accept_loop(&builder, &graceful, &app, sessions, shutdown).await;
+        }
+        _ => accept_loop(&builder, &graceful, &app, incoming, shutdown).await,
+    }
+    if tokio::time::timeout(SHUTDOWN_DRAIN_MAX, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "REST front: connections still open after {SHUTDOWN_DRAIN_MAX:?}; closing them"
+        );
+    }
+}
+
+/// Serves every connection `incoming` yields (plaintext or TLS sessions)
+/// until `shutdown` completes.
+async fn accept_loop<I, IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    app: &axum::Router,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) where
+    I: Stream<Item = Result<IO, Infallible>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tokio::pin!(incoming, shutdown);
     loop {
         let io = tokio::select! {
@@ -103,13 +148,5 @@ pub async fn serve_rest_with<I, IO, IE>(
                 tracing::debug!(error = %e, "REST connection ended with an error");
             }
         });
-    }
-    if tokio::time::timeout(SHUTDOWN_DRAIN_MAX, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "REST front: connections still open after {SHUTDOWN_DRAIN_MAX:?}; closing them"
-        );
     }
 }
