@@ -13,4 +13,5 @@ mod support {
 
 mod cli;
 mod conformance;
+mod identity;
 mod postgres;

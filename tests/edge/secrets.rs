@@ -1,0 +1,214 @@
+//! No token or key in the binary's logs or errors, at DEBUG, across the
+//! paths that handle them: a token file with a bad line, calls with
+//! unknown, malformed and valid tokens on both fronts, TLS handshakes that
+//! fail, and `abacus call` with a wrong token.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use abacus::client::ClientTls;
+use tokio::net::TcpStream;
+
+use crate::{
+    certs::Pki,
+    support::{READER_TOKEN, WRITER_TOKEN, client, quick_config, rest_request},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_abacus");
+
+/// A token no identity has, sent by the test.
+const UNKNOWN_TOKEN: &str = "unknown-token-9f8e7d6c5b4a";
+
+/// Asserts `text` holds none of `secrets`.
+fn assert_clean(text: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(!text.contains(secret), "a secret leaked:\n{text}");
+    }
+}
+
+/// `addr=HOST:PORT` from a "listening" log line (no colours: NO_COLOR).
+fn addr_in(line: &str, what: &str) -> Option<String> {
+    if !line.contains(what) {
+        return None;
+    }
+    let rest = &line[line.find("addr=")? + "addr=".len()..];
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+#[tokio::test]
+async fn no_secret_in_logs_or_errors() {
+    let pki = Pki::generate();
+    let dir = std::env::temp_dir().join(format!("abacus-secrets-{}", std::process::id()));
+    pki.write_to(&dir).unwrap();
+    let tokens = dir.join("tokens");
+    // The writer's token appears only as a digest; the reader's in clear.
+    let digest: String = abacus::server::auth::tokens::digest(WRITER_TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        &tokens,
+        format!("writer write sha256:{digest}\nreader read {READER_TOKEN}\n"),
+    )
+    .unwrap();
+    let key_lines: Vec<String> = pki
+        .server
+        .key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_owned)
+        .collect();
+    let mut secrets: Vec<&str> = vec![WRITER_TOKEN, READER_TOKEN, UNKNOWN_TOKEN, &digest];
+    secrets.extend(key_lines.iter().map(String::as_str));
+
+    // A token file with a bad line: the error names the line, not the token.
+    let bad = dir.join("bad-tokens");
+    std::fs::write(
+        &bad,
+        format!("ok write {WRITER_TOKEN}\nbroken admin {READER_TOKEN}\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--auth-tokens"])
+        .arg(&bad)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2: role \"admin\""), "{stderr}");
+    assert_clean(&stderr, &secrets);
+
+    // Tokens without TLS beyond loopback: refused, naming the flag.
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", "0.0.0.0:0", "--auth-tokens"])
+        .arg(&tokens)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+    // A server at DEBUG, every line kept.
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--rest-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--auth-tokens")
+        .arg(&tokens)
+        .arg("--tls-cert")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("server.key"))
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addrs, got_addrs) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = addr_in(&line, "abacus listening") {
+                let _ = addrs.send(("grpc", addr));
+            } else if let Some(addr) = addr_in(&line, "REST twin listening") {
+                let _ = addrs.send(("rest", addr));
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let (mut grpc, mut rest) = (None, None);
+    while grpc.is_none() || rest.is_none() {
+        // A hang guard: the lines come right after binding.
+        let (front, addr) = got_addrs
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server logs its addresses");
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        match front {
+            "grpc" => grpc = Some(addr),
+            _ => rest = Some(addr),
+        }
+    }
+    let (grpc, rest) = (grpc.unwrap(), rest.unwrap());
+    let tls = ClientTls::from_pem(
+        abacus::tls::PemSource {
+            flag: "--tls-ca",
+            path: &dir.join("ca.pem"),
+            pem: pki.ca.as_bytes(),
+        },
+        None,
+    )
+    .unwrap();
+    let mut errors = String::new();
+    for token in [UNKNOWN_TOKEN, READER_TOKEN, WRITER_TOKEN] {
+        let c = client(grpc, Some(&tls), quick_config(Some(token)));
+        if let Err(e) = c.accumulate_with_id("r", 1.0, "id").await {
+            errors.push_str(&format!("{e}\n"));
+        }
+    }
+    assert!(errors.contains("UNAUTHENTICATED"), "{errors}");
+    assert!(errors.contains("PERMISSION_DENIED"), "{errors}");
+    // Plaintext to the TLS port: a failed handshake in the log.
+    let plain = client(grpc, None, quick_config(Some(WRITER_TOKEN)));
+    errors.push_str(&format!("{:?}\n", plain.add(1.0, 1.0).await));
+    // REST with a token over plaintext to the TLS port: no HTTP answer,
+    // and nothing it sent may show up in the log.
+    let tcp = TcpStream::connect(rest).await.unwrap();
+    let req = rest_request("GET", "/v1/stats", Some(UNKNOWN_TOKEN), None);
+    let handshake = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Full<hyper::body::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tcp))
+    .await;
+    if let Ok((mut sender, conn)) = handshake {
+        tokio::spawn(conn);
+        let _ = sender.send_request(req).await;
+    }
+    assert_clean(&errors, &secrets);
+
+    // `abacus call` with a wrong token in the environment.
+    let out = Command::new(BIN)
+        .args(["call", "--addr", &grpc.to_string(), "--tls-ca"])
+        .arg(dir.join("ca.pem"))
+        .args(["--attempts", "1", "add", "1", "2"])
+        .env("ABACUS_TOKEN", UNKNOWN_TOKEN)
+        .env("RUST_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let call_stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{call_stderr}");
+    assert!(
+        call_stderr.contains("UNAUTHENTICATED: unknown token"),
+        "{call_stderr}"
+    );
+    assert_clean(&call_stderr, &secrets);
+
+    // Stop it gracefully, so every queued line is written, then read all.
+    let stopped = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let _ = child.wait();
+    let log = reader.join().unwrap();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    assert!(log.contains("DEBUG"), "the log ran at DEBUG:\n{log}");
+    assert_clean(&log, &secrets);
+    let _ = std::fs::remove_dir_all(&dir);
+}
