@@ -5,10 +5,16 @@ protocol grpcio-reflection speaks), builds the message classes from the
 served descriptors, calls every RPC by its proto name, and checks results,
 status codes, the `abacus-not-applied` trailer and the health service.
 
-Usage: python3 client.py HOST:PORT   (against a fresh server)
+Usage: python3 client.py HOST:PORT [--tls-ca CA [--tls-cert CERT --tls-key KEY]]
+                                    [--token-file FILE]
+(against a fresh server). With --tls-ca it connects over TLS (mutual TLS
+with --tls-cert/--tls-key); with --token-file it sends the token as gRPC
+access-token call credentials (`authorization: Bearer ...`), which grpcio
+only allows over TLS.
 Exits 1 on any mismatch, listing every one.
 """
 
+import argparse
 import sys
 
 import grpc
@@ -71,8 +77,28 @@ def not_applied(err):
     return ("abacus-not-applied", "true") in tuple(err.trailing_metadata() or ())
 
 
-def main(addr):
-    channel = grpc.insecure_channel(addr)
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def open_channel(args):
+    if args.tls_ca is None:
+        return grpc.insecure_channel(args.addr)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca),
+        private_key=read(args.tls_key) if args.tls_key else None,
+        certificate_chain=read(args.tls_cert) if args.tls_cert else None,
+    )
+    if args.token_file:
+        token = read(args.token_file).decode().strip()
+        creds = grpc.composite_channel_credentials(
+            creds, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(args.addr, creds)
+
+
+def main(args):
+    channel = open_channel(args)
     grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)
 
     db = ProtoReflectionDescriptorDatabase(channel)
@@ -134,6 +160,10 @@ def main(addr):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: client.py HOST:PORT")
-    sys.exit(main(sys.argv[1]))
+    parser = argparse.ArgumentParser(description="abacus interop client")
+    parser.add_argument("addr", help="HOST:PORT")
+    parser.add_argument("--tls-ca", help="trust server certificates signed by this CA (PEM)")
+    parser.add_argument("--tls-cert", help="client certificate for mutual TLS (PEM)")
+    parser.add_argument("--tls-key", help="its private key (PEM)")
+    parser.add_argument("--token-file", help="send this file's token (needs --tls-ca)")
+    sys.exit(main(parser.parse_args()))
