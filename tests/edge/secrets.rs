@@ -212,3 +212,58 @@ async fn no_secret_in_logs_or_errors() {
     assert_clean(&log, &secrets);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs the binary with `args`; its exit code and stderr.
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("ABACUS_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_and_incomplete_tls_files_are_refused_at_start() {
+    let missing = "/nonexistent/abacus/cert.pem";
+    for (args, fragment) in [
+        (
+            vec![
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--tls-cert",
+                missing,
+                "--tls-key",
+                missing,
+            ],
+            "--tls-cert /nonexistent/abacus/cert.pem: cannot read it",
+        ),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0", "--tls-cert", missing],
+            "--tls-key",
+        ),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0", "--auth-tokens", missing],
+            "--auth-tokens /nonexistent/abacus/cert.pem: cannot read it",
+        ),
+        (
+            vec!["call", "--tls-ca", missing, "add", "1", "2"],
+            "--tls-ca /nonexistent/abacus/cert.pem: cannot read it",
+        ),
+        (
+            vec!["call", "--token-file", missing, "add", "1", "2"],
+            "--token-file /nonexistent/abacus/cert.pem: cannot read it",
+        ),
+    ] {
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(fragment), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
