@@ -10,7 +10,8 @@ use std::{
 use abacus::{
     error::{NOT_APPLIED_KEY, PUSHBACK_KEY},
     pb::{self, calculator_client::CalculatorClient},
-    server::{Edge, auth::RateLimit},
+    server::{Edge, Limits, auth::RateLimit},
+    store::{DedupConfig, Ledger, MemoryLedger, redb::RedbLedger},
     trace::{Event, EventSink},
 };
 use tokio::net::TcpStream;
@@ -148,6 +149,77 @@ async fn each_role_on_the_rest_front_with_challenges() {
     // Health stays open.
     let (status, _, _) = call(None, "/healthz", None).await;
     assert_eq!(status.as_u16(), 200);
+}
+
+/// The same request ID from two identities names two requests on both
+/// fronts: neither replays the other's outcome, nor is refused as reusing
+/// it with another payload; each identity's own repeats still replay.
+async fn request_ids_are_scoped_by_identity(ledger: Arc<dyn Ledger>) {
+    let fronts = Fronts::with(auth_edge(None), Limits::default(), Some(ledger)).await;
+    let writer = client(fronts.grpc, None, quick_config(Some(WRITER_TOKEN)));
+    let other = client(fronts.grpc, None, quick_config(Some(OTHER_WRITER_TOKEN)));
+    assert_eq!(
+        writer.accumulate_with_id("shared", 1.0, "id-1").await,
+        Ok((1.0, false))
+    );
+    // Same ID, same payload, another identity: executed, not replayed.
+    assert_eq!(
+        other.accumulate_with_id("shared", 1.0, "id-1").await,
+        Ok((2.0, false))
+    );
+    // Same ID, another payload, another identity: executed, not refused.
+    assert_eq!(
+        other.accumulate_with_id("shared", 5.0, "id-2").await,
+        Ok((7.0, false))
+    );
+    assert_eq!(
+        writer.accumulate_with_id("shared", 3.0, "id-2").await,
+        Ok((10.0, false))
+    );
+    assert_eq!(
+        writer.accumulate_with_id("shared", 1.0, "id-1").await,
+        Ok((1.0, true))
+    );
+    assert_eq!(
+        other.accumulate_with_id("shared", 5.0, "id-2").await,
+        Ok((7.0, true))
+    );
+    // The REST twin scopes the same way: an Idempotency-Key is the gRPC
+    // request ID of the same identity, and only of it.
+    let rest = |token: &'static str| {
+        let mut req = rest_request(
+            "POST",
+            "/v1/registers/shared:accumulate",
+            Some(token),
+            Some(r#"{"delta":3}"#),
+        );
+        req.headers_mut()
+            .insert("idempotency-key", "id-2".parse().unwrap());
+        async move { http1(TcpStream::connect(fronts.rest).await.unwrap(), req).await }
+    };
+    let (status, _, body) = rest(OTHER_WRITER_TOKEN).await;
+    assert_eq!(status.as_u16(), 409, "other's id-2 carried delta 5: {body}");
+    let (status, _, body) = rest(WRITER_TOKEN).await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, r#"{"value":10.0,"replayed":true}"#)
+    );
+    assert_eq!(writer.get("shared").await, Ok(10.0));
+}
+
+#[tokio::test]
+async fn request_ids_are_scoped_by_identity_in_memory() {
+    let ledger = MemoryLedger::new(DedupConfig::default(), EventSink::log_only());
+    request_ids_are_scoped_by_identity(Arc::new(ledger)).await;
+}
+
+#[tokio::test]
+async fn request_ids_are_scoped_by_identity_in_redb() {
+    let dir = std::env::temp_dir().join(format!("abacus-scope-{}", std::process::id()));
+    let ledger = RedbLedger::open(DedupConfig::default(), EventSink::log_only(), &dir)
+        .expect("a fresh data directory");
+    request_ids_are_scoped_by_identity(Arc::new(ledger)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -192,6 +192,7 @@ async fn the_endpoint_counts_the_calls_made_on_both_fronts() {
     assert_eq!(v("abacus_dedup_entries", &[]), Some(1.0));
     assert_eq!(v("abacus_registers", &[]), Some(1.0));
     assert_eq!(v("abacus_store_up", &[]), Some(1.0));
+    assert_eq!(v("abacus_store_serving", &[]), Some(1.0));
     assert_eq!(
         v(
             "abacus_auth_refused_total",

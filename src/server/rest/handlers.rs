@@ -20,8 +20,8 @@ use super::{
 };
 use crate::{
     core::BinaryOp,
-    rpc::Method,
     error::REPLAYED_KEY,
+    rpc::Method,
     server::{auth::Identity, service::Calculator},
     store::{AccumulateArgs, Caller},
 };
