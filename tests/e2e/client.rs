@@ -10,7 +10,7 @@ use abacus::{
 };
 use tonic::Code;
 
-use crate::harness::TestServer;
+use crate::{closed_port::ClosedPort, harness::TestServer};
 
 #[derive(Debug, Clone, Copy)]
 enum Op {
@@ -41,11 +41,10 @@ async fn check(addr: &str, op: Op, expect: Expect) {
 
 #[tokio::test]
 async fn failures_say_whether_the_request_was_applied() {
-    // A port that was just open and is now closed: connection refused.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    // A port nothing listens on (and nothing can take meanwhile):
+    // connection refused.
+    let closed_port = ClosedPort::new();
+    let closed = closed_port.addr().to_string();
     let healthy = TestServer::healthy().await;
     let dropping = TestServer::start(FaultConfig {
         drop_after_apply_rate: 1.0,

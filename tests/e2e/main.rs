@@ -23,6 +23,8 @@
 //! Every table runs through [`harness::Conn::check`].
 
 mod client;
+#[path = "../support/closed_port.rs"]
+mod closed_port;
 mod discovery;
 mod faults;
 mod flood;

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use crate::support::pg;
+use crate::support::{closed_port::ClosedPort, pg};
 
 const BIN: &str = env!("CARGO_BIN_EXE_abacus");
 
@@ -65,10 +65,8 @@ fn unreachable_servers_and_wrong_passwords_name_what_to_fix() {
     let Some(db) = database("cli_errors") else {
         return;
     };
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed_port = ClosedPort::new();
+    let closed = closed_port.addr();
     let (code, err) = serve_fails(&["--store", &db.url_via(closed)], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(

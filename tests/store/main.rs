@@ -7,6 +7,8 @@
 //! database.
 
 mod support {
+    #[path = "../../support/closed_port.rs"]
+    pub(crate) mod closed_port;
     pub(crate) mod pg;
     pub(crate) mod proxy;
 }

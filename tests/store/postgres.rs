@@ -21,6 +21,7 @@ use abacus::{
 use tokio::time::Instant;
 
 use crate::support::{
+    closed_port::ClosedPort,
     pg::{self, TestDb},
     proxy::{Cut, Proxy},
 };
@@ -574,10 +575,8 @@ async fn start_up_failures_name_what_to_fix_without_the_password() {
         .to_string();
     assert!(err.contains("\"no_such_database\" does not exist"), "{err}");
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed_port = ClosedPort::new();
+    let closed = closed_port.addr();
     let err = PgLedger::connect(
         config(&db.url_via(closed)),
         DedupConfig::default(),
