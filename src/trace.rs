@@ -18,9 +18,9 @@ use tonic::Code;
 
 use crate::{
     client::breaker::State as BreakerState,
-    client::{CallError, Reply, retry::Stop},
+    client::{CallError, Reply, hedge::HedgeTrigger, retry::Stop},
     error::{CalcError, ServiceError, code_name},
-    rpc::Method,
+    rpc::{HealthScope, Method, Serving},
     store::dedup::EvictReason,
 };
 
@@ -186,6 +186,9 @@ pub enum Event {
         call: u64,
         /// 1-based attempt number.
         attempt: u32,
+        /// The endpoint it went to (its name: the address it was resolved
+        /// or configured as).
+        endpoint: String,
         /// This attempt's timeout in ms.
         timeout_ms: u64,
     },
@@ -245,6 +248,56 @@ pub enum Event {
         /// Endpoint.
         endpoint: String,
     },
+    /// The hedging policy sent another attempt of a call while the earlier
+    /// ones were still in flight (its `attempt` line follows, naming the
+    /// endpoint).
+    HedgeSent {
+        /// Client-local call number.
+        call: u64,
+        /// The hedge's attempt number (≥ 2).
+        attempt: u32,
+        /// What released it.
+        trigger: HedgeTrigger,
+    },
+    /// A hedged call (more than one attempt sent) got its reply from this
+    /// attempt; the others still in flight are cancelled.
+    HedgeWon {
+        /// Client-local call number.
+        call: u64,
+        /// The winning attempt (1 when the first attempt beat its hedges).
+        attempt: u32,
+    },
+    /// An attempt of a hedged call still in flight was cancelled because
+    /// another attempt settled the call.
+    HedgeCancelled {
+        /// Client-local call number.
+        call: u64,
+        /// The cancelled attempt.
+        attempt: u32,
+    },
+    /// The client's endpoint set gained an endpoint (configured, or found
+    /// by re-resolving a name).
+    EndpointAdded {
+        /// Its name.
+        endpoint: String,
+    },
+    /// An endpoint left the set (no longer resolved); nothing more is sent
+    /// to it.
+    EndpointRemoved {
+        /// Its name.
+        endpoint: String,
+    },
+    /// A health watch reported a change for one scope of an endpoint. A
+    /// `not-serving` endpoint gets none of the RPCs that need that scope
+    /// (it is ejected for them) until it reports `serving` again.
+    EndpointHealth {
+        /// Its name.
+        endpoint: String,
+        /// Which part of the replica the status is about.
+        scope: HealthScope,
+        /// The new status.
+        status: Serving,
+    },
 }
 
 impl Event {
@@ -270,6 +323,12 @@ impl Event {
             Self::CallFinished { .. } => "call-finished",
             Self::BreakerTransition { .. } => "breaker",
             Self::BreakerRejected { .. } => "breaker-rejected",
+            Self::HedgeSent { .. } => "hedge",
+            Self::HedgeWon { .. } => "hedge-won",
+            Self::HedgeCancelled { .. } => "hedge-cancelled",
+            Self::EndpointAdded { .. } => "endpoint-added",
+            Self::EndpointRemoved { .. } => "endpoint-removed",
+            Self::EndpointHealth { .. } => "endpoint-health",
         }
     }
 }
@@ -329,8 +388,13 @@ impl fmt::Display for Event {
             Self::AttemptStarted {
                 call,
                 attempt,
+                endpoint,
                 timeout_ms,
-            } => write!(f, " #{call}.{attempt} timeout={timeout_ms}ms"),
+            } => write!(
+                f,
+                " #{call}.{attempt} -> {} timeout={timeout_ms}ms",
+                id(endpoint)
+            ),
             Self::AttemptFailed {
                 call,
                 attempt,
@@ -376,6 +440,22 @@ impl fmt::Display for Event {
             Self::BreakerRejected { call, endpoint } => {
                 write!(f, " #{call} {endpoint} circuit open, not sent")
             }
+            Self::HedgeSent {
+                call,
+                attempt,
+                trigger,
+            } => write!(f, " #{call}.{attempt} ({trigger})"),
+            Self::HedgeWon { call, attempt } | Self::HedgeCancelled { call, attempt } => {
+                write!(f, " #{call}.{attempt}")
+            }
+            Self::EndpointAdded { endpoint } | Self::EndpointRemoved { endpoint } => {
+                write!(f, " {endpoint}")
+            }
+            Self::EndpointHealth {
+                endpoint,
+                scope,
+                status,
+            } => write!(f, " {endpoint} {scope} {status}"),
         }
     }
 }

@@ -60,10 +60,13 @@ pub fn pure(name: &'static str, windows: Vec<Window>) -> Scenario {
     // only noticed by HTTP/2 keepalive (1 s + 1 s), and every attempt on it
     // costs a token. `retry_budget_bounds_attempts_in_an_outage` shows the
     // default bucket running dry instead.
-    s.retry.throttle = Some(ThrottleConfig {
-        max_tokens: 40.0,
-        token_ratio: 0.5,
-    });
+    s.retry.throttle = Some(
+        ThrottleConfig {
+            max_tokens: 40.0,
+            token_ratio: 0.5,
+        }
+        .into(),
+    );
     s.plan.windows = windows;
     s.liveness_calls = 3;
     s

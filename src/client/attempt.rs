@@ -9,6 +9,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -31,12 +32,28 @@ use crate::{
 pub struct AttemptLayer {
     timeout: Duration,
     events: EventSink,
+    /// The endpoint below, named in `attempt` events; empty when the
+    /// layer was built without one (a stack over a single service).
+    endpoint: Arc<str>,
 }
 
 impl AttemptLayer {
     /// Each attempt gets at most `timeout`.
     pub fn new(timeout: Duration, events: EventSink) -> Self {
-        Self { timeout, events }
+        Self {
+            timeout,
+            events,
+            endpoint: Arc::from(""),
+        }
+    }
+
+    /// The same layer, naming `endpoint` in its events: one per endpoint
+    /// below a balancer.
+    pub fn for_endpoint(self, endpoint: &str) -> Self {
+        Self {
+            endpoint: Arc::from(endpoint),
+            ..self
+        }
     }
 }
 
@@ -89,6 +106,7 @@ where
             events.emit(Event::AttemptStarted {
                 call: id,
                 attempt,
+                endpoint: String::from(&*self.layer.endpoint),
                 timeout_ms: until.saturating_duration_since(now).as_millis() as u64,
             });
         }

@@ -7,7 +7,15 @@
 //! whether it may be repeated all follow from it, so no combination of
 //! separately chosen method and payload can disagree with what is sent.
 
-use std::{fmt, future::Future, pin::Pin};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use tokio::time::Instant;
 
@@ -140,6 +148,10 @@ pub struct Call {
     pub attempt_deadline: Option<Instant>,
     /// 1-based attempt number (set by the retry layer).
     pub attempt: u32,
+    /// Where this logical call's attempts went (set by the retry layer,
+    /// filled in by the balancer), so a retry or a hedge can be sent to
+    /// another endpoint than the attempts before it.
+    pub route: Route,
 }
 
 impl Call {
@@ -151,6 +163,7 @@ impl Call {
             deadline: None,
             attempt_deadline: None,
             attempt: 1,
+            route: Route::default(),
         }
     }
 
@@ -178,9 +191,86 @@ impl Call {
     }
 }
 
+/// Attempts a route remembers: every attempt a retry policy or a hedging
+/// policy may make ([`crate::client::retry::policy::ATTEMPTS_MAX_LIMIT`]).
+const ROUTE_SLOTS: usize = crate::client::retry::policy::ATTEMPTS_MAX_LIMIT as usize;
+
+/// The endpoints the attempts of one logical call went to, shared by all
+/// of them: the retry (or hedging) layer gives each call one, the balancer
+/// writes the endpoint each attempt goes to and avoids the ones already
+/// written. Empty ([`Route::default`]) in stacks without a balancer, or
+/// before the retry layer, where it costs nothing.
+///
+/// Lock-free: one slot per attempt number, each written by that attempt
+/// alone, read by the next ones (hedges run concurrently).
+#[derive(Clone, Default)]
+pub struct Route(Option<Arc<[AtomicU64; ROUTE_SLOTS]>>);
+
+impl Route {
+    /// A fresh, empty route for one logical call.
+    pub fn new() -> Self {
+        Self(Some(Arc::new(std::array::from_fn(|_| AtomicU64::new(0)))))
+    }
+
+    /// Records that attempt `attempt` (1-based) goes to `endpoint` (an
+    /// endpoint id, never 0). Attempts past the last slot are not recorded.
+    pub fn record(&self, attempt: u32, endpoint: u64) {
+        if let Some(slots) = &self.0
+            && let Some(slot) = slots.get((attempt as usize).wrapping_sub(1))
+        {
+            slot.store(endpoint, Ordering::Relaxed);
+        }
+    }
+
+    /// True when an earlier attempt of this call went to `endpoint`.
+    pub fn contains(&self, endpoint: u64) -> bool {
+        self.endpoints().any(|e| e == endpoint)
+    }
+
+    /// The endpoints recorded so far, in attempt order.
+    pub fn endpoints(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0
+            .iter()
+            .flat_map(|slots| slots.iter())
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|&e| e != 0)
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.endpoints()).finish()
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.endpoints().eq(other.endpoints())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_is_shared_by_the_clones_of_a_call() {
+        let route = Route::new();
+        let clone = route.clone();
+        route.record(1, 7);
+        clone.record(2, 9);
+        assert!(route.contains(9) && clone.contains(7));
+        assert!(!route.contains(3));
+        assert_eq!(route.endpoints().collect::<Vec<_>>(), [7, 9]);
+        // Out-of-range attempts are ignored, not a panic.
+        route.record(0, 5);
+        route.record(u32::MAX, 5);
+        assert!(!route.contains(5));
+        // Stacks without a retry layer carry an empty route.
+        let none = Route::default();
+        none.record(1, 7);
+        assert!(!none.contains(7));
+    }
 
     fn acc(request_id: &str) -> Request {
         Request::Accumulate {

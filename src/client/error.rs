@@ -33,6 +33,10 @@ pub enum Cause {
     },
     /// The server asked not to retry (negative pushback).
     PushbackStop,
+    /// No endpoint could take the call: the set is empty (nothing
+    /// resolved), or every endpoint reported NOT_SERVING for what the RPC
+    /// needs. Nothing was sent.
+    NoEndpoint,
     /// The stack answered a request with the reply of another RPC: a bug
     /// in a stack composed with [`crate::client::Client::from_stack`], never
     /// the server's doing (the transport decodes each RPC's own response).
@@ -89,6 +93,7 @@ impl CallError {
             Cause::PushbackStop => {
                 format!("server asked not to retry; last error: {}", self.message)
             }
+            Cause::NoEndpoint => self.message.clone(),
             Cause::WrongReply { method } => {
                 format!("{method} got another RPC's reply: {}", self.message)
             }

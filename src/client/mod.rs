@@ -7,19 +7,26 @@
 //! RequestId   attach one ID per logical call (exactly-once mode)
 //! Deadline    stamp and enforce the overall deadline
 //! Observe     trace the call's start and outcome
-//! Retry       backoff with full jitter, budget, pushback, delivery mode
-//! Breaker     per endpoint: fail fast while the server keeps failing
-//! Attempt     per-attempt timeout (clipped to the deadline); trace attempts
-//! Transport   one tonic RPC; classify the failure's outcome
+//! Retry       backoff with full jitter, budget, pushback, delivery mode;
+//!  / Hedge    or, for calls that may be repeated, hedging (A6)
+//! Balance     pick an endpoint per attempt: p2c over peak-EWMA, avoiding
+//!             the endpoints the call already tried, ejected ones, and
+//!             ones NOT_SERVING for the method
+//!   per endpoint:
+//!   Breaker   fail fast while the endpoint keeps failing
+//!   Attempt   per-attempt timeout (clipped to the deadline); trace attempts
+//!   Transport one tonic RPC on the endpoint's connection; classify failures
 //! ```
+//!
+//! One endpoint ([`Client::new`]) is a set of one: the same stack.
 //!
 //! # Layout
 //! - [`call`]: the typed [`Call`] (one [`Request`]) and [`Reply`] that flow
 //!   through the stack.
 //! - [`error`]: [`CallError`], which says whether the request was applied.
 //! - [`mode`]: [`Delivery`] semantics (at-most-once, at-least-once, exactly-once).
-//! - [`request_id`], [`deadline`], [`observe`], [`retry`], [`breaker`],
-//!   [`attempt`]: the layers.
+//! - [`request_id`], [`deadline`], [`observe`], [`retry`], [`hedge`],
+//!   [`balance`], [`breaker`], [`attempt`]: the layers.
 //! - [`service_config`]: the retry policy in gRPC service-config JSON.
 //! - [`transport`]: the innermost service; builds channels over any connector.
 //! - [`tls`]: TLS settings applied to an endpoint; [`credentials`]: the
@@ -28,12 +35,14 @@
 //!   resilience counters, installed as an event hook.
 
 pub mod attempt;
+pub mod balance;
 pub mod breaker;
 pub mod call;
 pub mod credentials;
 pub mod deadline;
 pub mod error;
 pub mod metrics;
+pub mod hedge;
 pub mod mode;
 pub mod observe;
 pub mod request_id;
@@ -50,19 +59,24 @@ use std::{
     time::Duration,
 };
 
-use tonic::Code;
-use tower::{ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
+use tonic::{Code, transport::Channel};
+use tower::{Layer, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
 pub use attempt::AttemptLayer;
+pub use balance::{
+    Balance, BalanceConfig, BalanceHandle, Balancing, DnsResolver, EndpointSnapshot,
+    ManualResolver, Resolve, ResolveError, StaticResolver,
+};
 pub use breaker::{BreakerConfig, BreakerHandle, BreakerLayer};
 pub use call::{Call, Reply, Request};
 pub use credentials::BearerToken;
 pub use deadline::DeadlineLayer;
 pub use error::{CallError, Cause};
+pub use hedge::{HedgeConfig, HedgePolicy};
 pub use mode::Delivery;
 pub use observe::ObserveLayer;
 pub use request_id::{IdGenerator, RequestIdLayer};
-pub use retry::{RetryConfig, RetryLayer, RetryPolicy};
+pub use retry::{ResendCounters, RetryConfig, RetryLayer, RetryPolicy, Throttle};
 pub use service_config::{ServiceConfig, ServiceConfigError};
 pub use tls::ClientTls;
 pub use transport::{
@@ -86,11 +100,18 @@ pub struct ClientConfig {
     pub attempt_timeout: Duration,
     /// Delivery semantics for mutating calls.
     pub mode: Delivery,
-    /// Retry policy (attempts, backoff, retryable codes, budget).
+    /// Retry policy (attempts, backoff, retryable codes, throttle).
     pub retry: RetryConfig,
-    /// Circuit breaker for the endpoint; `None` disables it.
+    /// Hedging for the calls that may be repeated (pure RPCs, `Accumulate`
+    /// with a request ID); they are then hedged instead of retried. `None`:
+    /// every call is retried.
+    pub hedge: Option<HedgeConfig>,
+    /// Circuit breaker, one per endpoint; `None` disables it.
     pub breaker: Option<BreakerConfig>,
-    /// Name of the endpoint, for the breaker's events (e.g. its address).
+    /// How attempts are spread over the endpoints and who is ejected.
+    pub balance: BalanceConfig,
+    /// Name of the endpoint [`Client::new`] sends to, for events (e.g. its
+    /// address). Clients over several endpoints name each by its address.
     pub endpoint: String,
     /// Seed for jitter, breaker jitter and request IDs. `None`: the OS's
     /// randomness. Simulations always set it.
@@ -109,7 +130,9 @@ impl Default for ClientConfig {
             attempt_timeout: Duration::from_secs(1),
             mode: Delivery::default(),
             retry: RetryConfig::default(),
+            hedge: None,
             breaker: Some(BreakerConfig::default()),
+            balance: BalanceConfig::default(),
             endpoint: "server".into(),
             seed: None,
             events: EventSink::default(),
@@ -127,6 +150,12 @@ pub enum ClientConfigError {
     /// Breaker settings out of range.
     #[error("circuit breaker: {0}")]
     Breaker(#[from] breaker::BreakerConfigError),
+    /// Hedging settings out of range.
+    #[error(transparent)]
+    Hedge(#[from] hedge::HedgeConfigError),
+    /// A zero or absurd latency decay.
+    #[error("the latency estimate's decay must be between 100 ms and 10 minutes")]
+    Decay,
     /// A zero or absurd timeout.
     #[error("{0} must be between 1 ms and 1 hour")]
     Timeout(&'static str),
@@ -143,8 +172,18 @@ impl ClientConfig {
             return Err(ClientConfigError::Timeout("attempt timeout"));
         }
         self.retry.validate()?;
+        if let Some(h) = &self.hedge {
+            h.validate()?;
+        }
         if let Some(b) = &self.breaker {
             b.validate()?;
+        }
+        let decay = self.balance.decay;
+        if decay < Duration::from_millis(100) || decay > Duration::from_secs(600) {
+            return Err(ClientConfigError::Decay);
+        }
+        if self.balance.resolve_every < Duration::from_millis(1) {
+            return Err(ClientConfigError::Timeout("re-resolution interval"));
         }
         Ok(())
     }
@@ -152,14 +191,22 @@ impl ClientConfig {
 
 type Stack = BoxCloneSyncService<Call, Reply, CallError>;
 
-/// A calculator client. Cheap to clone; clones share the channel, the retry
-/// budget and the call counter.
+/// What sits below the balancer for each endpoint (the breaker is the
+/// balancer's, per endpoint: see [`balance`]).
+pub type EndpointService = attempt::Attempt<Transport>;
+
+/// Makes the channel to an endpoint from its name: [`tcp_channel`] on real
+/// sockets, a simulated connector in the simulation.
+pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, InvalidAddress> + Send + Sync>;
+
+/// A calculator client. Cheap to clone; clones share the endpoints, their
+/// connections and breakers, the retry throttle and the call counter.
 #[derive(Clone)]
 pub struct Client {
     stack: Stack,
     next_call: Arc<AtomicU64>,
     retry: Option<RetryLayer>,
-    breaker: Option<BreakerHandle>,
+    balance: Option<BalanceHandle>,
 }
 
 impl std::fmt::Debug for Client {
@@ -168,34 +215,114 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The per-endpoint stack below the balancer.
+fn endpoint_service(name: &str, channel: Channel, config: &ClientConfig) -> EndpointService {
+    AttemptLayer::new(config.attempt_timeout, config.events.clone())
+        .for_endpoint(name)
+        .layer(Transport::new(channel).with_token(config.token.clone()))
+}
+
 impl Client {
-    /// A client over `channel` with the full resilient stack.
+    /// A client over one endpoint, `channel`, named `config.endpoint`.
     ///
     /// # Panics
     /// If `config` holds an invalid breaker configuration: call
     /// [`ClientConfig::validate`] first when the configuration comes from a
     /// user.
-    pub fn new(channel: tonic::transport::Channel, config: ClientConfig) -> Self {
+    pub fn new(channel: Channel, config: ClientConfig) -> Self {
+        let name = config.endpoint.clone();
+        Self::with_endpoints([(name, channel)], config)
+    }
+
+    /// A client over a fixed set of endpoints, each a name (for events and
+    /// snapshots) and its channel; its health is watched over the same
+    /// channel when `config.balance.health_check` is on.
+    pub fn with_endpoints(
+        endpoints: impl IntoIterator<Item = (String, Channel)>,
+        config: ClientConfig,
+    ) -> Self {
+        let (client, balance) = Self::build(&config);
+        for (name, channel) in endpoints {
+            let service = endpoint_service(&name, channel.clone(), &config);
+            balance.insert(&name, service, Some(channel));
+        }
+        client
+    }
+
+    /// A client over the endpoints `resolver` names, each dialled with
+    /// `connect`, resolved again every `config.balance.resolve_every` in
+    /// the background (endpoints come and go with the answer; a failed or
+    /// empty answer keeps the set). Fails if the first resolution does, or
+    /// finds nothing.
+    pub async fn resolve(
+        resolver: Arc<dyn Resolve>,
+        connect: Connect,
+        config: ClientConfig,
+    ) -> Result<Self, ResolveError> {
+        let names = resolver.resolve().await?;
+        if names.is_empty() {
+            return Err(ResolveError::Empty);
+        }
+        let (client, balance) = Self::build(&config);
+        let make: balance::MakeEndpoint<EndpointService> = {
+            let config = config.clone();
+            Arc::new(move |name: &str| match connect(name) {
+                Ok(channel) => Some((
+                    endpoint_service(name, channel.clone(), &config),
+                    Some(channel),
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot dial a resolved endpoint");
+                    None
+                }
+            })
+        };
+        for name in &names {
+            if let Some((service, channel)) = make(name) {
+                balance.insert(name, service, channel);
+            }
+        }
+        balance.refresh_from(resolver, make);
+        Ok(client)
+    }
+
+    /// A client over real TCP to `targets`: `host:port`, or several
+    /// comma-separated; a name resolving to several addresses gives one
+    /// endpoint per address (see [`DnsResolver`]).
+    pub async fn connect(targets: &str, config: ClientConfig) -> Result<Self, ResolveError> {
+        let resolver = DnsResolver::parse(targets)?;
+        let connect: Connect = Arc::new(tcp_channel);
+        Self::resolve(Arc::new(resolver), connect, config).await
+    }
+
+    /// The stack above the endpoints, and the balancer to fill.
+    fn build(config: &ClientConfig) -> (Self, Balance<EndpointService>) {
         let seed = config.seed.unwrap_or_else(request_id::os_seed);
         let ids = match config.seed {
             Some(s) => IdGenerator::seeded(s ^ 0x05ee_d1d5),
             None => IdGenerator::os(),
         };
         let events = config.events.clone();
-        let retry = RetryLayer::new(
-            RetryPolicy::new(config.retry.clone(), config.mode),
+        let policy = RetryPolicy::new(config.retry.clone(), config.mode);
+        let retry = match &config.hedge {
+            Some(h) => {
+                RetryLayer::hedged(policy, HedgePolicy::new(h.clone()), seed, events.clone())
+            }
+            None => RetryLayer::new(policy, seed, events.clone()),
+        };
+        if let Some(b) = &config.breaker {
+            // The documented panic: a user's configuration is validated
+            // before it gets here.
+            if let Err(e) = b.validate() {
+                panic!("invalid breaker config: {e}");
+            }
+        }
+        let balance = Balance::new(
+            config.balance.clone(),
+            config.breaker.clone(),
             seed,
             events.clone(),
         );
-        let breaker = config.breaker.clone().map(|b| {
-            BreakerLayer::new(
-                config.endpoint.clone(),
-                b,
-                seed.rotate_left(17),
-                events.clone(),
-            )
-        });
-        let handle = breaker.as_ref().map(BreakerLayer::handle);
         let stack = ServiceBuilder::new()
             .option_layer(
                 config
@@ -206,17 +333,16 @@ impl Client {
             // Below this layer every wait is already clipped to the deadline
             // (see `deadline`): a backstop timer would only cost.
             .layer(DeadlineLayer::new(config.deadline).without_backstop())
-            .layer(ObserveLayer::new(events.clone()))
+            .layer(ObserveLayer::new(events))
             .layer(retry.clone())
-            .option_layer(breaker)
-            .layer(AttemptLayer::new(config.attempt_timeout, events))
-            .service(Transport::new(channel).with_token(config.token.clone()));
-        Self {
+            .service(balance.clone());
+        let client = Self {
             stack: BoxCloneSyncService::new(stack),
             next_call: Arc::new(AtomicU64::new(1)),
             retry: Some(retry),
-            breaker: handle,
-        }
+            balance: Some(balance.handle()),
+        };
+        (client, balance)
     }
 
     /// A client over a stack you composed yourself from this module's
@@ -226,16 +352,38 @@ impl Client {
             stack,
             next_call: Arc::new(AtomicU64::new(1)),
             retry: None,
-            breaker: None,
+            balance: None,
         }
     }
 
-    /// The circuit breaker's handle (state, counters), if the stack has one.
-    pub fn breaker(&self) -> Option<&BreakerHandle> {
-        self.breaker.as_ref()
+    /// The breaker of the first endpoint, if the stack has one (for a
+    /// single-endpoint client, its breaker).
+    pub fn breaker(&self) -> Option<BreakerHandle> {
+        let (_, b) = self.balance.as_ref()?.breakers().into_iter().next()?;
+        Some(b)
     }
 
-    /// Tokens left in the retry budget (`None` when throttling is off or
+    /// The endpoint set (`None` for a stack composed with
+    /// [`Client::from_stack`]).
+    pub fn balance(&self) -> Option<&BalanceHandle> {
+        self.balance.as_ref()
+    }
+
+    /// Every endpoint now: breaker, health, latency, attempts.
+    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
+        self.balance
+            .as_ref()
+            .map(BalanceHandle::endpoints)
+            .unwrap_or_default()
+    }
+
+    /// What the retry and hedging policies counted (`None` for a stack
+    /// composed with [`Client::from_stack`]).
+    pub fn counters(&self) -> Option<ResendCounters> {
+        Some(self.retry.as_ref()?.counters())
+    }
+
+    /// What is left in the retry throttle (`None` when throttling is off or
     /// the stack was composed with [`Client::from_stack`]).
     pub fn retry_budget_tokens(&self) -> Option<f64> {
         self.retry.as_ref()?.budget_tokens()

@@ -5,11 +5,22 @@
 //! optionally with `"method"`), `methodConfig[].timeout` (the overall
 //! deadline), `methodConfig[].retryPolicy` (`maxAttempts`,
 //! `initialBackoff`, `maxBackoff`, `backoffMultiplier`,
-//! `retryableStatusCodes`) and top-level `retryThrottling` (`maxTokens`,
-//! `tokenRatio`). As in gRPC, `maxAttempts` above 5 is treated as 5. The
-//! first method config naming the Calculator service (or with an empty name
-//! list, gRPC's default) wins; per-method entries are not distinguished
-//! because one client stack serves all methods.
+//! `retryableStatusCodes`), `methodConfig[].hedgingPolicy` (`maxAttempts`,
+//! `hedgingDelay`, `nonFatalStatusCodes`), top-level `retryThrottling`
+//! (`maxTokens`, `tokenRatio`) and `loadBalancingConfig` (the first of
+//! `round_robin` or `peak_ewma_p2c` listed; others are skipped, as gRPC
+//! skips policies it does not know). As in gRPC, `maxAttempts` above 5 is
+//! treated as 5. The first method config naming the Calculator service (or
+//! with an empty name list, gRPC's default) wins; per-method entries are
+//! not distinguished because one client stack serves all methods.
+//!
+//! Two differences from gRPC, both forced by what a call is here:
+//! - `retryPolicy` and `hedgingPolicy` may both be given (gRPC allows one):
+//!   hedging applies to the calls that may be repeated, and an `Accumulate`
+//!   without a request ID is retried by the retry policy instead.
+//! - An abacus extension, top-level `retryBudget` (`retryRatio`,
+//!   `minRetriesPerSecond`, `ttl`: Linkerd's names), selects Finagle's
+//!   ratio budget instead of the token bucket; giving both is an error.
 
 use std::time::Duration;
 
@@ -17,9 +28,14 @@ use serde::Deserialize;
 use tonic::Code;
 
 use crate::{
-    client::breaker::config::parse_code_name,
-    client::retry::{Backoff, RetryConfig, RetryConfigError, ThrottleConfig},
+    client::{
+        balance::Balancing,
+        breaker::config::parse_code_name,
+        hedge::{HEDGE_ATTEMPTS_MAX_LIMIT, HedgeConfig, HedgeConfigError},
+        retry::{Backoff, RetryConfig, RetryConfigError, Throttle, ThrottleConfig},
+    },
     pb::SERVICE_NAME,
+    resilience::ratio_budget::RatioBudgetConfig,
 };
 
 /// gRPC's cap on `maxAttempts`.
@@ -40,8 +56,17 @@ pub enum ServiceConfigError {
         value: String,
     },
     /// An unknown status code name.
-    #[error("retryableStatusCodes: unknown status code {0:?}")]
+    #[error("unknown status code {0:?}")]
     Code(String),
+    /// Both throttles given.
+    #[error("retryThrottling and retryBudget both given: choose one throttle")]
+    TwoThrottles,
+    /// The hedging policy is out of range.
+    #[error(transparent)]
+    Hedge(#[from] HedgeConfigError),
+    /// The throttle is out of range.
+    #[error("{0}")]
+    Throttle(&'static str),
     /// No method config applies to abacus.v1.Calculator.
     #[error("no methodConfig names service {SERVICE_NAME:?}")]
     NoMethodConfig,
@@ -53,10 +78,19 @@ pub enum ServiceConfigError {
 /// What a service config says for this client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
-    /// Retry policy (`None` when the method config has no `retryPolicy`).
+    /// Retry policy (`None` when the method config has no `retryPolicy`);
+    /// its `throttle` is the config's.
     pub retry: Option<RetryConfig>,
+    /// Hedging policy (`None` without `hedgingPolicy`).
+    pub hedge: Option<HedgeConfig>,
+    /// The throttle (`retryThrottling` or `retryBudget`), `None` when
+    /// neither is given: retries and hedges then go unthrottled, as in
+    /// gRPC.
+    pub throttle: Option<Throttle>,
     /// Overall deadline from `timeout`.
     pub timeout: Option<Duration>,
+    /// Balancing from `loadBalancingConfig`.
+    pub balancing: Option<Balancing>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +99,9 @@ struct Raw {
     #[serde(default)]
     method_config: Vec<RawMethodConfig>,
     retry_throttling: Option<ThrottleConfig>,
+    retry_budget: Option<RatioBudgetConfig>,
+    #[serde(default)]
+    load_balancing_config: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +111,17 @@ struct RawMethodConfig {
     name: Vec<RawName>,
     timeout: Option<String>,
     retry_policy: Option<RawRetryPolicy>,
+    hedging_policy: Option<RawHedgingPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHedgingPolicy {
+    max_attempts: u32,
+    #[serde(default)]
+    hedging_delay: Option<String>,
+    #[serde(default)]
+    non_fatal_status_codes: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -142,10 +190,29 @@ impl ServiceConfig {
     /// let retry = sc.retry.unwrap();
     /// assert_eq!(retry.attempts_max, 4);
     /// assert_eq!(sc.timeout, Some(std::time::Duration::from_secs(2)));
-    /// assert_eq!(retry.throttle.unwrap().max_tokens, 10.0);
+    /// assert_eq!(sc.throttle, retry.throttle);
+    /// assert!(sc.hedge.is_none());
     /// ```
     pub fn from_json(json: &str) -> Result<Self, ServiceConfigError> {
         let raw: Raw = serde_json::from_str(json)?;
+        let throttle = match (raw.retry_throttling, raw.retry_budget) {
+            (Some(_), Some(_)) => return Err(ServiceConfigError::TwoThrottles),
+            (Some(t), None) => Some(Throttle::TokenBucket(t)),
+            (None, Some(b)) => Some(Throttle::Ratio(b)),
+            (None, None) => None,
+        };
+        if let Some(t) = &throttle {
+            t.validate().map_err(ServiceConfigError::Throttle)?;
+        }
+        let balancing = raw
+            .load_balancing_config
+            .iter()
+            .flat_map(|policy| policy.keys())
+            .find_map(|name| match name.as_str() {
+                "round_robin" => Some(Balancing::RoundRobin),
+                "peak_ewma_p2c" => Some(Balancing::PeakEwmaP2c),
+                _ => None,
+            });
         let mc = raw
             .method_config
             .into_iter()
@@ -177,13 +244,40 @@ impl ServiceConfig {
                         multiplier: p.backoff_multiplier,
                     },
                     retryable_codes: codes,
-                    throttle: raw.retry_throttling,
+                    throttle,
                 };
                 config.validate()?;
                 Some(config)
             }
         };
-        Ok(Self { retry, timeout })
+        let hedge = match mc.hedging_policy {
+            None => None,
+            Some(h) => {
+                let config = HedgeConfig {
+                    attempts_max: h.max_attempts.min(HEDGE_ATTEMPTS_MAX_LIMIT),
+                    delay: h
+                        .hedging_delay
+                        .as_deref()
+                        .map(|d| duration("hedgingDelay", d))
+                        .transpose()?
+                        .unwrap_or(Duration::ZERO),
+                    non_fatal_codes: h
+                        .non_fatal_status_codes
+                        .iter()
+                        .map(parse_code)
+                        .collect::<Result<Vec<_>, _>>()?,
+                };
+                config.validate()?;
+                Some(config)
+            }
+        };
+        Ok(Self {
+            retry,
+            hedge,
+            throttle,
+            timeout,
+            balancing,
+        })
     }
 }
 
@@ -229,5 +323,57 @@ mod tests {
             vec![Code::Unavailable, Code::DeadlineExceeded]
         );
         assert_eq!(r.throttle, None);
+    }
+
+    #[test]
+    fn reads_hedging_the_ratio_budget_and_balancing() {
+        let json = r#"{
+            "methodConfig": [{"name": [{"service": "abacus.v1.Calculator"}],
+              "hedgingPolicy": {"maxAttempts": 7, "hedgingDelay": "0.025s",
+                                "nonFatalStatusCodes": ["UNAVAILABLE", 4]}}],
+            "retryBudget": {"retryRatio": 0.2, "minRetriesPerSecond": 10, "ttl": "10s"},
+            "loadBalancingConfig": [{"weighted_target": {}}, {"round_robin": {}}]
+        }"#;
+        let sc = ServiceConfig::from_json(json).unwrap();
+        assert_eq!(
+            sc.hedge,
+            Some(HedgeConfig {
+                attempts_max: 5,
+                delay: Duration::from_millis(25),
+                non_fatal_codes: vec![Code::Unavailable, Code::DeadlineExceeded],
+            })
+        );
+        assert_eq!(sc.retry, None);
+        assert_eq!(
+            sc.throttle,
+            Some(Throttle::Ratio(RatioBudgetConfig::default()))
+        );
+        assert_eq!(sc.balancing, Some(Balancing::RoundRobin));
+    }
+
+    #[test]
+    fn refuses_contradictions_in_the_new_fields() {
+        let cases = [
+            (
+                r#"{"methodConfig":[{"name":[]}],"retryThrottling":{"maxTokens":10,"tokenRatio":0.1},"retryBudget":{"retryRatio":0.2,"minRetriesPerSecond":10,"ttl":"10s"}}"#,
+                "choose one throttle",
+            ),
+            (
+                r#"{"methodConfig":[{"name":[],"hedgingPolicy":{"maxAttempts":1,"hedgingDelay":"0.1s"}}]}"#,
+                "hedge attempts must be between 2 and 5",
+            ),
+            (
+                r#"{"methodConfig":[{"name":[],"hedgingPolicy":{"maxAttempts":3,"nonFatalStatusCodes":["INVALID_ARGUMENT"]}}]}"#,
+                "cannot be non-fatal",
+            ),
+            (
+                r#"{"methodConfig":[{"name":[]}],"retryBudget":{"retryRatio":0,"minRetriesPerSecond":0,"ttl":"10s"}}"#,
+                "no retry could ever be sent",
+            ),
+        ];
+        for (json, expect) in cases {
+            let err = ServiceConfig::from_json(json).unwrap_err().to_string();
+            assert!(err.contains(expect), "{json}: {err:?} lacks {expect:?}");
+        }
     }
 }

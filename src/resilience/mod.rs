@@ -7,7 +7,10 @@
 //! - [`breaker`]: the circuit breaker's configuration and state machine.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`budget`]: gRPC's token-bucket retry throttling.
+//! - [`ratio_budget`]: Finagle's and Linkerd's retry budget, a ratio of
+//!   the requests over a sliding window plus a floor per second.
 
 pub mod backoff;
 pub mod breaker;
 pub mod budget;
+pub mod ratio_budget;

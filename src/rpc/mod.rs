@@ -13,9 +13,12 @@
 //! - [`timeout`]: the `grpc-timeout` header codec.
 //! - [`metrics`]: gRFC A66's names, labels and buckets, shared by the
 //!   server's and the client's metrics.
+//! - [`health`]: which `grpc.health.v1` name answers for which RPC.
 
+pub mod health;
 pub mod method;
 pub mod metrics;
 pub mod timeout;
 
+pub use health::{HealthScope, REGISTERS_HEALTH_SERVICE, Serving};
 pub use method::Method;

@@ -151,6 +151,7 @@ mod tests {
             Entry::Event(Event::AttemptStarted {
                 call: id,
                 attempt: n,
+                endpoint: "server".into(),
                 timeout_ms: 100,
             }),
         )

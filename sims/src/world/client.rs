@@ -5,8 +5,8 @@
 
 use abacus::{
     client::{
-        AttemptLayer, Call, Client, ClientConfig, DeadlineLayer, ObserveLayer, RetryLayer,
-        RetryPolicy, Transport,
+        AttemptLayer, BalanceConfig, Call, Client, ClientConfig, DeadlineLayer, ObserveLayer,
+        RetryLayer, RetryPolicy, Transport,
     },
     trace::EventSink,
 };
@@ -53,7 +53,14 @@ pub fn config(
         attempt_timeout: scenario.attempt_timeout,
         mode: scenario.mode,
         retry: scenario.retry.clone(),
+        hedge: None,
         breaker: scenario.breaker.clone(),
+        // One server per client, never reporting NOT_SERVING: no health
+        // watch, so the network carries only the scenario's calls.
+        balance: BalanceConfig {
+            health_check: false,
+            ..BalanceConfig::default()
+        },
         endpoint: endpoint.into(),
         seed: Some(derive_seed(seed, &stream)),
         events,

@@ -52,7 +52,7 @@ pub(super) async fn section(
         ..policy.clone()
     };
     let client = narrated_client(down.addr, config);
-    let Some(breaker) = client.breaker().cloned() else {
+    let Some(breaker) = client.breaker() else {
         t.count(Count::Surprise(
             "breaker: the client was built without one".into(),
         ));

@@ -45,7 +45,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(super) fn admitted(future: F, report: Report) -> Self {
+    pub(crate) fn admitted(future: F, report: Report) -> Self {
         Self {
             kind: Kind::Admitted {
                 future,
@@ -54,7 +54,7 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(super) fn rejected(error: CallError) -> Self {
+    pub(crate) fn rejected(error: CallError) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },
         }
@@ -91,7 +91,7 @@ where
 /// was aborted) abandons the ticket, which frees a half-open probe slot and
 /// records nothing.
 #[derive(Debug)]
-pub(super) struct Report {
+pub(crate) struct Report {
     shared: Arc<Shared>,
     // `None` once handed back to the policy.
     ticket: Option<Ticket>,

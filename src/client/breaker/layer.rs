@@ -176,6 +176,40 @@ impl BreakerHandle {
         self.shared.lock().snapshot(Instant::now())
     }
 
+    /// True when a call at `now` would be admitted (see
+    /// [`BreakerPolicy::admits`]); changes nothing.
+    pub fn admits(&self, now: Instant) -> bool {
+        self.shared.lock().admits(now)
+    }
+
+    /// Asks to send a call at `now`: the ticket's guard and the transition
+    /// to announce, or the refusal. The balancer admits its pick here while
+    /// it holds its own lock, and announces (or refuses, through
+    /// [`BreakerHandle::refuse`]) once it has let go of it, so an event
+    /// hook never runs under either lock.
+    pub(crate) fn try_admit(&self, now: Instant) -> Result<(Report, Option<Transition>), Rejected> {
+        let admitted = self.shared.lock().try_acquire(now)?;
+        Ok((
+            Report::new(Arc::clone(&self.shared), admitted.ticket),
+            admitted.transition,
+        ))
+    }
+
+    /// Announces a transition [`BreakerHandle::try_admit`] returned.
+    pub(crate) fn announce(&self, transition: Option<Transition>) {
+        self.shared.announce(transition);
+    }
+
+    /// Announces the refusal of call `call` and returns its error: not
+    /// applied, nothing sent.
+    pub(crate) fn refuse(&self, call: u64, rejected: Rejected) -> CallError {
+        self.shared.events.emit(Event::BreakerRejected {
+            call,
+            endpoint: self.shared.endpoint.clone(),
+        });
+        self.shared.refusal(rejected)
+    }
+
     /// Resolves once the breaker's open period is over: at once unless it
     /// is open, else when the next call would go out as its half-open
     /// probe. A caller that wants to watch a recovery waits on this rather
@@ -219,20 +253,15 @@ where
     }
 
     fn call(&mut self, call: Call) -> Self::Future {
-        let decision = self.shared.lock().try_acquire(Instant::now());
-        match decision {
-            Ok(admitted) => {
-                self.shared.announce(admitted.transition);
-                let report = Report::new(Arc::clone(&self.shared), admitted.ticket);
+        let handle = BreakerHandle {
+            shared: Arc::clone(&self.shared),
+        };
+        match handle.try_admit(Instant::now()) {
+            Ok((report, transition)) => {
+                handle.announce(transition);
                 ResponseFuture::admitted(self.inner.call(call), report)
             }
-            Err(rejected) => {
-                self.shared.events.emit(Event::BreakerRejected {
-                    call: call.id,
-                    endpoint: self.shared.endpoint.clone(),
-                });
-                ResponseFuture::rejected(self.shared.refusal(rejected))
-            }
+            Err(rejected) => ResponseFuture::rejected(handle.refuse(call.id, rejected)),
         }
     }
 }

@@ -1,7 +1,9 @@
-//! The retry layer's response future: a state machine that readies the
-//! inner service, sends an attempt, and after a failure either returns or
-//! pauses and starts over, as the [`RetryPolicy`](super::RetryPolicy)
-//! decides.
+//! The retry layer's response future: a retried call ([`RetryFuture`]) or
+//! a hedged one ([`HedgeFuture`]).
+//!
+//! A retried call is a state machine that readies the inner service,
+//! sends an attempt, and after a failure either returns or pauses and
+//! starts over, as the [`RetryPolicy`](super::RetryPolicy) decides.
 //!
 //! Written out rather than as an `async` block so the layer needs no
 //! allocation of its own: the layers' futures then share one allocation,
@@ -19,11 +21,12 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::Service;
 
-use super::{Decision, Shared, Stop};
+use super::{Decision, Shared};
 use crate::{
     client::{
         call::{Call, Reply},
         error::{CallError, Cause},
+        hedge::HedgeFuture,
     },
     trace::{Event, Outcome},
 };
@@ -31,6 +34,69 @@ use crate::{
 pin_project! {
     /// Response future of [`Retry`](super::Retry).
     pub struct ResponseFuture<S>
+    where
+        S: Service<Call>,
+    {
+        #[pin]
+        kind: Kind<S>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S>
+    where
+        S: Service<Call>,
+    {
+        Retrying { #[pin] future: RetryFuture<S> },
+        Hedging { #[pin] future: HedgeFuture<S> },
+    }
+}
+
+impl<S: Service<Call>> std::fmt::Debug for ResponseFuture<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Retrying { future } => future.fmt(f),
+            Kind::Hedging { future } => future.fmt(f),
+        }
+    }
+}
+
+impl<S: Service<Call>> ResponseFuture<S> {
+    pub(super) fn retrying(inner: S, call: Call, shared: Arc<Shared>) -> Self {
+        Self {
+            kind: Kind::Retrying {
+                future: RetryFuture::new(inner, call, shared),
+            },
+        }
+    }
+
+    pub(super) fn hedging(inner: S, call: Call, shared: Arc<Shared>) -> Self {
+        Self {
+            kind: Kind::Hedging {
+                future: HedgeFuture::new(inner, call, shared),
+            },
+        }
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<Call, Response = Reply, Error = CallError>,
+{
+    type Output = Result<Reply, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Retrying { future } => future.poll(cx),
+            KindProj::Hedging { future } => future.poll(cx),
+        }
+    }
+}
+
+pin_project! {
+    /// A retried call: one attempt at a time.
+    pub struct RetryFuture<S>
     where
         S: Service<Call>,
     {
@@ -58,18 +124,17 @@ pin_project! {
     }
 }
 
-impl<S: Service<Call>> std::fmt::Debug for ResponseFuture<S> {
+impl<S: Service<Call>> std::fmt::Debug for RetryFuture<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture")
+        f.debug_struct("RetryFuture")
             .field("call", &self.call.id)
             .field("attempt", &self.call.attempt)
             .finish_non_exhaustive()
     }
 }
 
-impl<S: Service<Call>> ResponseFuture<S> {
-    pub(super) fn new(inner: S, mut call: Call, shared: Arc<Shared>) -> Self {
-        call.attempt = 1;
+impl<S: Service<Call>> RetryFuture<S> {
+    fn new(inner: S, call: Call, shared: Arc<Shared>) -> Self {
         Self {
             inner,
             call,
@@ -81,7 +146,7 @@ impl<S: Service<Call>> ResponseFuture<S> {
     }
 }
 
-impl<S> Future for ResponseFuture<S>
+impl<S> Future for RetryFuture<S>
 where
     S: Service<Call, Response = Reply, Error = CallError>,
 {
@@ -97,14 +162,14 @@ where
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    let mut err = match ready!(future.poll(cx)) {
+                    let err = match ready!(future.poll(cx)) {
                         Ok(reply) => {
                             this.shared.on_success();
                             return Poll::Ready(Ok(reply));
                         }
                         Err(e) => e,
                     };
-                    if !matches!(err.cause, Cause::CircuitOpen { .. }) {
+                    if !matches!(err.cause, Cause::CircuitOpen { .. } | Cause::NoEndpoint) {
                         *this.sent += 1;
                     }
                     *this.outcome = this.outcome.merge(err.outcome);
@@ -121,20 +186,13 @@ where
                             });
                         }
                         Decision::Stop(stop) => {
-                            if stop != Stop::NonRetryable || this.call.attempt > 1 {
-                                this.shared.events.emit(Event::GaveUp {
-                                    call: this.call.id,
-                                    reason: stop,
-                                });
-                            }
-                            err.attempts = *this.sent;
-                            err.outcome = *this.outcome;
-                            match stop {
-                                Stop::BudgetExhausted => err.cause = Cause::BudgetExhausted,
-                                Stop::ServerPushback => err.cause = Cause::PushbackStop,
-                                _ => {}
-                            }
-                            return Poll::Ready(Err(err));
+                            return Poll::Ready(Err(this.shared.give_up(
+                                this.call,
+                                err,
+                                stop,
+                                *this.sent,
+                                *this.outcome,
+                            )));
                         }
                     }
                 }

@@ -14,7 +14,7 @@ use crate::client::{
     mode::Delivery,
     retry::{
         backoff::Backoff,
-        budget::{ThrottleConfig, TokenBucket},
+        throttle::{Budget, Throttle},
     },
 };
 use crate::{error::code_name, trace::Outcome};
@@ -33,8 +33,9 @@ pub struct RetryConfig {
     /// Status codes worth retrying. DEADLINE_EXCEEDED from a per-attempt
     /// timeout is retried additionally, but only for idempotent calls.
     pub retryable_codes: Vec<Code>,
-    /// Token-bucket throttling; `None` disables the budget.
-    pub throttle: Option<ThrottleConfig>,
+    /// Retry throttling (gRPC's token bucket or a ratio budget); `None`
+    /// disables it. Hedges draw on the same throttle.
+    pub throttle: Option<Throttle>,
 }
 
 impl Default for RetryConfig {
@@ -47,7 +48,7 @@ impl Default for RetryConfig {
                 multiplier: 2.0,
             },
             retryable_codes: vec![Code::Unavailable],
-            throttle: Some(ThrottleConfig::default()),
+            throttle: Some(Throttle::default()),
         }
     }
 }
@@ -98,12 +99,7 @@ impl RetryConfig {
             return Err(RetryConfigError::CallerCode(*code));
         }
         if let Some(t) = &self.throttle {
-            if !(t.max_tokens > 0.0 && t.max_tokens <= 1000.0) {
-                return Err(RetryConfigError::Throttle("maxTokens must be in (0, 1000]"));
-            }
-            if !(t.token_ratio > 0.0 && t.token_ratio.is_finite()) {
-                return Err(RetryConfigError::Throttle("tokenRatio must be > 0"));
-            }
+            t.validate().map_err(RetryConfigError::Throttle)?;
         }
         Ok(())
     }
@@ -118,7 +114,8 @@ pub enum Stop {
     MayHaveBeenApplied,
     /// `attempts_max` reached.
     AttemptsExhausted,
-    /// The token bucket is below half.
+    /// The retry throttle refused (token bucket at or below half, or the
+    /// ratio budget spent).
     BudgetExhausted,
     /// The pause would end at or after the overall deadline.
     DeadlineTooClose,
@@ -187,7 +184,7 @@ impl RetryPolicy {
         }
         if matches!(
             err.cause,
-            Cause::CircuitOpen { .. } | Cause::DeadlineExceeded
+            Cause::CircuitOpen { .. } | Cause::DeadlineExceeded | Cause::NoEndpoint
         ) {
             return false;
         }
@@ -195,7 +192,8 @@ impl RetryPolicy {
     }
 
     /// Decides what follows failed attempt number `call.attempt` of `call`.
-    /// Charges the budget for retryable failures.
+    /// Charges the budget for retryable failures, and spends from it when
+    /// the answer is to retry.
     ///
     /// ```
     /// use std::time::Duration;
@@ -204,10 +202,10 @@ impl RetryPolicy {
     /// use tonic::Code;
     /// use abacus::trace::Outcome;
     /// use abacus::client::{Call, CallError, Cause, Delivery, Request};
-    /// use abacus::client::retry::{Decision, RetryConfig, RetryPolicy, Stop, TokenBucket};
+    /// use abacus::client::retry::{Budget, Decision, RetryConfig, RetryPolicy, Stop};
     ///
     /// let policy = RetryPolicy::new(RetryConfig::default(), Delivery::AtMostOnce);
-    /// let mut budget = TokenBucket::new(Default::default());
+    /// let mut budget = Budget::new(Default::default(), Instant::now());
     /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     /// let acc = Call::new(1, Request::Accumulate {
     ///     register: "r".into(), delta: 1.0, request_id: String::new() });
@@ -227,7 +225,7 @@ impl RetryPolicy {
         err: &CallError,
         now: Instant,
         deadline: Option<Instant>,
-        budget: Option<&mut TokenBucket>,
+        mut budget: Option<&mut Budget>,
         rng: &mut impl Rng,
     ) -> Decision {
         if matches!(err.cause, Cause::CircuitOpen { .. }) {
@@ -236,15 +234,11 @@ impl RetryPolicy {
         if !self.is_retryable(call, err) {
             return Decision::Stop(Stop::NonRetryable);
         }
-        // Retryable failures drain the budget whether or not we retry, as in
+        // Retryable failures drain the bucket whether or not we retry, as in
         // gRPC: the bucket measures the server's health, not our intent.
-        let budget_ok = match budget {
-            Some(b) => {
-                b.on_failure();
-                b.allows_retry()
-            }
-            None => true,
-        };
+        if let Some(b) = budget.as_deref_mut() {
+            b.on_failure();
+        }
         if err.pushback_ms.is_some_and(|p| p < 0) {
             return Decision::Stop(Stop::ServerPushback);
         }
@@ -257,7 +251,9 @@ impl RetryPolicy {
         if call.attempt >= self.config.attempts_max {
             return Decision::Stop(Stop::AttemptsExhausted);
         }
-        if !budget_ok {
+        if let Some(b) = budget.as_deref_mut()
+            && !b.allows(now)
+        {
             return Decision::Stop(Stop::BudgetExhausted);
         }
         let (after, pushback) = match err.pushback_ms {
@@ -266,6 +262,9 @@ impl RetryPolicy {
         };
         if deadline.is_some_and(|d| now + after >= d) {
             return Decision::Stop(Stop::DeadlineTooClose);
+        }
+        if let Some(b) = budget {
+            b.spend(now);
         }
         Decision::Retry { after, pushback }
     }
@@ -311,7 +310,7 @@ mod tests {
     /// One decision with a fresh budget and rng, at attempt `attempt`.
     fn check(mode: Delivery, mut call: Call, attempt: u32, e: CallError, expect: Option<Stop>) {
         let policy = RetryPolicy::new(RetryConfig::default(), mode);
-        let mut budget = TokenBucket::new(ThrottleConfig::default());
+        let mut budget = Budget::new(Throttle::default(), Instant::now());
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         call.attempt = attempt;
         let got = policy.decide(&call, &e, Instant::now(), None, Some(&mut budget), &mut rng);
@@ -401,13 +400,17 @@ mod tests {
     #[test]
     fn budget_drains_and_stops_retries() {
         let policy = RetryPolicy::new(RetryConfig::default(), Delivery::AtLeastOnce);
-        let mut budget = TokenBucket::new(ThrottleConfig {
-            max_tokens: 4.0,
-            token_ratio: 1.0,
-        });
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
         let now = Instant::now();
-        let mut decide = |b: &mut TokenBucket| {
+        let mut budget = Budget::new(
+            crate::resilience::budget::ThrottleConfig {
+                max_tokens: 4.0,
+                token_ratio: 1.0,
+            }
+            .into(),
+            now,
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let mut decide = |b: &mut Budget| {
             policy.decide(&add(), &unavailable_unknown(), now, None, Some(b), &mut rng)
         };
         assert!(matches!(decide(&mut budget), Decision::Retry { .. })); // 3 left

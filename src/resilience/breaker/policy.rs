@@ -403,6 +403,18 @@ impl<R: Rng> BreakerPolicy<R> {
         })
     }
 
+    /// True when [`BreakerPolicy::try_acquire`] at `now` would admit a call:
+    /// closed, open with its period over (the call would be the probe), or
+    /// half-open with a probe slot free. Changes nothing, so a balancer can
+    /// ask every endpoint before choosing one.
+    pub fn admits(&self, now: Instant) -> bool {
+        match &self.phase {
+            Phase::Closed => true,
+            Phase::Open { until, .. } => now >= *until,
+            Phase::HalfOpen { slots, .. } => in_flight(slots) < self.config.half_open_probes,
+        }
+    }
+
     /// Reports how an admitted call ended at `now`: `code` is its gRPC code
     /// (`Code::Ok` for a reply). Returns the transition it caused, if any.
     pub fn record(&mut self, ticket: Ticket, code: Code, now: Instant) -> Option<Transition> {

@@ -109,7 +109,7 @@ fn retry_budget_bounds_attempts_in_an_outage() {
     s.calls_per_client = 10;
     s.deadline = Duration::from_secs(2);
     s.attempt_timeout = Duration::from_millis(200);
-    s.retry.throttle = Some(ThrottleConfig::default());
+    s.retry.throttle = Some(ThrottleConfig::default().into());
     s.liveness_calls = 0;
     let throttle = ThrottleConfig::default();
     sweep(&s).every("budget-bounds-attempts", |run| {

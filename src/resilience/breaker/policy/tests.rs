@@ -440,3 +440,28 @@ fn snapshot_renders_for_humans() {
          successes=0 failures=1 (slow 0) abandoned=0 stale=0"
     );
 }
+
+/// `admits` answers what `try_acquire` would do, in every state, without
+/// changing anything.
+#[test]
+fn admits_predicts_try_acquire() {
+    let mut b = policy(BreakerConfig {
+        consecutive_failures_max: Some(1),
+        half_open_probes: 1,
+        open_ms: 100,
+        ..no_jitter()
+    });
+    let t0 = Instant::now();
+    assert!(b.admits(t0));
+    trip(&mut b, t0);
+    let later = |ms| t0 + Duration::from_millis(ms);
+    assert!(!b.admits(later(99)));
+    assert_eq!(b.state(), State::Open, "asking changed nothing");
+    assert!(b.try_acquire(later(99)).is_err());
+    assert!(b.admits(later(100)), "the probe is due");
+    let probe = b.try_acquire(later(100)).expect("the probe");
+    assert!(!b.admits(later(100)), "the only probe slot is taken");
+    assert!(b.try_acquire(later(100)).is_err());
+    b.record(probe.ticket, OK, later(101));
+    assert!(b.admits(later(101)));
+}
