@@ -12,7 +12,9 @@ use crate::{
 /// Arguments of `abacus call`.
 #[derive(Debug, Clone, Args)]
 pub struct CallArgs {
-    /// Server address.
+    /// Server address, or several comma-separated replicas (A,B,C); a host
+    /// name resolving to several addresses is one endpoint per address. A
+    /// failed attempt is retried on another replica.
     #[arg(long, default_value = "127.0.0.1:50051", global = true)]
     pub addr: String,
     /// Client policy.
@@ -73,13 +75,6 @@ pub struct Operands {
 /// Makes the call and prints its result or error.
 pub async fn run(args: CallArgs) -> ExitCode {
     super::init_logging("warn");
-    let channel = match args.client.security.channel(&args.addr) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let config = match args.client.to_config() {
         Ok(c) => c,
         Err(e) => {
@@ -87,7 +82,13 @@ pub async fn run(args: CallArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = Client::new(channel, config);
+    let client = match Client::connect(&args.addr, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match execute(&client, &args.rpc).await {
         Ok(line) => {
             println!("{line}");

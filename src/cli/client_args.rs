@@ -1,5 +1,5 @@
-//! Client policy flags shared by `abacus call` and `abacus demo`, turned
-//! into one validated [`ClientConfig`].
+//! Client policy flags shared by `abacus call`, `abacus demo` and `abacus
+//! bench`, turned into one validated [`ClientConfig`].
 
 use std::{path::PathBuf, time::Duration};
 
@@ -8,9 +8,10 @@ use tonic::Code;
 
 use crate::{
     client::{
-        BearerToken, ClientConfig, ClientTls, Delivery, ServiceConfig, service_config::parse_code,
-        tcp_channel_with,
+        Balancing, BearerToken, ClientConfig, ClientTls, Delivery, HedgeConfig, ServiceConfig,
+        Throttle, service_config::parse_code, tcp_channel_with,
     },
+    resilience::ratio_budget::RatioBudgetConfig,
     trace::EventSink,
 };
 
@@ -48,9 +49,53 @@ pub struct ClientArgs {
         global = true
     )]
     pub retry_on: Vec<String>,
-    /// Disable the retry budget (gRPC token bucket: 10 tokens, 0.1 per success).
-    #[arg(long, global = true)]
+    /// Disable the retry throttle (by default gRPC's token bucket: 10
+    /// tokens, 0.1 per success; retries allowed above half).
+    #[arg(long, global = true, conflicts_with = "retry_budget_ratio")]
     pub no_retry_budget: bool,
+    /// Throttle retries and hedges with Finagle's budget instead: at most
+    /// this ratio of the last 10 s of calls (plus --retry-budget-min-per-s),
+    /// which scales with the load where the token bucket does not.
+    #[arg(long, value_name = "RATIO", global = true)]
+    pub retry_budget_ratio: Option<f64>,
+    /// With --retry-budget-ratio: retries allowed per second whatever the
+    /// traffic.
+    #[arg(long, default_value_t = 10.0, value_name = "N", global = true)]
+    pub retry_budget_min_per_s: f64,
+    /// Hedge the calls that may be repeated (pure RPCs, Accumulate with a
+    /// request ID): if no reply came within MS, send the call again to
+    /// another replica; the first reply wins. Off unless given.
+    #[arg(long, value_name = "MS", global = true)]
+    pub hedge_delay_ms: Option<u64>,
+    /// With --hedge-delay-ms: attempts in all, the first included (2..=5).
+    #[arg(long, default_value_t = 3, value_name = "N", global = true)]
+    pub hedge_attempts: u32,
+    /// With --hedge-delay-ms: codes after which the next hedge goes at once
+    /// (any other error ends the call).
+    #[arg(
+        long,
+        default_value = "UNAVAILABLE",
+        value_name = "CODES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub hedge_on: Vec<String>,
+    /// How attempts are spread over the endpoints of --addr: p2c (power of
+    /// two choices over peak-EWMA latency) or round-robin (a baseline,
+    /// blind to latency).
+    #[arg(long, value_enum, default_value_t = Balancing::PeakEwmaP2c, global = true)]
+    pub balance: Balancing,
+    /// Do not watch grpc.health.v1 on the endpoints (a NOT_SERVING replica
+    /// then still gets calls).
+    #[arg(long, global = true)]
+    pub no_health_check: bool,
+    /// Turn the circuit breakers off (an endpoint that keeps failing then
+    /// still gets calls).
+    #[arg(long, global = true)]
+    pub no_breaker: bool,
+    /// How often a host name in --addr is resolved again (ms).
+    #[arg(long, default_value_t = 30_000, value_name = "MS", global = true)]
+    pub resolve_every_ms: u64,
     /// Read the retry policy and deadline from a gRPC service-config JSON
     /// file instead (`methodConfig[].retryPolicy`, `timeout`, `retryThrottling`).
     #[arg(long, value_name = "FILE", global = true)]
@@ -162,13 +207,49 @@ impl ClientArgs {
         if self.no_retry_budget {
             c.retry.throttle = None;
         }
+        if let Some(ratio) = self.retry_budget_ratio {
+            c.retry.throttle = Some(Throttle::Ratio(RatioBudgetConfig {
+                retry_ratio: ratio,
+                min_retries_per_second: self.retry_budget_min_per_s,
+                ..RatioBudgetConfig::default()
+            }));
+        }
+        if let Some(ms) = self.hedge_delay_ms {
+            c.hedge = Some(HedgeConfig {
+                attempts_max: self.hedge_attempts,
+                delay: Duration::from_millis(ms),
+                non_fatal_codes: self
+                    .hedge_on
+                    .iter()
+                    .map(|s| parse_code(&serde_json::Value::String(s.trim().to_owned())))
+                    .collect::<Result<Vec<Code>, _>>()
+                    .map_err(|e| format!("--hedge-on: {e}"))?,
+            });
+        }
+        c.balance.policy = self.balance;
+        c.balance.health_check = !self.no_health_check;
+        c.balance.resolve_every = Duration::from_millis(self.resolve_every_ms);
+        if self.no_breaker {
+            c.breaker = None;
+        }
         if let Some(path) = &self.service_config {
             let json = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let sc =
                 ServiceConfig::from_json(&json).map_err(|e| format!("{}: {e}", path.display()))?;
+            // The file's policies replace the flags'; its throttle (or its
+            // absence: unthrottled, as in gRPC) goes with them.
+            if sc.retry.is_some() || sc.hedge.is_some() {
+                c.retry.throttle = sc.throttle;
+            }
             if let Some(r) = sc.retry {
                 c.retry = r;
+            }
+            if sc.hedge.is_some() {
+                c.hedge = sc.hedge;
+            }
+            if let Some(b) = sc.balancing {
+                c.balance.policy = b;
             }
             if let Some(t) = sc.timeout {
                 c.deadline = t;

@@ -3,11 +3,13 @@
 //!
 //! # Layout
 //! - [`serve`]: `abacus serve`, a real server on a TCP socket.
-//! - [`call`]: `abacus call`, one RPC against a server.
+//! - [`call`]: `abacus call`, one RPC against a server (or replicas).
+//! - [`bench`]: `abacus bench`, load through the resilient client.
 //! - [`client_args`]: the client policy flags shared by `call` and `demo`.
 //! - [`demo`]: `abacus demo`, a narrated tour against an embedded server.
 //! - [`log`]: the non-blocking log writer every subcommand logs through.
 
+pub mod bench;
 pub mod call;
 pub mod client_args;
 pub mod demo;
@@ -37,6 +39,9 @@ pub enum Command {
     Call(call::CallArgs),
     /// Start an embedded server and walk through a narrated scenario.
     Demo(demo::DemoArgs),
+    /// Load one RPC through the resilient client; report throughput,
+    /// latency percentiles, attempts, hedges and the spread over replicas.
+    Bench(bench::BenchArgs),
 }
 
 /// Installs a `tracing` subscriber honouring `RUST_LOG` (default
@@ -71,6 +76,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Call(args) => call::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     // Queued log lines are written before exiting, unless the sink is

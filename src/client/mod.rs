@@ -195,9 +195,9 @@ type Stack = BoxCloneSyncService<Call, Reply, CallError>;
 /// balancer's, per endpoint: see [`balance`]).
 pub type EndpointService = attempt::Attempt<Transport>;
 
-/// Makes the channel to an endpoint from its name: [`tcp_channel`] on real
-/// sockets, a simulated connector in the simulation.
-pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, InvalidAddress> + Send + Sync>;
+/// Makes the channel to an endpoint from its name: [`tcp_channel_with`] on
+/// real sockets, a simulated connector in the simulation.
+pub type Connect = Arc<dyn Fn(&str) -> Result<Channel, ChannelError> + Send + Sync>;
 
 /// A calculator client. Cheap to clone; clones share the endpoints, their
 /// connections and breakers, the retry throttle and the call counter.
@@ -290,8 +290,19 @@ impl Client {
     /// comma-separated; a name resolving to several addresses gives one
     /// endpoint per address (see [`DnsResolver`]).
     pub async fn connect(targets: &str, config: ClientConfig) -> Result<Self, ResolveError> {
+        Self::connect_with(targets, None, config).await
+    }
+
+    /// [`Client::connect`] with TLS to every endpoint when `tls` is given.
+    /// A name resolving to several addresses is dialled by address: give
+    /// the certificate's name with [`ClientTls::with_server_name`].
+    pub async fn connect_with(
+        targets: &str,
+        tls: Option<ClientTls>,
+        config: ClientConfig,
+    ) -> Result<Self, ResolveError> {
         let resolver = DnsResolver::parse(targets)?;
-        let connect: Connect = Arc::new(tcp_channel);
+        let connect: Connect = Arc::new(move |name: &str| tcp_channel_with(name, tls.as_ref()));
         Self::resolve(Arc::new(resolver), connect, config).await
     }
 

@@ -33,18 +33,14 @@ use std::process::ExitCode;
 use clap::Args;
 
 use self::{embedded::embedded_server, tally::Tally};
-use crate::{
-    cli::client_args::ClientArgs,
-    client::{Client, tcp_channel},
-    server::ServerConfig,
-};
+use crate::{cli::client_args::ClientArgs, client::Client, server::ServerConfig};
 
 /// Arguments of `abacus demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    /// Use this running server for the fault-free part instead of starting
-    /// an embedded one. (The fault sections always start their own embedded
-    /// servers, with the faults they need.)
+    /// Use this running server (or replicas: A,B,C) for the fault-free
+    /// part instead of starting an embedded one. (The fault sections always
+    /// start their own embedded servers, with the faults they need.)
     #[arg(long)]
     pub addr: Option<String>,
     /// Seed for the embedded servers' faults and the clients' jitter; the
@@ -81,20 +77,25 @@ pub async fn run(args: DemoArgs) -> ExitCode {
             }
         },
     };
-    // TLS settings apply to a server given with --addr; the embedded one
+    // TLS settings apply to servers given with --addr; the embedded one
     // speaks plaintext on loopback.
-    let channel = match &args.addr {
-        Some(_) => args.client.security.channel(&addr),
-        None => tcp_channel(&addr).map_err(|e| e.to_string()),
+    let tls = match &args.addr {
+        Some(_) => args.client.security.tls(),
+        None => Ok(None),
     };
-    let channel = match channel {
+    let client = match tls {
+        Ok(tls) => Client::connect_with(&addr, tls, policy.clone())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let client = match client {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let client = Client::new(channel, policy.clone());
     let mut t = Tally::default();
 
     basics::arithmetic(&mut t, &client).await;
