@@ -7,12 +7,19 @@
 //!   connection reported as not applied.
 //! - `abacus demo` runs to its summary, showing what each section is about,
 //!   and takes the client policy flags.
+//! - Replicas: `abacus call --addr DEAD,LIVE` fails over within a second;
+//!   `abacus bench` over three `abacus serve` processes, one SIGKILLed
+//!   mid-run, fails no pure call.
 //!
 //! Every run goes through [`check`]. Servers are started on
 //! `127.0.0.1:0`; the test reads the bound address from the server's log
 //! line, so there is no port race and no polling.
 
-use std::process::{Child, Command, Stdio};
+use std::{
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
 
 #[path = "support/listening.rs"]
 mod listening;
@@ -83,6 +90,8 @@ fn check(args: &[&str], expect: Expect) {
 struct Server {
     child: Child,
     addr: String,
+    /// Every log line after the address, as it comes.
+    lines: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -90,12 +99,18 @@ impl Server {
     /// log line that carries the bound address (it is printed after bind,
     /// so the port accepts connections from then on).
     fn start(extra: &[&str]) -> Self {
+        Self::start_logging(extra, "info")
+    }
+
+    /// [`Server::start`] with `RUST_LOG=log`.
+    fn start_logging(extra: &[&str], log: &str) -> Self {
         let extra: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
-        let served = Served::spawn(std::path::Path::new(BIN), &extra, "info");
+        let served = Served::spawn(std::path::Path::new(BIN), &extra, log);
         let addr = served.addr();
         Self {
             child: served.child,
             addr,
+            lines: served.lines,
         }
     }
 }
@@ -109,8 +124,21 @@ impl Drop for Server {
 
 #[test]
 fn help_names_every_flag() {
-    let table: [(&[&str], Expect); 5] = [
-        (&["--help"], ok(&["serve", "call", "demo"])),
+    let table: [(&[&str], Expect); 6] = [
+        (&["--help"], ok(&["serve", "call", "demo", "bench"])),
+        (
+            &["bench", "--help"],
+            ok(&[
+                "--addr",
+                "--calls",
+                "--duration",
+                "--concurrency",
+                "--json",
+                "--hedge-delay-ms",
+                "--balance",
+                "accumulate",
+            ]),
+        ),
         (
             &["serve", "--help"],
             ok(&[
@@ -151,7 +179,7 @@ fn help_names_every_flag() {
 
 #[test]
 fn bad_flags_exit_2_with_a_clear_message() {
-    let table: [(&[&str], Expect); 7] = [
+    let table: [(&[&str], Expect); 11] = [
         (
             &["serve", "--fail-rate", "2"],
             fails(
@@ -182,6 +210,29 @@ fn bad_flags_exit_2_with_a_clear_message() {
         (
             &["demo", "--attempts", "0"],
             fails(2, &["attempts must be between 1 and 10, got 0"]),
+        ),
+        (
+            &["call", "--addr", "127.0.0.1:1,nope", "add", "1", "1"],
+            fails(2, &["\"nope\" is not a server address"]),
+        ),
+        (
+            &[
+                "bench",
+                "add",
+                "--hedge-delay-ms",
+                "5",
+                "--hedge-attempts",
+                "9",
+            ],
+            fails(2, &["hedge attempts must be between 2 and 5, got 9"]),
+        ),
+        (
+            &["bench", "add", "--duration", "5h"],
+            fails(2, &["the unit must be ms, s or m"]),
+        ),
+        (
+            &["bench", "add", "--concurrency", "0"],
+            fails(2, &["--concurrency must be between 1 and 1024"]),
         ),
     ];
     for (args, expect) in table {
@@ -287,6 +338,8 @@ fn demo_runs_to_its_summary() {
             "=> never applied twice; the unknown outcomes are reported",
             "=> applied exactly once each",
             "failed fast while the breaker was open; one probe closed it",
+            "hedge(s) won over the slow replica, the stopped one was ejected and readmitted by its probe",
+            "each Accumulate applied once across replicas",
             "Summary",
             "0 surprise(s)",
         ]),
@@ -308,6 +361,9 @@ fn demo_takes_the_client_policy_flags() {
             "=> never applied twice; the unknown outcomes are reported",
             "=> applied exactly once each",
             "=> 1 call(s) failed fast while the breaker was open; one probe closed it",
+            // Section 7 hedges: a failed attempt is followed by a hedge to
+            // another replica, whatever --attempts says.
+            "each Accumulate applied once across replicas",
             "0 surprise(s)",
         ]),
     );
@@ -321,4 +377,123 @@ fn check_fails_on_a_wrong_exit_code() {
         &["call", "--addr", "127.0.0.1:1", "add", "1", "1"],
         ok(&["1 + 1 = 2"]),
     );
+}
+
+/// A loopback port nothing listens on: bound, then released.
+fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+#[test]
+fn call_fails_over_from_a_dead_first_address_within_a_second() {
+    let live = Server::start(&[]);
+    let dead = dead_addr();
+    let addrs = format!("{dead},{}", live.addr);
+    // The pick is seeded: over a few seeds, some try the dead address
+    // first. Each call must succeed on the live one, within a second.
+    let mut failed_over = 0;
+    for seed in 1..=6 {
+        let started = std::time::Instant::now();
+        let out = Command::new(BIN)
+            .args(["call", "--addr", &addrs, "--client-seed", &seed.to_string()])
+            .args(["-v", "add", "1", "2"])
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run abacus call");
+        let elapsed = started.elapsed();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.status.success() && stdout.contains("1 + 2 = 3"),
+            "seed {seed}: {stdout} {stderr}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "seed {seed}: took {elapsed:?}"
+        );
+        if stderr.contains(&format!("attempt #1.1 -> {dead}")) {
+            failed_over += 1;
+            assert!(
+                stderr.contains(&format!("attempt #1.2 -> {}", live.addr)),
+                "seed {seed}: the retry did not go to the live replica: {stderr}"
+            );
+        }
+    }
+    assert!(failed_over > 0, "no seed tried the dead address first");
+}
+
+#[test]
+fn a_replica_killed_during_a_bench_fails_no_pure_call() {
+    // Per-request events in the log: the kill waits for the doomed replica
+    // to have served calls of this bench, not for a guess at the time.
+    let log = "info,abacus::event=debug";
+    let a = Server::start_logging(&[], log);
+    let mut b = Server::start_logging(&[], log);
+    let c = Server::start_logging(&[], log);
+    let addrs = format!("{},{},{}", a.addr, b.addr, c.addr);
+    let calls = 40_000;
+    let bench = Command::new(BIN)
+        .args([
+            "bench",
+            "add",
+            "--addr",
+            &addrs,
+            "--calls",
+            &calls.to_string(),
+        ])
+        .args(["--concurrency", "16", "--json", "--client-seed", "5"])
+        // A ratio budget: the token bucket's 10 tokens are sized for one
+        // server, and a replica dying with ~5 calls in flight spends half
+        // of them at once (docs/client.md).
+        .args(["--retry-budget-ratio", "0.2"])
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn abacus bench");
+    let mut served = 0;
+    while served < 200 {
+        // A hang guard, not a timing assertion.
+        let line = b
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the replica serves the bench");
+        if line.contains("evaluated Add") {
+            served += 1;
+        }
+    }
+    b.child.kill().expect("SIGKILL the replica");
+    let _ = b.child.wait();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(bench.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the bench ends by itself")
+        .expect("bench output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("a JSON line");
+    let report: serde_json::Value = serde_json::from_str(last).expect("JSON");
+    assert_eq!(report["calls"], calls, "{stdout}");
+    assert_eq!(report["ok"], calls, "{stdout}");
+    assert_eq!(report["errors"], 0, "{stdout}");
+    let killed = &report["per_endpoint"][b.addr.as_str()];
+    assert!(killed["answered"].as_u64() >= Some(200), "{stdout}");
+    // The kill was felt: attempts there failed, and were retried elsewhere.
+    assert!(killed["failed"].as_u64() > Some(0), "{stdout}");
+    assert!(report["retries"].as_u64() > Some(0), "{stdout}");
+    drop((a, c));
 }

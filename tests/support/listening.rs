@@ -55,6 +55,11 @@ pub(crate) struct Served {
     pub(crate) child: std::process::Child,
     pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub(crate) seen: std::sync::mpsc::Receiver<Seen>,
+    /// Every line as it comes, for a test that waits on what the server
+    /// logs (unread lines go with the receiver). Not every binary that
+    /// includes this file reads it.
+    #[allow(dead_code)]
+    pub(crate) lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Served {
@@ -75,6 +80,7 @@ impl Served {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, seen) = std::sync::mpsc::channel();
+        let (lines_tx, lines) = std::sync::mpsc::channel();
         let kept = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
             let mut listening = false;
@@ -84,11 +90,17 @@ impl Served {
                     listening = true;
                     let _ = tx.send(Seen::Listening(addr));
                 }
+                let _ = lines_tx.send(line.clone());
                 kept.lock().unwrap().push(line);
             }
             let _ = tx.send(Seen::Closed);
         });
-        Self { child, log, seen }
+        Self {
+            child,
+            log,
+            seen,
+            lines,
+        }
     }
 
     /// Everything logged so far.

@@ -20,11 +20,14 @@
 //! - [`delivery`]: section 5, a server losing half the responses, in each
 //!   delivery mode.
 //! - [`breaker`]: section 6, a server failing everything, then recovering.
+//! - [`replicas`]: section 7, three replicas over one shared ledger: one
+//!   slow (hedges win), one stopped (failover, ejection, readmission).
 
 mod basics;
 mod breaker;
 mod delivery;
 mod embedded;
+mod replicas;
 mod retries;
 mod tally;
 
@@ -104,7 +107,8 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let faults = async {
         retries::section(&mut t, args.seed, &policy).await?;
         delivery::section(&mut t, args.seed, &policy).await?;
-        breaker::section(&mut t, args.seed, &policy).await
+        breaker::section(&mut t, args.seed, &policy).await?;
+        replicas::section(&mut t, args.seed, &policy).await
     };
     if let Err(e) = faults.await {
         eprintln!("error: cannot start an embedded server: {e}");
