@@ -510,7 +510,11 @@ impl EventSink {
         // limited, where the counts live (shedding, the listener).
         if matches!(
             event,
-            Event::ServerStarted | Event::BreakerTransition { .. }
+            Event::ServerStarted
+                | Event::BreakerTransition { .. }
+                | Event::EndpointHealth { .. }
+                | Event::EndpointAdded { .. }
+                | Event::EndpointRemoved { .. }
         ) {
             tracing::info!(target: "abacus::event", kind = event.kind(), "{event}");
         } else {
