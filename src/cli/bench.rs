@@ -483,14 +483,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         (None, Some(d)) => Load::For(d),
         (None, None) => Load::Calls(10_000),
     };
-    let config = match args.client.to_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let client = match Client::connect(&args.addr, config).await {
+    let client = match args.client.connect(&args.addr).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -75,14 +75,7 @@ pub struct Operands {
 /// Makes the call and prints its result or error.
 pub async fn run(args: CallArgs) -> ExitCode {
     super::init_logging("warn");
-    let config = match args.client.to_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let client = match Client::connect(&args.addr, config).await {
+    let client = match args.client.connect(&args.addr).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

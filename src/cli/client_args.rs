@@ -8,8 +8,8 @@ use tonic::Code;
 
 use crate::{
     client::{
-        Balancing, BearerToken, ClientConfig, ClientTls, Delivery, HedgeConfig, ServiceConfig,
-        Throttle, service_config::parse_code, tcp_channel_with,
+        Balancing, BearerToken, Client, ClientConfig, ClientTls, Delivery, HedgeConfig,
+        ServiceConfig, Throttle, service_config::parse_code, tcp_channel_with,
     },
     resilience::ratio_budget::RatioBudgetConfig,
     trace::EventSink,
@@ -185,7 +185,26 @@ impl ClientSecurityArgs {
     }
 }
 
+/// The status codes a comma-separated flag names.
+fn codes(flag: &str, names: &[String]) -> Result<Vec<Code>, String> {
+    names
+        .iter()
+        .map(|s| parse_code(&serde_json::Value::String(s.trim().to_owned())))
+        .collect::<Result<Vec<Code>, _>>()
+        .map_err(|e| format!("{flag}: {e}"))
+}
+
 impl ClientArgs {
+    /// A client to `addr` (one `host:port` or several, comma-separated)
+    /// with the policy these flags describe; the error is the message to
+    /// print (a usage error: exit code 2).
+    pub async fn connect(&self, addr: &str) -> Result<Client, String> {
+        let config = self.to_config()?;
+        Client::connect(addr, config)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The client configuration these flags describe.
     pub fn to_config(&self) -> Result<ClientConfig, String> {
         let mut c = ClientConfig {
@@ -198,12 +217,7 @@ impl ClientArgs {
         c.retry.attempts_max = self.attempts;
         c.retry.backoff.initial = Duration::from_millis(self.backoff_ms);
         c.retry.backoff.max = Duration::from_millis(self.backoff_ms_max);
-        c.retry.retryable_codes = self
-            .retry_on
-            .iter()
-            .map(|s| parse_code(&serde_json::Value::String(s.trim().to_owned())))
-            .collect::<Result<Vec<Code>, _>>()
-            .map_err(|e| format!("--retry-on: {e}"))?;
+        c.retry.retryable_codes = codes("--retry-on", &self.retry_on)?;
         if self.no_retry_budget {
             c.retry.throttle = None;
         }
@@ -218,12 +232,7 @@ impl ClientArgs {
             c.hedge = Some(HedgeConfig {
                 attempts_max: self.hedge_attempts,
                 delay: Duration::from_millis(ms),
-                non_fatal_codes: self
-                    .hedge_on
-                    .iter()
-                    .map(|s| parse_code(&serde_json::Value::String(s.trim().to_owned())))
-                    .collect::<Result<Vec<Code>, _>>()
-                    .map_err(|e| format!("--hedge-on: {e}"))?,
+                non_fatal_codes: codes("--hedge-on", &self.hedge_on)?,
             });
         }
         c.balance.policy = self.balance;
