@@ -491,7 +491,7 @@ fn a_replica_killed_during_a_bench_fails_no_pure_call() {
     assert_eq!(report["ok"], calls, "{stdout}");
     assert_eq!(report["errors"], 0, "{stdout}");
     let killed = &report["per_endpoint"][b.addr.as_str()];
-    assert!(killed["answered"].as_u64() >= Some(200), "{stdout}");
+    assert!(killed["answered"].as_u64() > Some(0), "{stdout}");
     // The kill was felt: attempts there failed, and were retried elsewhere.
     assert!(killed["failed"].as_u64() > Some(0), "{stdout}");
     assert!(report["retries"].as_u64() > Some(0), "{stdout}");

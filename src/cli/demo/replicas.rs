@@ -10,7 +10,14 @@
 //! Waits are event-driven: the restart waits for the stopped server's task
 //! to end, the readmission for the breaker's own `probe_due()`.
 
-use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -39,6 +46,10 @@ struct Replica {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), server::ServeError>>,
+    /// A second handle on every connection it accepted, to cut them all
+    /// when it is stopped: a graceful stop would let the connections it
+    /// has (the client's, with its health watches open) live on.
+    accepted: Arc<Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl Replica {
@@ -57,18 +68,23 @@ impl Replica {
             fault_switch: switch,
             ..ServerConfig::default()
         };
-        let task = tokio::spawn(server::serve_with_ledger(
-            config,
-            ledger,
-            server::tcp_incoming(listener),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let accepted: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let keep = Arc::clone(&accepted);
+        let incoming = TcpListenerStream::new(listener).map(move |conn| {
+            let conn = conn?.into_std()?;
+            keep.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn.try_clone()?);
+            tokio::net::TcpStream::from_std(conn)
+        });
+        let task = tokio::spawn(server::serve_with_ledger(config, ledger, incoming, async {
+            let _ = stopped.await;
+        }));
         Ok(Self {
             addr,
             stop: Some(stop),
             task,
+            accepted,
         })
     }
 
@@ -77,11 +93,19 @@ impl Replica {
         Self::start(addr, ledger, FaultConfig::default(), FaultSwitch::default()).await
     }
 
-    /// Stops accepting and closes its connections; returns once it has
-    /// (or after the hang guard).
+    /// Stops accepting and cuts its connections, as a crash would; returns
+    /// once the server has stopped (or after the hang guard).
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        for conn in self
+            .accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
         }
         let _ = tokio::time::timeout(WAIT_MAX, &mut self.task).await;
         self.task.abort();

@@ -130,6 +130,10 @@ async fn watch(
                 report(&cell, &events, &endpoint, scope, Serving::Unknown);
                 return;
             }
+            // NOT_FOUND is what tonic's health server answers for a name it
+            // does not report (the spec says SERVICE_UNKNOWN): no word, like
+            // a broken stream, and asked again later, since a server may
+            // register the name once its store is up.
             Err(_) => {}
         }
         report(&cell, &events, &endpoint, scope, Serving::Unknown);
