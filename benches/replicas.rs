@@ -13,7 +13,7 @@
 //!    rounds with a fresh client (fresh latency estimates); the table shows
 //!    the median and the range over rounds.
 //! 3. **Instructions** (`calls VARIANT N`): only N sequential calls of one
-//!    variant (`single`, `multi`), for `valgrind --tool=callgrind`: the
+//!    variant (`bare` tonic, `single`, `multi`), for `valgrind --tool=callgrind`: the
 //!    difference between two N's divided by their difference is the
 //!    instructions per call, free of start-up (docs/benchmarks.md).
 //!
@@ -321,14 +321,27 @@ async fn slow() {
     }
 }
 
-/// Only `n` sequential calls of one variant, for callgrind.
+/// Only `n` sequential calls of one variant, for callgrind: `bare` (the
+/// generated tonic client), `single` or `multi`.
 async fn calls_only(variant: &str, n: usize) {
     let addr = replica(ledger(), FaultConfig::default()).await;
+    if variant == "bare" {
+        let channel = tcp_channel(&addr.to_string()).expect("channel");
+        let mut bare = abacus::pb::calculator_client::CalculatorClient::new(channel);
+        for i in 0..n {
+            let request = abacus::pb::BinaryRequest {
+                a: i as f64,
+                b: 1.0,
+            };
+            bare.add(request).await.expect("call");
+        }
+        return;
+    }
     let (single, multi, _) = clients(addr);
     let client = match variant {
         "single" => single,
         "multi" => multi,
-        other => panic!("unknown variant {other:?}: single or multi"),
+        other => panic!("unknown variant {other:?}: bare, single or multi"),
     };
     for i in 0..n {
         client.call(add(i)).await.expect("call");

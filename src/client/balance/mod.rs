@@ -491,6 +491,24 @@ where
         BalanceHandle(Arc::clone(&self.shared) as Arc<dyn View>)
     }
 
+    /// Books an attempt of `call` to `slot` (under the lock).
+    fn sent(
+        slot: &mut Slot<S>,
+        call: &Call,
+        admitted: Option<(BreakerHandle, crate::client::breaker::future::Report)>,
+        transition: Option<crate::client::breaker::Transition>,
+    ) -> Pick<S> {
+        slot.pending += 1;
+        slot.counters.attempts += 1;
+        call.route.record(call.attempt, slot.id);
+        Pick::Send {
+            id: slot.id,
+            service: slot.service.clone(),
+            admitted,
+            transition,
+        }
+    }
+
     /// Picks under the lock; see the module docs.
     fn pick(&self, call: &Call, now: Instant) -> Pick<S> {
         let scope = call.method().health_scope();
@@ -501,6 +519,22 @@ where
             scratch,
             ..
         } = &mut *state;
+        // One endpoint serving the method: its breaker decides alone, in
+        // one lock (admit, or refuse as it always has), with nothing to
+        // choose or estimate.
+        if let [slot] = slots.as_mut_slice()
+            && slot.health.get(scope).admits()
+        {
+            return match &slot.breaker {
+                Some(b) => match b.try_admit(now) {
+                    Ok((report, transition)) => {
+                        Self::sent(slot, call, Some((b.clone(), report)), transition)
+                    }
+                    Err(rejected) => Pick::Refuse(b.clone(), rejected),
+                },
+                None => Self::sent(slot, call, None, None),
+            };
+        }
         scratch.clear();
         scratch.extend(slots.iter().map(|s| Candidate {
             available: s.health.get(scope).admits()
@@ -516,19 +550,11 @@ where
             };
             match admission {
                 Ok(admitted) => {
-                    slot.pending += 1;
-                    slot.counters.attempts += 1;
-                    call.route.record(call.attempt, slot.id);
                     let (admitted, transition) = match admitted {
                         Some((b, r, t)) => (Some((b, r)), t),
                         None => (None, None),
                     };
-                    return Pick::Send {
-                        id: slot.id,
-                        service: slot.service.clone(),
-                        admitted,
-                        transition,
-                    };
+                    return Self::sent(slot, call, admitted, transition);
                 }
                 // Its breaker tripped since `admits` (a call ending on
                 // another thread): out of this pick, choose again.
@@ -552,15 +578,7 @@ where
                     Err(rejected) => Pick::Refuse(b.clone(), rejected),
                     // Came due just now: it takes the call as its probe.
                     Ok((report, transition)) => {
-                        slot.pending += 1;
-                        slot.counters.attempts += 1;
-                        call.route.record(call.attempt, slot.id);
-                        Pick::Send {
-                            id: slot.id,
-                            service: slot.service.clone(),
-                            admitted: Some((b.clone(), report)),
-                            transition,
-                        }
+                        Self::sent(slot, call, Some((b.clone(), report)), transition)
                     }
                 };
             }

@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) hedge: Option<HedgePolicy>,
     // std Mutexes: held for a few arithmetic operations, never across await.
     budget: Option<Mutex<Budget>>,
+    /// The throttle books every call (the ratio budget does).
+    deposits: bool,
     rng: Mutex<ChaCha8Rng>,
     events: EventSink,
     counts: Counts,
@@ -109,7 +111,11 @@ impl Shared {
     /// A logical call begins.
     fn on_call(&self) {
         bump(&self.counts.calls);
-        if let Some(b) = &self.budget {
+        // Only the ratio budget books calls: the token bucket's lock is not
+        // worth taking for nothing on every call.
+        if self.deposits
+            && let Some(b) = &self.budget
+        {
             lock(b).on_call(Instant::now());
         }
     }
@@ -254,11 +260,13 @@ impl RetryLayer {
             .config()
             .throttle
             .map(|t| Mutex::new(Budget::new(t, Instant::now())));
+        let deposits = matches!(policy.config().throttle, Some(Throttle::Ratio(_)));
         Self {
             shared: Arc::new(Shared {
                 policy,
                 hedge,
                 budget,
+                deposits,
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
                 events,
                 counts: Counts::default(),
