@@ -29,8 +29,8 @@ use abacus::{
         Request, tcp_channel,
     },
     core::BinaryOp,
-    server::{self, DedupConfig, FaultConfig, ServerConfig, State},
-    store::Ledger,
+    server::{self, DedupConfig, FaultConfig, ServerConfig},
+    store::{Ledger, MemoryLedger as State},
     trace::EventSink,
 };
 use tower::{ServiceExt, buffer::Buffer, util::BoxCloneSyncService};
