@@ -26,6 +26,11 @@ mod listening;
 
 use listening::Served;
 
+#[path = "support/closed_port.rs"]
+mod closed_port;
+
+use closed_port::ClosedPort;
+
 const BIN: &str = env!("CARGO_BIN_EXE_abacus");
 
 /// What a run must produce.
@@ -379,16 +384,11 @@ fn check_fails_on_a_wrong_exit_code() {
     );
 }
 
-/// A loopback port nothing listens on: bound, then released.
-fn dead_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
 #[test]
 fn call_fails_over_from_a_dead_first_address_within_a_second() {
     let live = Server::start(&[]);
-    let dead = dead_addr();
+    let closed = ClosedPort::new();
+    let dead = closed.addr().to_string();
     let addrs = format!("{dead},{}", live.addr);
     // The pick is seeded: over a few seeds, some try the dead address
     // first. Each call must succeed on the live one, within a second.
