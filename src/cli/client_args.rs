@@ -200,7 +200,8 @@ impl ClientArgs {
     /// print (a usage error: exit code 2).
     pub async fn connect(&self, addr: &str) -> Result<Client, String> {
         let config = self.to_config()?;
-        Client::connect(addr, config)
+        let tls = self.security.tls()?;
+        Client::connect_with(addr, tls, config)
             .await
             .map_err(|e| e.to_string())
     }
