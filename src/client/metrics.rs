@@ -1,8 +1,8 @@
 //! [`ClientMetrics`]: a recorder of the client's numbers that the caller
 //! installs as an event hook ([`ClientMetrics::hook_into`]) — gRFC A66's
 //! client series under their Prometheus names, plus what A66 leaves out:
-//! retries, give-ups (the retry budget's exhaustion among them) and
-//! circuit-breaker transitions.
+//! retries, hedges, give-ups (the retry budget's exhaustion among them)
+//! and circuit-breaker transitions.
 //!
 //! | series | type | labels |
 //! |---|---|---|
@@ -10,6 +10,8 @@
 //! | `grpc_client_attempt_duration_seconds` | histogram | `grpc_method`, `grpc_status`, `grpc_target` |
 //! | `grpc_client_call_duration_seconds` | histogram | same |
 //! | `abacus_client_retries_total` | counter | `grpc_method`, `pushback` (`true` when the server set the pause) |
+//! | `abacus_client_hedges_total` | counter | `grpc_method`, `trigger` (`delay`, `failure`, `pushback`) |
+//! | `abacus_client_hedged_calls_won_total` | counter | `grpc_method`, `won_by` (`first_attempt`, `hedge`) |
 //! | `abacus_client_gave_up_total` | counter | `grpc_method`, `reason` (`budget_exhausted`, `attempts_exhausted`, …) |
 //! | `abacus_client_breaker_transitions_total` | counter | `endpoint`, `from`, `to` |
 //! | `abacus_client_breaker_rejected_total` | counter | `grpc_method` |
@@ -18,7 +20,9 @@
 //! [`Event`]; this recorder only reads them, so it adds no plumbing to any
 //! layer and costs nothing when not installed. Times come from tokio's
 //! clock (the simulation's, in a simulation). A66's message-size series
-//! are not recorded: events carry no sizes.
+//! are not recorded: events carry no sizes. Each attempt of a hedged call
+//! is timed from its own start; the ones its winner cancels are recorded
+//! as `CANCELLED`, as A66 asks.
 //!
 //! One recorder per [`Client`](super::Client): events name calls by the
 //! client's own call number.
@@ -54,7 +58,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{
-    client::retry::Stop,
+    client::{hedge::HedgeTrigger, retry::Stop},
     rpc::metrics::{HistogramFn, latency_histogram, method_label, status_label},
     trace::{Event, EventSink},
 };
@@ -74,6 +78,8 @@ struct Inner {
     attempt_duration: Family<Labels<2>, Histogram, HistogramFn>,
     call_duration: Family<Labels<2>, Histogram, HistogramFn>,
     retries: Family<Labels<2>, Counter>,
+    hedges: Family<Labels<2>, Counter>,
+    hedge_wins: Family<Labels<2>, Counter>,
     gave_up: Family<Labels<2>, Counter>,
     transitions: Family<Vec<(&'static str, String)>, Counter>,
     rejected: Family<Labels<1>, Counter>,
@@ -82,11 +88,32 @@ struct Inner {
     calls: Mutex<HashMap<u64, CallState>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CallState {
     method: &'static str,
     start: Instant,
-    attempt_start: Option<Instant>,
+    /// Attempts in flight and when each started: one, or several when the
+    /// call is hedged.
+    attempts: Vec<(u32, Instant)>,
+    /// The attempt that won a hedged call.
+    winner: Option<u32>,
+}
+
+impl CallState {
+    /// Attempt `attempt` ended: when it started.
+    fn end_attempt(&mut self, attempt: u32) -> Option<Instant> {
+        let i = self.attempts.iter().position(|&(a, _)| a == attempt)?;
+        Some(self.attempts.swap_remove(i).1)
+    }
+}
+
+/// A snake_case label for what released a hedge.
+fn trigger_label(trigger: HedgeTrigger) -> &'static str {
+    match trigger {
+        HedgeTrigger::Delay => "delay",
+        HedgeTrigger::Failure(_) => "failure",
+        HedgeTrigger::Pushback => "pushback",
+    }
 }
 
 /// A snake_case label for a give-up reason.
@@ -135,6 +162,18 @@ impl ClientMetrics {
             "Retries scheduled, by whether the server's pushback set the pause",
             retries.clone(),
         );
+        let hedges = Family::default();
+        registry.register(
+            "abacus_client_hedges",
+            "Hedges sent, by what released them (the hedging delay, a non-fatal failure, the server's pushback)",
+            hedges.clone(),
+        );
+        let hedge_wins = Family::default();
+        registry.register(
+            "abacus_client_hedged_calls_won",
+            "Hedged calls that got a reply, by whether the first attempt or a hedge gave it",
+            hedge_wins.clone(),
+        );
         let gave_up = Family::default();
         registry.register(
             "abacus_client_gave_up",
@@ -160,6 +199,8 @@ impl ClientMetrics {
                 attempt_duration,
                 call_duration,
                 retries,
+                hedges,
+                hedge_wins,
                 gave_up,
                 transitions,
                 rejected,
@@ -194,34 +235,54 @@ impl ClientMetrics {
                     CallState {
                         method: method_label(*method),
                         start: now,
-                        attempt_start: None,
+                        attempts: Vec::new(),
+                        winner: None,
                     },
                 );
             }
-            Event::AttemptStarted { call, .. } => {
+            Event::AttemptStarted { call, attempt, .. } => {
                 let method = {
                     let mut calls = self.calls();
                     let state = calls.get_mut(call);
                     state.map_or("other", |s| {
-                        s.attempt_start = Some(now);
+                        s.attempts.push((*attempt, now));
                         s.method
                     })
                 };
                 m.attempts.get_or_create(&[("grpc_method", method)]).inc();
             }
-            Event::AttemptFailed { call, error, .. } => {
-                let ended = self.calls().get_mut(call).and_then(|s| {
-                    let start = s.attempt_start.take()?;
-                    Some((s.method, start))
-                });
-                if let Some((method, start)) = ended {
-                    m.attempt_duration
-                        .get_or_create(&[
-                            ("grpc_method", method),
-                            ("grpc_status", status_label(error.code)),
-                        ])
-                        .observe(now.saturating_duration_since(start).as_secs_f64());
-                }
+            Event::AttemptFailed {
+                call,
+                attempt,
+                error,
+            } => self.attempt_ended(*call, *attempt, error.code, now),
+            Event::HedgeCancelled { call, attempt } => {
+                self.attempt_ended(*call, *attempt, Code::Cancelled, now);
+            }
+            Event::HedgeSent { call, trigger, .. } => {
+                m.hedges
+                    .get_or_create(&[
+                        ("grpc_method", self.method_of(*call)),
+                        ("trigger", trigger_label(*trigger)),
+                    ])
+                    .inc();
+            }
+            Event::HedgeWon { call, attempt } => {
+                let method = {
+                    let mut calls = self.calls();
+                    calls.get_mut(call).map_or("other", |s| {
+                        s.winner = Some(*attempt);
+                        s.method
+                    })
+                };
+                let won_by = if *attempt == 1 {
+                    "first_attempt"
+                } else {
+                    "hedge"
+                };
+                m.hedge_wins
+                    .get_or_create(&[("grpc_method", method), ("won_by", won_by)])
+                    .inc();
             }
             Event::Backoff { call, pushback, .. } => {
                 let pushback = if *pushback { "true" } else { "false" };
@@ -255,7 +316,7 @@ impl ClientMetrics {
                     .inc();
             }
             Event::CallFinished { call, result, .. } => {
-                let Some(state) = self.calls().remove(call) else {
+                let Some(mut state) = self.calls().remove(call) else {
                     return;
                 };
                 let code = result.as_ref().map_or_else(|c| *c, |_| Code::Ok);
@@ -263,10 +324,15 @@ impl ClientMetrics {
                     ("grpc_method", state.method),
                     ("grpc_status", status_label(code)),
                 ];
+                // The attempt that answered ends with the call: a hedged
+                // call's winner, else the one left.
+                let answered = match state.winner {
+                    Some(w) => state.end_attempt(w),
+                    None => state.attempts.pop().map(|(_, start)| start),
+                };
                 if code == Code::Ok
-                    && let Some(start) = state.attempt_start
+                    && let Some(start) = answered
                 {
-                    // The attempt that answered ends with the call.
                     m.attempt_duration
                         .get_or_create(&labels)
                         .observe(now.saturating_duration_since(start).as_secs_f64());
@@ -279,11 +345,110 @@ impl ClientMetrics {
         }
     }
 
+    /// Attempt `attempt` of `call` ended with `code`: its duration.
+    fn attempt_ended(&self, call: u64, attempt: u32, code: Code, now: Instant) {
+        let ended = self
+            .calls()
+            .get_mut(&call)
+            .and_then(|s| Some((s.method, s.end_attempt(attempt)?)));
+        if let Some((method, start)) = ended {
+            self.inner
+                .attempt_duration
+                .get_or_create(&[("grpc_method", method), ("grpc_status", status_label(code))])
+                .observe(now.saturating_duration_since(start).as_secs_f64());
+        }
+    }
+
     /// The metrics as Prometheus (OpenMetrics) text.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.inner.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{client::Reply, rpc::Method, trace::Outcome};
+
+    /// The value of the series line that starts with `name{` and holds
+    /// every label in `labels`.
+    fn value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hedged_call_counts_its_hedge_its_winner_and_times_each_attempt_from_its_start() {
+        let metrics = ClientMetrics::new("a,b");
+        let events = metrics.hook_into(EventSink::log_only());
+        let started = |attempt| Event::AttemptStarted {
+            call: 1,
+            attempt,
+            endpoint: "a".into(),
+            timeout_ms: 1000,
+        };
+        events.emit(Event::CallStarted {
+            call: 1,
+            method: Method::Add,
+            request_id: String::new(),
+            deadline_ms: 1000,
+        });
+        events.emit(started(1));
+        tokio::time::advance(Duration::from_millis(30)).await;
+        events.emit(Event::HedgeSent {
+            call: 1,
+            attempt: 2,
+            trigger: HedgeTrigger::Delay,
+        });
+        events.emit(started(2));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        events.emit(Event::HedgeWon {
+            call: 1,
+            attempt: 2,
+        });
+        events.emit(Event::HedgeCancelled {
+            call: 1,
+            attempt: 1,
+        });
+        events.emit(Event::CallFinished {
+            call: 1,
+            attempts: 0,
+            result: Ok(Reply::Calc(3.0)),
+            outcome: Outcome::Applied,
+        });
+        let text = metrics.encode();
+        let add = r#"grpc_method="abacus.v1.Calculator/Add""#;
+        let v = |name: &str, labels: &[&str]| value(&text, name, labels);
+        assert_eq!(
+            v("abacus_client_hedges_total", &[add, r#"trigger="delay""#]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            v(
+                "abacus_client_hedged_calls_won_total",
+                &[add, r#"won_by="hedge""#]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            v("grpc_client_attempt_started_total", &[add]),
+            Some(2.0),
+            "{text}"
+        );
+        // The hedge answered 5 ms after it started; the first attempt was
+        // cancelled 35 ms after its own start.
+        let ok = r#"grpc_status="OK""#;
+        let cancelled = r#"grpc_status="CANCELLED""#;
+        let sum = "grpc_client_attempt_duration_seconds_sum";
+        assert_eq!(v(sum, &[add, ok]), Some(0.005), "{text}");
+        assert_eq!(v(sum, &[add, cancelled]), Some(0.035), "{text}");
     }
 }

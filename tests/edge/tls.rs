@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use abacus::{
-    client::{BearerToken, CallError},
+    client::{Balancing, BearerToken, CallError, Client},
     server::{Edge, Limits, metrics::ServerMetrics, tls::ServerTls},
     tls::PemSource,
     trace::Outcome,
@@ -20,7 +20,10 @@ use tonic::Code;
 
 use crate::{
     certs::Pki,
-    support::{Fronts, client, client_tls, http1, quick_config, rest_request, server_tls},
+    support::{
+        Fronts, WRITER_TOKEN, authenticator, client, client_tls, http1, quick_config, rest_request,
+        server_tls,
+    },
 };
 
 fn tls_edge(pki: &Pki, mutual: bool) -> Edge {
@@ -65,6 +68,37 @@ async fn grpc_over_tls_and_mutual_tls() {
     let stranger = client_tls(&pki.ca, Some(&pki.stranger));
     let c = client(mutual.grpc, Some(&stranger), quick_config(None));
     assert_unavailable(c.add(1.0, 1.0).await, "a certificate of another CA");
+}
+
+/// A client over several endpoints dials each with TLS (here mutual,
+/// so an endpoint dialled without the client's certificate would fail)
+/// and sends the token on every attempt (the servers check it), whichever
+/// endpoint the balancer picks.
+#[tokio::test]
+async fn every_endpoint_of_a_set_gets_tls_and_the_token() {
+    let pki = Pki::generate();
+    let edge = Edge {
+        auth: Some(authenticator(None)),
+        ..tls_edge(&pki, true)
+    };
+    let (a, b) = (Fronts::start(edge.clone()).await, Fronts::start(edge).await);
+    let mut config = quick_config(Some(WRITER_TOKEN));
+    // Each endpoint in turn, so both are used whatever their latency.
+    config.balance.policy = Balancing::RoundRobin;
+    let with_cert = client_tls(&pki.ca, Some(&pki.client));
+    let c = Client::connect_with(&format!("{},{}", a.grpc, b.grpc), Some(with_cert), config)
+        .await
+        .expect("two addresses");
+    for i in 0..6 {
+        let x = f64::from(i);
+        assert_eq!(c.add(x, 1.0).await, Ok(x + 1.0));
+    }
+    let endpoints = c.endpoints();
+    assert_eq!(endpoints.len(), 2, "{endpoints:?}");
+    for e in &endpoints {
+        assert_eq!(e.counters.answered, 3, "{endpoints:?}");
+        assert_eq!(e.counters.failed, 0, "{endpoints:?}");
+    }
 }
 
 #[tokio::test]
