@@ -35,7 +35,9 @@
 //! events.emit(Event::CallStarted {
 //!     call: 1, method: Method::Add, request_id: String::new(), deadline_ms: 1000,
 //! });
-//! events.emit(Event::AttemptStarted { call: 1, attempt: 1, timeout_ms: 1000 });
+//! events.emit(Event::AttemptStarted {
+//!     call: 1, attempt: 1, endpoint: "127.0.0.1:50051".into(), timeout_ms: 1000,
+//! });
 //! let text = metrics.encode();
 //! let line = text.lines().find(|l| l.starts_with("grpc_client_attempt_started_total")).unwrap();
 //! assert!(line.contains(r#"grpc_method="abacus.v1.Calculator/Add""#), "{line}");
