@@ -7,7 +7,11 @@
 
 use tonic::{Code, Status, metadata::MetadataValue};
 
-use crate::{core::BinaryOp, store::WriteFate, trace::num};
+use crate::{
+    core::BinaryOp,
+    store::{WriteFate, guard::Refusal},
+    trace::num,
+};
 
 /// Metadata key the server sets on every error it answers *without having
 /// applied the request*. Clients use it to tell "definitely not applied" from
@@ -162,6 +166,27 @@ pub enum ServiceError {
         /// Whether the write certainly did not happen.
         fate: WriteFate,
     },
+    /// The guard in front of the store refused before sending anything
+    /// (`store::guard`): the store has been failing (circuit open), or too
+    /// much store work is in flight on this server. Certainly not applied.
+    #[error("{}", refusal_message(.0))]
+    StoreRefused(Refusal),
+}
+
+fn refusal_message(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::CircuitOpen { probe_in_ms: 0 } => "the register store has been failing and this \
+            server is testing whether it recovered; the request was not applied"
+            .to_owned(),
+        Refusal::CircuitOpen { probe_in_ms } => format!(
+            "the register store has been failing; this server sends it nothing for {probe_in_ms} ms \
+             (circuit open); the request was not applied"
+        ),
+        Refusal::Busy { in_flight, limit } => format!(
+            "too many register-store operations in flight on this server ({in_flight}, limit \
+             {limit}); the request was not applied"
+        ),
+    }
 }
 
 impl ServiceError {
@@ -190,6 +215,9 @@ impl ServiceError {
             // UNAVAILABLE: transient, and what retry policies and balancers
             // act on (another replica, or the same one later).
             Self::StoreUnavailable { .. } => Code::Unavailable,
+            // UNAVAILABLE too: the same condition seen sooner, and what
+            // clients retry and balancers route around.
+            Self::StoreRefused(_) => Code::Unavailable,
         }
     }
 
@@ -229,6 +257,10 @@ impl ServiceError {
             // Retrying the same reused ID can never succeed: tell gRPC
             // clients not to retry at all.
             Self::RequestIdReused { .. } => Some(-1),
+            // No point in coming back before the breaker probes.
+            Self::StoreRefused(Refusal::CircuitOpen { probe_in_ms }) if *probe_in_ms > 0 => {
+                Some(i64::try_from(*probe_in_ms).unwrap_or(i64::MAX))
+            }
             _ => None,
         }
     }
@@ -467,5 +499,20 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.metadata().get(NOT_APPLIED_KEY).is_none());
         assert!(s.message().contains("retry with the same request ID"));
+
+        // Refused by the store guard: nothing was sent.
+        let s: Status =
+            ServiceError::StoreRefused(Refusal::CircuitOpen { probe_in_ms: 800 }).into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.metadata().get(NOT_APPLIED_KEY).unwrap(), "true");
+        assert_eq!(s.metadata().get(PUSHBACK_KEY).unwrap(), "800");
+        let s: Status = ServiceError::StoreRefused(Refusal::Busy {
+            in_flight: 64,
+            limit: 64,
+        })
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.metadata().get(NOT_APPLIED_KEY).unwrap(), "true");
+        assert!(s.metadata().get(PUSHBACK_KEY).is_none());
     }
 }

@@ -46,6 +46,12 @@
 //!   one lock).
 //! - [`redb`]: `--data-dir` persistence in an embedded redb file.
 //! - [`dedup`]: the idempotency design and the bounded dedup store.
+//! - [`postgres`]: `--store postgres://…`, shared by replicas.
+//! - [`guard`]: [`guard::GuardedLedger`], a time bound, a circuit breaker
+//!   and an in-flight bound in front of any backend, so a failing store
+//!   cannot take its server down with it.
+//! - [`conformance`]: the operation sequences every backend must answer
+//!   identically.
 //!
 //! Nothing here imports `server/`: the store sits wholly below the service.
 
@@ -59,6 +65,7 @@ pub use dedup::DedupConfig;
 pub use memory::MemoryLedger;
 
 pub mod conformance;
+pub mod guard;
 pub mod postgres;
 
 use std::{fmt, future::Future, net::IpAddr, pin::Pin, sync::Arc};

@@ -20,6 +20,7 @@ use abacus::{
     core::{self, BinaryOp},
     error::{CalcError, ServiceError},
     store::dedup::{REQUEST_ID_BYTES_MAX, validate_request_id},
+    store::guard::Refusal,
     store::{AccumulateArgs, Accumulated, Caller, StatsView, WriteFate},
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -321,6 +322,15 @@ fn put_error(w: &mut Writer, e: &ServiceError) {
             w.u8(10);
             w.bool(*fate == WriteFate::Unknown);
         }
+        ServiceError::StoreRefused(Refusal::CircuitOpen { probe_in_ms }) => {
+            w.u8(11);
+            w.u64(*probe_in_ms);
+        }
+        ServiceError::StoreRefused(Refusal::Busy { in_flight, limit }) => {
+            w.u8(12);
+            w.u64(*in_flight as u64);
+            w.u64(*limit as u64);
+        }
     }
 }
 
@@ -356,6 +366,13 @@ fn get_error(r: &mut Reader<'_>) -> Result<ServiceError, Malformed> {
                 WriteFate::NotApplied
             },
         },
+        11 => ServiceError::StoreRefused(Refusal::CircuitOpen {
+            probe_in_ms: r.u64()?,
+        }),
+        12 => ServiceError::StoreRefused(Refusal::Busy {
+            in_flight: r.usize()?,
+            limit: r.usize()?,
+        }),
         _ => return Err(Malformed("unknown service error")),
     })
 }
@@ -595,6 +612,11 @@ mod tests {
             ServiceError::StoreUnavailable {
                 fate: WriteFate::NotApplied,
             },
+            ServiceError::StoreRefused(Refusal::CircuitOpen { probe_in_ms: 700 }),
+            ServiceError::StoreRefused(Refusal::Busy {
+                in_flight: 8,
+                limit: 8,
+            }),
         ]);
         all
     }
