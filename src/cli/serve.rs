@@ -16,6 +16,8 @@ use std::{
 use clap::Args;
 
 use crate::{
+    client::request_id::os_seed,
+    resilience::breaker::BreakerConfig,
     server::{
         self, Calculator, DedupConfig, Edge, FaultConfig, Limits, ServerConfig,
         auth::{self, Authenticator, RateLimit},
@@ -26,7 +28,8 @@ use crate::{
     },
     store::{
         Ledger, MemoryLedger,
-        postgres::{PgConfig, PgLedger},
+        guard::{GuardConfig, GuardedLedger, config as guard_defaults},
+        postgres::{PgConfig, PgLedger, config::idle_in_transaction_timeout_for},
         redb::RedbLedger,
     },
     trace::EventSink,
@@ -90,6 +93,9 @@ pub struct ServeArgs {
     /// Dedup store limits.
     #[command(flatten)]
     pub dedup: DedupArgs,
+    /// The guard in front of a shared store.
+    #[command(flatten)]
+    pub guard: StoreGuardArgs,
     /// Fault injection.
     #[command(flatten)]
     pub faults: FaultArgs,
@@ -207,8 +213,79 @@ impl DedupArgs {
     }
 }
 
+/// The store guard's flags (see `abacus::store::guard` and
+/// docs/postgres.md, "When the store fails").
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Store guard (with --store postgres://…)")]
+pub struct StoreGuardArgs {
+    /// Longest one store call may take (a claim, a commit, a read), however
+    /// long the caller's deadline; a call cut by it answers UNAVAILABLE and
+    /// counts against the store. PostgreSQL also ends a transaction whose
+    /// client stays silent twice this long (idle_in_transaction_session_timeout),
+    /// which frees a claim orphaned by a vanished replica.
+    #[arg(long, default_value_t = guard_defaults::TIMEOUT_MS_DEFAULT, value_name = "MS",
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=guard_defaults::TIMEOUT_MS_LIMIT))]
+    pub store_timeout_ms: u64,
+    /// A register call that spent longer than this in the store counts as a
+    /// store failure for the breaker, answered or not (one cut sooner by
+    /// its caller's deadline counts for nothing).
+    #[arg(long, default_value_t = guard_defaults::SLOW_MS_DEFAULT, value_name = "MS")]
+    pub store_slow_ms: u64,
+    /// Store operations in flight at once (an Accumulate from claim to
+    /// commit, a read); beyond it a register call is refused at once with
+    /// UNAVAILABLE, not applied. Keep it below --in-flight-max, so a stuck
+    /// store never takes every slot from the pure calls.
+    #[arg(long, default_value_t = guard_defaults::IN_FLIGHT_MAX_DEFAULT, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=guard_defaults::IN_FLIGHT_LIMIT as u64))]
+    pub store_in_flight_max: usize,
+    /// Store failures in a row that open the breaker (it also opens when
+    /// half of the last 20 calls failed). While open, register calls are
+    /// refused at once (UNAVAILABLE, not applied) and the health service
+    /// reports abacus.v1.Registers NOT_SERVING.
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=1_000))]
+    pub store_breaker_failures: u32,
+    /// How long the breaker stays open before it probes the store by
+    /// itself (a stats call); a failed probe doubles it, up to
+    /// --store-breaker-open-ms-max.
+    #[arg(long, default_value_t = GuardConfig::default_breaker().open_ms, value_name = "MS")]
+    pub store_breaker_open_ms: u64,
+    /// Cap on the breaker's open time: writes come back at most this long
+    /// after the store does.
+    #[arg(long, default_value_t = GuardConfig::default_breaker().open_ms_max, value_name = "MS")]
+    pub store_breaker_open_ms_max: u64,
+    /// Switch the guard OFF (register calls then wait on a failing store
+    /// until their deadlines, holding server slots): only to demonstrate
+    /// what it prevents.
+    #[arg(long)]
+    pub no_store_guard: bool,
+}
+
+impl StoreGuardArgs {
+    /// The validated guard configuration (`None` when switched off).
+    pub fn to_config(&self) -> Result<Option<GuardConfig>, String> {
+        if self.no_store_guard {
+            return Ok(None);
+        }
+        let config = GuardConfig {
+            timeout_ms: self.store_timeout_ms,
+            slow_ms: self.store_slow_ms,
+            in_flight_max: self.store_in_flight_max,
+            breaker: BreakerConfig {
+                consecutive_failures_max: Some(self.store_breaker_failures),
+                open_ms: self.store_breaker_open_ms,
+                open_ms_max: self.store_breaker_open_ms_max,
+                ..GuardConfig::default_breaker()
+            },
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(Some(config))
+    }
+}
+
 /// Fault-injection flags (all off by default, all seeded).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Fault injection")]
 pub struct FaultArgs {
     /// Probability (0..1) of answering UNAVAILABLE before applying a request.
     #[arg(
@@ -282,9 +359,13 @@ fn limits(args: &ServeArgs) -> Limits {
 /// Runs the server until Ctrl-C.
 pub async fn run(args: ServeArgs) -> ExitCode {
     super::init_logging("info");
-    let (faults, dedup) = match (args.faults.to_config(), args.dedup.to_config()) {
-        (Ok(f), Ok(d)) => (f, d),
-        (Err(e), _) | (_, Err(e)) => {
+    let (faults, dedup, guard) = match (
+        args.faults.to_config(),
+        args.dedup.to_config(),
+        args.guard.to_config(),
+    ) {
+        (Ok(f), Ok(d), Ok(g)) => (f, d, g),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
@@ -317,7 +398,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
         (Some(url), None) if url != "memory" => {
-            let config = match PgConfig::from_url(url) {
+            let mut config = match PgConfig::from_url(url) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!(
@@ -326,11 +407,48 @@ pub async fn run(args: ServeArgs) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match PgLedger::connect(config, dedup.clone(), events.clone()).await {
-                Ok(ledger) => Arc::new(ledger),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
+            // One per-call bound for the guard and the ledger beneath it.
+            config.op_timeout = std::time::Duration::from_millis(args.guard.store_timeout_ms);
+            config.idle_in_transaction_timeout = idle_in_transaction_timeout_for(config.op_timeout);
+            let ledger: Arc<dyn Ledger> =
+                match PgLedger::connect(config, dedup.clone(), events.clone()).await {
+                    Ok(ledger) => Arc::new(ledger),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+            match guard {
+                Some(guard) => {
+                    tracing::info!(
+                        store_timeout_ms = guard.timeout_ms,
+                        store_slow_ms = guard.slow_ms,
+                        store_in_flight_max = guard.in_flight_max,
+                        breaker_failures = args.guard.store_breaker_failures,
+                        breaker_open_ms = guard.breaker.open_ms,
+                        breaker_open_ms_max = guard.breaker.open_ms_max,
+                        "store guard on"
+                    );
+                    if guard.in_flight_max >= args.in_flight_max {
+                        tracing::warn!(
+                            store_in_flight_max = guard.in_flight_max,
+                            in_flight_max = args.in_flight_max,
+                            "--store-in-flight-max is not below --in-flight-max: a stuck store can hold every slot, and pure calls would be shed"
+                        );
+                    }
+                    match GuardedLedger::new(ledger, guard, events.clone(), os_seed()) {
+                        Ok(guarded) => Arc::new(guarded),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                None => {
+                    tracing::warn!(
+                        "store guard OFF (--no-store-guard): a failing store holds register calls until their deadlines"
+                    );
+                    ledger
                 }
             }
         }

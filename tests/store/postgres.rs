@@ -245,20 +245,22 @@ async fn the_same_id_sent_to_three_replicas_at_once_is_applied_once() {
     assert_eq!(replicas[2].get("hot", None).await, Ok(5.0));
 }
 
+/// Where the test cluster listens.
+fn upstream(db: &TestDb) -> std::net::SocketAddr {
+    let host_port = db
+        .url
+        .rsplit_once('@')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap();
+    host_port.parse().expect("test cluster on an IP address")
+}
+
 /// The ledger through a proxy that can cut the connection.
 async fn behind_proxy(db: &TestDb) -> (Proxy, PgLedger) {
-    let upstream = {
-        let host_port = db
-            .url
-            .rsplit_once('@')
-            .unwrap()
-            .1
-            .split('/')
-            .next()
-            .unwrap();
-        host_port.parse().expect("test cluster on an IP address")
-    };
-    let proxy = Proxy::start(upstream).await;
+    let proxy = Proxy::start(upstream(db)).await;
     let l = ledger_with(&db.url_via(proxy.addr), DedupConfig::default(), |c| {
         c.pool_max = 2;
         // The sweeper's COMMITs must not meet the proxy's armed cut.
@@ -328,6 +330,136 @@ async fn a_connection_lost_before_anything_was_written_is_not_applied() {
     );
     assert!(err.known_not_applied());
     assert_eq!(accumulate(&l, &a).await, ok(5.0, false));
+}
+
+/// The server-side bound on a silent transaction in the orphaned-claim
+/// tests (short, to keep them quick; the default is twice the per-call
+/// bound).
+const IDLE_BOUND: Duration = Duration::from_millis(1_000);
+
+/// A replica reaching the database through a proxy that can freeze its
+/// connections, with a short per-call bound and `idle` as its
+/// idle-in-transaction bound.
+async fn strandable_with(db: &TestDb, idle: Duration) -> (Proxy, PgLedger) {
+    let proxy = Proxy::start(upstream(db)).await;
+    let l = ledger_with(&db.url_via(proxy.addr), DedupConfig::default(), |c| {
+        c.pool_max = 2;
+        c.sweep_interval = Duration::from_secs(3600);
+        c.op_timeout = Duration::from_millis(500);
+        c.idle_in_transaction_timeout = idle;
+    })
+    .await;
+    (proxy, l)
+}
+
+async fn strandable(db: &TestDb) -> (Proxy, PgLedger) {
+    strandable_with(db, IDLE_BOUND).await
+}
+
+/// The orphan was released by the server's bound, not by luck: the retry
+/// waited on it, and no longer than the bound and a margin.
+fn released_within_the_bound(waited: Duration) {
+    assert!(
+        waited >= IDLE_BOUND / 4 && waited < IDLE_BOUND + Duration::from_secs(3),
+        "waited {waited:?} on an orphan bounded at {IDLE_BOUND:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_whose_connection_goes_silent_is_released_within_the_bound() {
+    let db = database!("orphaned_claim");
+    let (proxy, stranded) = strandable(&db).await;
+    let other = ledger(&db).await;
+    let a = args("r", 1.0, "orphan");
+    let Begin::Execute(claim) = stranded.begin(&a, None).await.unwrap() else {
+        panic!("first begin executes")
+    };
+    // The replica holding the claim drops off the network: nothing is
+    // closed, nothing arrives. Its transaction sits idle on the server.
+    proxy.freeze();
+    let started = Instant::now();
+    // A retry through another replica waits on the orphan's row lock until
+    // the server ends the silent transaction, then executes: the orphan
+    // never committed.
+    let retried = accumulate(&other, &a).await;
+    released_within_the_bound(started.elapsed());
+    assert_eq!(retried, ok(1.0, false));
+    // The stranded replica cannot commit what the server already rolled
+    // back, and says so without claiming more than it knows.
+    let late = claim.commit().await.unwrap_err();
+    assert_eq!(
+        late,
+        ServiceError::StoreUnavailable {
+            fate: WriteFate::NotApplied
+        }
+    );
+    assert_eq!(accumulate(&other, &a).await, ok(1.0, true));
+    assert_eq!(other.get("r", None).await, Ok(1.0), "applied once");
+}
+
+/// Negative control: without the bound, the orphan holds its row for as
+/// long as the retry is willing to wait (in production: until TCP gives
+/// up, hours later), and the retry never gets to execute.
+#[tokio::test]
+async fn without_the_bound_an_orphaned_claim_outlives_every_retry() {
+    let db = database!("orphan_unbounded");
+    let (proxy, stranded) = strandable_with(&db, Duration::ZERO).await;
+    let other = ledger(&db).await;
+    let a = args("r", 1.0, "orphan");
+    let Begin::Execute(_claim) = stranded.begin(&a, None).await.unwrap() else {
+        panic!("first begin executes")
+    };
+    proxy.freeze();
+    let deadline = Instant::now() + 3 * IDLE_BOUND;
+    assert_eq!(
+        other.begin(&a, Some(deadline)).await.unwrap_err(),
+        ServiceError::StillInFlight {
+            request_id: "orphan".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_commit_stalled_on_a_silent_connection_frees_its_rows_within_the_bound() {
+    let db = database!("orphaned_commit");
+    let (proxy, stranded) = strandable(&db).await;
+    let other = ledger(&db).await;
+    assert_eq!(
+        accumulate(&other, &args("r", 100.0, "")).await,
+        ok(100.0, false)
+    );
+    let a = args("r", 1.0, "stalled");
+    // The register is updated, then COMMIT never reaches the server: the
+    // stranded replica cannot know, and says so.
+    proxy.arm(Cut::FreezeAtCommit);
+    let err = accumulate(&stranded, &a).await.unwrap_err();
+    assert_eq!(proxy.fired(), 1);
+    assert_eq!(
+        err,
+        ServiceError::StoreUnavailable {
+            fate: WriteFate::Unknown
+        }
+    );
+    // Its transaction holds the request's row and the register's: the
+    // retry and an unrelated write to the same register both wait, until
+    // the server ends the silent transaction.
+    let unrelated = args("r", 10.0, "neighbour");
+    let started = Instant::now();
+    let (retry, neighbour) = tokio::join!(accumulate(&other, &a), accumulate(&other, &unrelated));
+    released_within_the_bound(started.elapsed());
+    assert!(
+        matches!(
+            retry,
+            Ok(Accumulated {
+                replayed: false,
+                ..
+            })
+        ),
+        "{retry:?}"
+    );
+    assert!(neighbour.is_ok(), "{neighbour:?}");
+    assert_eq!(other.get("r", None).await, Ok(111.0), "each applied once");
+    assert_eq!(accumulate(&other, &a).await.map(|x| x.replayed), Ok(true));
 }
 
 #[tokio::test]

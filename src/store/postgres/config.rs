@@ -15,8 +15,28 @@ use std::{
 pub const POOL_MAX_DEFAULT: usize = 16;
 
 /// Default longest any one store call may take, whatever the caller's
-/// deadline (a caller without a deadline still gets an answer).
-pub const OP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// deadline (a caller without a deadline still gets an answer): the store
+/// guard's (see [`crate::store::guard::config::TIMEOUT_MS_DEFAULT`]), so
+/// `--store-timeout-ms` means one thing.
+pub const OP_TIMEOUT_DEFAULT: Duration =
+    Duration::from_millis(crate::store::guard::config::TIMEOUT_MS_DEFAULT);
+
+/// How long TCP may stay silent on a connection before the kernel probes
+/// the server, then the interval and count of probes: a server (or the
+/// path to it) that vanished silently is noticed in about 25 s instead of
+/// Linux's default two hours and more, so a pooled connection to it is
+/// dropped rather than handed out.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The server-side bound on a transaction left idle by its client, from
+/// the per-call bound: see [`PgConfig::idle_in_transaction_timeout`].
+pub fn idle_in_transaction_timeout_for(op_timeout: Duration) -> Duration {
+    op_timeout.saturating_mul(2)
+}
 
 /// Default longest the start-up connection attempt may take.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
@@ -78,6 +98,18 @@ pub struct PgConfig {
     /// Longest one store call may take when the caller's deadline is
     /// further away (or absent).
     pub op_timeout: Duration,
+    /// PostgreSQL's `idle_in_transaction_session_timeout` for every
+    /// connection of the ledger: a transaction whose client stays silent
+    /// this long is ended by the server, its session closed and its locks
+    /// released. This is what frees a claim orphaned by a replica that
+    /// vanished without closing its connection (a partition, a dead host):
+    /// without it, the claim's row lock — and every retry of its request
+    /// ID, through any replica — waits until TCP gives up, hours later. A
+    /// live claim is never idle that long: with the store guard, a claim
+    /// must commit within one `op_timeout` of its begin. Default twice
+    /// `op_timeout` ([`idle_in_transaction_timeout_for`]); zero sets none
+    /// (the server's own setting applies, by default none).
+    pub idle_in_transaction_timeout: Duration,
     /// Longest the start-up connection and schema migration may take.
     pub connect_timeout: Duration,
     /// How often expired and surplus dedup records are deleted.
@@ -97,6 +129,10 @@ impl fmt::Debug for PgConfig {
             .field("target", &self.target())
             .field("pool_max", &self.pool_max)
             .field("op_timeout", &self.op_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
             .field("sweep_interval", &self.sweep_interval)
             .field("sweep_batch", &self.sweep_batch)
             .field("clock", &self.clock)
@@ -154,11 +190,39 @@ impl PgConfig {
             pg,
             pool_max: POOL_MAX_DEFAULT,
             op_timeout: OP_TIMEOUT_DEFAULT,
+            idle_in_transaction_timeout: idle_in_transaction_timeout_for(OP_TIMEOUT_DEFAULT),
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             sweep_interval: Duration::from_secs(1),
             sweep_batch: 1000,
             clock: RetentionClock::Database,
         })
+    }
+
+    /// The driver's configuration as the ledger connects with it: the URL's,
+    /// plus TCP keepalives (unless the URL sets its own) and
+    /// [`PgConfig::idle_in_transaction_timeout`] as a start-up option, so
+    /// it holds from the session's first statement without a round trip.
+    /// The URL's own `options` are kept; one that sets
+    /// `idle_in_transaction_session_timeout` itself wins.
+    pub(crate) fn session(&self) -> tokio_postgres::Config {
+        let mut pg = self.pg.clone();
+        if pg.get_keepalives() && pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            // Still the driver's default (two hours): the URL set none.
+            pg.keepalives_idle(KEEPALIVE_IDLE)
+                .keepalives_interval(KEEPALIVE_INTERVAL)
+                .keepalives_retries(KEEPALIVE_RETRIES);
+        }
+        let given = pg.get_options().unwrap_or("").to_owned();
+        let ms = self.idle_in_transaction_timeout.as_millis();
+        if ms > 0 && !given.contains("idle_in_transaction_session_timeout") {
+            let ours = format!("-c idle_in_transaction_session_timeout={ms}");
+            pg.options(if given.trim().is_empty() {
+                ours
+            } else {
+                format!("{given} {ours}")
+            });
+        }
+        pg
     }
 
     /// `user@host:port/database`: what to name in logs and errors (never
@@ -230,6 +294,36 @@ mod tests {
         assert_eq!(
             redact("x hunter2 y", "postgres://u:hunter2@h/db"),
             "x *** y"
+        );
+    }
+
+    #[test]
+    fn sessions_bound_idle_transactions_and_probe_silent_peers() {
+        let c = PgConfig::from_url("postgres://u:pw@h/db").unwrap();
+        let s = c.session();
+        assert_eq!(
+            s.get_options(),
+            Some("-c idle_in_transaction_session_timeout=4000")
+        );
+        assert_eq!(s.get_keepalives_idle(), KEEPALIVE_IDLE);
+        // The URL's own options are kept; its own bound wins.
+        let c = PgConfig::from_url(
+            "postgres://u:pw@h/db?options=-c%20search_path%3Dapp&keepalives_idle=60",
+        )
+        .unwrap();
+        let s = c.session();
+        assert_eq!(
+            s.get_options(),
+            Some("-c search_path=app -c idle_in_transaction_session_timeout=4000")
+        );
+        assert_eq!(s.get_keepalives_idle(), Duration::from_secs(60));
+        let c = PgConfig::from_url(
+            "postgres://u:pw@h/db?options=-c%20idle_in_transaction_session_timeout%3D9",
+        )
+        .unwrap();
+        assert_eq!(
+            c.session().get_options(),
+            Some("-c idle_in_transaction_session_timeout=9")
         );
     }
 }

@@ -265,7 +265,7 @@ impl PgLedger {
     ) -> Result<Self, PgStartError> {
         let target = config.target();
         let manager = Manager::from_config(
-            config.pg.clone(),
+            config.session(),
             NoTls,
             ManagerConfig {
                 // Only is_closed(): connections come back only after a

@@ -1,7 +1,10 @@
 //! A loopback TCP proxy between the ledger and PostgreSQL that can cut a
 //! connection at a chosen point of the wire protocol, to make the failures
 //! that matter happen for real: a COMMIT that reaches the server but whose
-//! answer is lost, and one that never reaches it.
+//! answer is lost, and one that never reaches it. It can also **freeze**
+//! connections: stop forwarding in both directions while keeping both
+//! sockets open, as a partition does — neither side learns anything, and
+//! the server's session stays idle in its transaction.
 //!
 //! It reads the client's side as PostgreSQL protocol messages (an untyped
 //! start-up message, then `type byte + i32 length + body`); the server's
@@ -31,6 +34,9 @@ pub(crate) enum Cut {
     /// Close the connection instead of forwarding the next message,
     /// whatever it is.
     NextMessage,
+    /// Freeze the connection instead of forwarding the next `COMMIT`: the
+    /// server never gets it, the client never hears back.
+    FreezeAtCommit,
 }
 
 /// A running proxy; dropping it stops accepting.
@@ -40,6 +46,8 @@ pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
     cut: Arc<Mutex<Cut>>,
     fired: watch::Receiver<u32>,
+    /// Set to freeze every connection (open ones and new ones).
+    frozen: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,6 +65,7 @@ impl Proxy {
         let cut = Arc::new(Mutex::new(Cut::Pass));
         let (fired_tx, fired) = watch::channel(0u32);
         let fired_tx = Arc::new(fired_tx);
+        let (frozen, frozen_rx) = watch::channel(false);
         let task = {
             let cut = Arc::clone(&cut);
             tokio::spawn(async move {
@@ -69,6 +78,7 @@ impl Proxy {
                         server,
                         Arc::clone(&cut),
                         Arc::clone(&fired_tx),
+                        frozen_rx.clone(),
                     ));
                 }
             })
@@ -77,6 +87,7 @@ impl Proxy {
             addr,
             cut,
             fired,
+            frozen,
             task,
         }
     }
@@ -90,6 +101,12 @@ impl Proxy {
     pub(crate) fn fired(&self) -> u32 {
         *self.fired.borrow()
     }
+
+    /// Freezes every connection, open or new: nothing more is forwarded
+    /// either way, nothing is closed.
+    pub(crate) fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
 }
 
 /// Takes the armed cut if `msg` matches it.
@@ -98,7 +115,7 @@ fn take_cut(cut: &Mutex<Cut>, kind: u8, body: &[u8]) -> Cut {
     let is_commit = kind == b'Q' && body.len() >= 6 && body[..6].eq_ignore_ascii_case(b"COMMIT");
     let fires = match *armed {
         Cut::Pass => false,
-        Cut::BeforeCommit | Cut::AfterCommit => is_commit,
+        Cut::BeforeCommit | Cut::AfterCommit | Cut::FreezeAtCommit => is_commit,
         Cut::NextMessage => true,
     };
     if fires {
@@ -108,11 +125,19 @@ fn take_cut(cut: &Mutex<Cut>, kind: u8, body: &[u8]) -> Cut {
     }
 }
 
+/// Resolves once `frozen` reads true (never, if its sender is gone).
+async fn until_frozen(mut frozen: watch::Receiver<bool>) {
+    if frozen.wait_for(|f| *f).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn pump(
     client: TcpStream,
     server: TcpStream,
     cut: Arc<Mutex<Cut>>,
     fired: Arc<watch::Sender<u32>>,
+    frozen: watch::Receiver<bool>,
 ) {
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut server_rx, mut server_tx) = server.into_split();
@@ -194,14 +219,23 @@ async fn pump(
                         fired.send_modify(|n| *n += 1);
                         return;
                     }
+                    Cut::FreezeAtCommit => {
+                        fired.send_modify(|n| *n += 1);
+                        // Hold every socket open, forward nothing more.
+                        std::future::pending::<()>().await;
+                    }
                 }
             }
         }
     };
     // Whichever side ends first ends the connection: every half is dropped
-    // here, closing both sockets.
+    // here, closing both sockets. Frozen, both pumps stop where they are
+    // and the sockets stay open for as long as the proxy lives.
+    // (The pumps own the socket halves: frozen, they are kept, unpolled.)
+    let (mut downstream, mut upstream) = (Box::pin(downstream), Box::pin(upstream));
     tokio::select! {
-        () = downstream => {}
-        () = upstream => {}
+        () = &mut downstream => {}
+        () = &mut upstream => {}
+        () = until_frozen(frozen) => std::future::pending::<()>().await,
     }
 }
