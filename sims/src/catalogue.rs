@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
-use abacus::client::{BreakerConfig, Delivery, retry::ThrottleConfig};
+use abacus::{
+    client::{BreakerConfig, Delivery, retry::ThrottleConfig},
+    store::guard::GuardConfig,
+};
 
 use crate::{
     faults::{Fault, FaultPlan, NetFault, Node, Window},
-    scenario::{Replicated, Scenario, Topology},
+    scenario::{CascadeBounds, Replicated, Scenario, Topology},
     world::store::{ReplicaBug, StoreModel},
 };
 
@@ -221,11 +224,58 @@ pub fn replicated_failover(name: &'static str) -> Scenario {
     s
 }
 
+/// Store operations each replica's guard lets through at once in the store
+/// cascade: a quarter of the replica's in-flight cap.
+pub const CASCADE_STORE_CALLS: usize = 2;
+
+/// The store cascade: the store turns slow — every operation takes 2 s —
+/// for the first 5 s, under 18 callers over three replicas whose in-flight
+/// cap is 6 calls each; half the calls are Accumulates, a fifth of the rest
+/// reads, the others arithmetic, which never touches the store. Callers
+/// wait up to 700 ms per attempt: longer than the guard's slow threshold,
+/// so their cut calls are evidence. Then the store recovers and a liveness
+/// phase checks that writes and reads came back by themselves.
+///
+/// `guarded`: each replica's store guard lets [`CASCADE_STORE_CALLS`]
+/// operations through at once; without it (the negative control), register
+/// calls pile up on the slow store until they fill the replicas' caps, and
+/// the pure calls are shed. The scenario's bounds are the same either way.
+pub fn store_cascade(name: &'static str, guarded: bool) -> Scenario {
+    let mut s = Scenario::new(name);
+    let mut replicated = Replicated::new(REPLICAS);
+    replicated.guard = guarded.then(|| GuardConfig {
+        in_flight_max: CASCADE_STORE_CALLS,
+        ..GuardConfig::default()
+    });
+    s.topology = Topology::Replicated(replicated);
+    s.clients = 18;
+    s.calls_per_client = 10;
+    s.accumulate_share = 0.5;
+    s.read_share = 0.2;
+    s.registers = 3;
+    s.in_flight_max = 6;
+    s.deadline = Duration::from_secs(2);
+    s.attempt_timeout = Duration::from_millis(700);
+    s.plan.store_delay_ms = (2_000, 2_000);
+    s.quiet_after = Duration::from_secs(5);
+    s.liveness_calls = 3;
+    // 10 ms steps, as the swarm's: every timeout here is a multiple of it.
+    s.tick = Duration::from_millis(10);
+    s.cascade = Some(CascadeBounds {
+        // A pure call crosses two messages of at most 5 ms each: 100 ms
+        // is an order of magnitude of slack, and two orders below the
+        // store's 2 s.
+        pure_latency_max: Duration::from_millis(100),
+        store_calls_max: CASCADE_STORE_CALLS,
+    });
+    s
+}
+
 type Make = fn(u64) -> Scenario;
 
 /// The scenarios the `sim` example runs by name. One table, so a name
 /// cannot be listed without a scenario behind it.
-const REGISTRY: [(&str, Make); 20] = [
+const REGISTRY: [(&str, Make); 22] = [
     ("standard", standard),
     ("happy", |_| happy()),
     ("plain-tonic", |_| plain_tonic()),
@@ -291,6 +341,12 @@ const REGISTRY: [(&str, Make); 20] = [
     }),
     ("replicated-lost-reply-not-applied", |seed| {
         lost_reply_not_applied("replicated-lost-reply-not-applied", seed)
+    }),
+    ("store-cascade-guarded", |_| {
+        store_cascade("store-cascade-guarded", true)
+    }),
+    ("store-cascade-unguarded", |_| {
+        store_cascade("store-cascade-unguarded", false)
     }),
 ];
 

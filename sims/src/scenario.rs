@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use abacus::client::{BreakerConfig, Delivery, RetryConfig};
+use abacus::{
+    client::{BreakerConfig, Delivery, RetryConfig},
+    store::guard::GuardConfig,
+};
 
 use crate::{
     faults::FaultPlan,
@@ -70,6 +73,9 @@ pub struct Scenario {
     /// Calls each client makes once every fault has stopped (VOPR-style
     /// liveness phase): all of them must succeed.
     pub liveness_calls: usize,
+    /// What a store failure may cost the rest of the service (the store
+    /// cascade scenarios): checked when set.
+    pub cascade: Option<CascadeBounds>,
     /// With a liveness phase: when the untimed faults (link failures, server
     /// faults) stop. Timed windows stop at their own end.
     pub quiet_after: Duration,
@@ -96,6 +102,22 @@ pub struct Replicated {
     /// Other replicas a logical call may try, one after the other, after a
     /// failure that leaves it safe to (see `workload`).
     pub failover_max: usize,
+    /// The guard each replica puts in front of its store
+    /// (`abacus::store::guard`), as `abacus serve --store postgres://…`
+    /// does; `None` only for the cascade's negative control.
+    pub guard: Option<GuardConfig>,
+}
+
+/// What a failing store may cost the rest of a replicated service: the
+/// bounds of the store cascade scenarios (`check::cascade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CascadeBounds {
+    /// Every pure call (they never touch the store) succeeds, within this
+    /// long of its start.
+    pub pure_latency_max: Duration,
+    /// Store connections open at once on any one replica: its store work
+    /// in flight.
+    pub store_calls_max: usize,
 }
 
 impl Replicated {
@@ -107,6 +129,7 @@ impl Replicated {
             store: StoreModel::Atomic,
             bug: None,
             failover_max: replicas.saturating_sub(1),
+            guard: Some(GuardConfig::default()),
         }
     }
 }
@@ -160,6 +183,7 @@ impl Scenario {
             promise: Promise::ExactlyOnceEffect,
             liveness_calls: 0,
             quiet_after: Duration::ZERO,
+            cascade: None,
         }
     }
 

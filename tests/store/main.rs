@@ -15,5 +15,6 @@ mod support {
 
 mod cli;
 mod conformance;
+mod guard;
 mod identity;
 mod postgres;

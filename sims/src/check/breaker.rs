@@ -12,9 +12,11 @@ use crate::{
     history::{Entry, Record},
 };
 
-/// Breaker rules, per client: only legal transitions, each starting from
-/// the state the breaker was in; no attempt leaves while it is open; at most
-/// `probes_max` attempts while half-open.
+/// Breaker rules, per host (a client's breaker, or a replica's store
+/// guard): only legal transitions, each starting from the state the
+/// breaker was in; no attempt leaves while it is open; at most `probes_max`
+/// attempts while half-open. A server that (re)starts starts with a closed
+/// breaker: its guard is new.
 pub fn check(probes_max: u32, records: &[Record], v: &mut Vec<Violation>) {
     struct Client {
         state: State,
@@ -28,6 +30,10 @@ pub fn check(probes_max: u32, records: &[Record], v: &mut Vec<Violation>) {
             probes: 0,
         });
         match e {
+            Event::ServerStarted => {
+                c.state = State::Closed;
+                c.probes = 0;
+            }
             Event::BreakerTransition { from, to, .. } => {
                 // The breaker's own table of legal edges, not a copy of it.
                 let legal = Transition {

@@ -14,12 +14,16 @@
 //! - [`calls`]: per call: `within-deadline`, `attempts-bounded`,
 //!   `no-retry-on-non-retryable`, `liveness`.
 //! - [`breaker`]: `breaker-legal-transitions`, `breaker-open-sends-nothing`,
-//!   `breaker-probes-bounded`.
+//!   `breaker-probes-bounded` (clients' breakers, and the replicas' store
+//!   guards' transitions).
+//! - [`cascade`]: `pure-calls-unaffected`, `store-work-bounded`, in the
+//!   store cascade scenarios.
 //! - [`linearizable`]: `linearizable`, from what the clients saw alone.
 //! - [`notes`]: what the workload caught (`correct-results`, `liveness`).
 
 pub mod breaker;
 pub mod calls;
+pub mod cascade;
 pub mod delivery;
 pub mod linearizable;
 pub mod notes;
@@ -50,8 +54,16 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
     linearizable::check(scenario, run, &mut v);
     calls::check(scenario, &run.records, &mut v);
     notes::check(scenario, &run.records, &mut v);
-    if let Some(b) = &scenario.breaker {
-        breaker::check(b.half_open_probes, &run.records, &mut v);
+    let guarded = scenario.replicated().is_some_and(|r| r.guard.is_some());
+    if scenario.breaker.is_some() || guarded {
+        // Replicas send no attempts of their own: for their guards' breakers
+        // only the transitions are checked, and the probe bound is the
+        // client's.
+        let probes = scenario.breaker.as_ref().map_or(1, |b| b.half_open_probes);
+        breaker::check(probes, &run.records, &mut v);
+    }
+    if let Some(bounds) = &scenario.cascade {
+        cascade::check(bounds, run, &mut v);
     }
     v
 }
@@ -181,6 +193,7 @@ mod tests {
             accumulates,
             reads: Vec::new(),
             sim_result: Ok(()),
+            store_calls_peak: Vec::new(),
         };
         check(s, &run).into_iter().map(|v| v.invariant).collect()
     }
@@ -220,6 +233,7 @@ mod tests {
             accumulates,
             reads,
             sim_result: Ok(()),
+            store_calls_peak: Vec::new(),
         };
         let invariants = |run: &Run| -> Vec<&'static str> {
             check(&s, run).into_iter().map(|v| v.invariant).collect()

@@ -58,6 +58,9 @@ pub struct Run {
     /// `Err` when the simulation itself failed (e.g. a client did not finish
     /// within the simulated time limit).
     pub sim_result: Result<(), String>,
+    /// Replicated world: the most store connections each replica had open
+    /// at once (its store work in flight), by replica name.
+    pub store_calls_peak: Vec<(String, usize)>,
 }
 
 /// Simulated time limit: far above any scenario's needs, so hitting it means
@@ -80,8 +83,12 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         .repair_rate(if plan.link_fail_rate > 0.0 { 0.5 } else { 1.0 })
         .build();
 
-    let (store, switches) = match &scenario.topology {
-        Topology::Single => (None, vec![server::host(&mut sim, scenario, seed, &history)]),
+    let (store, switches, store_calls) = match &scenario.topology {
+        Topology::Single => (
+            None,
+            vec![server::host(&mut sim, scenario, seed, &history)],
+            Vec::new(),
+        ),
         Topology::Replicated(r) => {
             let store = store::Store::new(
                 store::StoreConfig {
@@ -93,12 +100,17 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
                     delay_ms: plan.store_delay_ms,
                     lose_rate: plan.store_lose_rate,
                     seed: derive_seed(seed, "store-faults"),
+                    idle_claim: store::idle_claim_default(),
                 },
                 &history,
             );
             store.serve_on(&mut sim);
-            let replicas = replica::hosts(&mut sim, scenario, r, seed, &history);
-            (Some(store::HOST.to_owned()), vec![replicas, store.switch()])
+            let (replicas, calls) = replica::hosts(&mut sim, scenario, r, seed, &history);
+            (
+                Some(store::HOST.to_owned()),
+                vec![replicas, store.switch()],
+                calls,
+            )
         }
     };
 
@@ -134,5 +146,9 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         accumulates: outcomes.accumulates,
         reads: outcomes.reads,
         sim_result,
+        store_calls_peak: store_calls
+            .into_iter()
+            .map(|(name, calls)| (name, calls.peak()))
+            .collect(),
     }
 }

@@ -3,12 +3,21 @@
 //! server faults (one replica perhaps much slower than the others).
 //!
 //! A replica holds no state of its own: each incarnation (after a crash
-//! and restart) builds a fresh ledger — local claim table, counters — as a
-//! restarted process would, and everything durable lives at the store.
+//! and restart) builds a fresh ledger — local claim table, counters, the
+//! guard's breaker — as a restarted process would, and everything durable
+//! lives at the store.
+//!
+//! The ledger is built here, in one place: the [`RemoteLedger`] to the
+//! store, behind the store guard (`abacus::store::guard::GuardedLedger`)
+//! exactly as `abacus serve --store postgres://…` puts it in front of the
+//! PostgreSQL ledger, unless the scenario switches the guard off.
 
 use std::sync::Arc;
 
-use abacus::server::{DedupConfig, FaultConfig, FaultSwitch, ServerConfig};
+use abacus::{
+    server::{DedupConfig, FaultConfig, FaultSwitch, ServerConfig},
+    store::{Ledger, guard::GuardedLedger},
+};
 
 use crate::{
     history::History,
@@ -16,21 +25,23 @@ use crate::{
     seed::derive_seed,
     world::{
         server,
-        store::{RemoteConfig, RemoteLedger},
+        store::{RemoteConfig, RemoteLedger, StoreCalls},
     },
 };
 
 /// Adds the replica hosts to `sim`. Returns the switch that turns their
-/// injected faults off (for the liveness phase).
+/// injected faults off (for the liveness phase), and each replica's count
+/// of open store connections, by name.
 pub fn hosts(
     sim: &mut turmoil::Sim<'_>,
     scenario: &Scenario,
     replicated: &Replicated,
     seed: u64,
     history: &History,
-) -> FaultSwitch {
+) -> (FaultSwitch, Vec<(String, Arc<StoreCalls>)>) {
     let plan = &scenario.plan;
     let switch = FaultSwitch::default();
+    let mut counts = Vec::new();
     let dedup = DedupConfig {
         enabled: scenario.dedup,
         ..DedupConfig::default()
@@ -52,15 +63,35 @@ pub fn hosts(
             in_flight_max: scenario.in_flight_max,
             ..ServerConfig::default()
         };
+        let calls = Arc::new(StoreCalls::default());
+        counts.push((name.clone(), Arc::clone(&calls)));
         let remote = RemoteConfig {
             dedup: dedup.clone(),
             bug: replicated.bug,
+            calls: Some(calls),
             ..RemoteConfig::default()
         };
+        let guard = replicated.guard.clone();
+        let guard_seed = derive_seed(seed, &format!("{name}-guard"));
         sim.host(name.as_str(), move || {
-            let ledger = Arc::new(RemoteLedger::new(remote.clone(), config.events.clone()));
-            server::serve(config.clone(), ledger)
+            let (config, remote, guard) = (config.clone(), remote.clone(), guard.clone());
+            async move {
+                let remote: Arc<dyn Ledger> =
+                    Arc::new(RemoteLedger::new(remote, config.events.clone()));
+                let ledger: Arc<dyn Ledger> = match guard {
+                    // Built inside the host's runtime: the guard's monitor
+                    // task lives and dies with this incarnation.
+                    Some(guard) => Arc::new(GuardedLedger::new(
+                        remote,
+                        guard,
+                        config.events.clone(),
+                        guard_seed,
+                    )?),
+                    None => remote,
+                };
+                server::serve(config, ledger).await
+            }
         });
     }
-    switch
+    (switch, counts)
 }

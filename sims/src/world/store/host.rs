@@ -51,6 +51,19 @@ pub struct StoreConfig {
     pub lose_rate: f64,
     /// Seed of the fault draws.
     pub seed: u64,
+    /// How long a claim's connection may stay silent before the store
+    /// releases the claim (PostgreSQL's `idle_in_transaction_session_timeout`,
+    /// which the PostgreSQL ledger sets to twice its per-call bound):
+    /// what frees a claim orphaned by a partition.
+    pub idle_claim: Duration,
+}
+
+/// The idle bound the PostgreSQL ledger sets with the store guard's
+/// default per-call bound: the model's default.
+pub fn idle_claim_default() -> Duration {
+    abacus::store::postgres::config::idle_in_transaction_timeout_for(Duration::from_millis(
+        abacus::store::guard::config::TIMEOUT_MS_DEFAULT,
+    ))
 }
 
 /// The store: its ledger and its fault source, kept outside the store host
@@ -61,6 +74,7 @@ pub struct Store {
     ledger: Arc<dyn Ledger>,
     delay_ms: (u64, u64),
     lose_rate: f64,
+    idle_claim: Duration,
     switch: FaultSwitch,
     // A std Mutex: held for one draw, never across an await; turmoil runs
     // every host on one thread, so draws happen in a deterministic order.
@@ -79,6 +93,7 @@ impl Store {
             ledger,
             delay_ms: config.delay_ms,
             lose_rate: config.lose_rate,
+            idle_claim: config.idle_claim,
             switch: FaultSwitch::default(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed)),
             history: history.clone(),
@@ -198,9 +213,17 @@ impl Store {
             return rolled_back();
         }
         // The claim lives as long as this connection, like a row lock in
-        // an open transaction.
-        if receive(&mut rd).await != Some(Request::Commit) {
-            return rolled_back();
+        // an open transaction — and no longer than the idle bound while the
+        // connection is silent, as the server ends a transaction left idle.
+        match tokio::time::timeout(self.idle_claim, receive(&mut rd)).await {
+            Ok(Some(Request::Commit)) => {}
+            Ok(_) => return rolled_back(),
+            Err(_) => {
+                return self.note(StoreNote::IdleReleased {
+                    request_id: args.request_id.clone(),
+                    idle_ms: self.idle_claim.as_millis() as u64,
+                });
+            }
         }
         self.slow_down().await;
         // Commit, unless the replica goes first: a one-step commit (the

@@ -28,12 +28,13 @@
 //!   transactions on restart).
 //!
 //! A claim whose connection was cut silently (a partition, a failed link)
-//! is held until the store notices the connection is gone, which turmoil's
-//! TCP never tells it: PostgreSQL too holds such a transaction until TCP
-//! keepalive (hours by default) or an `idle_in_transaction_session_timeout`,
-//! which the PostgreSQL ledger does not set. The model does the same, so
-//! the simulation shows what that costs: every later attempt of that
-//! request ID waits on the orphaned claim until its own timeout.
+//! is never noticed by the store through the connection, which turmoil's
+//! TCP never closes: PostgreSQL too would hold such a transaction until
+//! TCP keepalive gives up (hours by default). The PostgreSQL ledger sets
+//! `idle_in_transaction_session_timeout` (twice its per-call bound), and the
+//! model does the same: a claim whose connection stays silent that long
+//! is released without a record (`released … idle` in traces), so a retry
+//! of that request ID through any replica waits on it at most that long.
 //!
 //! # Layout
 //! - [`wire`]: the protocol's messages and frames.
@@ -59,8 +60,8 @@ use std::fmt;
 /// table of local claims. (Named once here, so the simulation follows the
 /// library wherever the type lives.)
 pub use abacus::store::MemoryLedger;
-pub use host::{Store, StoreConfig, StoreModel};
-pub use remote::{RemoteConfig, RemoteLedger, ReplicaBug};
+pub use host::{Store, StoreConfig, StoreModel, idle_claim_default};
+pub use remote::{RemoteConfig, RemoteLedger, ReplicaBug, StoreCalls};
 pub use split::SplitLedger;
 
 /// The store's host name.
@@ -92,6 +93,15 @@ pub enum StoreNote {
         /// The request ID.
         request_id: String,
     },
+    /// A claim was released without a record because its connection stayed
+    /// silent for the idle bound (PostgreSQL ending a transaction idle for
+    /// `idle_in_transaction_session_timeout`).
+    IdleReleased {
+        /// The request ID.
+        request_id: String,
+        /// The bound.
+        idle_ms: u64,
+    },
 }
 
 fn id(request_id: &str) -> &str {
@@ -118,6 +128,14 @@ impl fmt::Display for StoreNote {
             Self::CommitAbandoned { request_id } => write!(
                 f,
                 "commit of id={} abandoned part-way: connection closed",
+                id(request_id)
+            ),
+            Self::IdleReleased {
+                request_id,
+                idle_ms,
+            } => write!(
+                f,
+                "released id={}: its connection was silent for {idle_ms} ms (idle in transaction)",
                 id(request_id)
             ),
         }

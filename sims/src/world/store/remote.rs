@@ -25,8 +25,8 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -61,6 +61,31 @@ pub enum ReplicaBug {
     LostReplyIsNotApplied,
 }
 
+/// A replica's store connections open now and at most so far: its store
+/// work in flight (a claim holds its connection until its commit). Kept
+/// outside the replica's host, so it spans the replica's restarts.
+#[derive(Debug, Default)]
+pub struct StoreCalls {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl StoreCalls {
+    /// The most connections open at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn opened(&self) {
+        let now = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How a replica talks to the store.
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
@@ -71,14 +96,19 @@ pub struct RemoteConfig {
     pub dedup: DedupConfig,
     /// A bug to inject, if any.
     pub bug: Option<ReplicaBug>,
+    /// Where to count this replica's open store connections, if anywhere.
+    pub calls: Option<Arc<StoreCalls>>,
 }
 
 impl Default for RemoteConfig {
     fn default() -> Self {
         Self {
-            op_timeout: Duration::from_secs(5),
+            // The PostgreSQL ledger's default, which the store guard's
+            // per-call bound sets.
+            op_timeout: abacus::store::postgres::config::OP_TIMEOUT_DEFAULT,
             dedup: DedupConfig::default(),
             bug: None,
+            calls: None,
         }
     }
 }
@@ -158,16 +188,27 @@ impl Failure {
     }
 }
 
-/// One connection to the store.
+/// One connection to the store, counted while open.
 #[derive(Debug)]
-struct Conn(TcpStream);
+struct Conn(TcpStream, Option<Arc<StoreCalls>>);
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(calls) = &self.1 {
+            calls.closed();
+        }
+    }
+}
 
 impl Conn {
-    async fn open() -> Result<Self, Failure> {
-        TcpStream::connect((HOST, PORT))
+    async fn open(calls: &Option<Arc<StoreCalls>>) -> Result<Self, Failure> {
+        let stream = TcpStream::connect((HOST, PORT))
             .await
-            .map(Self)
-            .map_err(|_| Failure::Io)
+            .map_err(|_| Failure::Io)?;
+        if let Some(c) = calls {
+            c.opened();
+        }
+        Ok(Self(stream, calls.clone()))
     }
 
     async fn call(&mut self, request: &Request) -> Result<Reply, Failure> {
@@ -253,7 +294,7 @@ impl RemoteLedger {
         };
         let budget = Budget::new(deadline, self.config.op_timeout);
         let mut conn = budget
-            .run(Conn::open())
+            .run(Conn::open(&self.config.calls))
             .await
             .map_err(Failure::not_applied)?;
         // Waiting for a duplicate elsewhere may take as long as a local
@@ -337,7 +378,7 @@ impl RemoteClaim<'_> {
             // No ID: the transaction begins only now.
             None => {
                 let mut conn = budget
-                    .run(Conn::open())
+                    .run(Conn::open(&ledger.config.calls))
                     .await
                     .map_err(Failure::not_applied)?;
                 let begin = Request::Begin {
@@ -422,7 +463,7 @@ impl Ledger for RemoteLedger {
             let budget = Budget::new(deadline, self.config.op_timeout);
             let reply = budget
                 .run(async {
-                    let mut conn = Conn::open().await?;
+                    let mut conn = Conn::open(&self.config.calls).await?;
                     conn.call(&Request::Get {
                         register: register.to_owned(),
                     })
@@ -448,7 +489,7 @@ impl Ledger for RemoteLedger {
             let budget = Budget::new(None, self.config.op_timeout);
             let reply = budget
                 .run(async {
-                    let mut conn = Conn::open().await?;
+                    let mut conn = Conn::open(&self.config.calls).await?;
                     conn.call(&Request::Stats).await
                 })
                 .await;

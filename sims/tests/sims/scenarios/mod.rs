@@ -13,4 +13,5 @@ mod model;
 mod recovery;
 mod replay;
 mod replicated;
+mod store_cascade;
 mod swarm;

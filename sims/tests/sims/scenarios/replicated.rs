@@ -11,7 +11,10 @@
 
 use std::collections::BTreeSet;
 
-use abacus::{client::Reply, trace::Event};
+use abacus::{
+    client::{Reply, breaker::State},
+    trace::Event,
+};
 use abacus_sims::{
     Scenario, Topology,
     catalogue::{
@@ -94,6 +97,23 @@ fn replicated_swarm_exactly_once() {
             matches!(e, Entry::Store(StoreNote::ReplyLost { .. }))
         })
     });
+    sweep.reached_by(
+        "a claim orphaned by a silent connection, released by the store's idle bound",
+        |run| {
+            at_store(run, |e| {
+                matches!(e, Entry::Store(StoreNote::IdleReleased { .. }))
+            })
+        },
+    );
+    sweep.reached(
+        "a replica's store guard opening its breaker, then closing it",
+        |e| {
+            is_event(e, |ev| {
+                matches!(ev, Event::BreakerTransition { endpoint, from: State::HalfOpen, to: State::Closed }
+                    if endpoint == abacus::store::guard::ENDPOINT)
+            })
+        },
+    );
     sweep.reached("a store crash", |e| {
         matches!(e, Entry::Fault(SimFault::Crash(Node::Store)))
     });
