@@ -13,8 +13,12 @@ mod support {
     pub(crate) mod proxy;
 }
 
+#[path = "../support/listening.rs"]
+mod listening;
+
 mod cli;
 mod conformance;
 mod guard;
 mod identity;
 mod postgres;
+mod replicas;

@@ -11,7 +11,10 @@
 //! never outlives the tests.
 //!
 //! Each test gets its own database ([`fresh_database`]), so tests run in
-//! parallel on one cluster.
+//! parallel on one cluster. A test that stops PostgreSQL gets a cluster of
+//! its own ([`Cluster::private`]), which it can stop and start again: the
+//! wrapper takes `stop` and `start` lines on its standard input and answers
+//! `stopped` and `started` once `pg_ctl` has waited for the server.
 //!
 //! Environment:
 //! - `ABACUS_TEST_PG_URL=postgres://USER:PASSWORD@HOST:PORT/DB`: use that
@@ -34,7 +37,7 @@ use std::{
 
 /// The wrapper: `$1` bin dir, `$2` port; the password arrives as the first
 /// line of stdin; prints `ready` once the server accepts connections, then
-/// waits for stdin to close.
+/// serves `stop` and `start` lines until stdin closes.
 const WRAPPER: &str = r#"
 set -u
 bin="$1"; port="$2"
@@ -52,11 +55,19 @@ printf '%s\n' "$pw" > "$dir/pw"
   --auth-local=trust --auth-host=scram-sha-256 --no-sync -E UTF8 --locale=C \
   >"$dir/initdb.log" 2>&1 || { echo "initdb failed:" >&2; cat "$dir/initdb.log" >&2; exit 1; }
 rm -f "$dir/pw"
-"$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-  start >/dev/null 2>&1 || { echo "postgres did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
+start() {
+  "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    start >/dev/null 2>&1
+}
+start || { echo "postgres did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
 echo ready
-cat >/dev/null
+while IFS= read -r cmd; do
+  case "$cmd" in
+    stop) "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 && echo stopped || echo failed ;;
+    start) start && echo started || echo failed ;;
+  esac
+done
 "#;
 
 /// The server the tests use.
@@ -65,8 +76,9 @@ struct Server {
     base: String,
     /// A database the admin connection may use to create others.
     admin_db: String,
-    /// Held for the life of the process: closing them stops the cluster.
-    _pipes: Option<Mutex<(ChildStdin, ChildStdout)>>,
+    /// The wrapper's stdin and stdout, held for the life of the process
+    /// (closing them stops the cluster); `None` for `ABACUS_TEST_PG_URL`.
+    pipes: Option<Mutex<(ChildStdin, BufReader<ChildStdout>)>>,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -109,7 +121,7 @@ fn start() -> Result<Server, String> {
         return Ok(Server {
             base: format!("{base}/"),
             admin_db: db.to_owned(),
-            _pipes: None,
+            pipes: None,
         });
     }
     let bin = bin_dir()?;
@@ -213,8 +225,71 @@ fn start_cluster(bin: &std::path::Path) -> Result<Server, String> {
     Ok(Server {
         base: format!("postgres://postgres:{password}@127.0.0.1:{port}/"),
         admin_db: "postgres".into(),
-        _pipes: Some(Mutex::new((stdin, stdout.into_inner()))),
+        pipes: Some(Mutex::new((stdin, stdout))),
     })
+}
+
+/// A cluster of one test's own, which it may stop and start; stopped and
+/// deleted when dropped (its wrapper's stdin closes).
+pub(crate) struct Cluster(Server);
+
+impl Cluster {
+    /// Starts a private cluster; `None` only when the PostgreSQL tests are
+    /// skipped. Needs the server binaries: `ABACUS_TEST_PG_URL` names a
+    /// server the test could not stop, so it is not used here.
+    pub(crate) fn private(test: &str) -> Option<Cluster> {
+        if skipped(test) {
+            return None;
+        }
+        let started = bin_dir().and_then(|bin| {
+            let mut last = String::new();
+            for _ in 0..3 {
+                match start_cluster(&bin) {
+                    Ok(server) => return Ok(server),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        });
+        match started {
+            Ok(server) => Some(Cluster(server)),
+            Err(why) => panic!(
+                "{test} needs a PostgreSQL cluster of its own (it stops and starts it) and could not \
+                 start one: {why}\nFix: install PostgreSQL (Debian: apt-get install postgresql), or \
+                 set ABACUS_SKIP_PG=1 to skip the PostgreSQL tests."
+            ),
+        }
+    }
+
+    /// A fresh database on this cluster.
+    pub(crate) async fn database(&self, test: &str) -> TestDb {
+        database_on(&self.0, test).await
+    }
+
+    /// Stops PostgreSQL (`pg_ctl stop -m fast`: sessions are ended, as in a
+    /// restart); returns once it is down.
+    pub(crate) async fn stop(&self) {
+        self.command("stop", "stopped").await;
+    }
+
+    /// Starts it again; returns once it accepts connections.
+    pub(crate) async fn start(&self) {
+        self.command("start", "started").await;
+    }
+
+    async fn command(&self, command: &'static str, answer: &'static str) {
+        let pipes = self.0.pipes.as_ref().expect("a private cluster has pipes");
+        // Blocking pipe I/O (pg_ctl waits for the server): on a thread of
+        // its own, so the test's runtime keeps serving its connections.
+        let reply = tokio::task::block_in_place(|| {
+            let mut pipes = pipes.lock().unwrap();
+            writeln!(pipes.0, "{command}").expect("the cluster wrapper is alive");
+            let mut line = String::new();
+            let _ = pipes.1.read_line(&mut line);
+            line
+        });
+        assert_eq!(reply.trim(), answer, "pg_ctl {command}");
+    }
 }
 
 /// A database of its own for one test.
@@ -241,10 +316,13 @@ pub(crate) async fn fresh_database(test: &str) -> Option<TestDb> {
     if skipped(test) {
         return None;
     }
-    static NEXT: AtomicU32 = AtomicU32::new(0);
     // Blocks this test's thread for the cluster's start-up (a few seconds,
     // once per binary); other tests wait on the same OnceLock.
-    let server = server();
+    Some(database_on(server(), test).await)
+}
+
+async fn database_on(server: &Server, test: &str) -> TestDb {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     let tag: String = test
         .chars()
         .map(|c| {
@@ -272,10 +350,10 @@ pub(crate) async fn fresh_database(test: &str) -> Option<TestDb> {
         .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
     drop(client);
     let _ = driver.await;
-    Some(TestDb {
+    TestDb {
         url: format!("{}{name}?sslmode=disable", server.base),
         name,
-    })
+    }
 }
 
 /// A plain connection to `db`, for a test's own checks.
