@@ -345,6 +345,8 @@ fn demo_runs_to_its_summary() {
             "failed fast while the breaker was open; one probe closed it",
             "hedge(s) won over the slow replica, the stopped one was ejected and readmitted by its probe",
             "each Accumulate applied once across replicas",
+            "replayed: the record replica A committed to the shared store",
+            "=> applied once across two replicas",
             "Summary",
             "0 surprise(s)",
         ]),
@@ -369,6 +371,7 @@ fn demo_takes_the_client_policy_flags() {
             // Section 7 hedges: a failed attempt is followed by a hedge to
             // another replica, whatever --attempts says.
             "each Accumulate applied once across replicas",
+            "=> applied once across two replicas",
             "0 surprise(s)",
         ]),
     );

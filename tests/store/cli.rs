@@ -131,3 +131,29 @@ fn a_good_url_serves_from_the_shared_database() {
     let password = head.rsplit_once(':').unwrap().1;
     assert!(!log.contains(password), "the password was logged:\n{log}");
 }
+
+#[test]
+fn the_demo_shows_two_replicas_over_a_real_database() {
+    let Some(db) = database("cli_demo_store") else {
+        return;
+    };
+    let out = Command::new(BIN)
+        .args(["demo", "--store", &db.url])
+        .env_remove("ABACUS_STORE")
+        .output()
+        .expect("run abacus demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "store: PostgreSQL at ",
+        "replayed: the record replica A committed to the shared store",
+        "=> applied once across two replicas",
+        "0 surprise(s)",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    let (head, _) = db.url.rsplit_once('@').unwrap();
+    let password = head.rsplit_once(':').unwrap().1;
+    assert!(!stdout.contains(password) && !stderr.contains(password));
+}

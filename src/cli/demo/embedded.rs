@@ -2,7 +2,7 @@
 //! on ephemeral loopback ports, and clients that print every attempt,
 //! pause and decision.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -10,6 +10,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::{
     client::{Client, ClientConfig, tcp_channel},
     server::{self, FaultConfig, FaultSwitch, ServerConfig},
+    store::{Ledger, MemoryLedger},
     trace::{Event, EventSink},
 };
 
@@ -20,14 +21,28 @@ pub(super) struct Embedded {
     _stop: oneshot::Sender<()>,
 }
 
-/// Starts a server with `config` on `127.0.0.1:0`. It accepts connections
-/// as soon as this returns: the socket is bound before.
+/// Starts a server with `config` on `127.0.0.1:0`, over a fresh in-memory
+/// ledger. It accepts connections as soon as this returns: the socket is
+/// bound before.
 pub(super) async fn embedded_server(config: ServerConfig) -> std::io::Result<Embedded> {
+    let ledger = Arc::new(MemoryLedger::new(
+        config.dedup.clone(),
+        config.events.clone(),
+    ));
+    embedded_server_with(config, ledger).await
+}
+
+/// [`embedded_server`] over `ledger`, which other servers may share.
+pub(super) async fn embedded_server_with(
+    config: ServerConfig,
+    ledger: Arc<dyn Ledger>,
+) -> std::io::Result<Embedded> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server::serve(
+    tokio::spawn(server::serve_with_ledger(
         config,
+        ledger,
         TcpListenerStream::new(listener),
         async {
             let _ = stopped.await;

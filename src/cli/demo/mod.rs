@@ -5,7 +5,9 @@
 //! rerun a section with, say, `--attempts 1` or `--deadline-ms 200` and watch
 //! what changes. Each section overrides only what it is about: section 4
 //! (retries) turns the breaker off, section 5 runs all three delivery modes
-//! whatever `--mode` says, section 6 brings its own breaker settings.
+//! whatever `--mode` says, section 6 brings its own breaker settings,
+//! section 7 brings its own hedging, section 8 sends one attempt to the
+//! replica that loses its answer.
 //!
 //! Each fault section ends in a verdict: a pure function of what the section
 //! observed (sums, a register's value, the breaker's state), unit-tested on
@@ -22,6 +24,9 @@
 //! - [`breaker`]: section 6, a server failing everything, then recovering.
 //! - [`replicas`]: section 7, three replicas over one shared ledger: one
 //!   slow (hedges win), one stopped (failover, ejection, readmission).
+//! - [`shared_store`]: section 8, two replicas over one shared store (in
+//!   memory, or `--store postgres://…`): a retry on the other replica is
+//!   replayed, not applied again.
 
 mod basics;
 mod breaker;
@@ -29,6 +34,7 @@ mod delivery;
 mod embedded;
 mod replicas;
 mod retries;
+mod shared_store;
 mod tally;
 
 use std::process::ExitCode;
@@ -50,6 +56,13 @@ pub struct DemoArgs {
     /// same seed replays the same demo.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// The store the replicas of section 8 share: `memory` (one in-memory
+    /// store in this process) or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`
+    /// (each replica then reaches it through its own ledger, as separate
+    /// `abacus serve` processes would). The other sections always run in
+    /// memory.
+    #[arg(long, default_value = "memory", value_name = "memory|postgres://…")]
+    pub store: String,
     /// Client policy for every section (see the module docs for what each
     /// section overrides). `--client-seed` defaults to `--seed`.
     #[command(flatten)]
@@ -67,6 +80,13 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         }
     };
     policy.seed = policy.seed.or(Some(args.seed));
+    let store = match shared_store::SharedStore::parse(&args.store) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (addr, _server) = match &args.addr {
         Some(a) => (a.clone(), None),
         None => match embedded_server(ServerConfig::default()).await {
@@ -108,7 +128,8 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         retries::section(&mut t, args.seed, &policy).await?;
         delivery::section(&mut t, args.seed, &policy).await?;
         breaker::section(&mut t, args.seed, &policy).await?;
-        replicas::section(&mut t, args.seed, &policy).await
+        replicas::section(&mut t, args.seed, &policy).await?;
+        shared_store::section(&mut t, args.seed, &policy, &store).await
     };
     if let Err(e) = faults.await {
         eprintln!("error: cannot start an embedded server: {e}");
