@@ -83,7 +83,7 @@ mod claim;
 mod conn;
 mod failure;
 mod flights;
-mod sql;
+pub mod sql;
 mod sweep;
 
 pub use config::{ManualClock, PgConfig, PgUrlError, RetentionClock};

@@ -7,6 +7,10 @@
 //! `BIGINT`, `SMALLINT` and `DOUBLE PRECISION` only. No advisory locks, no
 //! LISTEN/NOTIFY, no `ctid`: waiting for another replica's execution is the
 //! unique key's row lock, bounded by `lock_timeout`.
+//!
+//! The statements of an `Accumulate` are public so that the benchmark
+//! (`benches/postgres.rs`) runs exactly them through `pgbench`, the
+//! ceiling the ledger is compared with.
 
 /// "Now" in milliseconds since the epoch: the caller's reading if it passes
 /// one (a test's hand-moved clock), else the database server's clock, which
@@ -51,7 +55,7 @@ macro_rules! dead {
 ///
 /// `$1` scope, `$2` id, `$3` fingerprint, `$4` now (nullable), `$5` TTL in
 /// ms, `$6` entries_max.
-pub(crate) const CLAIM: &str = concat!(
+pub const CLAIM: &str = concat!(
     "INSERT INTO abacus_requests AS r (scope, id, fingerprint) VALUES ($1, $2, $3) ",
     "ON CONFLICT (scope, id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, ",
     "seq = NULL, committed_ms = NULL, outcome = NULL, value = NULL WHERE ",
@@ -64,7 +68,7 @@ pub(crate) const RECORD: &str =
     "SELECT fingerprint, outcome, value FROM abacus_requests WHERE scope = $1 AND id = $2";
 
 /// Locks a register's row for the update: `$1` name.
-pub(crate) const REGISTER_FOR_UPDATE: &str =
+pub const REGISTER_FOR_UPDATE: &str =
     "SELECT value FROM abacus_registers WHERE name = $1 FOR UPDATE";
 
 /// Locks the register count: creating a register takes this lock, so the
@@ -73,7 +77,7 @@ pub(crate) const COUNT_FOR_UPDATE: &str =
     "SELECT n FROM abacus_counters WHERE name = 'registers' FOR UPDATE";
 
 /// `$1` name, `$2` new value.
-pub(crate) const REGISTER_UPDATE: &str = "UPDATE abacus_registers SET value = $2 WHERE name = $1";
+pub const REGISTER_UPDATE: &str = "UPDATE abacus_registers SET value = $2 WHERE name = $1";
 
 /// `$1` name, `$2` first value.
 pub(crate) const REGISTER_INSERT: &str =
@@ -85,7 +89,7 @@ pub(crate) const COUNT_BUMP: &str = "UPDATE abacus_counters SET n = n + 1 WHERE 
 /// Turns the claim row into the record of its outcome, numbered in commit
 /// order: `$1` scope, `$2` id, `$3` now (nullable), `$4` outcome, `$5`
 /// value.
-pub(crate) const RECORD_COMMIT: &str = concat!(
+pub const RECORD_COMMIT: &str = concat!(
     "UPDATE abacus_requests SET seq = nextval('abacus_request_seq'), committed_ms = ",
     now_ms!("3"),
     ", outcome = $4, value = $5 WHERE scope = $1 AND id = $2"

@@ -35,12 +35,15 @@ use std::{
     },
 };
 
-/// The wrapper: `$1` bin dir, `$2` port; the password arrives as the first
-/// line of stdin; prints `ready` once the server accepts connections, then
-/// serves `stop` and `start` lines until stdin closes.
+/// The wrapper: `$1` bin dir, `$2` port, `$3` `fast` (no fsync: tests) or
+/// `durable` (PostgreSQL's defaults: benchmarks); the password arrives as
+/// the first line of stdin; prints `ready` once the server accepts
+/// connections, then serves `stop` and `start` lines until stdin closes.
 const WRAPPER: &str = r#"
 set -u
-bin="$1"; port="$2"
+bin="$1"; port="$2"; mode="$3"
+fast="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+[ "$mode" = durable ] && fast=""
 dir=$(mktemp -d /tmp/abacus-test-pg.XXXXXX) || exit 1
 cleanup() {
   "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1
@@ -57,7 +60,7 @@ printf '%s\n' "$pw" > "$dir/pw"
 rm -f "$dir/pw"
 start() {
   "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 $fast" \
     start >/dev/null 2>&1
 }
 start || { echo "postgres did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
@@ -129,12 +132,22 @@ fn start() -> Result<Server, String> {
     // PostgreSQL binds it, so a failed start is tried again on another.
     let mut last = String::new();
     for _ in 0..3 {
-        match start_cluster(&bin) {
+        match start_cluster(&bin, Durability::Fast) {
             Ok(server) => return Ok(server),
             Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// Whether a cluster syncs its commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// No fsync: tests, which measure nothing.
+    Fast,
+    /// PostgreSQL's defaults: benchmarks, whose ceiling is a real commit.
+    #[allow(dead_code)] // benches/postgres.rs, which includes this file
+    Durable,
 }
 
 fn bin_dir() -> Result<PathBuf, String> {
@@ -178,7 +191,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
-fn start_cluster(bin: &std::path::Path) -> Result<Server, String> {
+fn start_cluster(bin: &std::path::Path, durability: Durability) -> Result<Server, String> {
     let port = free_port()?;
     let mut cmd = if is_root() {
         // PostgreSQL will not run as root.
@@ -191,6 +204,10 @@ fn start_cluster(bin: &std::path::Path) -> Result<Server, String> {
     cmd.args(["sh", "-c", WRAPPER, "abacus-test-pg"])
         .arg(bin)
         .arg(port.to_string())
+        .arg(match durability {
+            Durability::Fast => "fast",
+            Durability::Durable => "durable",
+        })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -241,10 +258,15 @@ impl Cluster {
         if skipped(test) {
             return None;
         }
+        Some(Self::new(test, Durability::Fast))
+    }
+
+    /// Starts a private cluster with `durability`, or panics saying why.
+    pub(crate) fn new(test: &str, durability: Durability) -> Cluster {
         let started = bin_dir().and_then(|bin| {
             let mut last = String::new();
             for _ in 0..3 {
-                match start_cluster(&bin) {
+                match start_cluster(&bin, durability) {
                     Ok(server) => return Ok(server),
                     Err(e) => last = e,
                 }
@@ -252,7 +274,7 @@ impl Cluster {
             Err(last)
         });
         match started {
-            Ok(server) => Some(Cluster(server)),
+            Ok(server) => Cluster(server),
             Err(why) => panic!(
                 "{test} needs a PostgreSQL cluster of its own (it stops and starts it) and could not \
                  start one: {why}\nFix: install PostgreSQL (Debian: apt-get install postgresql), or \
@@ -264,6 +286,12 @@ impl Cluster {
     /// A fresh database on this cluster.
     pub(crate) async fn database(&self, test: &str) -> TestDb {
         database_on(&self.0, test).await
+    }
+
+    /// The directory of the server binaries (`pgbench` among them).
+    #[allow(dead_code)] // benches/postgres.rs, which includes this file
+    pub(crate) fn bin_dir() -> Result<PathBuf, String> {
+        bin_dir()
     }
 
     /// Stops PostgreSQL (`pg_ctl stop -m fast`: sessions are ended, as in a
