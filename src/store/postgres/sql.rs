@@ -149,3 +149,150 @@ pub(crate) const VERSION_READ: &str = "SELECT max(version) FROM abacus_schema_ve
 /// Marks `$1` applied (by whichever replica gets there first).
 pub(crate) const VERSION_MARK: &str =
     "INSERT INTO abacus_schema_version (version) VALUES ($1) ON CONFLICT (version) DO NOTHING";
+
+#[cfg(test)]
+mod tests {
+    //! The portability promise, checked: the issue's list of what the
+    //! distributed engines that speak PostgreSQL's protocol lack, looked for
+    //! in every statement above and in every string literal of the module's
+    //! code (the inline `BEGIN`, `SET LOCAL`, `COMMIT`).
+
+    use super::*;
+
+    /// Column types every target engine has.
+    const TYPES: &[&str] = &["TEXT", "BIGINT", "SMALLINT", "DOUBLE PRECISION", "INTEGER"];
+
+    /// What is not portable in `sql`, one line per finding.
+    fn problems(sql: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for word in sql
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map(str::to_ascii_uppercase)
+        {
+            // Advisory locks, pg_notify, pg_sleep, catalogs: PostgreSQL's own.
+            if word.starts_with("PG_")
+                || ["LISTEN", "UNLISTEN", "NOTIFY", "CTID", "XMIN", "OID"].contains(&word.as_str())
+            {
+                found.push(format!("{word} in {sql}"));
+            }
+        }
+        if sql.contains("::") {
+            found.push(format!("a `::` cast (use CAST) in {sql}"));
+        }
+        let upper = sql.to_ascii_uppercase();
+        if upper.starts_with("CREATE TABLE") {
+            for column in columns(&upper) {
+                let ty = column.split_once(' ').map_or("", |(_, rest)| rest);
+                if !column.starts_with("PRIMARY KEY") && !TYPES.iter().any(|t| ty.starts_with(t)) {
+                    found.push(format!("column type not on the portable list: {column}"));
+                }
+            }
+        }
+        found
+    }
+
+    /// The top-level comma-separated items inside a `CREATE TABLE`'s
+    /// parentheses.
+    fn columns(create: &str) -> Vec<String> {
+        let (Some(open), Some(close)) = (create.find('('), create.rfind(')')) else {
+            return Vec::new();
+        };
+        let (mut items, mut item, mut depth) = (Vec::new(), String::new(), 0);
+        for c in create[open + 1..close].chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(item.trim().to_owned());
+                    item.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            item.push(c);
+        }
+        items.push(item.trim().to_owned());
+        items
+    }
+
+    /// The string literals on the code lines (not comments) of `source`.
+    fn literals(source: &str) -> Vec<String> {
+        source
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//"))
+            .flat_map(|l| {
+                l.split('"')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_statement_is_portable() {
+        let mut statements = vec![
+            CLAIM,
+            RECORD,
+            REGISTER_FOR_UPDATE,
+            COUNT_FOR_UPDATE,
+            REGISTER_UPDATE,
+            REGISTER_INSERT,
+            COUNT_BUMP,
+            RECORD_COMMIT,
+            GET,
+            STATS,
+            SWEEP,
+            VERSION_TABLE,
+            VERSION_READ,
+            VERSION_MARK,
+        ];
+        statements.extend(MIGRATIONS.iter().flat_map(|v| v.iter().copied()));
+        let mut found: Vec<String> = statements.iter().flat_map(|s| problems(s)).collect();
+        for source in [
+            include_str!("mod.rs"),
+            include_str!("claim.rs"),
+            include_str!("conn.rs"),
+            include_str!("failure.rs"),
+            include_str!("flights.rs"),
+            include_str!("schema.rs"),
+            include_str!("sweep.rs"),
+        ] {
+            found.extend(literals(source).iter().flat_map(|s| problems(s)));
+        }
+        assert!(found.is_empty(), "not portable:\n{}", found.join("\n"));
+        // The check saw the tables it vouches for.
+        let created = MIGRATIONS[0]
+            .iter()
+            .filter(|s| s.starts_with("CREATE TABLE"))
+            .count();
+        assert_eq!(created, 3);
+    }
+
+    #[test]
+    fn the_check_finds_what_it_forbids() {
+        for bad in [
+            "SELECT pg_advisory_xact_lock(1)",
+            "LISTEN abacus",
+            "NOTIFY abacus, 'x'",
+            "SELECT pg_notify('abacus', 'x')",
+            "DELETE FROM t WHERE ctid IN (SELECT ctid FROM t LIMIT 10)",
+            "SELECT $1::bigint",
+            "CREATE TABLE t (a TEXT PRIMARY KEY, b JSONB)",
+            "CREATE TABLE t (a SERIAL, b TEXT)",
+            "CREATE TABLE t (a TIMESTAMPTZ NOT NULL)",
+        ] {
+            assert!(!problems(bad).is_empty(), "missed: {bad}");
+        }
+        assert!(
+            problems("CREATE TABLE t (a TEXT NOT NULL, b DOUBLE PRECISION, PRIMARY KEY (a, b))")
+                .is_empty()
+        );
+        assert_eq!(
+            literals("// \"LISTEN\" in a comment\nlet s = \"BEGIN\"; f(\"COMMIT\");"),
+            ["BEGIN", "COMMIT"]
+        );
+    }
+}
