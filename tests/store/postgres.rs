@@ -462,6 +462,70 @@ async fn a_commit_stalled_on_a_silent_connection_frees_its_rows_within_the_bound
     assert_eq!(accumulate(&other, &a).await.map(|x| x.replayed), Ok(true));
 }
 
+/// `call`'s output, and when it came since `started`.
+async fn timed<T>(started: Instant, call: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let out = call.await;
+    (out, started.elapsed())
+}
+
+/// A store that goes silent mid-use (a partition: sockets open, nothing
+/// arrives) holds no call past its caller's remaining deadline, however
+/// long the ledger's own per-call bound: a claim, a commit (bounded by the
+/// deadline its claim was begun with) and a read, all at once. The ones
+/// that sent nothing that could commit say not-applied.
+#[tokio::test]
+async fn on_a_silent_store_every_call_ends_at_its_callers_deadline() {
+    let db = database!("silent_deadlines");
+    let proxy = Proxy::start(upstream(&db)).await;
+    let l = ledger_with(&db.url_via(proxy.addr), DedupConfig::default(), |c| {
+        c.pool_max = 4;
+        c.sweep_interval = Duration::from_secs(3600);
+        // Far beyond the deadlines below: only they can end the calls.
+        c.op_timeout = Duration::from_secs(30);
+        c.idle_in_transaction_timeout = IDLE_BOUND;
+    })
+    .await;
+    assert_eq!(
+        accumulate(&l, &args("r", 1.0, "warm")).await,
+        ok(1.0, false)
+    );
+    const LEFT: Duration = Duration::from_millis(400);
+    let started = Instant::now();
+    let held = args("r", 1.0, "held");
+    let Begin::Execute(claim) = l.begin(&held, Some(started + LEFT)).await.unwrap() else {
+        panic!("executes")
+    };
+    proxy.freeze();
+    let fresh = args("r", 1.0, "fresh");
+    let ((begun, t_begin), (committed, t_commit), (read, t_read)) = tokio::join!(
+        timed(started, async {
+            l.begin(&fresh, Some(started + LEFT)).await.map(|_| ())
+        }),
+        timed(started, async { claim.commit().await.map(|_| ()) }),
+        timed(started, l.get("r", Some(started + LEFT))),
+    );
+    for (what, took) in [("begin", t_begin), ("commit", t_commit), ("get", t_read)] {
+        assert!(
+            took >= LEFT - Duration::from_millis(50) && took < LEFT + Duration::from_millis(900),
+            "{what} ended after {took:?} on a deadline {LEFT:?} away"
+        );
+    }
+    // Which of the claim and the read got the pooled connection is a race:
+    // the one left waiting for a new connection sent nothing (not applied);
+    // a claim sent on the frozen one cannot tell whether another replica
+    // holds the ID, and answers as a local join would. Neither says applied.
+    assert!(
+        matches!(
+            &begun,
+            Err(ServiceError::DeadlineExceeded | ServiceError::StillInFlight { .. })
+        ),
+        "{begun:?}"
+    );
+    // COMMIT was never sent: certain not to have applied.
+    assert_eq!(committed, Err(ServiceError::DeadlineExceeded));
+    assert_eq!(read, Err(ServiceError::DeadlineExceeded));
+}
+
 #[tokio::test]
 async fn waits_for_a_connection_end_at_the_deadline_or_the_ledgers_limit() {
     let db = database!("pool_bounds");
