@@ -31,7 +31,7 @@
 //!   says where the time goes when the ratio is missed (pgbench's own
 //!   client is not counted: it is not this process).
 //!
-//! Run: `cargo bench --bench postgres` (release; about 3 minutes);
+//! Run: `cargo bench --bench postgres` (release; about 4 minutes);
 //! `-- --durable` for synced commits, `-- --quick` for a smoke run. Needs PostgreSQL's server binaries and
 //! pgbench (Debian: `apt-get install postgresql`); as root the cluster runs
 //! as the `postgres` user.
