@@ -32,7 +32,11 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use crate::{
@@ -104,22 +108,55 @@ impl Synced {
 
 /// Decided commits on their way to the writer: a plain FIFO under its own
 /// small lock, pushed to under the ledger's lock (so its order is decision
-/// order) and woken after it.
+/// order).
+///
+/// # Who writes a batch, and when
+/// Whoever pushes onto an idle queue takes a [`Kick`]: the duty of seeing
+/// the queue to the disk. On tokio's multi-threaded runtime the kick fires
+/// only after its task has yielded once (`Kick::after_yield`), so every
+/// task that was ready to run gets its turn first, and the commits those
+/// tasks decide join the same batch. That is the whole batching policy:
+/// no timer, no tuned constant; a busy runtime has much ready work and
+/// forms large batches, an idle one fires at once. When the kick fires
+/// and its commit is alone in the queue, the caller writes it inline
+/// ([`Lead::lead`]); otherwise the writer thread is asked to write the
+/// batch. After a batch, if commits queued meanwhile, the writer hands the
+/// next kick to the runtime (a task that yields, then asks it back) rather
+/// than taking them at once: writing whatever a few microseconds brought
+/// is what made most batches hold one commit.
+///
+/// Liveness: while anything is queued, exactly one of these holds — a
+/// kick is outstanding (it fires, or asks the writer when dropped), or
+/// someone is writing (and decides the next step under this lock when
+/// done).
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
     state: Mutex<QueueState>,
     wake: Condvar,
+    /// The last batch written: how long it took (nanoseconds) and how many
+    /// commits it held (see [`Queue::lone`]).
+    last_write: AtomicU64,
+    last_batch: AtomicUsize,
+}
+
+/// Who sees the queue to the disk next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Nothing queued and nobody on duty: the next push takes the kick.
+    Idle,
+    /// A [`Kick`] is outstanding.
+    Kicked,
+    /// The writer thread or an inline caller is writing (or about to).
+    Running,
 }
 
 #[derive(Debug)]
 struct QueueState {
     writes: Vec<Write>,
     closed: bool,
-    /// The writer waits for work and nobody has claimed the job of waking
-    /// it (or of writing inline) yet. A push takes this: only that pusher
-    /// wakes or leads; std's `notify_one` is a system call even when nobody
-    /// waits, and under load the writer is busy nearly all the time.
-    parked: bool,
+    flush: Flush,
+    /// The writer thread is asked to write what is queued.
+    asked: bool,
     /// A batch failed: the writer thread must reopen the file.
     recover: bool,
 }
@@ -129,10 +166,11 @@ impl Default for QueueState {
         Self {
             writes: Vec::new(),
             closed: false,
-            // Idle from the start: the first pusher writes inline or wakes
-            // the writer, which may not even have reached its wait yet (it
-            // looks at the queue before waiting, so nothing is missed).
-            parked: true,
+            // Idle from the start: the first pusher takes the kick, whether
+            // or not the writer thread has reached its wait yet (it looks
+            // at `asked` before waiting, so nothing is missed).
+            flush: Flush::Idle,
+            asked: false,
             recover: false,
         }
     }
@@ -141,20 +179,44 @@ impl Default for QueueState {
 /// What the writer thread is woken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Work {
-    /// Writes are queued, or the file must be reopened.
+    /// Write what is queued, or reopen the file.
     Writes,
     /// The ledger is closing and nothing is queued.
     Closed,
 }
 
-/// Writes queued commits on the committing caller's thread when the writer
-/// is idle (see `store::redb::writer`).
+/// What [`Queue::push`] made of the pusher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// A kick is outstanding or a batch is being written: it will see
+    /// this write too.
+    Joined,
+    /// The queue was idle: this pusher takes the kick.
+    Kick,
+}
+
+/// What the writer thread does after a batch (see [`Queue::after_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Nothing is queued: wait for a kick.
+    Wait,
+    /// Commits queued meanwhile: give the runtime a kick for them, then
+    /// wait for it.
+    Kick,
+    /// Commits queued meanwhile and no runtime to kick through: write them
+    /// now.
+    Write,
+}
+
+/// Writes queued commits on the committing caller's thread (see
+/// `store::redb::writer`).
 pub(crate) trait Lead: Send + Sync + std::fmt::Debug {
     /// Writes what is queued, now, on this thread; false when it could not
-    /// (the writer thread is at the disk) or should not (`always` unset and
-    /// callers overlap, when batching on the writer thread serves them
-    /// better), and the writer must be woken.
-    fn lead(&self, always: bool) -> bool;
+    /// (the writer thread is at the disk, or the file is closed) or should
+    /// not (`alone` is set and other commits are queued: the writer thread
+    /// batches them without blocking this one), and the writer thread must
+    /// be asked.
+    fn lead(&self, alone: bool) -> bool;
 }
 
 impl Queue {
@@ -162,50 +224,102 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `write`; true when the writer is idle and this pusher must
-    /// see the write through: lead it, or [`Queue::wake`] the writer.
-    #[must_use = "an idle writer sleeps until woken"]
-    pub(crate) fn push(&self, write: Write) -> bool {
+    /// Queues `write`. When the queue was idle this pusher takes the kick
+    /// (it must fire or drop a [`Kick`]).
+    #[must_use = "an idle queue is written only once kicked"]
+    pub(crate) fn push(&self, write: Write) -> Pushed {
         let mut state = self.lock();
         state.writes.push(write);
-        std::mem::take(&mut state.parked)
+        if state.flush == Flush::Idle {
+            state.flush = Flush::Kicked;
+            Pushed::Kick
+        } else {
+            Pushed::Joined
+        }
     }
 
-    /// Wakes the writer (call after releasing the ledger's lock: a futex
-    /// wake is a system call).
-    pub(crate) fn wake(&self) {
+    /// Asks the writer thread to write what is queued (call it with no
+    /// ledger lock held: a futex wake is a system call).
+    pub(crate) fn ask(&self) {
+        {
+            let mut state = self.lock();
+            state.asked = true;
+            state.flush = Flush::Running;
+        }
         self.wake.notify_one();
     }
 
-    /// The writer thread: blocks until there is work.
+    /// The writer thread: blocks until it is asked to write, must recover,
+    /// or the queue closes.
     pub(crate) fn wait(&self) -> Work {
         let mut state = self.lock();
         loop {
-            if std::mem::take(&mut state.recover) || !state.writes.is_empty() {
+            if std::mem::take(&mut state.recover) {
+                return Work::Writes;
+            }
+            if std::mem::take(&mut state.asked) {
+                state.flush = Flush::Running;
                 return Work::Writes;
             }
             if state.closed {
-                return Work::Closed;
+                // Whatever was queued last is written before the file
+                // closes, kicked or not.
+                return if state.writes.is_empty() {
+                    Work::Closed
+                } else {
+                    Work::Writes
+                };
             }
-            state.parked = true;
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// Takes everything queued: one batch (possibly empty).
-    pub(crate) fn take(&self) -> Vec<Write> {
-        std::mem::take(&mut self.lock().writes)
+    /// Records the batch just written: `commits` in `took`.
+    pub(crate) fn wrote(&self, commits: usize, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.last_write.store(nanos, Ordering::Relaxed);
+        self.last_batch.store(commits, Ordering::Relaxed);
     }
 
-    /// After an inline batch: marks the writer idle again if nothing was
-    /// queued meanwhile; true if something was (wake the writer for it).
-    pub(crate) fn repark(&self) -> bool {
+    /// True when a commit decided `gap` after the one before it looks like
+    /// a lone caller's, which need not wait for a batch to form: the last
+    /// batch held one commit, and the gap exceeds that batch's write time.
+    /// A lone caller always passes, since between its commits lie its own
+    /// write and a round trip. Loaded callers rarely do: on a disk their
+    /// gaps are far shorter than an fsync, and where writes are cheap
+    /// (tmpfs) a lone-looking commit written at once leaves those decided
+    /// meanwhile to a batch of several, so the next one waits again.
+    pub(crate) fn lone(&self, gap: Duration) -> bool {
+        self.last_batch.load(Ordering::Relaxed) <= 1
+            && gap.as_nanos() > u128::from(self.last_write.load(Ordering::Relaxed))
+    }
+
+    /// The number of commits queued.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().writes.len()
+    }
+
+    /// Takes everything queued: one batch (possibly empty). The taker is
+    /// now the one writing.
+    pub(crate) fn take(&self) -> Vec<Write> {
+        let mut state = self.lock();
+        state.flush = Flush::Running;
+        std::mem::take(&mut state.writes)
+    }
+
+    /// After a batch, decides under the lock who writes what queued
+    /// meanwhile: nobody if nothing did (idle again), else a kick through
+    /// the runtime (`can_kick`: the writer has one) or the writer at once.
+    pub(crate) fn after_batch(&self, can_kick: bool) -> Next {
         let mut state = self.lock();
         if state.writes.is_empty() {
-            state.parked = true;
-            false
+            state.flush = Flush::Idle;
+            Next::Wait
+        } else if state.closed || !can_kick {
+            Next::Write
         } else {
-            true
+            state.flush = Flush::Kicked;
+            Next::Kick
         }
     }
 
@@ -239,6 +353,54 @@ impl Queue {
     }
 }
 
+/// The duty of seeing the queue to the disk (see [`Queue`]): fired once,
+/// or, if dropped unfired (its task was cancelled, its runtime shut down),
+/// it asks the writer thread, so a queued commit is never stranded.
+#[derive(Debug)]
+pub(crate) struct Kick {
+    queue: Arc<Queue>,
+    /// Writes inline when the commit is alone; `None` when the kick must
+    /// go to the writer thread whatever is queued.
+    lead: Option<Arc<dyn Lead>>,
+    fired: bool,
+}
+
+impl Kick {
+    /// A kick that may write inline through `lead`.
+    pub(crate) fn new(queue: Arc<Queue>, lead: Option<Arc<dyn Lead>>) -> Self {
+        Self {
+            queue,
+            lead,
+            fired: false,
+        }
+    }
+
+    /// Fires now: writes inline through the lead if it agrees (`alone`: only
+    /// if this commit is the only one queued), else asks the writer thread.
+    pub(crate) fn fire(mut self, alone: bool) {
+        self.fired = true;
+        let led = self.lead.as_ref().is_some_and(|lead| lead.lead(alone));
+        if !led {
+            self.queue.ask();
+        }
+    }
+
+    /// Fires once every task that was ready to run has had its turn (see
+    /// [`Queue`]); inline only for a commit still alone by then.
+    pub(crate) async fn after_yield(self) {
+        tokio::task::yield_now().await;
+        self.fire(true);
+    }
+}
+
+impl Drop for Kick {
+    fn drop(&mut self) {
+        if !self.fired {
+            self.queue.ask();
+        }
+    }
+}
+
 /// A decided commit waiting to become durable.
 #[derive(Debug)]
 pub(crate) struct Awaiting {
@@ -260,8 +422,8 @@ pub(crate) struct Awaiting {
 /// The journal's state under the ledger's lock.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    pub(crate) queue: std::sync::Arc<Queue>,
-    /// Writes inline when the writer is idle.
+    pub(crate) queue: Arc<Queue>,
+    /// Writes inline a commit that is alone.
     pub(crate) lead: Arc<dyn Lead>,
     /// The next commit's sequence number.
     pub(crate) next: CommitSeq,
@@ -276,6 +438,8 @@ pub(crate) struct Journal {
     pub(crate) awaiting: VecDeque<Awaiting>,
     /// Set when a batch failed, until memory is reloaded from disk.
     pub(crate) broken: bool,
+    /// When the last commit was decided (see [`Queue::lone`]).
+    pub(crate) last_decided: Option<tokio::time::Instant>,
 }
 
 impl Journal {
@@ -289,6 +453,7 @@ impl Journal {
             unsynced: HashMap::new(),
             awaiting: VecDeque::new(),
             broken: false,
+            last_decided: None,
         }
     }
 }

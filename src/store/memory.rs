@@ -58,7 +58,9 @@ use crate::{
             DedupConfig, DedupStore, DigestKey, Evicted, IdDigest, Lookup, StoredOutcome,
             fingerprint, reused, validate_request_id,
         },
-        journal::{Awaiting, CommitSeq, Journal, Lead, Queue, RecordRow, Synced, Write},
+        journal::{
+            Awaiting, CommitSeq, Journal, Kick, Lead, Pushed, Queue, RecordRow, Synced, Write,
+        },
         outbox::Outbox,
     },
     trace::{Event, EventSink},
@@ -594,6 +596,9 @@ enum Decided {
     Syncing {
         durable: oneshot::Receiver<bool>,
         result: Result<f64, CalcError>,
+        /// This caller's duty to see the queue to the disk, fired once the
+        /// runtime has run what was ready (see [`Queue`]).
+        kick: Option<Kick>,
     },
 }
 
@@ -622,7 +627,14 @@ impl<'a> Claim<'a> {
         async move {
             match decided {
                 Decided::Done(result) => result,
-                Decided::Syncing { durable, result } => {
+                Decided::Syncing {
+                    durable,
+                    result,
+                    kick,
+                } => {
+                    if let Some(kick) = kick {
+                        kick.after_yield().await;
+                    }
                     // A dropped sender means the ledger is gone: unknown.
                     let durable = durable.await.unwrap_or(false);
                     // Our `applied` event (and others') were queued when the
@@ -726,7 +738,7 @@ impl<'a> Claim<'a> {
         if let Some(name) = &register {
             journal.unsynced.insert(Arc::clone(name), seq);
         }
-        let wake = journal.queue.push(Write {
+        let pushed = journal.queue.push(Write {
             seq,
             register: register
                 .as_ref()
@@ -749,32 +761,53 @@ impl<'a> Claim<'a> {
             event,
             register,
         });
-        let idle = wake.then(|| (Arc::clone(&journal.queue), Arc::clone(&journal.lead)));
+        // `now` is when this commit was decided, read under the lock above.
+        let lone = journal
+            .last_decided
+            .is_none_or(|last| journal.queue.lone(now.saturating_duration_since(last)));
+        journal.last_decided = Some(now);
+        let kick = (pushed == Pushed::Kick)
+            .then(|| Kick::new(Arc::clone(&journal.queue), Some(Arc::clone(&journal.lead))));
         drop(guard);
-        if let Some((queue, lead)) = idle {
-            // The writer is idle: write our own commit on this thread (one
-            // fsync, with no lock held), sparing a lone caller two thread
-            // hand-offs. On tokio's multi-threaded runtime only while
-            // callers do not overlap (the other worker steals this one's
-            // queued tasks meanwhile; under load the writer thread batches
-            // better). On a current-thread runtime always: no other thread
-            // could run anything meanwhile anyway, and a commit that never
-            // leaves the thread keeps a paused clock (tests, the
-            // simulation) from jumping ahead while a foreign thread works.
-            // Not through `block_in_place`: it hands the worker's core to
-            // another thread, the very hand-off this spares (measured: no
-            // gain at all).
-            use tokio::runtime::{Handle, RuntimeFlavor};
-            let led = match Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(RuntimeFlavor::MultiThread) => lead.lead(false),
-                Ok(_) => lead.lead(true),
-                Err(_) => false,
-            };
-            if !led {
-                queue.wake();
+        // The queue was idle: this caller sees it to the disk. On tokio's
+        // multi-threaded runtime, while callers overlap, only after a
+        // yield, in the returned future, so that the commits of every task
+        // ready to run join the batch (under load the CPU is what limits
+        // throughput, and a redb transaction's fixed cost, ~200,000
+        // instructions, is worth sharing); then inline if its commit is
+        // still alone, else through the writer thread. A lone caller (see
+        // `Queue::lone`) at once and inline: it is spared the trip through
+        // the scheduler and two thread hand-offs. (The runtime's idle
+        // workers are no such signal: under load one is often parked, and
+        // most batches then held one commit.) On a current-thread runtime
+        // at once and always inline: no other thread could run anything
+        // meanwhile anyway, and a commit that never leaves the thread keeps
+        // a paused clock (tests, the simulation) from jumping ahead while a
+        // foreign thread works. Not through `block_in_place`: it hands the
+        // worker's core to another thread, the very hand-off inline writing
+        // spares (measured: no gain at all).
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let kick = kick.and_then(|kick| {
+            match Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(RuntimeFlavor::MultiThread) if lone => {
+                    kick.fire(true);
+                    None
+                }
+                Ok(RuntimeFlavor::MultiThread) => Some(kick),
+                Ok(_) => {
+                    kick.fire(false);
+                    None
+                }
+                // No runtime: the writer thread writes it (dropping the
+                // kick asks it).
+                Err(_) => None,
             }
+        });
+        Decided::Syncing {
+            durable,
+            result,
+            kick,
         }
-        Decided::Syncing { durable, result }
     }
 
     /// Removes the in-flight marker (once), returning the notifier to wake

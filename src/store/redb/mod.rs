@@ -54,6 +54,7 @@ use crate::{
 
 pub use disk::{DiskFault, DiskFaults};
 pub use file::{DB_FILE_NAME, FORMAT_VERSION, StorageError};
+pub use writer::WriteStats;
 
 use file::Durable;
 
@@ -61,6 +62,7 @@ use file::Durable;
 pub struct RedbLedger {
     memory: Arc<MemoryLedger>,
     queue: Arc<Queue>,
+    stats: Arc<writer::Writer>,
     writer: Option<JoinHandle<()>>,
     path: PathBuf,
 }
@@ -160,6 +162,7 @@ impl RedbLedger {
             Arc::clone(&writer) as Arc<dyn Lead>,
         ));
         writer.report_to(&memory);
+        let stats = Arc::clone(&writer);
         let writer = std::thread::Builder::new()
             .name("abacus-redb-writer".into())
             .spawn(move || writer.run())
@@ -167,6 +170,7 @@ impl RedbLedger {
         Ok(Self {
             memory,
             queue,
+            stats,
             writer: Some(writer),
             path,
         })
@@ -180,6 +184,11 @@ impl RedbLedger {
     /// The in-memory side (for tests and tools).
     pub fn memory(&self) -> &MemoryLedger {
         &self.memory
+    }
+
+    /// How many commits shared each transaction (and fsync) so far.
+    pub fn write_stats(&self) -> WriteStats {
+        self.stats.stats()
     }
 }
 

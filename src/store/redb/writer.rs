@@ -2,20 +2,19 @@
 //!
 //! redb's API is blocking (an fsync per transaction), so the disk work runs
 //! off tokio's scheduler, in one of two places:
-//! - the **writer thread**, a dedicated OS thread that loops: wait for
-//!   queued commits, write everything queued as one transaction, tell the
-//!   ledger it is durable. Nothing waits on a timer to form a batch: while
-//!   one fsync runs, the commits decided meanwhile queue up and form the
-//!   next batch, so 64 concurrent callers share a few fsyncs;
-//! - the **committing caller itself**, when the writer thread is idle (the
-//!   ledger sees it parked) and the last batch held one commit (callers do
-//!   not overlap): it writes its own commit inline, on its tokio worker,
-//!   with no lock held (the runtime's other worker steals this one's queued
-//!   tasks meanwhile). A lone caller thus pays its fsync and nothing else:
-//!   no hand-off to a parked thread and back, each a wake-up that a busy
-//!   two-core machine can delay by hundreds of microseconds.
-//!   `block_in_place` would hand the worker's core to another thread: the
-//!   same hand-off, measured no better.
+//! - the **writer thread**, a dedicated OS thread: asked to write, it
+//!   takes everything queued as one batch, writes it as one transaction,
+//!   tells the ledger it is durable, and hands what queued meanwhile to
+//!   the next kick (see [`Queue`] for when batches are written, and why
+//!   after a yield of the runtime rather than at once);
+//! - the **committing caller itself**, when its kick fires and its commit
+//!   is the only one queued (callers do not overlap): it writes it inline,
+//!   on its tokio worker, with no lock held (the runtime's other worker
+//!   steals this one's queued tasks meanwhile). A lone caller thus pays
+//!   its fsync and nothing else: no hand-off to a parked thread and back,
+//!   each a wake-up that a busy two-core machine can delay by hundreds of
+//!   microseconds. `block_in_place` would hand the worker's core to
+//!   another thread: the same hand-off, measured no better.
 //!
 //! Both go through [`Writer::write_queued`] under one lock, the disk's, so
 //! batches are taken and written strictly in commit order. That lock is a
@@ -28,16 +27,18 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, Weak,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
+
+use tokio::runtime::Handle;
 
 use crate::{
     store::{
         MemoryLedger,
         dedup::DedupConfig,
-        journal::{Lead, Queue, Work},
+        journal::{Kick, Lead, Next, Queue, Work},
     },
     trace::EventSink,
 };
@@ -69,11 +70,22 @@ pub(super) struct Writer {
     /// this writer (as its [`Lead`]).
     memory: OnceLock<Weak<MemoryLedger>>,
     queue: Arc<Queue>,
-    /// Commits in the last batch written. More than one means callers
-    /// overlap: then batching on the writer thread serves them better than
-    /// inline writes (each `block_in_place` moves a worker's tasks to
-    /// another thread, worth it only to spare a lone caller its hand-offs).
-    last_batch: AtomicUsize,
+    /// The multi-threaded runtime the ledger was opened in, to hand the
+    /// next kick to after a batch (see [`Queue`]); `None` elsewhere (then
+    /// the writer writes what queued meanwhile at once).
+    runtime: Option<Handle>,
+    /// Batches and commits written, for [`WriteStats`].
+    batches: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// How many commits shared each transaction (and fsync) so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Transactions written.
+    pub batches: u64,
+    /// Commits written in them.
+    pub commits: u64,
 }
 
 impl std::fmt::Debug for Writer {
@@ -84,11 +96,28 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     pub(super) fn new(disk: Disk, queue: Arc<Queue>) -> Self {
+        use tokio::runtime::RuntimeFlavor;
+        // Only a multi-threaded runtime: on a current-thread one every
+        // commit is written inline (see `Claim::decide`), and a task
+        // spawned there from this thread could let a paused clock jump.
+        let runtime = Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
         Self {
             disk: Mutex::new(disk),
             memory: OnceLock::new(),
             queue,
-            last_batch: AtomicUsize::new(0),
+            runtime,
+            batches: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+        }
+    }
+
+    /// How many commits shared each transaction so far.
+    pub(super) fn stats(&self) -> WriteStats {
+        WriteStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
         }
     }
 
@@ -108,25 +137,42 @@ impl Writer {
     }
 
     /// The writer thread: serves the queue until the ledger closes it.
-    pub(super) fn run(&self) {
+    pub(super) fn run(self: Arc<Self>) {
         loop {
             match self.queue.wait() {
-                Work::Closed => {
-                    // Whatever was queued last is written before the file
-                    // closes.
-                    let mut disk = self.lock();
-                    self.write_queued(&mut disk);
-                    return;
-                }
-                Work::Writes => {
+                Work::Closed => return,
+                Work::Writes => loop {
                     let mut disk = self.lock();
                     if disk.durable.is_none() {
                         self.recover(&mut disk);
                     } else {
                         self.write_queued(&mut disk);
                     }
-                }
+                    drop(disk);
+                    match self.queue.after_batch(self.runtime.is_some()) {
+                        Next::Wait => break,
+                        Next::Write => continue,
+                        Next::Kick => {
+                            self.kick();
+                            break;
+                        }
+                    }
+                },
             }
+        }
+    }
+
+    /// Hands the next batch to the runtime: a task that yields (so every
+    /// ready task gets its turn and its commits join), then asks this
+    /// thread back. Never inline: commits queued during a batch mean that
+    /// callers overlap.
+    fn kick(&self) {
+        let kick = Kick::new(Arc::clone(&self.queue), None);
+        match &self.runtime {
+            // On a runtime that has shut down the task is dropped unrun,
+            // and the kick asks this thread itself.
+            Some(runtime) => drop(runtime.spawn(kick.after_yield())),
+            None => kick.fire(false),
         }
     }
 
@@ -139,7 +185,6 @@ impl Writer {
             return;
         };
         let Some(memory) = self.memory() else { return };
-        self.last_batch.store(batch.len(), Ordering::Relaxed);
         let started = std::time::Instant::now();
         let written = match &mut disk.durable {
             None => Err("the database is not open".to_owned()),
@@ -151,6 +196,10 @@ impl Writer {
         };
         match written {
             Ok(()) => {
+                self.queue.wrote(batch.len(), started.elapsed());
+                self.batches.fetch_add(1, Ordering::Relaxed);
+                self.commits
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 memory.synced_through(through);
                 tracing::debug!(
                     commits = batch.len(),
@@ -234,24 +283,23 @@ fn reopen(
 }
 
 impl Lead for Writer {
-    fn lead(&self, always: bool) -> bool {
-        if !always && self.last_batch.load(Ordering::Relaxed) > 1 {
+    fn lead(&self, alone: bool) -> bool {
+        if alone && self.queue.len() > 1 {
             return false;
         }
         let Ok(mut disk) = self.disk.try_lock() else {
-            // The writer thread is at the disk: it will see the queue.
+            // The writer thread is at the disk: it will be asked.
             return false;
         };
         if disk.durable.is_none() {
             return false;
         }
         self.write_queued(&mut disk);
-        // Commits queued while we wrote found the writer "busy" and woke
-        // nobody: hand them to the writer thread, or mark it idle again.
-        let more = self.queue.repark();
         drop(disk);
-        if more {
-            self.queue.wake();
+        // Commits queued while we wrote found the queue busy and took no
+        // kick: the writer thread writes them.
+        if self.queue.after_batch(false) == Next::Write {
+            self.queue.ask();
         }
         true
     }
