@@ -96,14 +96,29 @@ fn main() {
         let scratch = Scratch::new("in-process");
         let memory: Arc<dyn Ledger> =
             Arc::new(MemoryLedger::new(Default::default(), EventSink::log_only()));
-        let durable: Arc<dyn Ledger> = Arc::new(
+        let redb = Arc::new(
             RedbLedger::open(Default::default(), EventSink::log_only(), &scratch.0)
                 .expect("open the durable ledger"),
         );
+        let durable: Arc<dyn Ledger> = Arc::clone(&redb) as Arc<dyn Ledger>;
         let (memory, stop_memory) = in_process("in memory", memory).await;
         let (durable, stop_durable) = in_process("durable (redb)", durable).await;
         println!("\nIn-process servers, same process as the callers:");
-        compare(&memory, &durable, &sizes, "durable / in memory").await;
+        let before = redb.write_stats();
+        compare(&memory, &durable, &sizes, "durable / in memory", || {
+            // How well group commit batched under load: commits per redb
+            // transaction (and fsync) over the throughput rounds.
+            let after = redb.write_stats();
+            let (batches, commits) = (
+                after.batches - before.batches,
+                after.commits - before.commits,
+            );
+            println!(
+                "  (durable: {commits} commits in {batches} transactions, {:.1} per transaction)",
+                commits as f64 / batches.max(1) as f64
+            );
+        })
+        .await;
         let _ = stop_memory.send(());
         let _ = stop_durable.send(());
 
@@ -118,7 +133,7 @@ fn main() {
             )
             .await;
             println!("\n`abacus serve --data-dir` processes: {baseline} vs this build:");
-            compare(&old, &new, &sizes, "this build / baseline").await;
+            compare(&old, &new, &sizes, "this build / baseline", || {}).await;
         } else {
             println!(
                 "\n(set ABACUS_BASELINE_BIN to an older abacus binary to compare durable processes)"
@@ -227,7 +242,14 @@ fn fsync_probe(samples: &mut Vec<Duration>) {
 }
 
 /// Both measurements, `a` and `b` alternating (ABBA), and the ratios b / a.
-async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
+/// `after_throughput` runs between the two measurements.
+async fn compare(
+    a: &Target,
+    b: &Target,
+    sizes: &Sizes,
+    ratio_name: &str,
+    after_throughput: impl FnOnce(),
+) {
     let mut fsyncs = Vec::new();
     // Warm-up: connections, allocator, the file's first pages.
     for t in [a, b] {
@@ -288,6 +310,7 @@ async fn compare(a: &Target, b: &Target, sizes: &Sizes, ratio_name: &str) {
         );
     }
     fsyncs.clear();
+    after_throughput();
 
     println!(
         "  latency of one caller, {} rounds of {} sequential calls:",

@@ -1,0 +1,131 @@
+//! Throwaway: instructions per `Accumulate`, for callgrind / perf stat.
+//! `durable_ir ledger|grpc memory|durable CALLS CALLERS`
+//! `durable_ir client ADDR CALLS` (sequential calls against a server)
+
+use std::sync::Arc;
+
+use abacus::{
+    pb::{AccumulateRequest, calculator_client::CalculatorClient},
+    server::{self, ServerConfig},
+    store::{AccumulateArgs, Ledger, MemoryLedger, accumulate, redb::RedbLedger},
+    trace::EventSink,
+};
+use tonic::transport::Channel;
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let how = args.first().map_or("ledger", String::as_str);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if how == "client" {
+        let addr = args[1].clone();
+        let calls: usize = args[2].parse().unwrap();
+        rt.block_on(async {
+            let ch = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut c = CalculatorClient::new(ch);
+            let tag = std::process::id();
+            for n in 0..calls {
+                c.accumulate(AccumulateRequest {
+                    register: "latency".into(),
+                    delta: 1.0,
+                    request_id: format!("c{tag}-{n}"),
+                })
+                .await
+                .unwrap();
+            }
+        });
+        return;
+    }
+    let kind = args.get(1).map_or("memory", String::as_str);
+    let calls: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let callers: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let dir = std::env::temp_dir().join(format!("abacus-durable-ir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let ledger: Arc<dyn Ledger> = match kind {
+            "memory" => Arc::new(MemoryLedger::new(Default::default(), EventSink::log_only())),
+            _ => {
+                Arc::new(RedbLedger::open(Default::default(), EventSink::log_only(), &dir).unwrap())
+            }
+        };
+        rt.block_on(async {
+            let channels = if how == "grpc" {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                tokio::spawn(server::serve_with_ledger(
+                    ServerConfig::default(),
+                    Arc::clone(&ledger),
+                    server::tcp_incoming(listener),
+                    std::future::pending(),
+                ));
+                let mut v = Vec::new();
+                for _ in 0..8 {
+                    let ch = Channel::from_shared(format!("http://{addr}"))
+                        .unwrap()
+                        .connect()
+                        .await
+                        .unwrap();
+                    v.push(CalculatorClient::new(ch));
+                }
+                v
+            } else {
+                Vec::new()
+            };
+            let t0 = std::time::Instant::now();
+            let tasks: Vec<_> = (0..callers)
+                .map(|c| {
+                    let ledger = Arc::clone(&ledger);
+                    let mut client = channels.get(c % 8).cloned();
+                    tokio::spawn(async move {
+                        for n in 0..calls / callers {
+                            if let Some(client) = &mut client {
+                                client
+                                    .accumulate(AccumulateRequest {
+                                        register: format!("r{c}"),
+                                        delta: 1.0,
+                                        request_id: format!("id-{c}-{n}"),
+                                    })
+                                    .await
+                                    .unwrap();
+                            } else {
+                                let a = AccumulateArgs {
+                                    register: format!("r{c}"),
+                                    delta: 1.0,
+                                    request_id: format!("id-{c}-{n}"),
+                                    ..Default::default()
+                                };
+                                accumulate(&*ledger, &a, None).await.unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let el = t0.elapsed();
+            eprintln!(
+                "{how} {kind}: {calls} calls in {:.3}s = {:.0}/s",
+                el.as_secs_f64(),
+                calls as f64 / el.as_secs_f64()
+            );
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
