@@ -1,6 +1,16 @@
-//! Throwaway: instructions per `Accumulate`, for callgrind / perf stat.
-//! `durable_ir ledger|grpc memory|durable CALLS CALLERS`
-//! `durable_ir client ADDR CALLS` (sequential calls against a server)
+//! Instructions per `Accumulate`, for callgrind (`valgrind --tool=callgrind`):
+//! a small, fixed workload whose cost per call is the difference of two runs
+//! of different lengths (start-up cancels out). See docs/durable.md.
+//!
+//! - `durable_ir ledger|grpc memory|durable CALLS CALLERS`: CALLS calls
+//!   spread over CALLERS tasks, straight into the ledger or over loopback
+//!   gRPC (8 connections), against an in-memory or a durable ledger (data
+//!   under the system temp dir);
+//! - `durable_ir client ADDR CALLS`: CALLS sequential calls against a
+//!   running server (e.g. `abacus serve --data-dir` under callgrind).
+//!
+//! Not a timed benchmark: `cargo bench` runs it as `durable_ir --bench`,
+//! which does 10,000 calls straight into an in-memory ledger.
 
 use std::sync::Arc;
 

@@ -112,12 +112,13 @@ impl Synced {
 ///
 /// # Who writes a batch, and when
 /// Whoever pushes onto an idle queue takes a [`Kick`]: the duty of seeing
-/// the queue to the disk. On tokio's multi-threaded runtime the kick fires
-/// only after its task has yielded once (`Kick::after_yield`), so every
-/// task that was ready to run gets its turn first, and the commits those
-/// tasks decide join the same batch. That is the whole batching policy:
-/// no timer, no tuned constant; a busy runtime has much ready work and
-/// forms large batches, an idle one fires at once. When the kick fires
+/// the queue to the disk. On tokio's multi-threaded runtime, unless the
+/// commit looks like a lone caller's ([`Queue::lone`]: then it fires at
+/// once), the kick fires only after its task has yielded once
+/// (`Kick::after_yield`), so every task that was ready to run gets its
+/// turn first, and the commits those tasks decide join the same batch.
+/// That is the whole batching policy: no timer, no tuned constant; a busy
+/// runtime has much ready work and forms large batches. When the kick fires
 /// and its commit is alone in the queue, the caller writes it inline
 /// ([`Lead::lead`]); otherwise the writer thread is asked to write the
 /// batch. After a batch, if commits queued meanwhile, the writer hands the
