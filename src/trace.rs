@@ -87,6 +87,45 @@ impl fmt::Display for InjectedFault {
     }
 }
 
+/// A code path worth knowing a run took, where no other event shows it
+/// (FoundationDB's `CODE_PROBE`): emitted where the path is taken, so the
+/// simulation can count which paths a sweep reached and require the ones a
+/// scenario exists for. Paths that other events already show (a dedup hit,
+/// a breaker opening, a shed call) are not repeated here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Probe {
+    /// The store failed while committing and the request was answered with
+    /// an unknown fate: the commit may or may not have been made.
+    StoreFateUnknown,
+    /// A duplicate waited for the first execution of its request ID until
+    /// its own time ran out, and was answered "still in flight".
+    StillInFlight,
+    /// A duplicate that waited for an execution in flight took the claim
+    /// over: that execution ended without applying.
+    ClaimTakenOver,
+    /// A repeat's own lookup found its dedup record past the TTL: the
+    /// record expired under the retry, which executes again.
+    DedupExpiredUnderRetry,
+}
+
+impl Probe {
+    /// Short kebab-case name, as traces print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::StoreFateUnknown => "store-fate-unknown",
+            Self::StillInFlight => "still-in-flight",
+            Self::ClaimTakenOver => "claim-taken-over",
+            Self::DedupExpiredUnderRetry => "dedup-expired-under-retry",
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Something that happened, worth a line in a log and a trace.
 ///
 /// Every field is typed (codes, states, methods, results, reasons as
@@ -298,6 +337,10 @@ pub enum Event {
         /// The new status.
         status: Serving,
     },
+
+    // ---- either side ----
+    /// A code path without an event of its own was taken.
+    Probe(Probe),
 }
 
 impl Event {
@@ -329,6 +372,7 @@ impl Event {
             Self::EndpointAdded { .. } => "endpoint-added",
             Self::EndpointRemoved { .. } => "endpoint-removed",
             Self::EndpointHealth { .. } => "endpoint-health",
+            Self::Probe(_) => "probe",
         }
     }
 }
@@ -456,6 +500,7 @@ impl fmt::Display for Event {
                 scope,
                 status,
             } => write!(f, " {endpoint} {scope} {status}"),
+            Self::Probe(p) => write!(f, " {p}"),
         }
     }
 }

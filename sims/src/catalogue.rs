@@ -12,6 +12,7 @@ use abacus::{
 
 use crate::{
     faults::{Fault, FaultPlan, NetFault, Node, Window},
+    probes::Probe,
     scenario::{CascadeBounds, Replicated, Scenario, Topology},
     world::store::{ReplicaBug, StoreModel},
 };
@@ -99,6 +100,11 @@ pub fn breaker(name: &'static str, windows: Vec<Window>) -> Scenario {
     s.breaker = Some(breaker_config());
     s.plan.windows = windows;
     s.liveness_calls = 3;
+    s.probes = vec![
+        Probe::BreakerOpened,
+        Probe::BreakerRejected,
+        Probe::BreakerClosedAfterProbe,
+    ];
     s
 }
 
@@ -121,6 +127,7 @@ pub fn cascade(name: &'static str, protected: bool) -> Scenario {
             ..BreakerConfig::default()
         });
         s.in_flight_max = 4;
+        s.probes = vec![Probe::Shed, Probe::BreakerOpened, Probe::BreakerRejected];
     }
     s
 }
@@ -149,6 +156,23 @@ pub fn swarm(name: &'static str, mode: Delivery, seed: u64) -> Scenario {
     // settle and liveness phase) goes ~5× faster than with 1 ms steps.
     s.tick = Duration::from_millis(10);
     s.quiet_after = Duration::from_secs(3);
+    // What every swarm sweep must exercise: retries until the budget runs
+    // dry, and the breaker's whole cycle; then what the mode is about.
+    s.probes = vec![
+        Probe::Retry,
+        Probe::RetryBudgetExhausted,
+        Probe::BreakerOpened,
+        Probe::BreakerRejected,
+        Probe::HalfOpenProbeFailed,
+        Probe::BreakerClosedAfterProbe,
+    ];
+    match mode {
+        Delivery::ExactlyOnce => s
+            .probes
+            .extend([Probe::ReplayAfterUnknown, Probe::DedupHit]),
+        Delivery::AtMostOnce => s.probes.push(Probe::AtMostOnceStopped),
+        Delivery::AtLeastOnce => {}
+    }
     s
 }
 
@@ -183,6 +207,22 @@ pub fn replicated_swarm(name: &'static str, seed: u64) -> Scenario {
     s.attempt_timeout = Duration::from_millis(600);
     s.deadline = Duration::from_secs(3);
     s.plan = FaultPlan::generate_replicated(seed, s.clients, REPLICAS);
+    // The paths the replicated world exists to show: a call going on at
+    // another replica, answered from the record another attempt committed;
+    // duplicates meeting at the store; a commit whose fate the replica
+    // cannot know, and the claims that die with their connections.
+    s.probes = vec![
+        Probe::Retry,
+        Probe::BreakerOpened,
+        Probe::Failover,
+        Probe::ReplayAfterUnknown,
+        Probe::DedupHit,
+        Probe::StillInFlight,
+        Probe::StoreDuplicateJoined,
+        Probe::ClaimRolledBack,
+        Probe::CommitReplyLost,
+        Probe::StoreFateUnknown,
+    ];
     s
 }
 

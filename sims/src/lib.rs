@@ -25,6 +25,7 @@
 //! - [`workload`]: what each client does, and the notes it takes.
 //! - [`history`]: the recorded, typed timeline.
 //! - [`check`]: invariants over a history.
+//! - [`probes`]: named paths a run reached, and a sweep's coverage of them.
 //! - [`sweep`]: seeds, sweeps and replays, reports, negative controls.
 //! - [`parallel`]: seeds on several threads, results in seed order
 //!   (`SIM_THREADS`, default one per core).
@@ -39,6 +40,7 @@ pub mod check;
 pub mod faults;
 pub mod history;
 pub mod parallel;
+pub mod probes;
 pub mod scenario;
 pub mod seed;
 pub mod shrink;

@@ -11,6 +11,7 @@ use abacus::{
 
 use crate::{
     faults::FaultPlan,
+    probes::Probe,
     world::{
         Stack,
         store::{ReplicaBug, StoreModel},
@@ -79,6 +80,10 @@ pub struct Scenario {
     /// With a liveness phase: when the untimed faults (link failures, server
     /// faults) stop. Timed windows stop at their own end.
     pub quiet_after: Duration,
+    /// Probes a sweep of this scenario must reach (see [`crate::probes`]):
+    /// the paths it exists to exercise. Checked on sweeps, never on a
+    /// one-seed replay.
+    pub probes: Vec<Probe>,
 }
 
 /// The shape of the simulated world.
@@ -184,6 +189,7 @@ impl Scenario {
             liveness_calls: 0,
             quiet_after: Duration::ZERO,
             cascade: None,
+            probes: Vec::new(),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::{
     faults::FaultPlan,
     history::{Entry, render},
     parallel,
+    probes::{Coverage, Probe},
     scenario::Scenario,
     shrink,
     world::{self, Run},
@@ -163,6 +164,7 @@ pub struct Sweep {
     seeds: Seeds,
     plan: Option<FaultPlan>,
     runs: Vec<Run>,
+    coverage: Coverage,
 }
 
 /// Runs `scenario` over [`Seeds::from_env`]. Panics on the first seed that
@@ -183,7 +185,8 @@ pub fn sweep_with(make: impl Fn(u64) -> Scenario + Sync) -> Sweep {
 pub fn sweep_seeds(seeds: Seeds, make: impl Fn(u64) -> Scenario + Sync) -> Sweep {
     let plan = plan_override();
     let list: Vec<u64> = seeds.iter().collect();
-    let name = make(list.first().copied().unwrap_or_default()).name;
+    let first = make(list.first().copied().unwrap_or_default());
+    let (name, required) = (first.name, first.probes);
     let results = parallel::in_seed_order(
         &list,
         parallel::threads(),
@@ -212,12 +215,17 @@ pub fn sweep_seeds(seeds: Seeds, make: impl Fn(u64) -> Scenario + Sync) -> Sweep
         }
         runs.push(run);
     }
-    Sweep {
+    let coverage = Coverage::of_runs(&runs);
+    eprintln!("{name}: probes reached over seeds {seeds:?}:\n{coverage}");
+    let sweep = Sweep {
         name,
         seeds,
         plan,
         runs,
-    }
+        coverage,
+    };
+    sweep.require(&required);
+    sweep
 }
 
 impl Sweep {
@@ -261,12 +269,33 @@ impl Sweep {
     /// records (e.g. the results its workload saw): some run matches
     /// `pred`.
     pub fn reached_by(&self, what: &str, pred: impl Fn(&Run) -> bool) {
+        self.assert_reached(what, || self.runs.iter().any(pred));
+    }
+
+    /// Reach assertions for named probes (see [`crate::probes`]): each of
+    /// `probes` was reached by some run. Skipped on a replay. A sweep
+    /// checks its scenario's own [`Scenario::probes`] by itself.
+    pub fn require(&self, probes: &[Probe]) {
+        for p in probes {
+            self.assert_reached(&format!("the probe {p}"), || {
+                self.coverage.runs_reaching(*p) > 0
+            });
+        }
+    }
+
+    /// How often each probe was reached over the sweep's runs.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
+    fn assert_reached(&self, what: &str, reached: impl FnOnce() -> bool) {
         if !self.is_replay() {
             assert!(
-                self.runs.iter().any(pred),
-                "{}: no seed in {:?} reached {what}",
+                reached(),
+                "{}: no seed in {:?} reached {what}; probes reached:\n{}",
                 self.name,
-                self.seeds
+                self.seeds,
+                self.coverage
             );
         }
     }

@@ -26,8 +26,8 @@ use crate::{
         metrics::MeteredLedger,
         shed::ShedLayer,
     },
-    store::{AccumulateArgs, Accumulated, Begin, Ledger, StatsView},
-    trace::{Event, EventSink, InjectedFault},
+    store::{AccumulateArgs, Accumulated, Begin, Ledger, StatsView, WriteFate},
+    trace::{Event, EventSink, InjectedFault, Probe},
 };
 
 /// An `Accumulate` refused: the error, and whether it is a recorded outcome
@@ -235,6 +235,14 @@ impl Calculator {
                     request_id: args.request_id.clone(),
                     error: error.clone(),
                 });
+            } else if let Some(probe) = match error {
+                ServiceError::StoreUnavailable {
+                    fate: WriteFate::Unknown,
+                } => Some(Probe::StoreFateUnknown),
+                ServiceError::StillInFlight { .. } => Some(Probe::StillInFlight),
+                _ => None,
+            } {
+                self.events.emit(Event::Probe(probe));
             }
             AccumulateError {
                 error,

@@ -63,7 +63,7 @@ use crate::{
         },
         outbox::Outbox,
     },
-    trace::{Event, EventSink},
+    trace::{Event, EventSink, Probe},
 };
 
 /// Pushback suggested when the in-flight table is full: long enough for a
@@ -356,7 +356,10 @@ impl MemoryLedger {
         // Read under the lock, like commit's: expiry then never judges with
         // an instant older than a commit already made.
         let now = Instant::now();
+        // Set when this very lookup expires the repeat's own record.
+        let mut expired_here = false;
         let evicted = |e: Evicted| {
+            expired_here |= e.key == key;
             if listening {
                 outbox.push(evicted_event(e));
             }
@@ -382,6 +385,9 @@ impl MemoryLedger {
                 });
                 return Err(reused(args, first_fingerprint, fingerprint));
             }
+            Lookup::Miss if expired_here => {
+                outbox.push(Event::Probe(Probe::DedupExpiredUnderRetry));
+            }
             Lookup::Miss => {}
         }
         if inner.in_flight.len() >= self.in_flight_max {
@@ -390,6 +396,9 @@ impl MemoryLedger {
                 limit: self.in_flight_max,
                 pushback_ms: IN_FLIGHT_PUSHBACK_MS,
             });
+        }
+        if joined {
+            outbox.push(Event::Probe(Probe::ClaimTakenOver));
         }
         inner.in_flight.insert(
             key,

@@ -15,7 +15,8 @@
 //!   stacks each checker must catch), `swarm` (seed-drawn fault mixes),
 //!   `replicated` (replicas over the store model: swarm, failover, the
 //!   replicated controls), `model` (the ledgers' conformance suite against
-//!   the store model over the network), `determinism` (byte-identical
+//!   the store model over the network), `probes` (a required probe never
+//!   reached fails the sweep), `determinism` (byte-identical
 //!   replays), `replay` (the README's replay command, run as written).
 //! - `snapshot`: fixed seeds' timelines, snapshot-tested.
 

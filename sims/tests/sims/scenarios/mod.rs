@@ -10,6 +10,7 @@ mod dedup;
 mod delivery;
 mod determinism;
 mod model;
+mod probes;
 mod recovery;
 mod replay;
 mod replicated;

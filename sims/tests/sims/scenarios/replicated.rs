@@ -71,32 +71,13 @@ fn replayed_after_failover(run: &Run) -> bool {
 
 #[test]
 fn replicated_swarm_exactly_once() {
+    // Failover, duplicates at the store, rollbacks, lost commit replies:
+    // the scenario's probes (`catalogue::replicated_swarm`); and beyond them:
     let sweep = sweep_with(|seed| replicated_swarm("replicated_swarm_exactly_once", seed));
-    sweep.reached("a failover to another replica", |e| {
-        matches!(e, Entry::Note(Note::Failover { .. }))
-    });
     sweep.reached_by(
         "a failover answered from the record another replica's attempt committed",
         replayed_after_failover,
     );
-    sweep.reached_by(
-        "a duplicate waiting at the store for another's claim",
-        |run| {
-            at_store(run, |e| {
-                is_event(e, |ev| matches!(ev, Event::DedupJoined { .. }))
-            })
-        },
-    );
-    sweep.reached_by("a claim rolled back by its connection closing", |run| {
-        at_store(run, |e| {
-            matches!(e, Entry::Store(StoreNote::RolledBack { .. }))
-        })
-    });
-    sweep.reached_by("a commit whose reply was lost", |run| {
-        at_store(run, |e| {
-            matches!(e, Entry::Store(StoreNote::ReplyLost { .. }))
-        })
-    });
     sweep.reached_by(
         "a claim orphaned by a silent connection, released by the store's idle bound",
         |run| {
