@@ -246,10 +246,7 @@ impl Sweep {
     pub fn every(&self, property: &'static str, holds: impl Fn(&Run) -> Result<(), String>) {
         for run in &self.runs {
             if let Err(detail) = holds(run) {
-                let violation = Violation {
-                    invariant: property,
-                    detail,
-                };
+                let violation = Violation::new(property, detail);
                 panic!(
                     "{}",
                     report(self.name, run, &[violation], self.plan.as_ref())

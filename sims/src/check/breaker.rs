@@ -42,35 +42,35 @@ pub fn check(probes_max: u32, records: &[Record], v: &mut Vec<Violation>) {
                 }
                 .is_legal();
                 if !legal || *from != c.state {
-                    v.push(Violation {
-                        invariant: "breaker-legal-transitions",
-                        detail: format!(
+                    v.push(Violation::new(
+                        "breaker-legal-transitions",
+                        format!(
                             "{} at {:?}: {from} -> {to} while the breaker was {}",
                             r.host, r.at, c.state
                         ),
-                    });
+                    ).at(&r.host, r.at, r.at));
                 }
                 c.state = *to;
                 c.probes = 0;
             }
             Event::AttemptStarted { call, attempt, .. } => match c.state {
-                State::Open => v.push(Violation {
-                    invariant: "breaker-open-sends-nothing",
-                    detail: format!(
+                State::Open => v.push(Violation::new(
+                    "breaker-open-sends-nothing",
+                    format!(
                         "{} at {:?}: attempt #{call}.{attempt} went out while the breaker was open",
                         r.host, r.at
                     ),
-                }),
+                ).at(&r.host, r.at, r.at)),
                 State::HalfOpen => {
                     c.probes += 1;
                     if c.probes > probes_max {
-                        v.push(Violation {
-                            invariant: "breaker-probes-bounded",
-                            detail: format!(
+                        v.push(Violation::new(
+                            "breaker-probes-bounded",
+                            format!(
                                 "{} at {:?}: probe {} while half-open (max {probes_max})",
                                 r.host, r.at, c.probes
                             ),
-                        });
+                        ).at(&r.host, r.at, r.at));
                     }
                 }
                 State::Closed => {}

@@ -63,38 +63,40 @@ pub fn check(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
             _ => {}
         }
     }
+    let end = records.last().map(|r| r.at).unwrap_or_default();
     for ((host, id), c) in &calls {
         let name = format!("{host} call #{id}");
+        let from = c.started.unwrap_or_default();
+        let violated = |invariant, detail| {
+            Violation::new(invariant, detail).at(host, from, c.finished.unwrap_or(end))
+        };
         match (c.started, c.finished) {
             (Some(s), Some(f)) => {
                 let took = f - s;
                 if took > Duration::from_millis(c.deadline_ms) {
-                    v.push(Violation {
-                        invariant: "within-deadline",
-                        detail: format!("{name} took {took:?}, deadline {} ms", c.deadline_ms),
-                    });
+                    v.push(violated(
+                        "within-deadline",
+                        format!("{name} took {took:?}, deadline {} ms", c.deadline_ms),
+                    ));
                 }
             }
-            (Some(_), None) => v.push(Violation {
-                invariant: "liveness",
-                detail: format!("{name} never finished"),
-            }),
+            (Some(_), None) => v.push(violated("liveness", format!("{name} never finished"))),
             _ => {}
         }
         if c.attempts > scenario.retry.attempts_max {
-            v.push(Violation {
-                invariant: "attempts-bounded",
-                detail: format!(
+            v.push(violated(
+                "attempts-bounded",
+                format!(
                     "{name} made {} attempts, max {}",
                     c.attempts, scenario.retry.attempts_max
                 ),
-            });
+            ));
         }
         if c.attempt_after_non_retryable {
-            v.push(Violation {
-                invariant: "no-retry-on-non-retryable",
-                detail: format!("{name} retried after a non-retryable status"),
-            });
+            v.push(violated(
+                "no-retry-on-non-retryable",
+                format!("{name} retried after a non-retryable status"),
+            ));
         }
     }
 }

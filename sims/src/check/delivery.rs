@@ -46,22 +46,27 @@ pub fn effects(scenario: &Scenario, run: &Run, v: &mut Vec<Violation>) {
             "{} accumulate({}, {})",
             call.host, call.register, call.delta
         );
+        let violated = |invariant, detail| {
+            Violation::new(invariant, detail).at(&call.host, call.called, call.returned)
+        };
         match &call.result {
-            Err((code, Outcome::NotApplied)) if n > 0 => v.push(Violation {
-                invariant: "not-applied-is-true",
-                detail: format!("{what} failed {code:?} reported NOT applied, but the server applied it {n} time(s)"),
-            }),
-            Ok(_) if n == 0 => v.push(Violation {
-                invariant: "acknowledged-implies-applied",
-                detail: format!("{what} succeeded but the server never applied it"),
-            }),
+            Err((code, Outcome::NotApplied)) if n > 0 => v.push(violated(
+                "not-applied-is-true",
+                format!(
+                    "{what} failed {code:?} reported NOT applied, but the server applied it {n} time(s)"
+                ),
+            )),
+            Ok(_) if n == 0 => v.push(violated(
+                "acknowledged-implies-applied",
+                format!("{what} succeeded but the server never applied it"),
+            )),
             _ => {}
         }
         if scenario.promise == Promise::ExactlyOnceEffect && n > 1 {
-            v.push(Violation {
-                invariant: "applied-at-most-once",
-                detail: format!("{what} was applied {n} times"),
-            });
+            v.push(violated(
+                "applied-at-most-once",
+                format!("{what} was applied {n} times"),
+            ));
         }
     }
 }
@@ -87,10 +92,14 @@ pub fn once_per_request_id(scenario: &Scenario, records: &[Record], v: &mut Vec<
     }
     for (id, at) in applies {
         if at.len() > 1 {
-            v.push(Violation {
-                invariant: "applied-once-per-request-id",
-                detail: format!("request ID {id} was applied {} times: {at:?}", at.len()),
-            });
+            let mut violation = Violation::new(
+                "applied-once-per-request-id",
+                format!("request ID {id} was applied {} times: {at:?}", at.len()),
+            );
+            for (host, when) in at {
+                violation = violation.at(host, when, when);
+            }
+            v.push(violation);
         }
     }
 }
@@ -111,13 +120,16 @@ pub fn registers(durable: bool, records: &[Record], v: &mut Vec<Violation>) {
             }) => {
                 let before = values.get(register.as_str()).copied().unwrap_or(0.0);
                 if before + delta != *value {
-                    v.push(Violation {
-                        invariant: "register-consistent",
-                        detail: format!(
-                            "at {:?}: {register} was {before}, += {delta} gave {value}",
-                            r.at
-                        ),
-                    });
+                    v.push(
+                        Violation::new(
+                            "register-consistent",
+                            format!(
+                                "at {:?}: {register} was {before}, += {delta} gave {value}",
+                                r.at
+                            ),
+                        )
+                        .at(&r.host, r.at, r.at),
+                    );
                 }
                 values.insert(register, *value);
             }

@@ -28,6 +28,8 @@ pub mod delivery;
 pub mod linearizable;
 pub mod notes;
 
+use std::time::Duration;
+
 use crate::{scenario::Scenario, world::Run};
 
 /// A broken invariant.
@@ -37,16 +39,51 @@ pub struct Violation {
     pub invariant: &'static str,
     /// What exactly broke.
     pub detail: String,
+    /// Where in the timeline, when the check can say: the calls or events
+    /// involved (the picture of a history highlights them).
+    pub spots: Vec<Spot>,
+}
+
+/// A stretch of one host's timeline a violation involves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spot {
+    /// The host (`client-1`, `client-1/replica-2`, `store`, …).
+    pub host: String,
+    /// From (simulated time).
+    pub from: Duration,
+    /// To (equal to `from` for an instant).
+    pub to: Duration,
+}
+
+impl Violation {
+    /// A violation of `invariant`, `detail` saying what broke.
+    pub fn new(invariant: &'static str, detail: String) -> Self {
+        Self {
+            invariant,
+            detail,
+            spots: Vec::new(),
+        }
+    }
+
+    /// The same, involving `host` from `from` to `to`.
+    pub fn at(mut self, host: &str, from: Duration, to: Duration) -> Self {
+        self.spots.push(Spot {
+            host: host.to_owned(),
+            from,
+            to,
+        });
+        self
+    }
 }
 
 /// Every check that applies to `scenario`.
 pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
     let mut v = Vec::new();
     if let Err(e) = &run.sim_result {
-        v.push(Violation {
-            invariant: "liveness",
-            detail: format!("the simulation did not complete: {e}"),
-        });
+        v.push(Violation::new(
+            "liveness",
+            format!("the simulation did not complete: {e}"),
+        ));
     }
     delivery::effects(scenario, run, &mut v);
     delivery::once_per_request_id(scenario, &run.records, &mut v);
@@ -187,6 +224,17 @@ mod tests {
         records: Vec<Record>,
         accumulates: Vec<LogicalAccumulate>,
     ) -> Vec<&'static str> {
+        violations(s, records, accumulates)
+            .into_iter()
+            .map(|v| v.invariant)
+            .collect()
+    }
+
+    fn violations(
+        s: &Scenario,
+        records: Vec<Record>,
+        accumulates: Vec<LogicalAccumulate>,
+    ) -> Vec<super::Violation> {
         let run = Run {
             seed: 0,
             records,
@@ -195,7 +243,7 @@ mod tests {
             sim_result: Ok(()),
             store_calls_peak: Vec::new(),
         };
-        check(s, &run).into_iter().map(|v| v.invariant).collect()
+        check(s, &run)
     }
 
     fn read(result: Result<Option<f64>, Code>, (called, returned): (u64, u64)) -> LogicalRead {
@@ -386,10 +434,13 @@ mod tests {
             ),
         ];
         for (invariant, scenario, records, accumulates) in cases {
-            let got = found(&scenario, records, accumulates);
+            let got = violations(&scenario, records, accumulates);
+            let v = got.iter().find(|v| v.invariant == invariant);
+            assert!(v.is_some(), "{invariant}: checker reported {got:?}");
+            // Each says where in the timeline, for the picture to highlight.
             assert!(
-                got.contains(&invariant),
-                "{invariant}: checker reported {got:?}"
+                v.is_some_and(|v| !v.spots.is_empty()),
+                "{invariant}: no spot in {v:?}"
             );
         }
         // And a clean history reports nothing.

@@ -53,7 +53,15 @@ enum Source<'a> {
     Read(&'a LogicalRead),
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// Its client host, call time and answer time.
+    fn span(self) -> (&'a str, Duration, Duration) {
+        match self {
+            Self::Accumulate(c) => (&c.host, c.called, c.returned),
+            Self::Read(r) => (&r.host, r.called, r.returned),
+        }
+    }
+
     /// One witness line.
     fn describe(self) -> String {
         match self {
@@ -148,22 +156,23 @@ pub fn check(scenario: &Scenario, run: &Run, v: &mut Vec<Violation>) -> search::
                 "register {register}: no order of the operations explains these answers together \
                  (every other operation may or may not have happened):"
             );
+            let mut violation = Violation::new("linearizable", String::new());
             for i in witness {
                 let _ = write!(detail, "\n      {}", calls[i].describe());
+                let (host, called, returned) = calls[i].span();
+                violation = violation.at(host, called, returned);
             }
-            v.push(Violation {
-                invariant: "linearizable",
-                detail,
-            });
+            violation.detail = detail;
+            v.push(violation);
         }
-        Verdict::Undecided { register } => v.push(Violation {
-            invariant: "linearizable",
-            detail: format!(
+        Verdict::Undecided { register } => v.push(Violation::new(
+            "linearizable",
+            format!(
                 "register {register}: undecided within {} search steps (too many unknown \
                  outcomes to rule out every subset); shorten the workload",
                 search::STEPS_MAX
             ),
-        }),
+        )),
     }
     effort
 }
