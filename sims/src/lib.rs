@@ -25,6 +25,7 @@
 //! - [`workload`]: what each client does, and the notes it takes.
 //! - [`history`]: the recorded, typed timeline.
 //! - [`check`]: invariants over a history.
+//! - [`picture`]: one run's history as an SVG timeline (and HTML page).
 //! - [`probes`]: named paths a run reached, and a sweep's coverage of them.
 //! - [`sweep`]: seeds, sweeps and replays, reports, negative controls.
 //! - [`parallel`]: seeds on several threads, results in seed order
@@ -40,6 +41,7 @@ pub mod check;
 pub mod faults;
 pub mod history;
 pub mod parallel;
+pub mod picture;
 pub mod probes;
 pub mod scenario;
 pub mod seed;

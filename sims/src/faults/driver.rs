@@ -107,7 +107,7 @@ fn nth(hosts: &[String], n: usize) -> Vec<&str> {
 
 impl Hosts {
     /// The hosts `node` names (none when this world has no such host).
-    fn node(&self, node: Node) -> Vec<&str> {
+    pub fn node(&self, node: Node) -> Vec<&str> {
         match node {
             Node::Server => self.servers.iter().map(String::as_str).collect(),
             Node::Replica(n) => nth(&self.servers, n),
@@ -116,7 +116,7 @@ impl Hosts {
     }
 
     /// The host pairs `link` names.
-    fn pairs(&self, link: Link) -> Vec<(&str, &str)> {
+    pub fn pairs(&self, link: Link) -> Vec<(&str, &str)> {
         let sides = match link.side {
             Side::Server => self.node(Node::Server),
             Side::Replica(n) => self.node(Node::Replica(n)),

@@ -19,6 +19,9 @@
 //!   reached fails the sweep), `determinism` (byte-identical
 //!   replays), `replay` (the README's replay command, run as written).
 //! - `snapshot`: fixed seeds' timelines, snapshot-tested.
+//! - `picture`: the SVG timeline of a run, parsed back and rendered by
+//!   headless chromium (required: `apt-get install chromium`).
 
+mod picture;
 mod scenarios;
 mod snapshot;
