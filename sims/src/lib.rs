@@ -30,6 +30,8 @@
 //! - [`sweep`]: seeds, sweeps and replays, reports, negative controls.
 //! - [`parallel`]: seeds on several threads, results in seed order
 //!   (`SIM_THREADS`, default one per core).
+//! - [`explore`]: coverage-guided fault search against plain swarm, and
+//!   the corpus of plans it keeps (`sims/corpus/`).
 //! - [`shrink`]: minimises a failing seed's fault plan.
 //! - [`catalogue`]: the named scenarios.
 
@@ -38,6 +40,7 @@
 
 pub mod catalogue;
 pub mod check;
+pub mod explore;
 pub mod faults;
 pub mod history;
 pub mod parallel;

@@ -17,7 +17,7 @@
 //! the fixed order of [`Probe::ALL`]), and fails when a probe its scenario
 //! requires ([`Scenario::probes`](crate::Scenario::probes)) was never
 //! reached — on sweeps only: one seed need not reach every path. The
-//! coverage-guided explorer (`explore`) uses the same counts as
+//! coverage-guided explorer ([`crate::explore`]) uses the same counts as
 //! its signal.
 
 use std::{

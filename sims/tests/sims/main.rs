@@ -16,8 +16,10 @@
 //!   `replicated` (replicas over the store model: swarm, failover, the
 //!   replicated controls), `model` (the ledgers' conformance suite against
 //!   the store model over the network), `probes` (a required probe never
-//!   reached fails the sweep), `determinism` (byte-identical
-//!   replays), `replay` (the README's replay command, run as written).
+//!   reached fails the sweep), `explore` (the coverage-guided search
+//!   against random swarm, its determinism and its corpora),
+//!   `determinism` (byte-identical replays), `replay` (the README's
+//!   replay command, run as written).
 //! - `snapshot`: fixed seeds' timelines, snapshot-tested.
 //! - `picture`: the SVG timeline of a run, parsed back and rendered by
 //!   headless chromium (required: `apt-get install chromium`).

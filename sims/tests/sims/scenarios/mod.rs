@@ -9,6 +9,7 @@ mod controls;
 mod dedup;
 mod delivery;
 mod determinism;
+mod explore;
 mod model;
 mod probes;
 mod recovery;
