@@ -217,6 +217,7 @@ impl Picture {
                         store::StoreNote::RolledBack { .. } => "rolled-back",
                         store::StoreNote::ReplyLost { .. } => "reply-lost",
                         store::StoreNote::CommitAbandoned { .. } => "abandoned",
+                        store::StoreNote::IdleReleased { .. } => "abandoned",
                     };
                     p.mark(r, class, format!("model {n}"));
                 }

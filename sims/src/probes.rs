@@ -529,6 +529,7 @@ mod tests {
             accumulates: vec![],
             reads: vec![],
             sim_result: Ok(()),
+            store_calls_peak: vec![],
         };
         let mut c = Coverage::of(&run);
         c.add(&Coverage::of(&run));

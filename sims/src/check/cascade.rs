@@ -26,13 +26,14 @@ pub fn check(bounds: &CascadeBounds, run: &Run, v: &mut Vec<Violation>) {
     pure_calls(bounds.pure_latency_max, &run.records, v);
     for (replica, peak) in &run.store_calls_peak {
         if *peak > bounds.store_calls_max {
-            v.push(Violation {
-                invariant: "store-work-bounded",
-                detail: format!(
+            // A peak over the whole run has no one place in the timeline.
+            v.push(Violation::new(
+                "store-work-bounded",
+                format!(
                     "{replica} had {peak} store calls in flight at once (bound {})",
                     bounds.store_calls_max
                 ),
-            });
+            ));
         }
     }
 }
@@ -55,17 +56,20 @@ fn pure_calls(latency_max: Duration, records: &[Record], v: &mut Vec<Violation>)
                     Err(code) => CALLER_CODES.contains(code),
                 };
                 if !answered || took > latency_max {
-                    v.push(Violation {
-                        invariant: "pure-calls-unaffected",
-                        detail: format!(
+                    v.push(
+                        Violation::new(
+                            "pure-calls-unaffected",
+                            format!(
                             "{} call #{call} at {at:?}: {} after {took:?} (bound {latency_max:?})",
                             r.host,
                             match result {
                                 Ok(_) => "answered",
                                 Err(code) => abacus::error::code_name(*code),
                             },
-                        ),
-                    });
+                            ),
+                        )
+                        .at(&r.host, at, r.at),
+                    );
                 }
             }
             _ => {}
