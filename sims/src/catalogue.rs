@@ -6,15 +6,24 @@
 use std::time::Duration;
 
 use abacus::{
-    client::{BreakerConfig, Delivery, retry::ThrottleConfig},
+    client::{
+        BalanceConfig, Balancing, BreakerConfig, Delivery, HedgeConfig, retry::ThrottleConfig,
+    },
     store::guard::GuardConfig,
 };
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tonic::Code;
 
 use crate::{
-    faults::{Fault, FaultPlan, NetFault, Node, Window},
+    faults::{Fault, FaultPlan, Link, NetFault, Node, Peer, Side, Slow, Window},
     probes::Probe,
     scenario::{CascadeBounds, Replicated, Scenario, Topology},
-    world::store::{ReplicaBug, StoreModel},
+    seed::derive_seed,
+    world::{
+        aware::{Aware, Bounds, ReplicaClient},
+        store::{ReplicaBug, StoreModel},
+    },
 };
 
 /// Calls without faults, a fifth of the pure ones invalid.
@@ -311,11 +320,145 @@ pub fn store_cascade(name: &'static str, guarded: bool) -> Scenario {
     s
 }
 
+/// What goes wrong with one replica of three in the replica-aware
+/// client's scenarios ([`aware`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaFault {
+    /// It crashes, and restarts a while later.
+    Crash,
+    /// Every client is cut off from it, for a while (it still reaches the
+    /// store).
+    Partition,
+    /// It handles every request 100× slower than the others (150–250 ms
+    /// against 1–3 ms), for the whole run.
+    Slow,
+}
+
+/// The failover bound of a replica-aware scenario whose attempts time out
+/// after `attempt_timeout`: one attempt timing out at the lost replica,
+/// the longest first backoff pause (50 ms), and 100 ms for a fresh
+/// attempt to another replica — a new connection included, and the store
+/// behind a read. 300 ms for the crash and the partition (150 ms
+/// attempts), 550 ms with the slow replica (400 ms attempts, so that the
+/// slow replica answers late rather than not at all).
+pub fn aware_failover_bound(attempt_timeout: Duration) -> Duration {
+    attempt_timeout + Duration::from_millis(50 + 100)
+}
+
+/// The tail bound of the slow-replica scenario: the hedging delay
+/// (20 ms) plus a reply from a fast replica with room to spare, and still
+/// below the slow replica's fastest answer (150 ms).
+pub const AWARE_P99_BOUND: Duration = Duration::from_millis(100);
+
+/// The replica-aware client's hedging policy: a second attempt after
+/// 20 ms without a reply, up to three in all.
+pub fn aware_hedging() -> HedgeConfig {
+    HedgeConfig {
+        attempts_max: 3,
+        delay: Duration::from_millis(20),
+        non_fatal_codes: vec![Code::Unavailable],
+    }
+}
+
+/// Three replicas, three clients each with ONE replica-aware client over
+/// all of them (p2c over peak-EWMA, a breaker and a health watch per
+/// replica, retries steered to untried replicas; hedging when a replica
+/// is slow), and one replica in trouble — `fault`, on the replica and at
+/// the moment the seed draws. Pure calls, reads, and Accumulates with
+/// request IDs. Every call that takes no claim must succeed within
+/// [`aware_failover_bound`]; with the slow replica, their p99 must stay
+/// within [`AWARE_P99_BOUND`].
+pub fn aware(name: &'static str, fault: ReplicaFault, seed: u64) -> Scenario {
+    let mut s = Scenario::new(name);
+    s.clients = 3;
+    s.calls_per_client = 40;
+    s.think_ms = (5, 40);
+    s.accumulate_share = 0.25;
+    s.read_share = 0.3;
+    s.registers = 2;
+    s.deadline = Duration::from_secs(1);
+    let slow = fault == ReplicaFault::Slow;
+    s.attempt_timeout = Duration::from_millis(if slow { 400 } else { 150 });
+    s.breaker = Some(BreakerConfig {
+        open_ms: 300,
+        open_ms_max: 1_200,
+        ..BreakerConfig::default()
+    });
+    s.plan.delay_ms = (1, 3);
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "aware-plan"));
+    let victim = rng.random_range(1..=REPLICAS);
+    let (from, length) = (rng.random_range(200..=600), rng.random_range(800..=1_500));
+    match fault {
+        ReplicaFault::Crash => {
+            s.plan.windows = vec![Window::new(
+                Fault::Crash(Node::Replica(victim)),
+                from,
+                length,
+            )];
+        }
+        ReplicaFault::Partition => {
+            let link = Link {
+                side: Side::Replica(victim),
+                peer: Peer::Clients,
+            };
+            s.plan.windows = vec![Window::new(Fault::Partition(link), from, length)];
+        }
+        ReplicaFault::Slow => {
+            s.plan.slow = Some(Slow {
+                replica: victim,
+                delay_ms: (150, 250),
+            });
+        }
+    }
+    let mut replicated = Replicated::new(REPLICAS);
+    replicated.client = ReplicaClient::Aware(Aware {
+        balance: BalanceConfig::default(),
+        hedge: slow.then(aware_hedging),
+        bounds: Bounds {
+            failover: Some(aware_failover_bound(s.attempt_timeout)),
+            p99: slow.then_some(AWARE_P99_BOUND),
+        },
+    });
+    s.topology = Topology::Replicated(replicated);
+    s
+}
+
+/// The negative control's client for [`aware`]: round robin, no breaker,
+/// no health watch, no hedging — every replica gets its share whatever
+/// it does. The scenario's bounds stay.
+pub fn round_robin_without_ejection(s: &mut Scenario) {
+    s.breaker = None;
+    if let Topology::Replicated(r) = &mut s.topology
+        && let ReplicaClient::Aware(a) = &mut r.client
+    {
+        a.balance = BalanceConfig {
+            policy: Balancing::RoundRobin,
+            health_check: false,
+            ..BalanceConfig::default()
+        };
+        a.hedge = None;
+    }
+}
+
+/// The breaker alone ejects: round robin (blind to latency) with the
+/// breaker and health watch on, and Linkerd's ratio retry budget, so the
+/// breaker's trips, probes and readmission are what keeps calls off a
+/// crashed replica. (Under p2c one timed-out attempt already prices a
+/// lost replica out of most picks, and its breaker rarely trips.)
+pub fn round_robin_with_breaker(s: &mut Scenario) {
+    s.retry.throttle = Some(abacus::client::retry::Throttle::Ratio(Default::default()));
+    if let Topology::Replicated(r) = &mut s.topology
+        && let ReplicaClient::Aware(a) = &mut r.client
+    {
+        a.balance.policy = Balancing::RoundRobin;
+    }
+}
+
 type Make = fn(u64) -> Scenario;
 
 /// The scenarios the `sim` example runs by name. One table, so a name
 /// cannot be listed without a scenario behind it.
-const REGISTRY: [(&str, Make); 22] = [
+const REGISTRY: [(&str, Make); 25] = [
     ("standard", standard),
     ("happy", |_| happy()),
     ("plain-tonic", |_| plain_tonic()),
@@ -387,6 +530,15 @@ const REGISTRY: [(&str, Make); 22] = [
     }),
     ("store-cascade-unguarded", |_| {
         store_cascade("store-cascade-unguarded", false)
+    }),
+    ("aware-crash", |seed| {
+        aware("aware-crash", ReplicaFault::Crash, seed)
+    }),
+    ("aware-partition", |seed| {
+        aware("aware-partition", ReplicaFault::Partition, seed)
+    }),
+    ("aware-slow", |seed| {
+        aware("aware-slow", ReplicaFault::Slow, seed)
     }),
 ];
 

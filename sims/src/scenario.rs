@@ -14,6 +14,7 @@ use crate::{
     probes::Probe,
     world::{
         Stack,
+        aware::ReplicaClient,
         store::{ReplicaBug, StoreModel},
     },
 };
@@ -111,6 +112,9 @@ pub struct Replicated {
     /// (`abacus::store::guard`), as `abacus serve --store postgres://…`
     /// does; `None` only for the cascade's negative control.
     pub guard: Option<GuardConfig>,
+    /// How client hosts reach the replicas: one client per replica (the
+    /// workload routes), or one replica-aware client over them all.
+    pub client: ReplicaClient,
 }
 
 /// What a failing store may cost the rest of a replicated service: the
@@ -135,6 +139,7 @@ impl Replicated {
             bug: None,
             failover_max: replicas.saturating_sub(1),
             guard: Some(GuardConfig::default()),
+            client: ReplicaClient::PerReplica,
         }
     }
 }

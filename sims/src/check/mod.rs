@@ -19,6 +19,9 @@
 //! - [`cascade`]: `pure-calls-unaffected`, `store-work-bounded`, in the
 //!   store cascade scenarios.
 //! - [`linearizable`]: `linearizable`, from what the clients saw alone.
+//! - [`replicas`]: the replica-aware client: `not-serving-gets-nothing`,
+//!   `hedges-bounded`, `hedge-only-repeatable`, `failover-within-bound`,
+//!   `tail-within-bound`.
 //! - [`notes`]: what the workload caught (`correct-results`, `liveness`).
 
 pub mod breaker;
@@ -27,6 +30,7 @@ pub mod cascade;
 pub mod delivery;
 pub mod linearizable;
 pub mod notes;
+pub mod replicas;
 
 use std::time::Duration;
 
@@ -91,6 +95,7 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
     linearizable::check(scenario, run, &mut v);
     calls::check(scenario, &run.records, &mut v);
     notes::check(scenario, &run.records, &mut v);
+    replicas::check(scenario, &run.records, &mut v);
     let guarded = scenario.replicated().is_some_and(|r| r.guard.is_some());
     if scenario.breaker.is_some() || guarded {
         // Replicas send no attempts of their own: for their guards' breakers

@@ -16,7 +16,10 @@ use crate::{
     history::History,
     scenario::Scenario,
     seed::derive_seed,
-    world::{net, server},
+    world::{
+        aware::{self, ReplicaClient},
+        net, server,
+    },
 };
 
 /// How the client's tower stack is put together.
@@ -30,6 +33,10 @@ pub enum Stack {
     /// BROKEN: announces the deadline but does not pass it down, so the
     /// retry loop and attempts ignore it.
     DeadlineNotEnforced,
+    /// BROKEN (replica-aware client only): hedges `Accumulate`s whose
+    /// request ID is taken off below the hedging layer, so the copies
+    /// reach the replicas without one ([`aware::build`]).
+    HedgeWithoutIds,
 }
 
 /// The client configuration of `host` in the run of `seed`, towards the
@@ -80,7 +87,7 @@ pub fn build(stack: Stack, config: ClientConfig) -> Client {
         )
     };
     match stack {
-        Stack::Standard => Client::new(channel, config),
+        Stack::Standard | Stack::HedgeWithoutIds => Client::new(channel, config),
         Stack::DoubleRetry => Client::from_stack(BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .layer(DeadlineLayer::new(config.deadline))
@@ -137,6 +144,19 @@ impl Clients {
     /// `host/replica-N` in the replicated one (each client numbers its own
     /// calls, and each has its own breaker).
     pub fn build(scenario: &Scenario, seed: u64, host: &str, history: &History) -> Self {
+        if let Some(ReplicaClient::Aware(a)) = scenario.replicated().map(|r| &r.client) {
+            // One client over every replica: its events are the host's,
+            // each attempt naming the replica it went to.
+            let mut config = config(scenario, seed, host, "replicas", history.sink(host));
+            config.seed = Some(derive_seed(seed, host));
+            config.balance = a.balance.clone();
+            config.hedge = a.hedge.clone();
+            let client = aware::build(scenario.stack, &scenario.server_hosts(), config);
+            return Self {
+                first: ("replicas".to_owned(), client),
+                rest: Vec::new(),
+            };
+        }
         let single = scenario.replicated().is_none();
         let client = |endpoint: String| {
             let label = if single {

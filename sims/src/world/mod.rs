@@ -19,10 +19,13 @@
 //! - [`server`]: the single server host, its state surviving crashes or not.
 //! - [`replica`]: the replica hosts.
 //! - [`store`]: the store host, its protocol, and the replicas' ledger.
+//! - [`aware`]: the replica-aware client (one client over every replica)
+//!   and the bounds its scenarios promise.
 //! - [`client`]: client hosts' stacks: the library's own, or a broken
 //!   composition ([`Stack`]) for a negative control; [`Clients`], what a
 //!   client host calls through.
 
+pub mod aware;
 pub mod client;
 pub mod net;
 pub mod replica;

@@ -8,7 +8,8 @@
 //! report prints it); `SIM_SEEDS=N` sweeps longer.
 //!
 //! # Layout
-//! - `scenarios/`: `basic` (happy path, bare tonic), `delivery`
+//! - `scenarios/`: `aware` (the replica-aware client over three replicas:
+//!   crash, partition, slow replica; its controls), `basic` (happy path, bare tonic), `delivery`
 //!   (at-least-once / at-most-once under apply-then-drop), `dedup`
 //!   (exactly-once), `recovery` (partition, hold, crash, latency spikes,
 //!   retry budget), `breaker` (breaker and cascade), `controls` (broken

@@ -130,6 +130,16 @@ fn same_seed_same_trace_across_processes_replicated() {
     );
 }
 
+/// The replica-aware client over three replicas, one of which crashes and
+/// restarts: health watches, hedges and breakers draw from the seed too.
+#[test]
+fn same_seed_same_trace_across_processes_aware() {
+    same_trace_across_processes(
+        "aware-crash",
+        "scenarios::aware::aware_client_fails_over_a_crashed_replica",
+    );
+}
+
 #[test]
 fn divergence_is_named() {
     // The checker of this file can fail: two different traces are reported

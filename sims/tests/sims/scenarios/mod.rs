@@ -3,6 +3,7 @@
 //! and states what it must show, on top of the invariants every run is
 //! checked against.
 
+mod aware;
 mod basic;
 mod breaker;
 mod controls;
