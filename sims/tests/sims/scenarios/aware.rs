@@ -59,34 +59,38 @@ struct Trace {
 }
 
 fn traces(run: &Run) -> Vec<Trace> {
-    let mut calls: BTreeMap<(&str, u64), (Duration, bool, Vec<String>, bool)> = BTreeMap::new();
+    // Calls in flight: when each started, and its trace so far.
+    let mut calls: BTreeMap<(&str, u64), (Duration, Trace)> = BTreeMap::new();
     let mut done = Vec::new();
     for r in &run.records {
         let Entry::Event(e) = &r.entry else { continue };
         let key = |call: &u64| (r.host.as_str(), *call);
         match e {
             Event::CallStarted { call, method, .. } => {
-                calls.insert(key(call), (r.at, method.is_pure(), Vec::new(), false));
+                let trace = Trace {
+                    endpoints: Vec::new(),
+                    hedged: false,
+                    ok: false,
+                    took: Duration::ZERO,
+                    pure: method.is_pure(),
+                };
+                calls.insert(key(call), (r.at, trace));
             }
             Event::AttemptStarted { call, endpoint, .. } => {
-                if let Some(c) = calls.get_mut(&key(call)) {
-                    c.2.push(endpoint.clone());
+                if let Some((_, t)) = calls.get_mut(&key(call)) {
+                    t.endpoints.push(endpoint.clone());
                 }
             }
             Event::HedgeSent { call, .. } => {
-                if let Some(c) = calls.get_mut(&key(call)) {
-                    c.3 = true;
+                if let Some((_, t)) = calls.get_mut(&key(call)) {
+                    t.hedged = true;
                 }
             }
             Event::CallFinished { call, result, .. } => {
-                if let Some((at, pure, endpoints, hedged)) = calls.remove(&key(call)) {
-                    done.push(Trace {
-                        endpoints,
-                        hedged,
-                        ok: result.is_ok(),
-                        took: r.at - at,
-                        pure,
-                    });
+                if let Some((at, mut t)) = calls.remove(&key(call)) {
+                    t.ok = result.is_ok();
+                    t.took = r.at - at;
+                    done.push(t);
                 }
             }
             _ => {}
@@ -122,7 +126,7 @@ fn figures(name: &str, runs: &[Run], make: impl Fn(u64) -> Scenario) {
         let traces = traces(run);
         if let Some(w) = traces
             .iter()
-            .filter(|t| t.pure && t.endpoints.iter().any(|e| *e == v))
+            .filter(|t| t.pure && t.endpoints.contains(&v))
             .map(|t| t.took)
             .max()
         {
