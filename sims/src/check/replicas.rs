@@ -367,6 +367,7 @@ mod tests {
             accumulates: Vec::new(),
             reads: Vec::new(),
             sim_result: Ok(()),
+            store_calls_peak: Vec::new(),
         };
         check(s, &run).into_iter().map(|v| v.invariant).collect()
     }
