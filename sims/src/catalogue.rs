@@ -419,14 +419,14 @@ pub fn aware(name: &'static str, fault: ReplicaFault, seed: u64) -> Scenario {
         }
     }
     let mut replicated = Replicated::new(REPLICAS);
-    replicated.client = ReplicaClient::Aware(Aware {
+    replicated.client = ReplicaClient::Aware(Box::new(Aware {
         balance: BalanceConfig::default(),
         hedge: slow.then(aware_hedging),
         bounds: Bounds {
             failover: Some(aware_failover_bound(s.attempt_timeout)),
             p99: slow.then_some(AWARE_P99_BOUND),
         },
-    });
+    }));
     s.topology = Topology::Replicated(replicated);
     s
 }

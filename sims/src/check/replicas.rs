@@ -283,14 +283,14 @@ mod tests {
     fn aware() -> Scenario {
         let mut s = Scenario::new("synthetic");
         let mut r = Replicated::new(3);
-        r.client = ReplicaClient::Aware(Aware {
+        r.client = ReplicaClient::Aware(Box::new(Aware {
             balance: BalanceConfig::default(),
             hedge: Some(HedgeConfig::default()),
             bounds: Bounds {
                 failover: Some(Duration::from_millis(300)),
                 p99: Some(Duration::from_millis(100)),
             },
-        });
+        }));
         s.topology = Topology::Replicated(r);
         s.breaker = Some(Default::default());
         s

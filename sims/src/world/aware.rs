@@ -23,8 +23,9 @@ pub enum ReplicaClient {
     /// replica per logical call and fails over itself.
     #[default]
     PerReplica,
-    /// One replica-aware client over every replica.
-    Aware(Aware),
+    /// One replica-aware client over every replica (boxed: most worlds
+    /// have none, and `Topology` stays small).
+    Aware(Box<Aware>),
 }
 
 /// The replica-aware client's policy, and what its runs promise.
