@@ -147,13 +147,10 @@ fn not_serving_gets_nothing(records: &[Record], v: &mut Vec<Violation>) {
                 };
                 let scope = method.health_scope();
                 if health.get(&(host, endpoint.as_str(), scope)) == Some(&Serving::NotServing) {
-                    v.push(Violation {
-                        invariant: "not-serving-gets-nothing",
-                        detail: format!(
+                    v.push(Violation::new("not-serving-gets-nothing",format!(
                             "{host} at {:?}: attempt #{call}.{attempt} ({method}) went to {endpoint}, which reported {scope} NOT_SERVING",
                             r.at
-                        ),
-                    });
+                        )));
                 }
             }
             _ => {}
@@ -170,22 +167,19 @@ fn hedges(attempts_max: u32, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &m
         let attempts = c.endpoints.len();
         let numbers_ok = c.hedges.iter().all(|n| (2..=attempts_max).contains(n));
         if attempts > attempts_max as usize || !numbers_ok {
-            v.push(Violation {
-                invariant: "hedges-bounded",
-                detail: format!(
+            v.push(Violation::new("hedges-bounded",format!(
                     "{host} call #{id}: {attempts} attempts, hedges numbered {:?}; maxAttempts {attempts_max}",
                     c.hedges
-                ),
-            });
+                )));
         }
         if !c.method.is_pure() && c.request_id.is_empty() {
-            v.push(Violation {
-                invariant: "hedge-only-repeatable",
-                detail: format!(
+            v.push(Violation::new(
+                "hedge-only-repeatable",
+                format!(
                     "{host} call #{id}: {} without a request ID was hedged",
                     c.method
                 ),
-            });
+            ));
         }
     }
 }
@@ -211,13 +205,10 @@ fn bounds(bounds: Bounds, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &mut 
                 _ if took > bound => "succeeded".to_owned(),
                 _ => continue,
             };
-            v.push(Violation {
-                invariant: "failover-within-bound",
-                detail: format!(
+            v.push(Violation::new("failover-within-bound",format!(
                     "{host} call #{id} ({}) {how} after {took:?} (bound {bound:?}), attempts to {:?}",
                     c.method, c.endpoints
-                ),
-            });
+                )));
         }
     }
     if let Some(bound) = bounds.p99 {
@@ -242,15 +233,12 @@ fn bounds(bounds: Bounds, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &mut 
             } else {
                 format!("{p99:?}")
             };
-            v.push(Violation {
-                invariant: "tail-within-bound",
-                detail: format!(
+            v.push(Violation::new("tail-within-bound",format!(
                     "p99 of {} calls is {p99} (bound {bound:?}); at that rank: {host} call #{id} ({}), attempts to {:?}",
                     latencies.len(),
                     c.method,
                     c.endpoints
-                ),
-            });
+                )));
         }
     }
 }
