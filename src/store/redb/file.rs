@@ -35,7 +35,10 @@ use std::{
 use redb::{Database, ReadableTable, StorageBackend, TableDefinition, backends::FileBackend};
 use tokio::time::Instant;
 
-use super::disk::{Disk, DiskFaults};
+use super::{
+    disk::{Disk, DiskFaults},
+    volume::{Boxed, Volume},
+};
 use crate::{
     core::Registers,
     store::{
@@ -236,6 +239,11 @@ fn open_db(path: &Path, file: File, faults: &Arc<DiskFaults>) -> Result<Database
             what: e.to_string(),
         },
     })?;
+    open_backend(path, Disk::new(file, Arc::clone(faults)))
+}
+
+/// Opens redb over `backend`, refusing to roll back a damaged commit.
+fn open_backend(path: &Path, backend: impl StorageBackend) -> Result<Database, StorageError> {
     let mut builder = Database::builder();
     // After a crash redb repairs the file on open. If the latest commit
     // fails its checksums, redb "repairs" it by rolling back to the commit
@@ -249,28 +257,43 @@ fn open_db(path: &Path, file: File, faults: &Arc<DiskFaults>) -> Result<Database
             session.abort();
         }
     });
-    builder
-        .create_with_backend(Disk::new(file, Arc::clone(faults)))
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
-                path: path.to_owned(),
-            },
-            redb::DatabaseError::RepairAborted => StorageError::Damaged {
-                path: path.to_owned(),
-                what: "its latest commit fails its checksums; redb would roll back to the \
-                       commit before and so lose writes that may have been acknowledged"
-                    .into(),
-            },
-            // The disk refusing (full, failing) is not the file's fault.
-            redb::DatabaseError::Storage(redb::StorageError::Io(source)) => StorageError::Io {
-                path: path.to_owned(),
-                source,
-            },
-            e => StorageError::Damaged {
-                path: path.to_owned(),
-                what: e.to_string(),
-            },
-        })
+    builder.create_with_backend(backend).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
+            path: path.to_owned(),
+        },
+        redb::DatabaseError::RepairAborted => StorageError::Damaged {
+            path: path.to_owned(),
+            what: "its latest commit fails its checksums; redb would roll back to the \
+                   commit before and so lose writes that may have been acknowledged"
+                .into(),
+        },
+        // The disk refusing (full, failing) is not the file's fault.
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => StorageError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        e => StorageError::Damaged {
+            path: path.to_owned(),
+            what: e.to_string(),
+        },
+    })
+}
+
+/// Creates the tables and the format version in a new database, with
+/// `key` as its digest key, in one commit.
+fn initialise(db: &Database, key: DigestKey) -> Result<(), StorageError> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(REGISTERS)?;
+        txn.open_table(DEDUP)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert("format", FORMAT_VERSION)?;
+        let DigestKey([k0, k1]) = key;
+        meta.insert("digest_key_0", k0)?;
+        meta.insert("digest_key_1", k1)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// Creates an initialised, empty database at `path`: built under a
@@ -309,17 +332,7 @@ fn create(dir: &Path, path: &Path, faults: &Arc<DiskFaults>) -> Result<(), Stora
                 what: e.to_string(),
             })?
     };
-    let txn = db.begin_write()?;
-    {
-        txn.open_table(REGISTERS)?;
-        txn.open_table(DEDUP)?;
-        let mut meta = txn.open_table(META)?;
-        meta.insert("format", FORMAT_VERSION)?;
-        let DigestKey([k0, k1]) = DigestKey::random();
-        meta.insert("digest_key_0", k0)?;
-        meta.insert("digest_key_1", k1)?;
-    }
-    txn.commit()?;
+    initialise(&db, DigestKey::random())?;
     drop(db);
     std::fs::rename(&new_path, path).map_err(io)?;
     File::open(dir)
@@ -362,6 +375,37 @@ impl Durable {
             return Err(StorageError::Empty { path });
         }
         let db = open_db(&path, file, faults)?;
+        Self::checked(db, path)
+    }
+
+    /// Opens the database on `volume`, creating it in place if the volume
+    /// is empty (a volume is the caller's: nothing else writes on it, so a
+    /// creation cut short by a crash, which leaves redb's empty database
+    /// without our tables, is created again rather than refused).
+    pub fn open_volume(volume: &dyn Volume) -> Result<Self, StorageError> {
+        let path = volume.name();
+        let io = |source| StorageError::Io {
+            path: path.clone(),
+            source,
+        };
+        let db = open_backend(&path, Boxed(volume.open().map_err(io)?))?;
+        let created = (|| {
+            let txn = db.begin_read()?;
+            Ok::<_, StorageError>(match txn.open_table(META) {
+                Ok(_) => true,
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(e.into()),
+            })
+        })()?;
+        if !created {
+            initialise(&db, volume.digest_key())?;
+        }
+        Self::checked(db, path)
+    }
+
+    /// An open database, once its format version and digest key are read
+    /// and found right.
+    fn checked(db: Database, path: PathBuf) -> Result<Self, StorageError> {
         let damaged = |e: &dyn std::fmt::Display| StorageError::Damaged {
             path: path.clone(),
             what: e.to_string(),

@@ -30,6 +30,7 @@
 mod disk;
 pub mod file;
 mod panics;
+mod volume;
 mod writer;
 
 use std::{
@@ -52,11 +53,46 @@ use crate::{
     trace::{Event, EventSink},
 };
 
+/// What a [`Volume`] hands redb (re-exported: a volume's maker needs no
+/// redb dependency of its own).
+pub use ::redb::StorageBackend;
 pub use disk::{DiskFault, DiskFaults};
 pub use file::{DB_FILE_NAME, FORMAT_VERSION, StorageError};
+pub use volume::Volume;
 pub use writer::WriteStats;
 
 use file::Durable;
+
+/// Where the database is: a directory (behind the fault switch), or a
+/// volume.
+struct Place {
+    dir: PathBuf,
+    faults: Arc<DiskFaults>,
+    volume: Option<Arc<dyn Volume>>,
+}
+
+/// What [`RedbLedger::start`] gives: memory, the queue, the writer, the
+/// database's path.
+type Started = (Arc<MemoryLedger>, Arc<Queue>, Arc<writer::Writer>, PathBuf);
+
+/// A volume's ledger's recovery (see [`RedbLedger::open_volume`]): after
+/// each failure, reopens the file with backoff until it serves again.
+/// Ends with the ledger (its health sender gone).
+async fn recover_inline(writer: Arc<writer::Writer>, mut health: watch::Receiver<StoreHealth>) {
+    while health.changed().await.is_ok() {
+        if *health.borrow_and_update() == StoreHealth::Serving {
+            continue;
+        }
+        let mut pause = writer::RECOVERY_PAUSE_MIN;
+        loop {
+            tokio::time::sleep(pause).await;
+            if writer.recover_inline(pause) {
+                break;
+            }
+            pause = writer::next_pause(pause);
+        }
+    }
+}
 
 /// The durable ledger: see the module documentation.
 pub struct RedbLedger {
@@ -122,11 +158,77 @@ impl RedbLedger {
         data_dir: &Path,
         faults: Arc<DiskFaults>,
     ) -> Result<Self, StorageError> {
+        let place = Place {
+            dir: data_dir.to_owned(),
+            faults,
+            volume: None,
+        };
+        let (memory, queue, writer, path) = Self::start(dedup, events, place)?;
+        let stats = Arc::clone(&writer);
+        let writer = std::thread::Builder::new()
+            .name("abacus-redb-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StorageError::Thread)?;
+        Ok(Self {
+            memory,
+            queue,
+            stats,
+            writer: Some(writer),
+            path,
+        })
+    }
+
+    /// A durable ledger on `volume` instead of a directory, for a
+    /// current-thread runtime: no writer thread; every commit is written on
+    /// the committing task's thread (which a current-thread runtime does
+    /// anyway), and after a failure a task of this runtime reopens the
+    /// file, pausing on tokio's clock. So a simulation driving that clock
+    /// sees durable mode run as deterministically as everything else.
+    /// Refused on a multi-threaded runtime, where commits would queue for
+    /// a writer thread that does not exist.
+    pub fn open_volume(
+        dedup: DedupConfig,
+        events: EventSink,
+        volume: Arc<dyn Volume>,
+    ) -> Result<Self, StorageError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let path = volume.name();
+        let handle = Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread)
+            .ok_or_else(|| StorageError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(
+                    "a durable ledger on a volume runs on a current-thread tokio runtime only",
+                ),
+            })?;
+        let place = Place {
+            dir: path.clone(),
+            faults: DiskFaults::new(),
+            volume: Some(volume),
+        };
+        let (memory, queue, writer, _) = Self::start(dedup, events, place)?;
+        let health = memory.health();
+        handle.spawn(recover_inline(Arc::clone(&writer), health));
+        Ok(Self {
+            memory,
+            queue,
+            stats: writer,
+            writer: None,
+            path,
+        })
+    }
+
+    /// Opens the database, loads it, and connects memory and writer.
+    fn start(dedup: DedupConfig, events: EventSink, place: Place) -> Result<Started, StorageError> {
         // redb may panic on a damaged file instead of returning an error:
         // that is a damaged file too, and must not take the process down
         // with a backtrace instead of a sentence naming the file.
         let opened = panics::catch(|| {
-            let mut durable = Durable::open(data_dir, &faults)?;
+            let mut durable = match &place.volume {
+                Some(volume) => Durable::open_volume(&**volume)?,
+                None => Durable::open(&place.dir, &place.faults)?,
+            };
             let (registers, store) = load(&mut durable, &dedup, &events)?;
             Ok::<_, StorageError>((durable, registers, store))
         });
@@ -134,19 +236,23 @@ impl RedbLedger {
             Ok(opened) => opened?,
             Err(panic) => {
                 return Err(StorageError::Damaged {
-                    path: data_dir.join(DB_FILE_NAME),
+                    path: match &place.volume {
+                        Some(volume) => volume.name(),
+                        None => place.dir.join(DB_FILE_NAME),
+                    },
                     what: format!("the storage engine panicked reading it ({panic})"),
                 });
             }
         };
-        let path = durable.path().to_owned();
         let digest_key = durable.digest_key();
+        let path = durable.path().to_owned();
         let queue = Arc::new(Queue::default());
         let writer = Arc::new(writer::Writer::new(
             writer::Disk {
                 durable: Some(durable),
-                dir: data_dir.to_owned(),
-                faults,
+                dir: place.dir,
+                faults: place.faults,
+                volume: place.volume,
                 dedup: dedup.clone(),
                 events: events.clone(),
             },
@@ -162,18 +268,7 @@ impl RedbLedger {
             Arc::clone(&writer) as Arc<dyn Lead>,
         ));
         writer.report_to(&memory);
-        let stats = Arc::clone(&writer);
-        let writer = std::thread::Builder::new()
-            .name("abacus-redb-writer".into())
-            .spawn(move || writer.run())
-            .map_err(StorageError::Thread)?;
-        Ok(Self {
-            memory,
-            queue,
-            stats,
-            writer: Some(writer),
-            path,
-        })
+        Ok((memory, queue, writer, path))
     }
 
     /// The database file.

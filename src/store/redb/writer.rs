@@ -43,11 +43,11 @@ use crate::{
     trace::EventSink,
 };
 
-use super::{disk::DiskFaults, file::Durable, panics};
+use super::{disk::DiskFaults, file::Durable, panics, volume::Volume};
 
 /// First pause between recovery attempts; doubled up to
 /// [`RECOVERY_PAUSE_MAX`].
-const RECOVERY_PAUSE_MIN: Duration = Duration::from_millis(20);
+pub(super) const RECOVERY_PAUSE_MIN: Duration = Duration::from_millis(20);
 
 /// Longest pause between recovery attempts: how long a healed disk may go
 /// unnoticed.
@@ -59,6 +59,8 @@ pub(super) struct Disk {
     pub(super) durable: Option<Durable>,
     pub(super) dir: PathBuf,
     pub(super) faults: Arc<DiskFaults>,
+    /// The volume the database is on, when it is not in `dir`.
+    pub(super) volume: Option<Arc<dyn Volume>>,
     pub(super) dedup: DedupConfig,
     pub(super) events: EventSink,
 }
@@ -231,30 +233,49 @@ impl Writer {
     fn recover(&self, disk: &mut Disk) {
         let mut pause = RECOVERY_PAUSE_MIN;
         loop {
-            match reopen(disk) {
-                Ok((durable, registers, store)) => {
-                    disk.durable = Some(durable);
-                    if let Some(memory) = self.memory() {
-                        memory.reloaded(registers, store);
-                    }
-                    tracing::warn!(dir = %disk.dir.display(), "durable store recovered: serving again");
-                    return;
-                }
-                Err(why) => {
-                    tracing::warn!(
-                        dir = %disk.dir.display(),
-                        error = %why,
-                        retry_in_ms = pause.as_millis() as u64,
-                        "durable store still unavailable"
-                    );
-                }
-            }
-            if self.queue.wait_closed(pause) {
+            if self.try_recover(disk, pause) || self.queue.wait_closed(pause) {
                 return;
             }
-            pause = (pause * 2).min(RECOVERY_PAUSE_MAX);
+            pause = next_pause(pause);
         }
     }
+
+    /// One recovery attempt; true once serving again (`pause`, the wait
+    /// before the next attempt, is for the log).
+    fn try_recover(&self, disk: &mut Disk, pause: Duration) -> bool {
+        match reopen(disk) {
+            Ok((durable, registers, store)) => {
+                disk.durable = Some(durable);
+                if let Some(memory) = self.memory() {
+                    memory.reloaded(registers, store);
+                }
+                tracing::warn!(dir = %disk.dir.display(), "durable store recovered: serving again");
+                true
+            }
+            Err(why) => {
+                tracing::warn!(
+                    dir = %disk.dir.display(),
+                    error = %why,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "durable store still unavailable"
+                );
+                false
+            }
+        }
+    }
+
+    /// Without a writer thread (a volume's ledger): one recovery attempt
+    /// if the file is closed; true when it is open (again). The caller
+    /// waits [`next_pause`]s between attempts, on its own clock.
+    pub(super) fn recover_inline(&self, pause: Duration) -> bool {
+        let mut disk = self.lock();
+        disk.durable.is_some() || self.try_recover(&mut disk, pause)
+    }
+}
+
+/// The pause after `pause` between recovery attempts.
+pub(super) fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(RECOVERY_PAUSE_MAX)
 }
 
 /// Opens the file again and reads it back, then proves the disk takes
@@ -270,7 +291,10 @@ fn reopen(
     String,
 > {
     let attempt = || {
-        let mut durable = Durable::open(&disk.dir, &disk.faults)?;
+        let mut durable = match &disk.volume {
+            Some(volume) => Durable::open_volume(&**volume)?,
+            None => Durable::open(&disk.dir, &disk.faults)?,
+        };
         let (registers, store) = super::load(&mut durable, &disk.dedup, &disk.events)?;
         // Reading is not enough: the disk may still refuse writes.
         durable.probe()?;
