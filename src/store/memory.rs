@@ -52,8 +52,8 @@ use crate::{
     core::{self, Registers},
     error::{CalcError, ServiceError},
     store::{
-        self, AccumulateArgs, Accumulated, Backend, BoxFuture, Ledger, StatsView, StoreHealth,
-        WriteFate,
+        self, AccumulateArgs, Accumulated, Backend, BoxFuture, Clock, Ledger, StatsView,
+        StoreHealth, WriteFate,
         dedup::{
             DedupConfig, DedupStore, DigestKey, Evicted, IdDigest, Lookup, StoredOutcome,
             fingerprint, reused, validate_request_id,
@@ -154,6 +154,8 @@ pub struct MemoryLedger {
     /// Set once the TTL warning was logged (it is about configuration, not
     /// about each request).
     ttl_warned: AtomicBool,
+    /// What dedup records age by (tokio's clock but in the simulation).
+    clock: Clock,
     /// Where durable storage stands (journal mode; constant otherwise).
     synced: watch::Sender<Synced>,
     /// Whether the store can serve registers (always, in memory).
@@ -184,9 +186,23 @@ impl MemoryLedger {
     /// An empty in-memory ledger reporting to `events`: registers and dedup
     /// records are lost when it is dropped (a restart).
     pub fn new(dedup: DedupConfig, events: EventSink) -> Self {
+        Self::with_key_and_clock(dedup, events, DigestKey::random(), Clock::Tokio)
+    }
+
+    /// [`MemoryLedger::new`] with request-ID digests keyed by `key` and
+    /// dedup records aging by `clock`: the simulation's seeded keys (a
+    /// digest appears in eviction events, so a random key would make two
+    /// runs of a seed differ) and skewed clocks.
+    pub fn with_key_and_clock(
+        dedup: DedupConfig,
+        events: EventSink,
+        key: DigestKey,
+        clock: Clock,
+    ) -> Self {
         let store = DedupStore::new(&dedup);
-        let key = DigestKey::random();
-        Self::with_state(&dedup, events, key, Registers::new(), store, None)
+        let mut ledger = Self::with_state(&dedup, events, key, Registers::new(), store, None);
+        ledger.clock = clock;
+        ledger
     }
 
     /// A ledger over state loaded from durable storage, writing back
@@ -232,6 +248,7 @@ impl MemoryLedger {
             dedup_enabled: dedup.enabled,
             ttl: dedup.ttl(),
             ttl_warned: AtomicBool::new(false),
+            clock: Clock::Tokio,
             join_wait_max: dedup.join_wait_max(),
             in_flight_max: dedup.in_flight_max.max(1),
             synced: watch::Sender::new(Synced::default()),
@@ -355,7 +372,7 @@ impl MemoryLedger {
         }
         // Read under the lock, like commit's: expiry then never judges with
         // an instant older than a commit already made.
-        let now = Instant::now();
+        let now = self.clock.now();
         // Set when this very lookup expires the repeat's own record.
         let mut expired_here = false;
         let evicted = |e: Evicted| {
@@ -685,7 +702,7 @@ impl<'a> Claim<'a> {
         }
         // Read under the lock: records enter the FIFO in commit order, so
         // their instants must be too, or TTL expiry (a front pop) lags.
-        let now = Instant::now();
+        let now = ledger.clock.now();
         let result = inner.registers.plan_accumulate(&args.register, args.delta);
         let outcome = if self.keyed {
             StoredOutcome::of(&result)

@@ -55,12 +55,14 @@
 //!
 //! Nothing here imports `server/`: the store sits wholly below the service.
 
+pub mod clock;
 pub mod dedup;
 pub(crate) mod journal;
 pub mod memory;
 mod outbox;
 pub mod redb;
 
+pub use clock::Clock;
 pub use dedup::DedupConfig;
 pub use memory::MemoryLedger;
 
