@@ -19,10 +19,12 @@ use tonic::Code;
 use crate::{
     faults::{Fault, FaultPlan, Link, NetFault, Node, Peer, Side, Slow, Window},
     probes::Probe,
-    scenario::{CascadeBounds, Replicated, Scenario, Topology},
+    scenario::{CascadeBounds, Replicated, Scenario, ServerState, Topology},
     seed::derive_seed,
     world::{
         aware::{Aware, Bounds, ReplicaClient},
+        clock::dedup_ttl_min,
+        disk::DiskBug,
         store::{ReplicaBug, StoreModel},
     },
 };
@@ -194,6 +196,79 @@ pub fn standard(seed: u64) -> Scenario {
     s.calls_per_client = 20;
     s.plan = FaultPlan::generate(seed, s.clients);
     s.liveness_calls = 0;
+    s
+}
+
+/// The durable server for real: the redb ledger on a simulated disk that
+/// loses and tears unsynced writes at power cuts and fails reads, writes
+/// and syncs ([`FaultPlan::generate_disk`]), under the single-server swarm
+/// (crash windows are power cuts too); writes and reads of two registers,
+/// exactly-once, then a liveness phase once every fault has stopped.
+pub fn durable_disk(name: &'static str, seed: u64) -> Scenario {
+    let mut s = swarm(name, Delivery::ExactlyOnce, seed);
+    s.server_state = ServerState::Disk { bug: None };
+    s.registers = 2;
+    s.read_share = 0.3;
+    s.plan = FaultPlan::generate_disk(seed, s.clients);
+    s
+}
+
+/// [`durable_disk`] on a disk that acknowledges a sync before the data is
+/// durable (it lands one sync later), with power cuts always on: the
+/// negative control of `durable-state`.
+pub fn durable_disk_ack_before_fsync(name: &'static str, seed: u64) -> Scenario {
+    let mut s = durable_disk(name, seed);
+    s.server_state = ServerState::Disk {
+        bug: Some(DiskBug::AckBeforeFsync),
+    };
+    s.plan.disk_cut_rate = s.plan.disk_cut_rate.max(0.05);
+    s
+}
+
+/// Largest clock rate error in the skew scenarios: a clock may run 20 %
+/// fast or slow (far beyond a healthy quartz, as a badly disciplined VM
+/// clock can), so the bound's margin is visible in a short run.
+pub const SKEW_RATE_MAX: f64 = 0.2;
+
+/// How [`clock_skew`] sets the dedup retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// The smallest TTL the bound allows for the skew
+    /// ([`dedup_ttl_min`]): deduplication must hold.
+    WithinBound,
+    /// A TTL equal to the client's retry window, as if clocks were true
+    /// and the network instant: outside the bound, so a late retry may
+    /// meet an expired record and apply again (the negative control).
+    Naive,
+}
+
+/// Exactly-once Accumulates against a server that applies then loses half
+/// of the responses, so clients retry one request ID for up to their whole
+/// 2 s deadline (ten attempts, backoff up to 500 ms, no retry budget), with
+/// every host's clock running up to [`SKEW_RATE_MAX`] fast or slow, and the
+/// server's dedup retention set by `retention`.
+pub fn clock_skew(name: &'static str, retention: Retention) -> Scenario {
+    let mut s = apply_then_drop(name, Delivery::ExactlyOnce);
+    s.plan.drop_rate = 0.5;
+    s.plan.latency_ms = (1, 20);
+    s.calls_per_client = 12;
+    s.deadline = Duration::from_secs(2);
+    s.attempt_timeout = Duration::from_millis(300);
+    s.retry.attempts_max = 10;
+    s.retry.backoff.initial = Duration::from_millis(100);
+    s.retry.backoff.max = Duration::from_millis(500);
+    s.retry.throttle = None;
+    s.skew_rate_max = SKEW_RATE_MAX;
+    s.tick = Duration::from_millis(10);
+    s.dedup_ttl = Some(match retention {
+        Retention::WithinBound => dedup_ttl_min(
+            s.deadline,
+            Duration::from_millis(s.plan.latency_ms.1),
+            SKEW_RATE_MAX,
+            s.tick,
+        ),
+        Retention::Naive => s.deadline,
+    });
     s
 }
 
@@ -467,7 +542,7 @@ type Make = fn(u64) -> Scenario;
 
 /// The scenarios the `sim` example runs by name. One table, so a name
 /// cannot be listed without a scenario behind it.
-const REGISTRY: [(&str, Make); 25] = [
+const REGISTRY: [(&str, Make); 29] = [
     ("standard", standard),
     ("happy", |_| happy()),
     ("plain-tonic", |_| plain_tonic()),
@@ -510,6 +585,16 @@ const REGISTRY: [(&str, Make); 25] = [
         let mut s = swarm("swarm-dedup-off", Delivery::ExactlyOnce, seed);
         s.dedup = false;
         s
+    }),
+    ("durable-disk", |seed| durable_disk("durable-disk", seed)),
+    ("durable-disk-ack-before-fsync", |seed| {
+        durable_disk_ack_before_fsync("durable-disk-ack-before-fsync", seed)
+    }),
+    ("clock-skew", |_| {
+        clock_skew("clock-skew", Retention::WithinBound)
+    }),
+    ("clock-skew-naive-ttl", |_| {
+        clock_skew("clock-skew-naive-ttl", Retention::Naive)
     }),
     ("replicated", |_| replicated_failover("replicated")),
     ("replicated-swarm", |seed| {
@@ -622,7 +707,13 @@ mod tests {
             );
             assert!(s.clients >= 1 && s.calls_per_client >= 1, "{name}");
         }
-        for name in ["swarm", "standard", "swarm-dedup-off", "replicated-swarm"] {
+        for name in [
+            "swarm",
+            "standard",
+            "swarm-dedup-off",
+            "replicated-swarm",
+            "durable-disk",
+        ] {
             let plans: BTreeSet<String> = (0..8)
                 .filter_map(|seed| by_name(name, seed))
                 .map(|s| s.plan.to_string())

@@ -11,7 +11,11 @@ use std::{
 
 use abacus::trace::{Event, EventSink};
 
-use crate::{faults::SimFault, workload::Note, world::store::StoreNote};
+use crate::{
+    faults::SimFault,
+    workload::Note,
+    world::{disk::DiskNote, store::StoreNote},
+};
 
 /// One line of history.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +41,9 @@ pub enum Entry {
     /// What the store model did that no library event shows (a rollback,
     /// a lost reply).
     Store(StoreNote),
+    /// What the simulated disk did (a power cut, an injected error), and
+    /// what the durable server loaded from it.
+    Disk(DiskNote),
 }
 
 /// Shared, append-only history. A `std::sync::Mutex` is enough: turmoil
@@ -93,6 +100,7 @@ pub fn render(records: &[Record]) -> String {
             Entry::Fault(f) => format!("FAULT {f}"),
             Entry::Note(n) => format!("-- {n}"),
             Entry::Store(n) => format!("model {n}"),
+            Entry::Disk(n) => format!("disk {n}"),
         };
         let _ = writeln!(
             out,

@@ -53,4 +53,4 @@ pub mod sweep;
 pub mod workload;
 pub mod world;
 
-pub use scenario::{Promise, Replicated, Scenario, Topology};
+pub use scenario::{Promise, Replicated, Scenario, ServerState, Topology};

@@ -15,6 +15,7 @@ use crate::{
     world::{
         Stack,
         aware::ReplicaClient,
+        disk::DiskBug,
         store::{ReplicaBug, StoreModel},
     },
 };
@@ -61,10 +62,18 @@ pub struct Scenario {
     pub in_flight_max: usize,
     /// Server-side deduplication on (the default) or off (negative controls).
     pub dedup: bool,
-    /// Server state survives a crash (durable mode, the default) or is lost
-    /// with it (in-memory mode). Single-server world only: the replicated
-    /// world's store is always durable, its replicas always stateless.
-    pub state_survives_crash: bool,
+    /// The server's dedup retention, when not the default (10 minutes).
+    /// Single-server world.
+    pub dedup_ttl: Option<Duration>,
+    /// Clock skew and drift: every host's clock runs at `1 + rate` with
+    /// `rate` drawn from `[-skew_rate_max, skew_rate_max]` (0: true
+    /// clocks). Skews the single server's dedup retention and each client's
+    /// timers (`world::clock`).
+    pub skew_rate_max: f64,
+    /// What becomes of the single server's state at a crash. Single-server
+    /// world only: the replicated world's store is always durable, its
+    /// replicas always stateless.
+    pub server_state: ServerState,
     /// Faults to inject.
     pub plan: FaultPlan,
     /// Simulated time per turmoil step: the resolution of every timer and
@@ -85,6 +94,24 @@ pub struct Scenario {
     /// the paths it exists to exercise. Checked on sweeps, never on a
     /// one-seed replay.
     pub probes: Vec<Probe>,
+}
+
+/// What becomes of the single server's state at a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Lost with it: in-memory mode.
+    Lost,
+    /// Kept, modelled: one in-memory ledger outside the host, handed to
+    /// every incarnation (registers and records survive together, and
+    /// nothing decided is ever lost).
+    Survives,
+    /// Durable mode for real: the redb ledger on a simulated disk that
+    /// loses and tears unsynced writes at a power cut and fails on
+    /// demand (`world::disk`); `bug` breaks the disk for a control.
+    Disk {
+        /// The disk's bug, if any.
+        bug: Option<DiskBug>,
+    },
 }
 
 /// The shape of the simulated world.
@@ -187,7 +214,9 @@ impl Scenario {
             breaker: None,
             in_flight_max: abacus::server::IN_FLIGHT_MAX_DEFAULT,
             dedup: true,
-            state_survives_crash: true,
+            dedup_ttl: None,
+            skew_rate_max: 0.0,
+            server_state: ServerState::Survives,
             plan: FaultPlan::default(),
             tick: Duration::from_millis(1),
             promise: Promise::ExactlyOnceEffect,
@@ -241,10 +270,16 @@ impl Scenario {
         }
     }
 
+    /// `host`'s clock error in the run of `seed` (none without skew).
+    pub fn skew(&self, seed: u64, host: &str) -> Option<crate::world::clock::Skew> {
+        (self.skew_rate_max > 0.0)
+            .then(|| crate::world::clock::Skew::of(seed, host, self.skew_rate_max))
+    }
+
     /// True when state survives every crash the scenario can inject: the
     /// single server's when it is durable, always in the replicated world
     /// (the store is durable, replicas hold nothing).
     pub fn state_is_durable(&self) -> bool {
-        self.replicated().is_some() || self.state_survives_crash
+        self.replicated().is_some() || self.server_state != ServerState::Lost
     }
 }

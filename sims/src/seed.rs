@@ -33,6 +33,15 @@ pub fn derive_seed(seed: u64, label: &str) -> u64 {
     mix(mix(seed) ^ h)
 }
 
+/// The key of `host`'s request-ID digests in the run of `seed` (digests
+/// appear in eviction events: a random key would make runs differ).
+pub fn digest_key(seed: u64, host: &str) -> abacus::store::dedup::DigestKey {
+    abacus::store::dedup::DigestKey([
+        derive_seed(seed, &format!("digest-key-0-{host}")),
+        derive_seed(seed, &format!("digest-key-1-{host}")),
+    ])
+}
+
 /// SplitMix64's output function (Steele, Lea and Flood, 2014).
 fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -19,6 +19,9 @@
 //! - [`cascade`]: `pure-calls-unaffected`, `store-work-bounded`, in the
 //!   store cascade scenarios.
 //! - [`linearizable`]: `linearizable`, from what the clients saw alone.
+//! - [`disk`]: `durable-state`, what the durable server loads from its
+//!   simulated disk against the history (and commits of unknown fate that
+//!   reached the disk, credited as applied for the other checks).
 //! - [`replicas`]: the replica-aware client: `not-serving-gets-nothing`,
 //!   `hedges-bounded`, `hedge-only-repeatable`, `failover-within-bound`,
 //!   `tail-within-bound`.
@@ -28,6 +31,7 @@ pub mod breaker;
 pub mod calls;
 pub mod cascade;
 pub mod delivery;
+pub mod disk;
 pub mod linearizable;
 pub mod notes;
 pub mod replicas;
@@ -89,6 +93,17 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
             format!("the simulation did not complete: {e}"),
         ));
     }
+    let reconciled;
+    let run = match disk::reconcile(run, &mut v) {
+        Some(records) => {
+            reconciled = Run {
+                records,
+                ..run.clone()
+            };
+            &reconciled
+        }
+        None => run,
+    };
     delivery::effects(scenario, run, &mut v);
     delivery::once_per_request_id(scenario, &run.records, &mut v);
     delivery::registers(scenario.state_is_durable(), &run.records, &mut v);

@@ -3,14 +3,18 @@
 //! other fault so the liveness phase runs on a quiet network. Each step is
 //! recorded in the history as a typed [`SimFault`].
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use abacus::server::FaultSwitch;
 
 use crate::{
     faults::plan::{Fault, Link, Node, Peer, Side, Window},
     history::{Entry, History},
+    world::disk::SimDisk,
 };
+
+/// How long a host whose disk lost power stays down before it restarts.
+pub const POWER_CUT_DOWN: Duration = Duration::from_millis(300);
 
 /// A fault the harness injected (or stopped) at a point in simulated time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,8 @@ pub struct Hosts {
     pub store: Option<String>,
     /// Client hosts, `client-1` upwards.
     pub clients: Vec<String>,
+    /// Simulated disks, by host (the durable server's).
+    pub disks: BTreeMap<String, Arc<SimDisk>>,
 }
 
 /// The `n`th (1-based) of `hosts`, if there is one.
@@ -106,6 +112,18 @@ fn nth(hosts: &[String], n: usize) -> Vec<&str> {
 }
 
 impl Hosts {
+    /// The node that names `host` alone (or every server, for the single
+    /// server).
+    fn node_of(&self, host: &str) -> Node {
+        if self.store.as_deref() == Some(host) {
+            return Node::Store;
+        }
+        match self.servers.iter().position(|s| s == host) {
+            Some(i) if self.servers.len() > 1 => Node::Replica(i + 1),
+            _ => Node::Server,
+        }
+    }
+
     /// The hosts `node` names (none when this world has no such host).
     pub fn node(&self, node: Node) -> Vec<&str> {
         match node {
@@ -159,8 +177,31 @@ pub fn drive(
     let mut ended = vec![false; windows.len()];
     let mut quieted = false;
     let mut links = LinkStates::default();
+    // Hosts down after a power cut, and when they come back.
+    let mut cut: Vec<(Duration, Node)> = Vec::new();
     loop {
         let now = sim.elapsed();
+        for (host, disk) in &hosts.disks {
+            if disk.take_cut() {
+                let node = hosts.node_of(host);
+                step(sim, SimFault::Crash(node), hosts, &mut links, history, now);
+                cut.push((now + POWER_CUT_DOWN, node));
+            }
+        }
+        cut.retain(|&(at, node)| {
+            let due = now >= at;
+            if due {
+                step(
+                    sim,
+                    SimFault::Restart(node),
+                    hosts,
+                    &mut links,
+                    history,
+                    now,
+                );
+            }
+            !due
+        });
         for (i, w) in windows.iter().enumerate() {
             if !started[i] && now >= w.from {
                 started[i] = true;
@@ -184,6 +225,7 @@ pub fn drive(
                 sim.repair(a, b);
             }
             switches.iter().for_each(FaultSwitch::turn_off);
+            hosts.disks.values().for_each(|d| d.quiet());
         }
         match sim.step() {
             Ok(true) => return Ok(()),
@@ -284,8 +326,14 @@ fn step(
 ) {
     history.push_at(now, "sim", Entry::Fault(fault));
     match fault {
+        // A crash is a power cut: the host's disk keeps what it synced
+        // (and, of the rest, what the cut lets through) before the
+        // software is torn down, so the teardown writes nothing.
         SimFault::Crash(n) => {
             for h in hosts.node(n) {
+                if let Some(note) = hosts.disks.get(h).and_then(|d| d.crash()) {
+                    history.push_at(now, h, Entry::Disk(note));
+                }
                 silently(sim, h, hosts, links, |sim| sim.crash(h));
             }
         }
@@ -293,6 +341,9 @@ fn step(
         // silently too.
         SimFault::Restart(n) => {
             for h in hosts.node(n) {
+                if let Some(note) = hosts.disks.get(h).and_then(|d| d.crash()) {
+                    history.push_at(now, h, Entry::Disk(note));
+                }
                 silently(sim, h, hosts, links, |sim| sim.bounce(h));
             }
         }
@@ -325,6 +376,7 @@ mod tests {
             servers: vec!["replica-1".into(), "replica-2".into()],
             store: Some("store".into()),
             clients: vec!["client-1".into(), "client-2".into()],
+            disks: BTreeMap::new(),
         }
     }
 

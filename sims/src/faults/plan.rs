@@ -155,6 +155,12 @@ pub struct FaultPlan {
     pub store_lose_rate: f64,
     /// One slow replica, if any.
     pub slow: Option<Slow>,
+    /// Simulated disk (durable server): probability of an injected I/O
+    /// error per read, per sync, per run of writes between syncs.
+    pub disk_error_rate: f64,
+    /// Simulated disk: probability of a power cut just before a sync
+    /// (the host crashes and restarts at once).
+    pub disk_cut_rate: f64,
     /// Timed faults.
     pub windows: Vec<Window>,
 }
@@ -171,6 +177,8 @@ impl Default for FaultPlan {
             store_delay_ms: (0, 0),
             store_lose_rate: 0.0,
             slow: None,
+            disk_error_rate: 0.0,
+            disk_cut_rate: 0.0,
             windows: Vec::new(),
         }
     }
@@ -293,6 +301,22 @@ impl FaultPlan {
         p
     }
 
+    /// A swarm plan for the durable server on a simulated disk: the
+    /// single-server plan of [`FaultPlan::generate`] (the same seed draws
+    /// the same plan there), plus I/O errors and power cuts, each on with
+    /// probability ½, drawn from a stream of their own.
+    pub fn generate_disk(seed: u64, clients: usize) -> Self {
+        let mut p = Self::generate(seed, clients);
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "disk-plan"));
+        if rng.random_bool(0.5) {
+            p.disk_error_rate = one_of(&mut rng, &[0.005, 0.02, 0.05]);
+        }
+        if rng.random_bool(0.5) {
+            p.disk_cut_rate = one_of(&mut rng, &[0.01, 0.05, 0.15]);
+        }
+        p
+    }
+
     /// When the last timed fault ends.
     pub fn last_fault_end(&self) -> Duration {
         self.windows
@@ -315,6 +339,8 @@ impl FaultPlan {
             && self.store_delay_ms.1 == 0
             && self.store_lose_rate == 0.0
             && self.slow.is_none()
+            && self.disk_error_rate == 0.0
+            && self.disk_cut_rate == 0.0
             && self.windows.is_empty()
     }
 
@@ -372,6 +398,20 @@ impl FaultPlan {
             self.store_delay_ms.1 > 0,
             FaultPlan {
                 store_delay_ms: (0, 0),
+                ..self.clone()
+            },
+        );
+        push_if(
+            self.disk_error_rate > 0.0,
+            FaultPlan {
+                disk_error_rate: 0.0,
+                ..self.clone()
+            },
+        );
+        push_if(
+            self.disk_cut_rate > 0.0,
+            FaultPlan {
+                disk_cut_rate: 0.0,
                 ..self.clone()
             },
         );
@@ -462,6 +502,12 @@ impl fmt::Display for FaultPlan {
         if let Some(s) = self.slow {
             let (a, b) = s.delay_ms;
             write!(f, "slow=replica-{}:{a}..{b} ", s.replica)?;
+        }
+        if self.disk_error_rate > 0.0 {
+            write!(f, "disk-error={} ", self.disk_error_rate)?;
+        }
+        if self.disk_cut_rate > 0.0 {
+            write!(f, "disk-cut={} ", self.disk_cut_rate)?;
         }
         f.write_str("windows=")?;
         for (i, w) in self.windows.iter().enumerate() {
@@ -590,6 +636,8 @@ impl FromStr for FaultPlan {
                 "store-delay" => p.store_delay_ms = range(v)?,
                 "store-lose" => p.store_lose_rate = rate()?,
                 "slow" => p.slow = Some(slow(v)?),
+                "disk-error" => p.disk_error_rate = rate()?,
+                "disk-cut" => p.disk_cut_rate = rate()?,
                 "windows" => {
                     for w in v.split(',').filter(|w| !w.is_empty()) {
                         p.windows.push(w.parse()?);
@@ -612,6 +660,7 @@ mod tests {
             for p in [
                 FaultPlan::generate(seed, 3),
                 FaultPlan::generate_replicated(seed, 3, 3),
+                FaultPlan::generate_disk(seed, 3),
             ] {
                 let text = p.to_string();
                 assert_eq!(text.parse::<FaultPlan>(), Ok(p), "{text}");

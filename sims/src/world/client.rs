@@ -10,6 +10,8 @@ use abacus::{
     },
     trace::EventSink,
 };
+use std::time::Duration;
+
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
 use crate::{
@@ -18,6 +20,7 @@ use crate::{
     seed::derive_seed,
     world::{
         aware::{self, ReplicaClient},
+        clock::Skew,
         net, server,
     },
 };
@@ -55,7 +58,7 @@ pub fn config(
         None => host.to_owned(),
         Some(_) => format!("{host}/{endpoint}"),
     };
-    ClientConfig {
+    let config = ClientConfig {
         deadline: scenario.deadline,
         attempt_timeout: scenario.attempt_timeout,
         mode: scenario.mode,
@@ -72,7 +75,28 @@ pub fn config(
         seed: Some(derive_seed(seed, &stream)),
         events,
         token: None,
+    };
+    match scenario.skew(seed, host) {
+        Some(skew) => skewed(config, skew),
+        None => config,
     }
+}
+
+/// `config` as a client whose clock has `skew` lives it: every duration
+/// it measures lasts `1 / (1 + rate)` times as long in real time.
+fn skewed(mut config: ClientConfig, skew: Skew) -> ClientConfig {
+    let ms = |ms: u64| skew.real(Duration::from_millis(ms)).as_millis() as u64;
+    config.deadline = skew.real(config.deadline);
+    config.attempt_timeout = skew.real(config.attempt_timeout);
+    let backoff = &mut config.retry.backoff;
+    backoff.initial = skew.real(backoff.initial);
+    backoff.max = skew.real(backoff.max);
+    if let Some(b) = &mut config.breaker {
+        b.open_ms = ms(b.open_ms);
+        b.open_ms_max = ms(b.open_ms_max);
+        b.slow_call_ms = b.slow_call_ms.map(ms);
+    }
+    config
 }
 
 /// Builds the client for `stack`, connected to `config.endpoint`.

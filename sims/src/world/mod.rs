@@ -16,7 +16,9 @@
 //!
 //! # Layout
 //! - [`net`]: turmoil TCP ↔ tonic glue (the only network swap).
-//! - [`server`]: the single server host, its state surviving crashes or not.
+//! - [`server`]: the single server host, its state surviving crashes or not,
+//!   or durable mode on a simulated disk.
+//! - [`disk`]: the simulated disk: lost, torn and failing writes.
 //! - [`replica`]: the replica hosts.
 //! - [`store`]: the store host, its protocol, and the replicas' ledger.
 //! - [`aware`]: the replica-aware client (one client over every replica)
@@ -27,12 +29,15 @@
 
 pub mod aware;
 pub mod client;
+pub mod clock;
+pub mod disk;
 pub mod net;
 pub mod replica;
 pub mod server;
 pub mod store;
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -41,7 +46,7 @@ pub use client::{Clients, Stack};
 
 use crate::{
     faults::{Hosts, driver},
-    history::{History, Record},
+    history::{Entry, History, Record},
     scenario::{Scenario, Topology},
     seed::derive_seed,
     workload::{LogicalAccumulate, LogicalRead, Outcomes, Workload},
@@ -86,12 +91,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         .repair_rate(if plan.link_fail_rate > 0.0 { 0.5 } else { 1.0 })
         .build();
 
+    let mut disks = BTreeMap::new();
     let (store, switches, store_calls) = match &scenario.topology {
-        Topology::Single => (
-            None,
-            vec![server::host(&mut sim, scenario, seed, &history)],
-            Vec::new(),
-        ),
+        Topology::Single => {
+            let (switch, disk) = server::host(&mut sim, scenario, seed, &history);
+            if let Some(disk) = disk {
+                disks.insert(server::HOST.to_owned(), disk);
+            }
+            (None, vec![switch], Vec::new())
+        }
         Topology::Replicated(r) => {
             let store = store::Store::new(
                 store::StoreConfig {
@@ -139,9 +147,17 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
         servers: scenario.server_hosts(),
         store,
         clients,
+        disks,
     };
     let quiet = scenario.quiet_from().map(|at| (at, switches));
     let sim_result = driver::drive(&mut sim, &plan.windows, quiet, &hosts, &history);
+    // What each disk holds after a last power cut, read by the harness:
+    // the durable state every acknowledged write must be in.
+    for (host, disk) in &hosts.disks {
+        disk.quiet();
+        let registers = disk::read_back(disk, scenario);
+        history.push_at(sim.elapsed(), host, Entry::Disk(registers));
+    }
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
     Run {
         seed,

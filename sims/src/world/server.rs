@@ -1,32 +1,38 @@
 //! The server host: the real abacus server (`server::serve_with_ledger`)
 //! on a simulated listener, with the scenario's faults, shedding limit and
-//! dedup setting.
+//! dedup setting; in durable mode, the redb ledger on a simulated disk
+//! ([`super::disk`]), opened again at every restart as `--data-dir` is.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use abacus::{
     server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig},
-    store::Ledger,
+    store::{Clock, Ledger, redb::RedbLedger},
 };
 
 use crate::{
-    history::History,
-    scenario::Scenario,
-    seed::derive_seed,
-    world::{net, store::MemoryLedger},
+    history::{Entry, History},
+    scenario::{Scenario, ServerState},
+    seed::{derive_seed, digest_key},
+    world::{
+        disk::{self, DiskFaultRates, DiskNote, SimDisk, SimVolume},
+        net,
+        store::MemoryLedger,
+    },
 };
 
 /// The server's host name.
 pub const HOST: &str = "server";
 
 /// Adds the server host to `sim`. Returns the switch that turns its
-/// injected faults off (for the liveness phase).
+/// injected faults off (for the liveness phase), and its simulated disk
+/// in durable mode.
 pub fn host(
     sim: &mut turmoil::Sim<'_>,
     scenario: &Scenario,
     seed: u64,
     history: &History,
-) -> FaultSwitch {
+) -> (FaultSwitch, Option<Arc<SimDisk>>) {
     let plan = &scenario.plan;
     let fault_switch = FaultSwitch::default();
     let config = ServerConfig {
@@ -41,25 +47,128 @@ pub fn host(
         in_flight_max: scenario.in_flight_max,
         ..ServerConfig::default()
     };
-    // Durable mode, modelled: one state outside the host, handed to every
-    // incarnation of the server, so registers and dedup records survive a
-    // crash together (as `--data-dir` makes them survive a restart).
-    // Without it, each start gets fresh state, as a real in-memory server.
     let dedup = DedupConfig {
         enabled: scenario.dedup,
+        ttl_ms: scenario
+            .dedup_ttl
+            .map_or(DedupConfig::default().ttl_ms, |t| t.as_millis() as u64),
         ..DedupConfig::default()
     };
-    let durable = scenario
-        .state_survives_crash
-        .then(|| Arc::new(MemoryLedger::new(dedup.clone(), history.sink(HOST))));
-    sim.host(HOST, move || {
-        let config = config.clone();
-        let state = durable
-            .clone()
-            .unwrap_or_else(|| Arc::new(MemoryLedger::new(dedup.clone(), config.events.clone())));
-        serve(config, state)
-    });
-    fault_switch
+    let clock = scenario
+        .skew(seed, HOST)
+        .map_or(Clock::Tokio, |skew| skew.clock());
+    let key = digest_key(seed, HOST);
+    match scenario.server_state {
+        ServerState::Disk { bug } => {
+            let rates = DiskFaultRates {
+                error_rate: plan.disk_error_rate,
+                cut_rate: plan.disk_cut_rate,
+            };
+            let disk = SimDisk::new(seed, HOST, rates, bug, history.clone());
+            if let Err(why) = disk::provision(&disk) {
+                history.push_at(
+                    Duration::ZERO,
+                    HOST,
+                    Entry::Disk(DiskNote::OpenFailed { why }),
+                );
+            }
+            let (volume, history, registers) = (
+                SimVolume(Arc::clone(&disk)),
+                history.clone(),
+                scenario.register_names(),
+            );
+            sim.host(HOST, move || {
+                let (config, volume, history, registers, dedup) = (
+                    config.clone(),
+                    volume.clone(),
+                    history.clone(),
+                    registers.clone(),
+                    dedup.clone(),
+                );
+                async move {
+                    let ledger = open_durable(dedup, &config, volume, &history, &registers).await;
+                    serve(config, ledger).await
+                }
+            });
+            (fault_switch, Some(disk))
+        }
+        ServerState::Survives | ServerState::Lost => {
+            // Durable mode, modelled: one state outside the host, handed to
+            // every incarnation of the server, so registers and dedup
+            // records survive a crash together (as `--data-dir` makes them
+            // survive a restart). Without it, each start gets fresh state,
+            // as a real in-memory server.
+            let durable = (scenario.server_state == ServerState::Survives).then(|| {
+                Arc::new(MemoryLedger::with_key_and_clock(
+                    dedup.clone(),
+                    history.sink(HOST),
+                    key,
+                    clock.clone(),
+                ))
+            });
+            sim.host(HOST, move || {
+                let config = config.clone();
+                let state = durable.clone().unwrap_or_else(|| {
+                    Arc::new(MemoryLedger::with_key_and_clock(
+                        dedup.clone(),
+                        config.events.clone(),
+                        key,
+                        clock.clone(),
+                    ))
+                });
+                serve(config, state)
+            });
+            (fault_switch, None)
+        }
+    }
+}
+
+/// How long a server whose database would not open waits before trying
+/// again (what a supervisor restarting the process would do).
+const REOPEN_PAUSE: Duration = Duration::from_millis(200);
+
+/// Opens the durable ledger on the disk, as `abacus serve --data-dir`
+/// would at start, trying again until it opens; then notes what it loaded.
+async fn open_durable(
+    dedup: DedupConfig,
+    config: &ServerConfig,
+    volume: SimVolume,
+    history: &History,
+    registers: &[String],
+) -> Arc<dyn Ledger> {
+    let ledger = loop {
+        match RedbLedger::open_volume(
+            dedup.clone(),
+            config.events.clone(),
+            Arc::new(volume.clone()),
+        ) {
+            Ok(ledger) => break ledger,
+            Err(e) => {
+                history.push(
+                    HOST,
+                    Entry::Disk(DiskNote::OpenFailed { why: e.to_string() }),
+                );
+                tokio::time::sleep(REOPEN_PAUSE).await;
+            }
+        }
+    };
+    history.push(
+        HOST,
+        Entry::Disk(DiskNote::Loaded {
+            registers: loaded(&ledger, registers).await,
+        }),
+    );
+    Arc::new(ledger)
+}
+
+/// The values of `registers` in a freshly opened ledger.
+pub async fn loaded(ledger: &RedbLedger, registers: &[String]) -> Vec<(String, Option<f64>)> {
+    let mut values = Vec::new();
+    for name in registers {
+        let value = ledger.memory().get(name, None).await.ok();
+        values.push((name.clone(), value));
+    }
+    values
 }
 
 /// The real server on this host's port over `ledger`, until the host

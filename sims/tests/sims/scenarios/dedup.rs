@@ -81,7 +81,7 @@ fn exactly_once_across_crash_with_durable_state() {
 #[test]
 fn in_memory_state_is_lost_on_crash_and_the_checker_knows() {
     let mut s = exactly_once("in_memory_state_is_lost_on_crash_and_the_checker_knows");
-    s.state_survives_crash = false;
+    s.server_state = abacus_sims::ServerState::Lost;
     s.promise = Promise::AtLeastOnce;
     s.plan.drop_rate = 0.0;
     s.plan.windows = vec![Window::all(NetFault::Crash, 200, 600)];

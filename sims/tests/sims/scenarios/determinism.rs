@@ -193,3 +193,23 @@ fn a_seeds_trace_does_not_depend_on_what_else_the_process_runs() {
         }
     }
 }
+
+/// Durable mode on the simulated disk: redb flushes its writes from a hash
+/// map whose order changes with every process, power cuts tear them, and
+/// the ledger recovers on the host's clock; the trace must not care.
+#[test]
+fn same_seed_same_trace_across_processes_durable_disk() {
+    same_trace_across_processes(
+        "durable-disk",
+        "scenarios::disk::durable_disk_swarm_loses_nothing_acknowledged",
+    );
+}
+
+/// Skewed clocks read simulated time only.
+#[test]
+fn same_seed_same_trace_across_processes_clock_skew() {
+    same_trace_across_processes(
+        "clock-skew-naive-ttl",
+        "scenarios::skew::control_naive_retention_double_applies_under_skew",
+    );
+}
