@@ -6,8 +6,9 @@
 use std::{sync::Arc, time::Duration};
 
 use abacus::{
+    error::{CalcError, ServiceError},
     server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig},
-    store::{Clock, Ledger, redb::RedbLedger},
+    store::{Clock, Ledger, StoreHealth, redb::RedbLedger},
 };
 
 use crate::{
@@ -152,23 +153,53 @@ async fn open_durable(
             }
         }
     };
-    history.push(
-        HOST,
-        Entry::Disk(DiskNote::Loaded {
-            registers: loaded(&ledger, registers).await,
-        }),
-    );
-    Arc::new(ledger)
+    let ledger = Arc::new(ledger);
+    if let Some(registers) = loaded(&ledger, registers).await {
+        history.push(HOST, Entry::Disk(DiskNote::Loaded { registers }));
+    }
+    // A failed write makes the ledger reload memory from the disk without
+    // a restart: note what it loaded then too. (A batch can fail after its
+    // commit became durable — the file's shrink after the commit failing —
+    // and the reload then brings back a commit its caller was told might
+    // not have happened.)
+    tokio::spawn(note_reloads(
+        Arc::clone(&ledger),
+        history.clone(),
+        registers.to_vec(),
+    ));
+    ledger
 }
 
-/// The values of `registers` in a freshly opened ledger.
-pub async fn loaded(ledger: &RedbLedger, registers: &[String]) -> Vec<(String, Option<f64>)> {
+/// Notes the registers each time `ledger` serves again after a failure
+/// (it has reloaded them from the disk). Ends with the host.
+async fn note_reloads(ledger: Arc<RedbLedger>, history: History, registers: Vec<String>) {
+    let mut health = ledger.health();
+    while health.changed().await.is_ok() {
+        if *health.borrow_and_update() == StoreHealth::Serving
+            && let Some(registers) = loaded(&ledger, &registers).await
+        {
+            history.push(HOST, Entry::Disk(DiskNote::Loaded { registers }));
+        }
+    }
+}
+
+/// The values of `registers` in a freshly opened ledger (`None`: absent),
+/// or `None` if the ledger stopped serving meanwhile (a new failure: the
+/// next reload is noted instead).
+pub async fn loaded(
+    ledger: &RedbLedger,
+    registers: &[String],
+) -> Option<Vec<(String, Option<f64>)>> {
     let mut values = Vec::new();
     for name in registers {
-        let value = ledger.memory().get(name, None).await.ok();
+        let value = match ledger.memory().get(name, None).await {
+            Ok(value) => Some(value),
+            Err(ServiceError::Calc(CalcError::UnknownRegister(_))) => None,
+            Err(_) => return None,
+        };
         values.push((name.clone(), value));
     }
-    values
+    Some(values)
 }
 
 /// The real server on this host's port over `ledger`, until the host
