@@ -40,7 +40,7 @@ use crate::{
     probes,
     scenario::Scenario,
     workload::Note,
-    world::{Run, store},
+    world::{Run, disk, store},
 };
 
 /// Width of the time axis, in px.
@@ -169,6 +169,7 @@ impl Picture {
             servers: scenario.server_hosts(),
             store: scenario.replicated().map(|_| store::HOST.to_owned()),
             clients: scenario.client_hosts(),
+            disks: Default::default(),
         };
         let mut p = Picture {
             end: run
@@ -221,6 +222,10 @@ impl Picture {
                     };
                     p.mark(r, class, format!("model {n}"));
                 }
+                // What the simulated disk did: marked like a lost reply;
+                // what the server loaded is in the trace, not the picture.
+                Entry::Disk(disk::DiskNote::Loaded { .. }) => {}
+                Entry::Disk(n) => p.mark(r, "reply-lost", format!("disk {n}")),
             }
         }
         for (start, from) in faults {

@@ -92,17 +92,20 @@ pub fn reconcile(run: &Run, v: &mut Vec<Violation>) -> Option<Vec<Record>> {
                                 });
                             }
                         }
-                        None => v.push(Violation {
-                            invariant: "durable-state",
-                            detail: format!(
-                                "at {:?} (record {i}) {} loaded {name} = {loaded}, but its \
-                                 durable applies give {expected} and no unresolved \
-                                 Accumulate explains the difference {}",
-                                r.at,
-                                r.host,
-                                loaded - expected
-                            ),
-                        }),
+                        None => v.push(
+                            Violation::new(
+                                "durable-state",
+                                format!(
+                                    "at {:?} (record {i}) {} loaded {name} = {loaded}, but its \
+                                     durable applies give {expected} and no unresolved \
+                                     Accumulate explains the difference {}",
+                                    r.at,
+                                    r.host,
+                                    loaded - expected
+                                ),
+                            )
+                            .at(&r.host, r.at, r.at),
+                        ),
                     }
                     values.insert(name.clone(), loaded);
                 }
@@ -114,10 +117,13 @@ pub fn reconcile(run: &Run, v: &mut Vec<Violation>) -> Option<Vec<Record>> {
     if let Some(last) = run.records.last()
         && let Entry::Disk(DiskNote::OpenFailed { why }) = &last.entry
     {
-        v.push(Violation {
-            invariant: "durable-opens",
-            detail: format!("after the run the database does not open: {why}"),
-        });
+        v.push(
+            Violation::new(
+                "durable-opens",
+                format!("after the run the database does not open: {why}"),
+            )
+            .at(&last.host, last.at, last.at),
+        );
     }
     Some(out)
 }
