@@ -9,9 +9,11 @@ use std::{collections::BTreeMap, fmt};
 
 use crate::{error::CalcError, rpc::Method};
 
-/// Longest register name accepted, in bytes. A limit on everything: names are
-/// keys of a map the server keeps in memory.
-pub const REGISTER_NAME_BYTES_MAX: usize = 64;
+mod name;
+
+pub use name::{
+    CodePoint, Escaped, REGISTER_NAME_BYTES_MAX, forbidden, register_name, validate_register_name,
+};
 
 /// Most registers one server holds; creating one more is refused with
 /// `RESOURCE_EXHAUSTED` so memory stays bounded whatever clients send.
@@ -83,21 +85,6 @@ fn finite(operand: &'static str, value: f64) -> Result<(), CalcError> {
     } else {
         Err(CalcError::NonFiniteOperand { operand, value })
     }
-}
-
-/// Checks a register name: 1..=64 bytes, no control characters (names end up
-/// in logs, traces and URLs).
-pub fn validate_register_name(name: &str) -> Result<(), CalcError> {
-    if name.is_empty() {
-        return Err(CalcError::EmptyRegisterName);
-    }
-    if name.len() > REGISTER_NAME_BYTES_MAX {
-        return Err(CalcError::RegisterNameTooLong { len: name.len() });
-    }
-    if name.chars().any(char::is_control) {
-        return Err(CalcError::RegisterNameControlChar);
-    }
-    Ok(())
 }
 
 /// Checks an `Accumulate` payload on its own, before any register is looked
@@ -273,7 +260,13 @@ mod tests {
             r.accumulate(&long, 1.0),
             Err(E::RegisterNameTooLong { len: 65 })
         );
-        assert_eq!(r.accumulate("a\nb", 1.0), Err(E::RegisterNameControlChar));
+        assert_eq!(
+            r.accumulate("a\nb", 1.0),
+            Err(E::RegisterNameForbiddenChar {
+                ch: '\n',
+                position: 2
+            })
+        );
         let max = "x".repeat(REGISTER_NAME_BYTES_MAX);
         assert_eq!(r.accumulate(&max, 1.0), Ok(1.0));
         assert!(r.get("").is_err());

@@ -8,7 +8,7 @@
 use tonic::{Code, Status, metadata::MetadataValue};
 
 use crate::{
-    core::BinaryOp,
+    core::{BinaryOp, CodePoint, forbidden},
     store::{WriteFate, guard::Refusal},
     trace::num,
 };
@@ -71,9 +71,23 @@ pub enum CalcError {
         /// Its length in bytes.
         len: usize,
     },
-    /// Register name with a control character.
-    #[error("register name must not contain control characters")]
-    RegisterNameControlChar,
+    /// Register name with a control, format or other invisible character
+    /// (see [`crate::core::forbidden`]).
+    #[error(
+        "register name has {} at character {position}, {}: control, format and other invisible characters are not allowed in register names",
+        CodePoint(*ch),
+        forbidden(*ch).unwrap_or("a forbidden character")
+    )]
+    RegisterNameForbiddenChar {
+        /// The character.
+        ch: char,
+        /// Its position in the name as sent, counting characters from 1.
+        position: usize,
+    },
+    /// Register name not in Unicode NFC (only a caller of the store itself
+    /// can send one: the service normalises names first).
+    #[error("register name is not in Unicode normalization form C")]
+    RegisterNameNotNormalized,
     /// Reading a register that was never written.
     #[error("register {0:?} does not exist (accumulate into it to create it)")]
     UnknownRegister(String),

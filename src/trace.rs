@@ -19,6 +19,7 @@ use tonic::Code;
 use crate::{
     client::breaker::State as BreakerState,
     client::{CallError, Reply, hedge::HedgeTrigger, retry::Stop},
+    core::Escaped,
     error::{CalcError, ServiceError, code_name},
     rpc::{HealthScope, Method, Serving},
     store::dedup::EvictReason,
@@ -401,7 +402,12 @@ impl fmt::Display for Event {
                 register,
                 delta,
                 value,
-            } => write!(f, " id={} {register} += {delta} -> {value}", id(request_id)),
+            } => write!(
+                f,
+                " id={} {} += {delta} -> {value}",
+                id(request_id),
+                Escaped(register)
+            ),
             Self::Rejected {
                 method,
                 request_id,

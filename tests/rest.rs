@@ -298,6 +298,37 @@ async fn every_endpoint_answers() {
 }
 
 #[tokio::test]
+async fn composed_and_decomposed_names_are_one_register() {
+    let fronts = Fronts::healthy().await;
+    check_all(
+        &fronts,
+        vec![
+            // "café" with U+00E9, then with "e" + U+0301.
+            (
+                post("/v1/registers/caf%C3%A9:accumulate", json!({"delta": 1})),
+                Expect::Ok(json!({"value": 1.0, "replayed": false})),
+            ),
+            (
+                post("/v1/registers/cafe%CC%81:accumulate", json!({"delta": 2})),
+                Expect::Ok(json!({"value": 3.0, "replayed": false})),
+            ),
+            (
+                get("/v1/registers/cafe%CC%81"),
+                Expect::Ok(json!({"value": 3.0})),
+            ),
+            (
+                get("/v1/stats"),
+                Expect::Ok(json!({
+                    "dedup_entries": 0, "dedup_hits": 0, "dedup_evictions": 0,
+                    "dedup_mismatches": 0, "applied": 2, "registers": 1
+                })),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn every_error_is_json_with_the_mapped_status() {
     let fronts = Fronts::healthy().await;
     let long_name = "r".repeat(65);
@@ -388,7 +419,22 @@ async fn every_error_is_json_with_the_mapped_status() {
             ),
             (
                 post("/v1/registers/a%01b:accumulate", json!({"delta": 1})),
-                refused(400, "INVALID_ARGUMENT", "control characters"),
+                refused(400, "INVALID_ARGUMENT", "U+0001 at character 2"),
+            ),
+            (
+                post(
+                    "/v1/registers/txt%E2%80%AEexe:accumulate",
+                    json!({"delta": 1}),
+                ),
+                refused(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "U+202E at character 4, an invisible format",
+                ),
+            ),
+            (
+                get("/v1/registers/%EF%BB%BFtotal"),
+                refused(400, "INVALID_ARGUMENT", "U+FEFF at character 1"),
             ),
             (
                 post("/v1/registers/x%FF:accumulate", json!({"delta": 1})),

@@ -12,7 +12,7 @@
 //! (arithmetic) and the [`Ledger`] (registers and dedup). This module only
 //! sequences them with the fault plan.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use tokio::time::Instant;
 
@@ -208,7 +208,21 @@ impl Calculator {
         let plan = self.faults.plan();
         // Set when the error answered is a recorded one, replayed.
         let mut replayed_error = false;
+        // The name as the store keys it (NFC); a copy of the arguments only
+        // when the caller's spelling differs.
+        let normal = core::register_name(&args.register).map(|name| match name {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(register) => Some(AccumulateArgs {
+                register,
+                ..args.clone()
+            }),
+        });
         let result = async {
+            let args = match &normal {
+                Ok(Some(normal)) => normal,
+                Ok(None) => args,
+                Err(e) => return Err(ServiceError::from(e.clone())),
+            };
             if self.require_request_id && args.request_id.is_empty() {
                 return Err(ServiceError::RequestIdRequired);
             }
@@ -251,13 +265,15 @@ impl Calculator {
         })
     }
 
-    /// Reads a register (`NotFound` if it was never written).
+    /// Reads a register (`NotFound` if it was never written). The name is
+    /// normalised as `Accumulate`'s is.
     pub async fn get(
         &self,
         register: &str,
         deadline: Option<Instant>,
     ) -> Result<f64, ServiceError> {
-        self.ledger.get(register, deadline).await
+        let register = core::register_name(register)?;
+        self.ledger.get(&register, deadline).await
     }
 
     /// The ledger's counters.

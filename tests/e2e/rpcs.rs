@@ -112,15 +112,50 @@ async fn refusals_carry_code_message_and_marker() {
             ),
             (
                 acc("bad\nname", 1.0),
-                Expect::Refused(InvalidArgument, "must not contain control characters"),
+                Expect::Refused(
+                    InvalidArgument,
+                    "U+000A at character 4, a control character",
+                ),
             ),
             (
                 acc("bell\u{7}", 1.0),
-                Expect::Refused(InvalidArgument, "must not contain control characters"),
+                Expect::Refused(
+                    InvalidArgument,
+                    "U+0007 at character 5, a control character",
+                ),
             ),
             (
                 acc("nul\0", 1.0),
-                Expect::Refused(InvalidArgument, "must not contain control characters"),
+                Expect::Refused(
+                    InvalidArgument,
+                    "U+0000 at character 4, a control character",
+                ),
+            ),
+            // Invisible characters that make one name pass for another.
+            (
+                acc("txt\u{202E}exe", 1.0),
+                Expect::Refused(
+                    InvalidArgument,
+                    "U+202E at character 4, an invisible format",
+                ),
+            ),
+            (
+                acc("to\u{200B}tal", 1.0),
+                Expect::Refused(
+                    InvalidArgument,
+                    "U+200B at character 3, an invisible format",
+                ),
+            ),
+            (
+                acc("\u{FEFF}total", 1.0),
+                Expect::Refused(
+                    InvalidArgument,
+                    "U+FEFF at character 1, an invisible format",
+                ),
+            ),
+            (
+                get("to\u{200B}tal"),
+                Expect::Refused(InvalidArgument, "U+200B at character 3"),
             ),
             // None of the refused calls changed anything: only "big" exists,
             // written once.
@@ -128,6 +163,30 @@ async fn refusals_carry_code_message_and_marker() {
                 Rpc::Stats,
                 Expect::Stats {
                     applied: 1,
+                    registers: 1,
+                },
+            ),
+        ])
+        .await;
+}
+
+#[tokio::test]
+async fn composed_and_decomposed_names_are_one_register() {
+    let composed = "caf\u{e9}";
+    let decomposed = "cafe\u{301}";
+    let server = TestServer::healthy().await;
+    server
+        .conn()
+        .await
+        .check_all(vec![
+            (acc(composed, 1.0), Expect::Accumulated(1.0)),
+            (acc(decomposed, 2.0), Expect::Accumulated(3.0)),
+            (get(composed), Expect::Value(3.0)),
+            (get(decomposed), Expect::Value(3.0)),
+            (
+                Rpc::Stats,
+                Expect::Stats {
+                    applied: 2,
                     registers: 1,
                 },
             ),

@@ -121,7 +121,7 @@ fn name_parameter() -> utoipa::openapi::path::Parameter {
         .name("name")
         .parameter_in(ParameterIn::Path)
         .required(Required::True)
-        .description(Some("register name: 1 to 64 bytes, no control characters"))
+        .description(Some("register name: 1 to 64 bytes once in Unicode NFC (composed and decomposed spellings are one register); no control, format or other invisible characters"))
         .schema(Some(string_schema()))
         .example(Some(json!("total")))
         .build()

@@ -232,7 +232,12 @@ fn put_calc(w: &mut Writer, e: &CalcError) {
             w.u8(5);
             w.u64(*len as u64);
         }
-        CalcError::RegisterNameControlChar => w.u8(6),
+        CalcError::RegisterNameForbiddenChar { ch, position } => {
+            w.u8(6);
+            w.u64(u64::from(u32::from(*ch)));
+            w.u64(*position as u64);
+        }
+        CalcError::RegisterNameNotNormalized => w.u8(9),
         CalcError::UnknownRegister(name) => {
             w.u8(7);
             w.str(name);
@@ -265,7 +270,14 @@ fn get_calc(r: &mut Reader<'_>) -> Result<CalcError, Malformed> {
         },
         4 => CalcError::EmptyRegisterName,
         5 => CalcError::RegisterNameTooLong { len: r.usize()? },
-        6 => CalcError::RegisterNameControlChar,
+        6 => CalcError::RegisterNameForbiddenChar {
+            ch: u32::try_from(r.u64()?)
+                .ok()
+                .and_then(char::from_u32)
+                .ok_or(Malformed("not a character"))?,
+            position: r.usize()?,
+        },
+        9 => CalcError::RegisterNameNotNormalized,
         7 => CalcError::UnknownRegister(r.str()?),
         8 => CalcError::TooManyRegisters { max: r.usize()? },
         _ => return Err(Malformed("unknown calculator error")),
@@ -578,7 +590,11 @@ mod tests {
             },
             CalcError::EmptyRegisterName,
             CalcError::RegisterNameTooLong { len: 65 },
-            CalcError::RegisterNameControlChar,
+            CalcError::RegisterNameForbiddenChar {
+                ch: '\u{202e}',
+                position: 2,
+            },
+            CalcError::RegisterNameNotNormalized,
             CalcError::UnknownRegister("missing".into()),
             CalcError::TooManyRegisters { max: 10 },
         ];
