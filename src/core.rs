@@ -103,21 +103,45 @@ pub fn validate_accumulate(name: &str, delta: f64) -> Result<(), CalcError> {
     finite("delta", delta)
 }
 
+/// What a client has created against its register quota: registers it
+/// holds, and how many it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Registers the client created that still exist.
+    pub held: usize,
+    /// The most it may hold.
+    pub max: usize,
+}
+
+impl Quota {
+    /// No per-client bound (the server's [`REGISTERS_MAX`] still holds).
+    pub const UNLIMITED: Quota = Quota {
+        held: 0,
+        max: usize::MAX,
+    };
+}
+
 /// What `name += delta` would store, given the register's current value
-/// (`None` when it does not exist yet) and how many registers are held:
-/// the rule itself, for stores that keep registers elsewhere than in a
+/// (`None` when it does not exist yet), how many registers are held, and
+/// the caller's quota (which only creating a register uses): the rule
+/// itself, for stores that keep registers elsewhere than in a
 /// [`Registers`] map (a database reads the one row it needs).
 ///
 /// ```
-/// use abacus::core::{plan_accumulate, REGISTERS_MAX};
-/// assert_eq!(plan_accumulate(Some(1.0), 1, "x", 2.0), Ok(3.0));
-/// assert_eq!(plan_accumulate(None, 0, "x", 2.0), Ok(2.0));
-/// assert!(plan_accumulate(None, REGISTERS_MAX, "x", 2.0).is_err());
-/// assert!(plan_accumulate(Some(f64::MAX), 1, "x", f64::MAX).is_err());
+/// use abacus::core::{plan_accumulate, Quota, REGISTERS_MAX};
+/// let q = Quota::UNLIMITED;
+/// assert_eq!(plan_accumulate(Some(1.0), 1, q, "x", 2.0), Ok(3.0));
+/// assert_eq!(plan_accumulate(None, 0, q, "x", 2.0), Ok(2.0));
+/// assert!(plan_accumulate(None, REGISTERS_MAX, q, "x", 2.0).is_err());
+/// assert!(plan_accumulate(Some(f64::MAX), 1, q, "x", f64::MAX).is_err());
+/// let full = Quota { held: 3, max: 3 };
+/// assert!(plan_accumulate(None, 5, full, "x", 1.0).is_err());
+/// assert_eq!(plan_accumulate(Some(1.0), 5, full, "x", 1.0), Ok(2.0));
 /// ```
 pub fn plan_accumulate(
     current: Option<f64>,
     registers_held: usize,
+    quota: Quota,
     name: &str,
     delta: f64,
 ) -> Result<f64, CalcError> {
@@ -126,6 +150,12 @@ pub fn plan_accumulate(
         Some(v) => v,
         None if registers_held >= REGISTERS_MAX => {
             return Err(CalcError::TooManyRegisters { max: REGISTERS_MAX });
+        }
+        None if quota.held >= quota.max => {
+            return Err(CalcError::RegisterQuota {
+                held: quota.held,
+                max: quota.max,
+            });
         }
         None => 0.0,
     };
@@ -156,13 +186,25 @@ impl Registers {
 
     /// Computes what `accumulate` would store, without storing it, so callers
     /// can validate first and commit together with other state.
-    pub fn plan_accumulate(&self, name: &str, delta: f64) -> Result<f64, CalcError> {
+    pub fn plan_accumulate(&self, name: &str, delta: f64, quota: Quota) -> Result<f64, CalcError> {
         plan_accumulate(
             self.values.get(name).copied(),
             self.values.len(),
+            quota,
             name,
             delta,
         )
+    }
+
+    /// True when register `name` exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+
+    /// Removes register `name`, returning its last value (`None` if it did
+    /// not exist).
+    pub fn remove(&mut self, name: &str) -> Option<f64> {
+        self.values.remove(name)
     }
 
     /// Adds `delta` to register `name` (created at 0) and returns the new value.
@@ -175,7 +217,7 @@ impl Registers {
     /// assert!(r.get("y").is_err());
     /// ```
     pub fn accumulate(&mut self, name: &str, delta: f64) -> Result<f64, CalcError> {
-        let next = self.plan_accumulate(name, delta)?;
+        let next = self.plan_accumulate(name, delta, Quota::UNLIMITED)?;
         self.set(name, next);
         Ok(next)
     }

@@ -91,6 +91,19 @@ pub enum CalcError {
     /// Reading a register that was never written.
     #[error("register {0:?} does not exist (accumulate into it to create it)")]
     UnknownRegister(String),
+    /// Creating a register beyond the client's quota
+    /// (`--registers-per-client-max`). Not recorded in the dedup store (a
+    /// refusal before applying, like shedding): the same request ID
+    /// executes once the client has made room.
+    #[error(
+        "this client already holds {held} registers, its limit (--registers-per-client-max {max}); delete registers it no longer needs (DeleteRegister; `abacus call delete NAME`; REST: DELETE /v1/registers/NAME) or accumulate into one it has, then retry"
+    )]
+    RegisterQuota {
+        /// Registers the client holds.
+        held: usize,
+        /// Its limit.
+        max: usize,
+    },
     /// Creating a register beyond [`crate::core::REGISTERS_MAX`].
     #[error("the server already holds {max} registers, its limit; use an existing one")]
     TooManyRegisters {
@@ -169,6 +182,10 @@ pub enum ServiceError {
         /// The ID.
         request_id: String,
     },
+    /// A backend that cannot delete registers (the simulation's model of a
+    /// store) was asked to.
+    #[error("this server's register store cannot delete registers")]
+    DeleteUnsupported,
     /// The store (redb, PostgreSQL) failed or cannot be reached. The
     /// engine's own message is logged, never sent: it may name files,
     /// tables or hosts.
@@ -213,6 +230,9 @@ impl ServiceError {
             // is what load shedding answers — a server-health signal that
             // retry policies and circuit breakers react to.
             Self::Calc(CalcError::TooManyRegisters { .. }) => Code::FailedPrecondition,
+            // RESOURCE_EXHAUSTED: gRPC's code for "a per-user quota", with
+            // pushback -1 below, so no retry policy repeats it unchanged.
+            Self::Calc(CalcError::RegisterQuota { .. }) => Code::ResourceExhausted,
             Self::Calc(_) => Code::InvalidArgument,
             Self::InjectedUnavailable | Self::ResponseDropped => Code::Unavailable,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
@@ -226,6 +246,7 @@ impl ServiceError {
             // ABORTED: a concurrency conflict with another attempt of the same
             // call, to be retried at the level of the whole call (same ID).
             Self::StillInFlight { .. } => Code::Aborted,
+            Self::DeleteUnsupported => Code::Unimplemented,
             // UNAVAILABLE: transient, and what retry policies and balancers
             // act on (another replica, or the same one later).
             Self::StoreUnavailable { .. } => Code::Unavailable,
@@ -245,6 +266,7 @@ impl ServiceError {
             Code::ResourceExhausted => 429,
             Code::Unavailable => 503,
             Code::DeadlineExceeded => 504,
+            Code::Unimplemented => 501,
             _ => 500,
         }
     }
@@ -268,9 +290,10 @@ impl ServiceError {
             Self::Overloaded { pushback_ms, .. } | Self::Saturated { pushback_ms, .. } => {
                 Some(*pushback_ms as i64)
             }
-            // Retrying the same reused ID can never succeed: tell gRPC
+            // Retrying the same reused ID can never succeed, nor can a
+            // call over its quota before it deletes something: tell gRPC
             // clients not to retry at all.
-            Self::RequestIdReused { .. } => Some(-1),
+            Self::RequestIdReused { .. } | Self::Calc(CalcError::RegisterQuota { .. }) => Some(-1),
             // No point in coming back before the breaker probes.
             Self::StoreRefused(Refusal::CircuitOpen { probe_in_ms }) if *probe_in_ms > 0 => {
                 Some(i64::try_from(*probe_in_ms).unwrap_or(i64::MAX))

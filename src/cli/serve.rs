@@ -196,6 +196,13 @@ pub struct DedupArgs {
     /// twice): only to demonstrate what it prevents.
     #[arg(long)]
     pub no_dedup: bool,
+    /// Most registers one client may create (one client: a token's
+    /// identity, or a peer IP address without tokens); beyond it, creating
+    /// a register is refused RESOURCE_EXHAUSTED until the client deletes
+    /// one (DeleteRegister, `abacus call delete NAME`). The server holds at
+    /// most 10,000 registers in all.
+    #[arg(long, default_value_t = DedupConfig::default().registers_per_client_max, value_name = "N")]
+    pub registers_per_client_max: usize,
 }
 
 impl DedupArgs {
@@ -207,6 +214,7 @@ impl DedupArgs {
             join_wait_ms_max: self.dedup_join_wait_ms_max,
             in_flight_max: self.dedup_in_flight_max,
             enabled: !self.no_dedup,
+            registers_per_client_max: self.registers_per_client_max,
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

@@ -63,7 +63,7 @@ impl Method {
     /// ```
     pub const fn health_scope(self) -> HealthScope {
         match self {
-            Self::Accumulate | Self::GetRegister => HealthScope::Registers,
+            Self::Accumulate | Self::GetRegister | Self::DeleteRegister => HealthScope::Registers,
             Self::Add | Self::Subtract | Self::Multiply | Self::Divide | Self::GetStats => {
                 HealthScope::Calculator
             }
@@ -114,7 +114,10 @@ mod tests {
     #[test]
     fn register_rpcs_need_the_registers_scope() {
         for m in Method::ALL {
-            let expect = if matches!(m, Method::Accumulate | Method::GetRegister) {
+            let expect = if matches!(
+                m,
+                Method::Accumulate | Method::GetRegister | Method::DeleteRegister
+            ) {
                 HealthScope::Registers
             } else {
                 HealthScope::Calculator

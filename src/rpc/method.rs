@@ -16,10 +16,12 @@ pub enum Method {
     Multiply,
     /// `Divide`
     Divide,
-    /// `Accumulate`: the one mutating RPC.
+    /// `Accumulate`: mutating, not idempotent.
     Accumulate,
     /// `GetRegister`
     GetRegister,
+    /// `DeleteRegister`: mutating, idempotent.
+    DeleteRegister,
     /// `GetStats`
     GetStats,
 }
@@ -37,13 +39,14 @@ struct Names {
 
 impl Method {
     /// Every RPC, in the proto's order.
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Self::Add,
         Self::Subtract,
         Self::Multiply,
         Self::Divide,
         Self::Accumulate,
         Self::GetRegister,
+        Self::DeleteRegister,
         Self::GetStats,
     ];
 
@@ -65,6 +68,11 @@ impl Method {
                 "/abacus.v1.Calculator/Accumulate",
             ),
             Self::GetRegister => n("GetRegister", "get", "/abacus.v1.Calculator/GetRegister"),
+            Self::DeleteRegister => n(
+                "DeleteRegister",
+                "delete",
+                "/abacus.v1.Calculator/DeleteRegister",
+            ),
             Self::GetStats => n("GetStats", "stats", "/abacus.v1.Calculator/GetStats"),
         }
     }
@@ -88,7 +96,7 @@ impl Method {
     /// True for RPCs marked `NO_SIDE_EFFECTS` in the proto: repeating them
     /// is always harmless.
     pub const fn is_pure(self) -> bool {
-        !matches!(self, Self::Accumulate)
+        !matches!(self, Self::Accumulate | Self::DeleteRegister)
     }
 
     /// The method a gRPC request path names, if it is one of ours.
@@ -109,7 +117,7 @@ impl Method {
             Self::Subtract => Some(BinaryOp::Subtract),
             Self::Multiply => Some(BinaryOp::Multiply),
             Self::Divide => Some(BinaryOp::Divide),
-            Self::Accumulate | Self::GetRegister | Self::GetStats => None,
+            Self::Accumulate | Self::GetRegister | Self::DeleteRegister | Self::GetStats => None,
         }
     }
 }

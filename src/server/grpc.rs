@@ -151,6 +151,19 @@ impl CalculatorRpc for GrpcCalculator {
         Ok(Response::new(pb::RegisterValue { value }))
     }
 
+    async fn delete_register(
+        &self,
+        req: Request<pb::DeleteRegisterRequest>,
+    ) -> Result<Response<pb::DeleteRegisterResponse>, Status> {
+        let deadline = deadline_from(req.metadata());
+        let register = req.into_inner().register;
+        let value = self.service.delete(&register, deadline).await?;
+        Ok(Response::new(pb::DeleteRegisterResponse {
+            deleted: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
     async fn get_stats(
         &self,
         _req: Request<pb::GetStatsRequest>,

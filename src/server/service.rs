@@ -276,6 +276,17 @@ impl Calculator {
         self.ledger.get(&register, deadline).await
     }
 
+    /// `DeleteRegister`: removes a register (the name normalised as
+    /// everywhere); its last value, or `None` when it did not exist.
+    pub async fn delete(
+        &self,
+        register: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<f64>, ServiceError> {
+        let register = core::register_name(register)?;
+        self.ledger.delete(&register, deadline).await
+    }
+
     /// The ledger's counters.
     pub async fn stats(&self) -> Result<StatsView, ServiceError> {
         self.ledger.stats().await

@@ -16,7 +16,9 @@
 //! holds its claim (then committed, abandoned, or outlasted by the
 //! duplicate's deadline), register overflow (recorded and replayed), reads
 //! of missing registers, and time passing beyond the TTL and records beyond
-//! `entries_max` (see [`limits`]).
+//! `entries_max` (see [`limits`]), deletes (of registers that exist and do
+//! not; a repeat of a call applied before its register was deleted must
+//! replay, not re-create it) and the per-client register quota.
 //!
 //! # Time
 //! The runner never sleeps. [`Op::Advance`] moves the ledger's retention
@@ -40,11 +42,13 @@ use crate::{
 };
 
 /// The dedup limits every backend runs with: small enough that sequences
-/// reach both eviction rules.
+/// reach both eviction rules, and a register quota of 2 of the 3 registers
+/// sequences use, so creating the third is refused until one is deleted.
 pub fn limits() -> DedupConfig {
     DedupConfig {
         entries_max: 6,
         ttl_ms: TTL_MS,
+        registers_per_client_max: 2,
         ..DedupConfig::default()
     }
 }
@@ -102,6 +106,8 @@ pub enum Op {
     },
     /// Read a register.
     Get(String),
+    /// Delete a register.
+    Delete(String),
     /// Move the retention clock.
     Advance(Duration),
     /// Read the counters.
@@ -128,6 +134,8 @@ pub enum Seen {
     },
     /// A read.
     Get(Result<f64, ServiceError>),
+    /// A delete: the register's last value, `None` if it did not exist.
+    Deleted(Result<Option<f64>, ServiceError>),
     /// The clock moved.
     Advanced,
     /// The counters every backend keeps the same way. (`dedup_entries` and
@@ -177,7 +185,14 @@ pub fn generate(seed: u64, len: usize) -> Vec<Op> {
             request_id: format!("id-{next_id}"),
         }
     };
+    // A repeat of the latest call into a register just deleted: it must
+    // replay, not re-create the register.
+    let mut after_delete: Option<Call> = None;
     while ops.len() < len {
+        if let Some(call) = after_delete.take() {
+            ops.push(Op::Accumulate(call));
+            continue;
+        }
         let roll = rng.random_range(0..100);
         let op = match roll {
             0..=29 => {
@@ -254,6 +269,17 @@ pub fn generate(seed: u64, len: usize) -> Vec<Op> {
                 1100
             })),
             92..=95 => Op::Stats,
+            96..=98 => {
+                let register = if rng.random_bool(0.2) {
+                    "missing-0".to_owned()
+                } else {
+                    (*registers.choose(&mut rng).unwrap_or(&"a")).to_owned()
+                };
+                if rng.random_bool(0.5) {
+                    after_delete = ids.iter().rev().find(|c| c.register == register).cloned();
+                }
+                Op::Delete(register)
+            }
             _ => continue,
         };
         ops.push(op);
@@ -307,6 +333,7 @@ async fn step(ledger: &dyn Ledger, clock: &dyn Clock, op: &Op) -> Seen {
             ending,
         } => overlap(ledger, first, second, *ending).await,
         Op::Get(register) => Seen::Get(ledger.get(register, None).await),
+        Op::Delete(register) => Seen::Deleted(ledger.delete(register, None).await),
         Op::Advance(by) => {
             clock.advance(*by).await;
             Seen::Advanced
@@ -441,6 +468,9 @@ mod tests {
             |o| matches!(o, Op::Advance(d) if d.as_millis() > u128::from(TTL_MS))
         ));
         assert!(has(|o| matches!(o, Op::Get(r) if r.starts_with("missing"))));
+        assert!(has(
+            |o| matches!(o, Op::Delete(r) if !r.starts_with("missing"))
+        ));
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub(crate) struct Write {
     pub(crate) seq: CommitSeq,
     /// The register and its new value, if the request applied.
     pub(crate) register: Option<(Arc<str>, f64)>,
+    /// A register removed (`DeleteRegister`), written before `register`.
+    pub(crate) delete: Option<Arc<str>>,
     /// The dedup record, if the request had an ID.
     pub(crate) record: Option<RecordRow>,
     /// Every dedup record below this dedup sequence number has been

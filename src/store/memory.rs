@@ -49,7 +49,7 @@ use tokio::{
 };
 
 use crate::{
-    core::{self, Registers},
+    core::{self, Quota, Registers},
     error::{CalcError, ServiceError},
     store::{
         self, AccumulateArgs, Accumulated, Backend, BoxFuture, Clock, Ledger, StatsView,
@@ -62,6 +62,7 @@ use crate::{
             Awaiting, CommitSeq, Journal, Kick, Lead, Pushed, Queue, RecordRow, Synced, Write,
         },
         outbox::Outbox,
+        owners::RegisterOwners,
     },
     trace::{Event, EventSink, Probe},
 };
@@ -130,6 +131,8 @@ struct Inner {
     in_flight: HashMap<IdDigest, Flight>,
     /// Write-back to durable storage; `None` for a plain memory ledger.
     journal: Option<Journal>,
+    /// Who created which register (the per-client quota).
+    owners: RegisterOwners,
 }
 
 /// Registers plus everything that must change together with them.
@@ -148,6 +151,8 @@ pub struct MemoryLedger {
     in_flight_max: usize,
     /// `DedupConfig::enabled`.
     dedup_enabled: bool,
+    /// `DedupConfig::registers_per_client_max`.
+    registers_per_client_max: usize,
     /// `DedupConfig::ttl`, to warn about callers that wait longer than a
     /// record lives.
     ttl: Duration,
@@ -242,10 +247,12 @@ impl MemoryLedger {
                 store,
                 in_flight: HashMap::new(),
                 journal,
+                owners: RegisterOwners::default(),
             }),
             outbox: Outbox::new(events),
             digest_key,
             dedup_enabled: dedup.enabled,
+            registers_per_client_max: dedup.registers_per_client_max,
             ttl: dedup.ttl(),
             ttl_warned: AtomicBool::new(false),
             clock: Clock::Tokio,
@@ -479,6 +486,99 @@ impl MemoryLedger {
         Ok(value?)
     }
 
+    /// Removes a register; see [`Ledger::delete`]. Decided under the lock
+    /// like a commit; with a journal, answered (and the name readable)
+    /// once the removal is durable.
+    pub async fn delete(
+        &self,
+        register: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Option<f64>, ServiceError> {
+        core::validate_register_name(register)?;
+        let (removed, durable) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let removed = match &inner.journal {
+                Some(j) if j.broken => return Err(UNAVAILABLE),
+                _ => inner.registers.remove(register),
+            };
+            if removed.is_some() {
+                inner.owners.removed(register);
+            }
+            let durable = match &mut inner.journal {
+                None => None,
+                // Nothing removed: like a read, wait for the name's last
+                // write (a removal or creation not yet durable).
+                Some(j) if removed.is_none() => {
+                    j.unsynced.get(register).map(|&seq| (seq, j.epoch, None))
+                }
+                Some(journal) => {
+                    let seq = journal.next;
+                    journal.next += 1;
+                    let name: Arc<str> = register.into();
+                    journal.unsynced.insert(Arc::clone(&name), seq);
+                    let pushed = journal.queue.push(Write {
+                        seq,
+                        register: None,
+                        delete: Some(Arc::clone(&name)),
+                        record: None,
+                        delete_below: inner.store.front_seq(),
+                    });
+                    let (done, durable) = oneshot::channel();
+                    journal.awaiting.push_back(Awaiting {
+                        seq,
+                        done,
+                        release: None,
+                        applied: false,
+                        event: None,
+                        register: Some(name),
+                    });
+                    // Deletes are rare: the pusher that finds the queue idle
+                    // writes inline if it can (as a commit on a
+                    // current-thread runtime does), else asks the writer.
+                    let kick = (pushed == Pushed::Kick).then(|| {
+                        Kick::new(Arc::clone(&journal.queue), Some(Arc::clone(&journal.lead)))
+                    });
+                    Some((seq, journal.epoch, Some((durable, kick))))
+                }
+            };
+            (removed, durable)
+        };
+        let Some((seq, epoch, mine)) = durable else {
+            return Ok(removed);
+        };
+        let durable = match mine {
+            Some((durable, kick)) => {
+                if let Some(kick) = kick {
+                    kick.fire(false);
+                }
+                // A dropped sender means the ledger is gone: unknown.
+                let durable = async { durable.await.unwrap_or(false) };
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, durable).await.unwrap_or(false),
+                    None => durable.await,
+                }
+            }
+            None => {
+                let durable = self.synced(seq, epoch);
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, durable)
+                        .await
+                        .map_err(|_| ServiceError::DeadlineExceeded)?,
+                    None => durable.await,
+                }
+            }
+        };
+        if durable {
+            Ok(removed)
+        } else {
+            // Deleting is idempotent: a retry finds out.
+            Err(ServiceError::StoreUnavailable {
+                fate: WriteFate::Unknown,
+            })
+        }
+    }
+
     /// Resolves once commit `seq` of failure epoch `epoch` is durable
     /// (`true`) or failed (`false`).
     fn synced(&self, seq: CommitSeq, epoch: u64) -> impl Future<Output = bool> + Send + 'static {
@@ -597,6 +697,7 @@ impl MemoryLedger {
         {
             let mut inner = self.lock();
             store.carry_counters(&inner.store);
+            inner.owners.retain(|name| registers.contains(name));
             inner.registers = registers;
             inner.store = store;
             if let Some(journal) = &mut inner.journal {
@@ -703,7 +804,15 @@ impl<'a> Claim<'a> {
         // Read under the lock: records enter the FIFO in commit order, so
         // their instants must be too, or TTL expiry (a front pop) lags.
         let now = ledger.clock.now();
-        let result = inner.registers.plan_accumulate(&args.register, args.delta);
+        let owner = args.caller.quota_key();
+        let quota = Quota {
+            held: inner.owners.held(&owner),
+            max: ledger.registers_per_client_max,
+        };
+        let creates = !inner.registers.contains(&args.register);
+        let result = inner
+            .registers
+            .plan_accumulate(&args.register, args.delta, quota);
         let outcome = if self.keyed {
             StoredOutcome::of(&result)
         } else {
@@ -716,6 +825,9 @@ impl<'a> Claim<'a> {
         let delete_below = inner.store.front_seq();
         if let Ok(value) = result {
             inner.registers.set(&args.register, value);
+            if creates {
+                inner.owners.created(&args.register, owner);
+            }
         }
         if let Some(outcome) = outcome {
             inner
@@ -770,6 +882,7 @@ impl<'a> Claim<'a> {
                 .as_ref()
                 .zip(result.as_ref().ok())
                 .map(|(name, &value)| (Arc::clone(name), value)),
+            delete: None,
             record: outcome.map(|outcome| RecordRow {
                 seq: record_seq,
                 key: self.key,
@@ -889,6 +1002,14 @@ impl Ledger for MemoryLedger {
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<f64, ServiceError>> {
         Box::pin(MemoryLedger::get(self, register, deadline))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        register: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<f64>, ServiceError>> {
+        Box::pin(MemoryLedger::delete(self, register, deadline))
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {

@@ -60,6 +60,7 @@ pub mod dedup;
 pub(crate) mod journal;
 pub mod memory;
 mod outbox;
+mod owners;
 pub mod redb;
 
 pub use clock::Clock;
@@ -108,6 +109,18 @@ pub enum QuotaKey {
     Peer(IpAddr),
     /// Neither is known (in-process callers, tests).
     Anonymous,
+}
+
+impl fmt::Display for QuotaKey {
+    /// `identity:NAME`, `peer:IP` or `anonymous`: the owner column of the
+    /// PostgreSQL ledger, and what the owner digest is computed from.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Identity(name) => write!(f, "identity:{name}"),
+            Self::Peer(ip) => write!(f, "peer:{ip}"),
+            Self::Anonymous => f.write_str("anonymous"),
+        }
+    }
 }
 
 impl Caller {
@@ -275,6 +288,21 @@ pub trait Ledger: Send + Sync + fmt::Debug {
         args: &'a AccumulateArgs,
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Begin<'a>, ServiceError>>;
+
+    /// Removes a register, returning its last value (`None` when it did
+    /// not exist: deleting is idempotent). Resolves once the removal is
+    /// durable. Dedup records are kept: a retry of an `Accumulate` applied
+    /// before replays its first outcome and does not re-create the
+    /// register. The register's creator gets its quota back. The default
+    /// is a backend that cannot delete (the simulation's model).
+    fn delete<'a>(
+        &'a self,
+        register: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<f64>, ServiceError>> {
+        let _ = (register, deadline);
+        Box::pin(std::future::ready(Err(ServiceError::DeleteUnsupported)))
+    }
 
     /// Reads a register (`NotFound` if it was never written).
     fn get<'a>(

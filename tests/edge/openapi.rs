@@ -99,8 +99,8 @@ fn the_document_is_structurally_valid() {
         }
     }
     assert_eq!(
-        operations, 9,
-        "4 binary, accumulate, get, stats, healthz, openapi"
+        operations, 10,
+        "4 binary, accumulate, get, delete, stats, healthz, openapi"
     );
     let accumulate = &doc["paths"]["/v1/registers/{name}:accumulate"]["post"];
     assert!(
@@ -154,8 +154,13 @@ async fn every_operation_answers_its_example() {
                 .map(move |(m, op)| (path.clone(), m.clone(), op.clone()))
         })
         .collect();
-    // Writes first, so the register read afterwards exists.
-    calls.sort_by_key(|(_, method, _)| method != "post");
+    // Writes first, so the register read afterwards exists; the delete
+    // last, so it finds it too.
+    calls.sort_by_key(|(_, method, _)| match method.as_str() {
+        "post" => 0,
+        "delete" => 2,
+        _ => 1,
+    });
     for (path, method, op) in calls {
         let mut uri = path.clone();
         let mut headers = Vec::new();

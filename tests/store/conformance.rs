@@ -135,7 +135,7 @@ fn every_backend_observes_what_memory_observes() {
         }
         Some(dbs)
     });
-    let mut reached = [false; 4];
+    let mut reached = [false; 7];
     for (i, seed) in seeds().into_iter().enumerate() {
         let ops = conformance::generate(seed, LEN);
         let expected = memory(&ops, conformance::limits());
@@ -150,6 +150,30 @@ fn every_backend_observes_what_memory_observes() {
                 Seen::Accumulated(Err(abacus::error::ServiceError::Calc(
                     abacus::error::CalcError::RegisterOverflow { .. },
                 ))) => reached[3] = true,
+                Seen::Deleted(Ok(Some(_))) => reached[4] = true,
+                Seen::Accumulated(Err(abacus::error::ServiceError::Calc(
+                    abacus::error::CalcError::RegisterQuota { .. },
+                ))) => reached[5] = true,
+                _ => {}
+            }
+        }
+        // A repeat replayed after its register was deleted (and not
+        // re-creating it).
+        let mut deleted = std::collections::BTreeSet::new();
+        for (op, seen) in ops.iter().zip(&expected) {
+            match (op, seen) {
+                (Op::Delete(r), Seen::Deleted(Ok(Some(_)))) => {
+                    deleted.insert(r.clone());
+                }
+                (Op::Accumulate(c), Seen::Accumulated(Ok(a)))
+                    if a.replayed && deleted.contains(&c.register) =>
+                {
+                    reached[6] = true;
+                }
+                (Op::Accumulate(_), Seen::Accumulated(Ok(a))) if a.replayed => {}
+                (Op::Accumulate(c), Seen::Accumulated(Ok(_))) => {
+                    deleted.remove(&c.register);
+                }
                 _ => {}
             }
         }
@@ -160,8 +184,9 @@ fn every_backend_observes_what_memory_observes() {
     }
     if seeds().len() > 1 {
         assert_eq!(
-            reached, [true; 4],
-            "replay, join, reuse and overflow must each be reached"
+            reached, [true; 7],
+            "replay, join, reuse, overflow, delete, the register quota and a replay after a \
+             delete must each be reached"
         );
     }
 }

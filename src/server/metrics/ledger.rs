@@ -74,6 +74,18 @@ impl Ledger for MeteredLedger {
         ))
     }
 
+    fn delete<'a>(
+        &'a self,
+        register: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<f64>, ServiceError>> {
+        Box::pin(timed(
+            &self.metrics,
+            "delete",
+            self.inner.delete(register, deadline),
+        ))
+    }
+
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
         Box::pin(timed(&self.metrics, "stats", self.inner.stats()))
     }

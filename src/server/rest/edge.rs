@@ -44,7 +44,7 @@ pub async fn authenticate(
     let Some(auth) = &calculator.edge().auth else {
         return next.run(req).await;
     };
-    let method = method_of(req.uri().path());
+    let method = method_of(req.method(), req.uri().path());
     let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
     match auth.check(header, method) {
         Ok(identity) => {
@@ -60,7 +60,7 @@ pub async fn record(State(calculator): State<Calculator>, req: Request, next: Ne
     let Some(server_metrics) = &calculator.edge().metrics else {
         return next.run(req).await;
     };
-    let method = metrics::label(method_of(req.uri().path()));
+    let method = metrics::label(method_of(req.method(), req.uri().path()));
     let mut call = server_metrics.start_call(Front::Rest, method);
     let rcvd = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&rcvd);

@@ -14,8 +14,8 @@ use super::{
     error::RestError,
     headers,
     json::{
-        AccumulateBody, AccumulatedBody, BinaryBody, JsonBody, RegisterBody, ResultBody, StatsBody,
-        json_response,
+        AccumulateBody, AccumulatedBody, BinaryBody, DeletedBody, JsonBody, RegisterBody,
+        ResultBody, StatsBody, json_response,
     },
 };
 use crate::{
@@ -117,6 +117,24 @@ pub async fn get_register(
     Ok(json_response(StatusCode::OK, &RegisterBody { value }))
 }
 
+/// `DELETE /v1/registers/{name}`: idempotent, for writers.
+pub async fn delete_register(
+    State(calculator): State<Calculator>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
+    let register = path_param(path)?;
+    let deadline = headers::deadline(&headers)?;
+    let value = calculator.delete(&register, deadline).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &DeletedBody {
+            deleted: value.is_some(),
+            value,
+        },
+    ))
+}
+
 /// `GET /v1/stats`.
 pub async fn stats(State(calculator): State<Calculator>) -> Result<Response, RestError> {
     let stats = calculator.stats().await?;
@@ -140,7 +158,7 @@ pub async fn no_route(req: Request) -> RestError {
 pub async fn method_not_allowed(req: Request) -> RestError {
     let path = req.uri().path();
     let allow = if path.starts_with("/v1/registers/") {
-        "GET, POST"
+        "GET, POST, DELETE"
     } else if path == "/v1/stats" || path == "/healthz" || path == super::openapi::OPENAPI_PATH {
         "GET"
     } else {
@@ -155,7 +173,7 @@ pub async fn method_not_allowed(req: Request) -> RestError {
 /// Admission through the process-wide in-flight limit shared with the gRPC
 /// front ([`Calculator::shed`]): past it, 429 at once with `Retry-After`.
 pub async fn admit(State(calculator): State<Calculator>, req: Request, next: Next) -> Response {
-    let method = method_of(req.uri().path());
+    let method = method_of(req.method(), req.uri().path());
     match calculator.shed().try_admit(method) {
         // Held until the handler has answered.
         Ok(_permit) => next.run(req).await,
@@ -163,13 +181,17 @@ pub async fn admit(State(calculator): State<Calculator>, req: Request, next: Nex
     }
 }
 
-/// The RPC a REST path stands for, for the shed event, the authenticator
-/// and metrics labels. The binary paths are the operations' short names,
-/// as the router builds them.
-pub fn method_of(path: &str) -> Option<Method> {
+/// The RPC a REST request stands for, for the shed event, the
+/// authenticator (a DELETE needs the write role) and metrics labels. The
+/// binary paths are the operations' short names, as the router builds
+/// them.
+pub fn method_of(method: &axum::http::Method, path: &str) -> Option<Method> {
     match path {
         "/v1/stats" => Some(Method::GetStats),
         p if p.ends_with(ACCUMULATE_SUFFIX) => Some(Method::Accumulate),
+        p if p.starts_with("/v1/registers/") && method == axum::http::Method::DELETE => {
+            Some(Method::DeleteRegister)
+        }
         p if p.starts_with("/v1/registers/") => Some(Method::GetRegister),
         p => {
             let name = p.strip_prefix("/v1/")?;

@@ -69,6 +69,16 @@ pub struct RegisterBody {
     pub value: f64,
 }
 
+/// `DELETE /v1/registers/{name}` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeletedBody {
+    /// False when the register did not exist (deleting is idempotent).
+    pub deleted: bool,
+    /// Its last value, when deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
 /// `GET /v1/stats` answer: the fields of the proto's `Stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatsBody {

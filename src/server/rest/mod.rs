@@ -10,6 +10,7 @@
 //! | `POST /v1/add` (`subtract`, `multiply`, `divide`) `{"a":2,"b":3}` | `{"result":5.0}` |
 //! | `POST /v1/registers/{name}:accumulate` `{"delta":5}`, header `Idempotency-Key` optional | `{"value":5.0,"replayed":false}` |
 //! | `GET /v1/registers/{name}` | `{"value":5.0}` |
+//! | `DELETE /v1/registers/{name}` (writers) | `{"deleted":true,"value":5.0}` |
 //! | `GET /v1/stats` | the proto's `Stats` fields |
 //! | `GET /healthz` | `{"status":"SERVING"}` (never shed) |
 //!
@@ -93,7 +94,9 @@ pub fn router(calculator: Calculator) -> Router {
     let calls = calls
         .route(
             "/v1/registers/{target}",
-            get(handlers::get_register).post(handlers::register_action),
+            get(handlers::get_register)
+                .post(handlers::register_action)
+                .delete(handlers::delete_register),
         )
         .route("/v1/stats", get(handlers::stats))
         // Only the routes above are admitted through the shared in-flight

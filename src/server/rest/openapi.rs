@@ -19,7 +19,10 @@ use utoipa::openapi::{
 use super::{
     error::{ErrorBody, ErrorDetail},
     handlers::ACCUMULATE_SUFFIX,
-    json::{AccumulateBody, AccumulatedBody, BinaryBody, RegisterBody, ResultBody, StatsBody},
+    json::{
+        AccumulateBody, AccumulatedBody, BinaryBody, DeletedBody, RegisterBody, ResultBody,
+        StatsBody,
+    },
 };
 use crate::{core::BinaryOp, error::REPLAYED_KEY, server::deadline::REST_TIMEOUT_HEADER};
 
@@ -245,6 +248,32 @@ pub fn document() -> OpenApi {
         ]
         .concat(),
     );
+    let delete_register = with_errors(
+        OperationBuilder::new()
+            .operation_id(Some("delete"))
+            .summary(Some("remove a register; idempotent"))
+            .description(Some(
+                "Deleting a register that does not exist answers deleted: false. Dedup records \
+                 are kept: a repeat of an accumulate applied before replays its first outcome \
+                 and does not re-create the register. Gives its creator the register back \
+                 under the per-client quota.",
+            ))
+            .security(bearer())
+            .parameter(name_parameter())
+            .parameter(timeout_parameter())
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("removed, or there was nothing to remove")
+                    .content("application/json", json_content("DeletedBody", None))
+                    .build(),
+            ),
+        &[
+            COMMON_ERRORS.as_slice(),
+            &[("403", "the identity's role is read: delete needs write")],
+        ]
+        .concat(),
+    );
     let stats = with_errors(
         OperationBuilder::new()
             .operation_id(Some("stats"))
@@ -300,6 +329,10 @@ pub fn document() -> OpenApi {
             "/v1/registers/{name}",
             PathItem::new(HttpMethod::Get, get_register.build()),
         )
+        .path(
+            "/v1/registers/{name}",
+            PathItem::new(HttpMethod::Delete, delete_register.build()),
+        )
         .path("/v1/stats", PathItem::new(HttpMethod::Get, stats.build()))
         .path("/healthz", PathItem::new(HttpMethod::Get, healthz.build()))
         .path(
@@ -312,6 +345,7 @@ pub fn document() -> OpenApi {
         .schema_from::<AccumulateBody>()
         .schema_from::<AccumulatedBody>()
         .schema_from::<RegisterBody>()
+        .schema_from::<DeletedBody>()
         .schema_from::<StatsBody>()
         .schema_from::<ErrorBody<'_>>()
         .schema_from::<ErrorDetail<'_>>()
@@ -323,7 +357,7 @@ pub fn document() -> OpenApi {
                     .description(Some(
                         "`Authorization: Bearer <token>`, on servers started with --auth-tokens \
                          (without it every operation is open). A read token may call everything \
-                         but accumulate.",
+                         but accumulate and delete.",
                     ))
                     .build(),
             ),

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::core::REGISTERS_MAX;
+
 /// Hard ceiling on [`DedupConfig::entries_max`]: ten million records is
 /// roughly 1.3 GiB with 36-byte IDs (see `benches/dedup.rs`), past what this
 /// service should ever hold in memory.
@@ -22,6 +24,9 @@ pub const JOIN_WAIT_MS_LIMIT: u64 = 600_000;
 
 /// Hard ceiling on [`DedupConfig::in_flight_max`].
 pub const IN_FLIGHT_LIMIT: usize = 1_000_000;
+
+/// Default of [`DedupConfig::registers_per_client_max`].
+pub const REGISTERS_PER_CLIENT_DEFAULT: usize = 1_000;
 
 /// How much the server remembers, for how long, and how long a duplicate
 /// waits for an execution already in flight.
@@ -47,6 +52,13 @@ pub struct DedupConfig {
     /// what dedup prevents (`abacus serve --no-dedup`, the negative controls
     /// of the simulation). Default true.
     pub enabled: bool,
+    /// Most registers one client (see [`crate::store::Caller::quota_key`])
+    /// may create; beyond that its `Accumulate` into a new register is
+    /// refused RESOURCE_EXHAUSTED until it deletes one. Kept here, with the
+    /// store's other per-client bound, because every backend is built from
+    /// this configuration. Default 1,000 (a tenth of the server's
+    /// [`REGISTERS_MAX`]), at most `REGISTERS_MAX`.
+    pub registers_per_client_max: usize,
 }
 
 impl Default for DedupConfig {
@@ -57,6 +69,7 @@ impl Default for DedupConfig {
             join_wait_ms_max: 30_000,
             in_flight_max: 10_000,
             enabled: true,
+            registers_per_client_max: REGISTERS_PER_CLIENT_DEFAULT,
         }
     }
 }
@@ -106,6 +119,11 @@ impl DedupConfig {
                 "dedup-in-flight-max",
                 self.in_flight_max as u64,
                 IN_FLIGHT_LIMIT as u64,
+            ),
+            (
+                "registers-per-client-max",
+                self.registers_per_client_max as u64,
+                REGISTERS_MAX as u64,
             ),
         ];
         for (name, value, max) in checks {

@@ -229,7 +229,11 @@ fn judge<T>(result: Result<T, ServiceError>, limit: Limit) -> (Result<T, Service
         Ok(_) => CallEnd::Answered,
         // The store answered about the request.
         Err(
-            E::Calc(_) | E::RequestIdRequired | E::InvalidRequestId(_) | E::RequestIdReused { .. },
+            E::Calc(_)
+            | E::RequestIdRequired
+            | E::InvalidRequestId(_)
+            | E::RequestIdReused { .. }
+            | E::DeleteUnsupported,
         ) => CallEnd::Answered,
         // The deadline the backend was given ran out. If it was the guard's
         // own limit, the store is too slow: say so, with the same
@@ -438,6 +442,30 @@ impl Ledger for GuardedLedger {
                 // A read applies nothing.
                 return Err(ServiceError::StoreUnavailable {
                     fate: WriteFate::NotApplied,
+                });
+            };
+            let (result, end) = judge(result, limit.limit);
+            admitted.finish(end);
+            result
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        register: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<f64>, ServiceError>> {
+        Box::pin(async move {
+            let mut admitted = self.shared.admit()?;
+            let limit = CallLimit::new(Instant::now(), deadline, admitted.timeout);
+            let Some(result) = admitted
+                .call(limit, self.inner.delete(register, Some(limit.at)))
+                .await
+            else {
+                admitted.finish(CallEnd::Failed);
+                // It may have reached the store; deleting again is harmless.
+                return Err(ServiceError::StoreUnavailable {
+                    fate: WriteFate::Unknown,
                 });
             };
             let (result, end) = judge(result, limit.limit);

@@ -372,3 +372,91 @@ async fn the_same_id_from_two_identities_names_two_requests() {
         ok(3.0, true)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_after_delete_answers_the_first_outcome_and_does_not_recreate_the_register() {
+    let (s, _) = state();
+    let first = args("r", 100.0, "id-1");
+    assert_eq!(s.accumulate(&first, None).await, ok(100.0, false));
+    assert_eq!(s.delete("r", None).await, Ok(Some(100.0)));
+    // The retry of the call applied before the delete: its first outcome,
+    // marked replayed; the register stays deleted.
+    assert_eq!(s.accumulate(&first, None).await, ok(100.0, true));
+    assert_eq!(
+        s.get("r", None).await,
+        Err(ServiceError::Calc(CalcError::UnknownRegister("r".into())))
+    );
+    assert_eq!(s.stats().registers, 0);
+    // Deleting again is harmless; a new call creates the register afresh.
+    assert_eq!(s.delete("r", None).await, Ok(None));
+    assert_eq!(
+        s.accumulate(&args("r", 1.0, "id-2"), None).await,
+        ok(1.0, false)
+    );
+    assert_eq!(
+        s.delete("a\u{202E}b", None).await,
+        Err(ServiceError::Calc(CalcError::RegisterNameForbiddenChar {
+            ch: '\u{202E}',
+            position: 2
+        }))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn registers_are_created_within_a_quota_per_client() {
+    use crate::store::Caller;
+    let (s, _) = state_with(DedupConfig {
+        registers_per_client_max: 2,
+        ..DedupConfig::default()
+    });
+    let peer = |ip: &str| Caller {
+        identity: None,
+        peer: Some(ip.parse().unwrap()),
+    };
+    let from = |caller: &Caller, register: &str, id: &str| AccumulateArgs {
+        caller: caller.clone(),
+        ..args(register, 1.0, id)
+    };
+    let (squatter, other) = (peer("10.0.0.1"), peer("10.0.0.2"));
+    assert_eq!(
+        s.accumulate(&from(&squatter, "a", "1"), None).await,
+        ok(1.0, false)
+    );
+    assert_eq!(
+        s.accumulate(&from(&squatter, "b", "2"), None).await,
+        ok(1.0, false)
+    );
+    let third = from(&squatter, "c", "3");
+    let refused = s.accumulate(&third, None).await.unwrap_err();
+    assert_eq!(
+        refused,
+        ServiceError::Calc(CalcError::RegisterQuota { held: 2, max: 2 })
+    );
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.known_not_applied());
+    assert_eq!(refused.pushback_ms(), Some(-1));
+    let text = refused.to_string();
+    assert!(
+        text.contains("--registers-per-client-max 2") && text.contains("delete"),
+        "names the limit and the remedy: {text}"
+    );
+    // Its existing registers still take updates; another client still
+    // creates registers.
+    assert_eq!(
+        s.accumulate(&from(&squatter, "a", "4"), None).await,
+        ok(2.0, false)
+    );
+    assert_eq!(
+        s.accumulate(&from(&other, "c", "5"), None).await,
+        ok(1.0, false)
+    );
+    // The refusal was not recorded: once the squatter deletes a register,
+    // the same request ID executes.
+    assert_eq!(s.delete("b", None).await, Ok(Some(1.0)));
+    assert_eq!(s.accumulate(&third, None).await, ok(2.0, false));
+    // "c" was the other client's: updating it costs the squatter nothing.
+    assert_eq!(
+        s.accumulate(&from(&squatter, "d", "6"), None).await,
+        ok(1.0, false)
+    );
+}

@@ -8,7 +8,7 @@ use futures_util::future::join;
 use tokio::time::Instant;
 
 use crate::{
-    core,
+    core::{self, Quota},
     error::{CalcError, ServiceError},
     store::dedup::StoredOutcome,
     store::{
@@ -105,6 +105,11 @@ impl PgClaim<'_> {
         // Everything before COMMIT: on any failure the connection is
         // dropped (closed), the transaction dies with it, nothing applied.
         let result = match budget.run(write(ledger, &conn, args, keyed, budget)).await {
+            Ok(Ok(Err(refused @ CalcError::RegisterQuota { .. }))) => {
+                // Dropping the connection rolls the claim back.
+                drop(conn);
+                return Err(refused.into());
+            }
             Ok(Ok(result)) => result,
             Ok(Err(f)) | Err(f) => return Err(f.not_applied("commit")),
         };
@@ -168,6 +173,8 @@ async fn write(
     })
     .await;
     set?;
+    let owner = args.caller.quota_key().to_string();
+    let mut quota = Quota::UNLIMITED;
     let (current, held) = match row? {
         Some(row) => (Some(row.try_get::<_, f64>(0)?), 0),
         None => {
@@ -182,11 +189,25 @@ async fn write(
             let st = conn.prepare_cached(sql::REGISTER_FOR_UPDATE).await?;
             match conn.query_opt(&st, &[name]).await? {
                 Some(row) => (Some(row.try_get::<_, f64>(0)?), 0),
-                None => (None, usize::try_from(held).unwrap_or(usize::MAX)),
+                None => {
+                    let st = conn.prepare_cached(sql::OWNER_COUNT).await?;
+                    let mine: i64 = conn.query_one(&st, &[&owner]).await?.try_get(0)?;
+                    quota = Quota {
+                        held: usize::try_from(mine).unwrap_or(usize::MAX),
+                        max: ledger.dedup.registers_per_client_max,
+                    };
+                    (None, usize::try_from(held).unwrap_or(usize::MAX))
+                }
             }
         }
     };
-    let result = core::plan_accumulate(current, held, name, args.delta);
+    let result = core::plan_accumulate(current, held, quota, name, args.delta);
+    if let Err(CalcError::RegisterQuota { .. }) = result {
+        // A refusal, not an outcome: nothing is written, and the caller
+        // rolls back (the claim row goes with it), so the ID executes once
+        // the client has made room.
+        return Ok(result);
+    }
     let register = async {
         let Ok(value) = result else {
             return Ok::<_, Failure>(());
@@ -198,7 +219,7 @@ async fn write(
             let insert = conn.prepare_cached(sql::REGISTER_INSERT).await?;
             let bump = conn.prepare_cached(sql::COUNT_BUMP).await?;
             let (inserted, bumped) = join(
-                conn.execute(&insert, &[name, &value]),
+                conn.execute(&insert, &[name, &value, &owner]),
                 conn.execute(&bump, &[]),
             )
             .await;

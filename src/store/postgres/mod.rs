@@ -71,6 +71,7 @@
 //! - [`sql`]: every statement, and the schema.
 //! - [`schema`]: versioned, idempotent migration at start-up.
 //! - [`claim`]: the claim and its commit.
+//! - [`delete`]: removing a register (`DeleteRegister`).
 //! - [`conn`]: a pooled connection that never returns mid-transaction.
 //! - [`flights`]: duplicates within this process.
 //! - [`failure`]: time budgets; store failures to service errors.
@@ -81,6 +82,7 @@ pub mod schema;
 
 mod claim;
 mod conn;
+mod delete;
 mod failure;
 mod flights;
 pub mod sql;
@@ -636,6 +638,17 @@ impl Ledger for PgLedger {
                     .map_err(|e| Failure::Db(e).not_applied("get")),
                 None => Err(CalcError::UnknownRegister(register.to_owned()).into()),
             }
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        register: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<f64>, ServiceError>> {
+        Box::pin(async move {
+            core::validate_register_name(register)?;
+            self.delete_register(register, deadline).await
         })
     }
 

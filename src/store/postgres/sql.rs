@@ -79,9 +79,22 @@ pub(crate) const COUNT_FOR_UPDATE: &str =
 /// `$1` name, `$2` new value.
 pub const REGISTER_UPDATE: &str = "UPDATE abacus_registers SET value = $2 WHERE name = $1";
 
-/// `$1` name, `$2` first value.
+/// `$1` name, `$2` first value, `$3` owner (the creator's quota key).
 pub(crate) const REGISTER_INSERT: &str =
-    "INSERT INTO abacus_registers (name, value) VALUES ($1, $2)";
+    "INSERT INTO abacus_registers (name, value, owner) VALUES ($1, $2, $3)";
+
+/// Registers `$1` (an owner) created that still exist; read under
+/// [`COUNT_FOR_UPDATE`]'s lock, which every creation and removal takes, so
+/// the per-client quota holds across replicas exactly.
+pub(crate) const OWNER_COUNT: &str = "SELECT count(*) FROM abacus_registers WHERE owner = $1";
+
+/// Removes register `$1`, answering its last value (no row: it did not
+/// exist). Under [`COUNT_FOR_UPDATE`]'s lock.
+pub(crate) const REGISTER_DELETE: &str =
+    "DELETE FROM abacus_registers WHERE name = $1 RETURNING value";
+
+/// One register fewer (under [`COUNT_FOR_UPDATE`]'s lock).
+pub(crate) const COUNT_DROP: &str = "UPDATE abacus_counters SET n = n - 1 WHERE name = 'registers'";
 
 /// One more register (under [`COUNT_FOR_UPDATE`]'s lock).
 pub(crate) const COUNT_BUMP: &str = "UPDATE abacus_counters SET n = n + 1 WHERE name = 'registers'";
@@ -136,6 +149,12 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
             PRIMARY KEY (scope, id))",
         "CREATE SEQUENCE IF NOT EXISTS abacus_request_seq",
         "CREATE INDEX IF NOT EXISTS abacus_requests_by_seq ON abacus_requests (seq)",
+    ],
+    // Version 2: who created each register (the per-client quota; NULL for
+    // registers created before, which count against no one).
+    &[
+        "ALTER TABLE abacus_registers ADD COLUMN IF NOT EXISTS owner TEXT",
+        "CREATE INDEX IF NOT EXISTS abacus_registers_by_owner ON abacus_registers (owner)",
     ],
 ];
 

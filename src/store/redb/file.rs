@@ -556,7 +556,7 @@ impl Durable {
         if !delete
             && batch
                 .iter()
-                .all(|w| w.register.is_none() && w.record.is_none())
+                .all(|w| w.register.is_none() && w.record.is_none() && w.delete.is_none())
         {
             return Ok(());
         }
@@ -565,6 +565,9 @@ impl Durable {
             let mut registers = txn.open_table(REGISTERS)?;
             let mut dedup = txn.open_table(DEDUP)?;
             for write in batch {
+                if let Some(name) = &write.delete {
+                    registers.remove(&**name)?;
+                }
                 if let Some((name, value)) = &write.register {
                     let check = register_check(name, *value);
                     registers.insert(&**name, (*value, check))?;
@@ -611,6 +614,7 @@ mod tests {
         Write {
             seq: 0,
             register: register.map(|(name, value)| (name.into(), value)),
+            delete: None,
             record: record.map(|(seq, id, fingerprint, outcome)| RecordRow {
                 seq,
                 key: k(id),

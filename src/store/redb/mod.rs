@@ -320,6 +320,14 @@ impl Ledger for RedbLedger {
         Ledger::get(&*self.memory, register, deadline)
     }
 
+    fn delete<'a>(
+        &'a self,
+        register: &'a str,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<f64>, ServiceError>> {
+        Ledger::delete(&*self.memory, register, deadline)
+    }
+
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
         Ledger::stats(&*self.memory)
     }

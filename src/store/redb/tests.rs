@@ -85,6 +85,31 @@ async fn state_survives_reopening() {
     assert_eq!(s.memory().stats().dedup_entries, 2);
 }
 
+#[tokio::test]
+async fn a_delete_is_durable_and_a_replay_after_it_does_not_recreate_the_register() {
+    let tmp = TempDir::new("delete");
+    let faults = DiskFaults::new();
+    let a = args("x", 2.0, "kept");
+    {
+        let s = open(&tmp.0, &faults);
+        assert_eq!(accumulate(&s, &a, None).await, ok(2.0, false));
+        accumulate(&s, &args("y", 1.0, ""), None).await.unwrap();
+        assert_eq!(Ledger::delete(&s, "x", None).await, Ok(Some(2.0)));
+        assert_eq!(Ledger::delete(&s, "x", None).await, Ok(None));
+    }
+    let s = open(&tmp.0, &faults);
+    assert_eq!(
+        Ledger::get(&s, "x", None).await,
+        Err(ServiceError::Calc(
+            crate::error::CalcError::UnknownRegister("x".into())
+        ))
+    );
+    assert_eq!(Ledger::get(&s, "y", None).await, Ok(1.0));
+    // The record outlived the register, and the restart.
+    assert_eq!(accumulate(&s, &a, None).await, ok(2.0, true));
+    assert_eq!(s.memory().stats().registers, 1);
+}
+
 /// On the multi-threaded runtime, where an idle writer lets callers write
 /// their commits inline and a busy one batches them: both paths at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,6 +238,11 @@ fn put_calc(w: &mut Writer, e: &CalcError) {
             w.u64(*position as u64);
         }
         CalcError::RegisterNameNotNormalized => w.u8(9),
+        CalcError::RegisterQuota { held, max } => {
+            w.u8(10);
+            w.u64(*held as u64);
+            w.u64(*max as u64);
+        }
         CalcError::UnknownRegister(name) => {
             w.u8(7);
             w.str(name);
@@ -278,6 +283,10 @@ fn get_calc(r: &mut Reader<'_>) -> Result<CalcError, Malformed> {
             position: r.usize()?,
         },
         9 => CalcError::RegisterNameNotNormalized,
+        10 => CalcError::RegisterQuota {
+            held: r.usize()?,
+            max: r.usize()?,
+        },
         7 => CalcError::UnknownRegister(r.str()?),
         8 => CalcError::TooManyRegisters { max: r.usize()? },
         _ => return Err(Malformed("unknown calculator error")),
@@ -343,6 +352,7 @@ fn put_error(w: &mut Writer, e: &ServiceError) {
             w.u64(*in_flight as u64);
             w.u64(*limit as u64);
         }
+        ServiceError::DeleteUnsupported => w.u8(13),
     }
 }
 
@@ -385,6 +395,7 @@ fn get_error(r: &mut Reader<'_>) -> Result<ServiceError, Malformed> {
             in_flight: r.usize()?,
             limit: r.usize()?,
         }),
+        13 => ServiceError::DeleteUnsupported,
         _ => return Err(Malformed("unknown service error")),
     })
 }
@@ -595,6 +606,7 @@ mod tests {
                 position: 2,
             },
             CalcError::RegisterNameNotNormalized,
+            CalcError::RegisterQuota { held: 3, max: 3 },
             CalcError::UnknownRegister("missing".into()),
             CalcError::TooManyRegisters { max: 10 },
         ];
@@ -633,6 +645,7 @@ mod tests {
                 in_flight: 8,
                 limit: 8,
             }),
+            ServiceError::DeleteUnsupported,
         ]);
         all
     }
