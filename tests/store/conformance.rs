@@ -137,7 +137,7 @@ fn every_backend_observes_what_memory_observes() {
     });
     let mut reached = [false; 7];
     for (i, seed) in seeds().into_iter().enumerate() {
-        let ops = conformance::generate(seed, LEN);
+        let ops = conformance::generate_with_deletes(seed, LEN);
         let expected = memory(&ops, conformance::limits());
         // The sequences must reach the interesting paths, not only agree.
         for seen in &expected {
@@ -194,7 +194,7 @@ fn every_backend_observes_what_memory_observes() {
 /// Negative control: a ledger that does not deduplicate must be caught.
 #[test]
 fn the_comparison_catches_a_ledger_without_dedup_or_with_other_retention() {
-    let ops = conformance::generate(3, LEN);
+    let ops = conformance::generate_with_deletes(3, LEN);
     let expected = memory(&ops, conformance::limits());
     let broken = memory(
         &ops,
