@@ -30,7 +30,7 @@ use abacus::{
     pb::{AccumulateRequest, calculator_client::CalculatorClient},
     server::{self, ServerConfig},
     store::dedup::{
-        DedupConfig, DedupStore, DigestKey, Lookup, REQUEST_ID_BYTES_MAX, StoredOutcome,
+        DedupConfig, DedupStore, DigestKey, Lookup, OwnerKey, REQUEST_ID_BYTES_MAX, StoredOutcome,
         fingerprint,
     },
 };
@@ -162,6 +162,7 @@ fn fill(store: &mut DedupStore, n: usize, id_bytes: usize, key: DigestKey, id: &
             key.digest("", id),
             fingerprint("r", 1.0),
             outcome,
+            OwnerKey(1),
             now,
             |_| {},
         );
@@ -278,7 +279,14 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
 
     let t = StdInstant::now();
     for id in &fresh {
-        store.insert(key.digest("", black_box(id)), fp, outcome, now, |_| {});
+        store.insert(
+            key.digest("", black_box(id)),
+            fp,
+            outcome,
+            OwnerKey(1),
+            now,
+            |_| {},
+        );
     }
     println!(
         "    insert at capacity (evicts the oldest):             {:>6.0} ns/op",

@@ -256,10 +256,18 @@ struct Script(PathBuf);
 impl Script {
     fn write() -> Self {
         // $1 scope, $2 id, $3 fingerprint, $4 now (NULL: the server's
-        // clock), $5 TTL, $6 entries_max: the defaults.
+        // clock), $5 TTL, $6 entries per client, $7 owner: the defaults.
         let claim = params(
             sql::CLAIM,
-            &[":scope", ":id", ":fp", "NULL", "600000", "1000000"],
+            &[
+                ":scope",
+                ":id",
+                ":fp",
+                "NULL",
+                "600000",
+                "1000000",
+                "'anonymous'",
+            ],
         );
         let lock = params(sql::REGISTER_FOR_UPDATE, &[":reg"]);
         let update = params(sql::REGISTER_UPDATE, &[":reg", ":next"]);

@@ -196,6 +196,14 @@ pub struct DedupArgs {
     /// twice): only to demonstrate what it prevents.
     #[arg(long)]
     pub no_dedup: bool,
+    /// Most dedup records one client retains (one client: a token's
+    /// identity, or a peer IP address without tokens); its own oldest is
+    /// evicted beyond. Default: as --dedup-entries-max, where a full store
+    /// takes room from the client holding the most, so one client's fresh
+    /// IDs never evict another's records while it holds more. With
+    /// --store postgres://… this is the bound per client.
+    #[arg(long, value_name = "N")]
+    pub dedup_entries_per_client_max: Option<usize>,
     /// Most registers one client may create (one client: a token's
     /// identity, or a peer IP address without tokens); beyond it, creating
     /// a register is refused RESOURCE_EXHAUSTED until the client deletes
@@ -214,6 +222,7 @@ impl DedupArgs {
             join_wait_ms_max: self.dedup_join_wait_ms_max,
             in_flight_max: self.dedup_in_flight_max,
             enabled: !self.no_dedup,
+            entries_per_client_max: self.dedup_entries_per_client_max,
             registers_per_client_max: self.registers_per_client_max,
         };
         config.validate().map_err(|e| e.to_string())?;
@@ -526,6 +535,8 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     }
     tracing::info!(
         dedup_entries_max = dedup.entries_max,
+        dedup_entries_per_client_max = dedup.entries_per_client_max(),
+        registers_per_client_max = dedup.registers_per_client_max,
         dedup_ttl_ms = dedup.ttl_ms,
         require_request_id = args.require_request_id,
         "dedup store"
@@ -544,6 +555,11 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         ..ServerConfig::default()
     };
     let calculator = Calculator::from_config(&config, state);
+    // Ends with the process.
+    tokio::spawn(server::retention::warn_on_early_evictions(
+        std::sync::Arc::clone(calculator.ledger()),
+        config.dedup.clone(),
+    ));
     // One Ctrl-C stops both fronts.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

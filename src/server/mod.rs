@@ -39,6 +39,7 @@ pub mod listener;
 pub mod metrics;
 pub mod queue_delay;
 pub mod rest;
+pub mod retention;
 pub mod service;
 pub mod shed;
 pub mod streams;

@@ -40,7 +40,7 @@ use std::{
 };
 
 use crate::{
-    store::dedup::{IdDigest, StoredOutcome},
+    store::dedup::{IdDigest, OwnerKey, StoredOutcome},
     trace::Event,
 };
 
@@ -60,6 +60,8 @@ pub(crate) struct RecordRow {
     pub(crate) fingerprint: u64,
     /// The first execution's outcome.
     pub(crate) outcome: StoredOutcome,
+    /// Whom it is charged to.
+    pub(crate) owner: OwnerKey,
 }
 
 /// Everything one decided commit writes. Owned: it crosses to the writer.
@@ -76,6 +78,10 @@ pub(crate) struct Write {
     /// Every dedup record below this dedup sequence number has been
     /// evicted: delete it.
     pub(crate) delete_below: u64,
+    /// Dedup records at or above `delete_below` evicted out of commit
+    /// order (to make room, from the client holding the most): delete
+    /// them.
+    pub(crate) deletes: Vec<u64>,
 }
 
 /// Where durable storage stands, published by the ledger after every batch

@@ -523,6 +523,7 @@ impl MemoryLedger {
                         delete: Some(Arc::clone(&name)),
                         record: None,
                         delete_below: inner.store.front_seq(),
+                        deletes: Vec::new(),
                     });
                     let (done, durable) = oneshot::channel();
                     journal.awaiting.push_back(Awaiting {
@@ -600,6 +601,7 @@ impl MemoryLedger {
             dedup_entries: dedup.entries,
             dedup_hits: dedup.hits,
             dedup_evictions: dedup.evictions,
+            dedup_evictions_early: dedup.evictions_early,
             dedup_mismatches: dedup.mismatches,
             dedup_in_flight: inner.in_flight.len() as u64,
             applied: inner.applied,
@@ -826,13 +828,29 @@ impl<'a> Claim<'a> {
         if let Ok(value) = result {
             inner.registers.set(&args.register, value);
             if creates {
-                inner.owners.created(&args.register, owner);
+                inner.owners.created(&args.register, owner.clone());
             }
         }
-        if let Some(outcome) = outcome {
-            inner
-                .store
-                .insert(self.key, self.fingerprint, outcome, now, evicted);
+        // Records evicted out of commit order (to make room, from the
+        // client holding the most): the journal deletes them one by one.
+        let mut deletes = Vec::new();
+        // Whom the record is charged to (only keyed requests have one).
+        let charged_to = outcome.map(|_| ledger.digest_key.owner(&owner));
+        if let (Some(outcome), Some(charged_to)) = (outcome, charged_to) {
+            let journaled = inner.journal.is_some();
+            inner.store.insert(
+                self.key,
+                self.fingerprint,
+                outcome,
+                charged_to,
+                now,
+                |e: Evicted| {
+                    if journaled && e.seq >= delete_below {
+                        deletes.push(e.seq);
+                    }
+                    evicted(e)
+                },
+            );
         }
         let event = match result {
             Ok(value) if listening => Some(Event::Applied {
@@ -883,13 +901,15 @@ impl<'a> Claim<'a> {
                 .zip(result.as_ref().ok())
                 .map(|(name, &value)| (Arc::clone(name), value)),
             delete: None,
-            record: outcome.map(|outcome| RecordRow {
+            record: outcome.zip(charged_to).map(|(outcome, owner)| RecordRow {
                 seq: record_seq,
                 key: self.key,
                 fingerprint: self.fingerprint,
                 outcome,
+                owner,
             }),
             delete_below,
+            deletes,
         });
         let (done, durable) = oneshot::channel();
         journal.awaiting.push_back(Awaiting {

@@ -172,6 +172,9 @@ pub struct StatsView {
     pub dedup_hits: u64,
     /// Records evicted (capacity or TTL).
     pub dedup_evictions: u64,
+    /// Of those, evicted inside their TTL to make room: a retry of one
+    /// would apply again. The server warns when this grows.
+    pub dedup_evictions_early: u64,
     /// Reused IDs with a different payload.
     pub dedup_mismatches: u64,
     /// Request IDs claimed and not yet committed.
@@ -186,12 +189,13 @@ impl fmt::Display for StatsView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "applied={} registers={} dedup_entries={} dedup_hits={} dedup_evictions={} dedup_mismatches={} dedup_in_flight={}",
+            "applied={} registers={} dedup_entries={} dedup_hits={} dedup_evictions={} dedup_evictions_early={} dedup_mismatches={} dedup_in_flight={}",
             self.applied,
             self.registers,
             self.dedup_entries,
             self.dedup_hits,
             self.dedup_evictions,
+            self.dedup_evictions_early,
             self.dedup_mismatches,
             self.dedup_in_flight
         )

@@ -20,5 +20,6 @@ mod cli;
 mod conformance;
 mod guard;
 mod identity;
+mod isolation;
 mod postgres;
 mod replicas;

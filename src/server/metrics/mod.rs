@@ -16,6 +16,7 @@
 //! | `abacus_store_operation_duration_seconds` | histogram | `operation`, `result` |
 //! | `abacus_store_serving` | gauge | — the store's own health (`Ledger::health`) |
 //! | `abacus_store_up`, `abacus_dedup_entries`, `abacus_dedup_in_flight`, `abacus_registers` | gauge | read from the store at scrape |
+//! | `abacus_dedup_evictions_early_total` | counter | read from the store at scrape: records evicted inside their TTL (warned about every 10 s) |
 //! | `abacus_auth_refused_total` | counter | `reason` |
 //! | `abacus_connections_open`, `abacus_connections_closed_total`, `abacus_tls_handshakes_total` | | `front`, … |
 //!
@@ -371,6 +372,13 @@ impl ServerMetrics {
                     g.set(i64::try_from(value).unwrap_or(i64::MAX));
                     snapshot.register(name, help, g);
                 }
+                let early = Counter::<u64>::default();
+                early.inc_by(s.dedup_evictions_early);
+                snapshot.register(
+                    "abacus_dedup_evictions_early",
+                    "Dedup records evicted inside their TTL to make room (a retry of one would apply again): --dedup-entries-max or --dedup-entries-per-client-max binds",
+                    early,
+                );
             }
         }
         if let Some(auth) = &sources.auth {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::core::REGISTERS_MAX;
 
 /// Hard ceiling on [`DedupConfig::entries_max`]: ten million records is
-/// roughly 1.3 GiB with 36-byte IDs (see `benches/dedup.rs`), past what this
+/// roughly 760 MiB (see `benches/dedup.rs`), past what this
 /// service should ever hold in memory.
 pub const DEDUP_ENTRIES_LIMIT: usize = 10_000_000;
 
@@ -32,9 +32,16 @@ pub const REGISTERS_PER_CLIENT_DEFAULT: usize = 1_000;
 /// waits for an execution already in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupConfig {
-    /// Most dedup records retained; the oldest is evicted to make room. The
-    /// default, 1,000,000, fits in about 120 MiB with 36-byte IDs.
+    /// Most dedup records retained in all. To make room, the client holding
+    /// the most gives up its oldest (see [`crate::store::dedup::store`]).
+    /// The default, 1,000,000, takes about 76 MiB (`benches/dedup.rs`).
     pub entries_max: usize,
+    /// Most dedup records one client (an identity, or a peer IP address
+    /// without tokens) retains; its own oldest is evicted beyond. `None`:
+    /// as `entries_max` (only the fair share of a full store binds). The
+    /// bound PostgreSQL applies, per client (see
+    /// [`crate::store::postgres`]).
+    pub entries_per_client_max: Option<usize>,
     /// How long a record is retained after its commit, in milliseconds. A
     /// retry arriving later executes again, so this must exceed every
     /// client's whole retry window (its overall deadline). Default 10 min.
@@ -65,6 +72,7 @@ impl Default for DedupConfig {
     fn default() -> Self {
         Self {
             entries_max: 1_000_000,
+            entries_per_client_max: None,
             ttl_ms: 10 * 60 * 1000,
             join_wait_ms_max: 30_000,
             in_flight_max: 10_000,
@@ -121,6 +129,11 @@ impl DedupConfig {
                 IN_FLIGHT_LIMIT as u64,
             ),
             (
+                "dedup-entries-per-client-max",
+                self.entries_per_client_max.unwrap_or(1) as u64,
+                DEDUP_ENTRIES_LIMIT as u64,
+            ),
+            (
                 "registers-per-client-max",
                 self.registers_per_client_max as u64,
                 REGISTERS_MAX as u64,
@@ -143,6 +156,14 @@ impl DedupConfig {
     /// unvalidated config cannot overflow `Instant` arithmetic.
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms.min(DEDUP_TTL_MS_LIMIT))
+    }
+
+    /// The per-client bound in effect: [`DedupConfig::entries_per_client_max`],
+    /// at most `entries_max`.
+    pub fn entries_per_client_max(&self) -> usize {
+        self.entries_per_client_max
+            .unwrap_or(self.entries_max)
+            .min(self.entries_max)
     }
 
     /// [`DedupConfig::join_wait_ms_max`] as a duration, clamped likewise.

@@ -42,7 +42,10 @@ use std::{fmt, hash::Hasher};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::{error::ServiceError, store::AccumulateArgs};
+use crate::{
+    error::ServiceError,
+    store::{AccumulateArgs, dedup::OwnerKey},
+};
 
 /// The 128-bit key of the request-ID digest.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,15 @@ impl DigestKey {
         h.write(&(request_id.len() as u64).to_le_bytes());
         h.write(request_id.as_bytes());
         IdDigest(h.finish128().as_u128())
+    }
+}
+
+impl DigestKey {
+    /// Whom a record is charged to: a digest of the caller's quota key,
+    /// never [`OwnerKey::RESTORED`].
+    pub fn owner(&self, key: &crate::store::QuotaKey) -> OwnerKey {
+        let digest = self.digest("\u{0}owner", &key.to_string());
+        OwnerKey((digest.0 as u64).max(1))
     }
 }
 

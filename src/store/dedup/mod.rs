@@ -88,5 +88,5 @@ pub use key::{
     DigestKey, IdDigest, REQUEST_ID_BYTES_MAX, fingerprint, reused, validate_request_id,
 };
 pub use store::{
-    DedupStats, DedupStore, EvictReason, Evicted, Lookup, RestoreError, StoredOutcome,
+    DedupStats, DedupStore, EvictReason, Evicted, Lookup, OwnerKey, RestoreError, StoredOutcome,
 };

@@ -4,19 +4,39 @@
 //! one behind its lock.
 //!
 //! # Shape
-//! Records live in a `VecDeque` in commit order, so the oldest is always at
-//! the front: eviction by capacity and expiry by TTL are both "pop the
-//! front", O(1), and the store never iterates a hash map. An index
-//! (`hashbrown::HashTable<u32>`) maps a digest to the low 32 bits of its
-//! record's *sequence number*; the record at sequence `s` sits at position
-//! `s - front_seq` (computed in 32 bits: the store never holds 2³² records).
+//! Records live in a `VecDeque` ring in commit order, so the oldest is
+//! always at the front: expiry by TTL is "pop the front", O(1), and the
+//! store never iterates a hash map. An index (`hashbrown::HashTable<u32>`)
+//! maps a digest to the low 32 bits of its record's *slot number*; slot `n`
+//! sits at position `n - base` (computed in 32 bits: the store never holds
+//! 2³² slots).
 //!
-//! A record is 48 bytes whatever the ID's length (a 16-byte digest, the
+//! # One client cannot flush another's records
+//! Every record is charged to its owner (an [`OwnerKey`]: the caller's
+//! identity, or its IP address without tokens). Making room never takes a
+//! record from a client holding fewer than the client inserting:
+//! - a client holding [`DedupConfig::entries_per_client_max`] records
+//!   gives up its own oldest for each new one;
+//! - when the store holds [`DedupConfig::entries_max`], the client holding
+//!   the most gives up its oldest, the inserting client on a tie.
+//!
+//! So a client holding no more than `entries_max / clients` records keeps
+//! each of them for the whole TTL, whatever others send. Such evictions
+//! happen inside the record's TTL and are counted apart
+//! ([`DedupStats::evictions_early`]): the server warns about them.
+//!
+//! A record evicted out of commit order leaves a dead slot in the ring
+//! until the front passes it; when dead slots outnumber live records (and
+//! [`COMPACT_MIN`]), the ring is compacted, O(n) once per as many
+//! evictions, so memory stays bounded by `entries_max`. Sequence numbers
+//! (the durable file's keys) then have gaps: each record keeps its own.
+//!
+//! A record is 64 bytes whatever the ID's length (a 16-byte digest, the
 //! 8-byte fingerprint, the commit instant as 8 bytes of nanoseconds since
-//! the store began, the 16-byte outcome), and an index entry 5 (4 + a
-//! control byte) at up to 50 % spare capacity: about 60 bytes per retained
-//! request, all included (measured by `benches/dedup.rs` for 36- and
-//! 128-byte IDs).
+//! the store began, the 16-byte outcome, the sequence number, the owner's
+//! index), an index entry 5 (4 + a control byte) and an owner's list entry
+//! 4, with spare capacity: 79 bytes per record in all, measured by
+//! `benches/dedup.rs` for 36- and 128-byte IDs alike.
 //!
 //! The index hashes a digest by taking 64 of its bits: a keyed digest is
 //! already uniformly distributed, and peers cannot aim at buckets without
@@ -24,7 +44,11 @@
 //! answers whatever the key, and nothing ever iterates the index, so
 //! behaviour and output stay deterministic.
 
-use std::{collections::VecDeque, fmt, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    fmt,
+    time::Duration,
+};
 
 use hashbrown::HashTable;
 use tokio::time::Instant;
@@ -154,6 +178,8 @@ pub struct DedupStats {
     pub hits: u64,
     /// Records evicted (capacity or TTL).
     pub evictions: u64,
+    /// Of those, evicted before their TTL to make room (capacity).
+    pub evictions_early: u64,
     /// Request IDs seen again with a different payload.
     pub mismatches: u64,
 }
@@ -163,11 +189,11 @@ pub struct DedupStats {
 /// deleted from the front, so neither can happen otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
-    /// The record does not continue the sequence.
-    #[error("dedup record {got} does not follow record {expected}: the durable log has a gap")]
-    Gap {
-        /// The sequence number expected.
-        expected: u64,
+    /// The record's sequence number does not follow the last one's.
+    #[error("dedup record {got} comes after record {after}: the durable log is out of order")]
+    OutOfOrder {
+        /// The sequence number of the record before.
+        after: u64,
         /// The one given.
         got: u64,
     },
@@ -181,6 +207,26 @@ pub enum RestoreError {
     },
 }
 
+/// Whom a record is charged to: a keyed digest of the caller's
+/// [`QuotaKey`](crate::store::QuotaKey), so a record costs the same
+/// whoever sent it and the durable file can keep it (see
+/// [`DigestKey::owner`](crate::store::dedup::DigestKey::owner)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerKey(pub u64);
+
+impl OwnerKey {
+    /// Records read back from a file that did not keep their owner: they
+    /// count as one client of their own, exempt from the per-client bound,
+    /// and the first to give way when the store is full while they are
+    /// the most.
+    pub const RESTORED: OwnerKey = OwnerKey(0);
+}
+
+/// Marks a slot whose record was evicted out of commit order (see the
+/// module documentation): it stays in the ring until the front passes it
+/// or the ring is compacted.
+const DEAD: u32 = u32::MAX;
+
 #[derive(Debug)]
 struct Record {
     key: IdDigest,
@@ -189,79 +235,128 @@ struct Record {
     /// Nanoseconds from the store's `epoch` to the commit (negative for an
     /// instant before it): 8 bytes where an `Instant` takes 16, ±292 years.
     committed_ns: i64,
+    /// Its sequence number (the durable file's key).
+    seq: u64,
+    /// Index of its owner in `owners`, or [`DEAD`].
+    owner: u32,
+}
+
+/// One client's records, oldest first, as slot numbers (low 32 bits, like
+/// the index).
+#[derive(Debug)]
+struct Owner {
+    key: OwnerKey,
+    slots: VecDeque<u32>,
 }
 
 /// Bounded request-ID → first-outcome store. See the module doc.
 pub struct DedupStore {
     entries_max: usize,
+    per_client_max: usize,
     ttl: Duration,
-    /// In commit order; `records[i]` has sequence number `front_seq + i`.
+    /// In commit order, dead slots included; `records[i]` is slot
+    /// `base + i`.
     records: VecDeque<Record>,
-    /// Low 32 bits of each record's sequence number, hashed by its digest.
+    /// Slot number of `records[0]`.
+    base: u64,
+    /// Records retained (not dead).
+    live: usize,
+    /// Low 32 bits of each live record's slot number, hashed by its digest.
     index: HashTable<u32>,
+    /// Clients holding records, by index; `None` for a free entry.
+    owners: Vec<Option<Owner>>,
+    /// Free entries of `owners`.
+    free: Vec<u32>,
+    /// Owner key → index in `owners`. Only looked up, never iterated.
+    by_owner: HashMap<OwnerKey, u32>,
+    /// (records held, owner index) for every owner: the heaviest is the
+    /// last.
+    weights: BTreeSet<(usize, u32)>,
     /// The instant commit times count from.
     epoch: Instant,
-    front_seq: u64,
+    next_seq: u64,
     hits: u64,
     evictions: u64,
+    evictions_early: u64,
     mismatches: u64,
 }
 
 impl fmt::Debug for DedupStore {
-    // Not derived: a million records are not a debug line.
+    // Not derived: that would print every record.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DedupStore")
             .field("entries_max", &self.entries_max)
+            .field("per_client_max", &self.per_client_max)
             .field("ttl", &self.ttl)
-            .field("front_seq", &self.front_seq)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
 impl DedupStore {
-    /// An empty store with `config`'s limits (`entries_max` of at least 1).
+    /// An empty store with `config`'s bounds (an `entries_max` of at least
+    /// 1).
     pub fn new(config: &DedupConfig) -> Self {
         Self {
             entries_max: config.entries_max.max(1),
+            per_client_max: config.entries_per_client_max().max(1),
             ttl: config.ttl(),
             records: VecDeque::new(),
+            base: 0,
+            live: 0,
             index: HashTable::new(),
+            owners: Vec::new(),
+            free: Vec::new(),
+            by_owner: HashMap::new(),
+            weights: BTreeSet::new(),
             epoch: Instant::now(),
-            front_seq: 0,
+            next_seq: 0,
             hits: 0,
             evictions: 0,
+            evictions_early: 0,
             mismatches: 0,
         }
     }
 
     /// Records retained.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.live
     }
 
     /// True when nothing is retained.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.live == 0
     }
 
     /// Sequence number of the oldest retained record: every record below it
-    /// has been evicted. Durable mode deletes those from disk.
+    /// has been evicted. Durable mode deletes those from disk (and, one by
+    /// one, the records above it evicted out of order: see
+    /// [`Evicted::seq`]).
     pub fn front_seq(&self) -> u64 {
-        self.front_seq
+        self.records.front().map_or(self.next_seq, |r| r.seq)
     }
 
     /// Sequence number the next insert will get.
     pub fn next_seq(&self) -> u64 {
-        self.front_seq + self.records.len() as u64
+        self.next_seq
+    }
+
+    /// Records retained for `owner`.
+    pub fn held_by(&self, owner: OwnerKey) -> usize {
+        self.by_owner
+            .get(&owner)
+            .and_then(|&o| self.owners.get(o as usize))
+            .and_then(Option::as_ref)
+            .map_or(0, |o| o.slots.len())
     }
 
     /// Counters.
     pub fn stats(&self) -> DedupStats {
         DedupStats {
-            entries: self.records.len() as u64,
+            entries: self.live as u64,
             hits: self.hits,
             evictions: self.evictions,
+            evictions_early: self.evictions_early,
             mismatches: self.mismatches,
         }
     }
@@ -278,6 +373,7 @@ impl DedupStore {
     pub fn carry_counters(&mut self, old: &DedupStore) {
         self.hits += old.hits;
         self.evictions += old.evictions;
+        self.evictions_early += old.evictions_early;
         self.mismatches += old.mismatches;
     }
 
@@ -294,23 +390,23 @@ impl DedupStore {
         }
     }
 
-    /// Where the record of sequence number `seq32` (low bits) sits.
-    fn offset(front_seq: u64, seq32: u32) -> usize {
-        seq32.wrapping_sub(front_seq as u32) as usize
+    /// Where slot `slot32` (low bits) sits in the ring.
+    fn offset(base: u64, slot32: u32) -> usize {
+        slot32.wrapping_sub(base as u32) as usize
     }
 
     fn position(&self, key: IdDigest) -> Option<usize> {
-        let (records, front) = (&self.records, self.front_seq);
+        let (records, base) = (&self.records, self.base);
         // Every indexed record is retained (evicted ones leave the index in
         // the same step), so the offset is in range; `get` keeps a broken
         // invariant from panicking.
         self.index
-            .find(Self::hash(key), |&seq| {
+            .find(Self::hash(key), |&slot| {
                 records
-                    .get(Self::offset(front, seq))
-                    .is_some_and(|r| r.key == key)
+                    .get(Self::offset(base, slot))
+                    .is_some_and(|r| r.key == key && r.owner != DEAD)
             })
-            .map(|&seq| Self::offset(front, seq))
+            .map(|&slot| Self::offset(base, slot))
     }
 
     /// Looks `key` up, after expiring what `now` makes too old. Counts
@@ -338,76 +434,120 @@ impl DedupStore {
         }
     }
 
-    /// Retains the outcome of `key`'s first execution, committed at
-    /// `now`, evicting the oldest records if the store is full. Returns the
-    /// record's sequence number.
+    /// Retains the outcome of `key`'s first execution, committed at `now`
+    /// by `owner`, making room first (see the module documentation: the
+    /// owner's own oldest record when it holds its share, else the oldest
+    /// record of the client holding the most). Returns the record's
+    /// sequence number.
     ///
     /// The caller guarantees the ID is not retained (it looked it up and
     /// holds the only claim on it). Should that be violated, the first
     /// record is kept, as a first outcome must never be overwritten, and its
     /// sequence number returned.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &mut self,
         key: IdDigest,
         fingerprint: u64,
         outcome: StoredOutcome,
+        owner: OwnerKey,
         now: Instant,
         mut on_evict: impl FnMut(Evicted),
     ) -> u64 {
         self.expire(now, &mut on_evict);
         if let Some(pos) = self.position(key) {
-            return self.front_seq + pos as u64;
+            return self.records[pos].seq;
         }
-        self.append(key, fingerprint, outcome, now, on_evict)
+        let seq = self.next_seq;
+        self.append(seq, key, fingerprint, outcome, owner, now, on_evict);
+        seq
     }
 
-    /// Makes room (capacity evictions) and appends a record committed at
-    /// `now`; returns its sequence number.
+    /// Makes room and appends record `seq`, committed at `now`.
+    #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
+        seq: u64,
         key: IdDigest,
         fingerprint: u64,
         outcome: StoredOutcome,
+        owner: OwnerKey,
         now: Instant,
         mut on_evict: impl FnMut(Evicted),
-    ) -> u64 {
-        while self.records.len() >= self.entries_max {
-            self.pop_front(EvictReason::Capacity, &mut on_evict);
+    ) {
+        let held = |s: &Self| s.by_owner.get(&owner).map_or(0, |&o| s.held(o));
+        if owner != OwnerKey::RESTORED && held(self) >= self.per_client_max {
+            let o = self.owner_index(owner);
+            self.evict_oldest_of(o, &mut on_evict);
         }
-        self.push_back(Record {
+        while self.live >= self.entries_max {
+            // The client holding the most gives a record up; the one
+            // inserting does on a tie, so it never takes a record from a
+            // client holding as many as itself.
+            let own = self.by_owner.get(&owner).copied();
+            let victim = match (self.weights.last(), own) {
+                (Some(&(most, h)), Some(o)) if most > self.held(o) => h,
+                (_, Some(o)) => o,
+                (Some(&(_, h)), None) => h,
+                (None, None) => break,
+            };
+            if !self.evict_oldest_of(victim, &mut on_evict) {
+                // Nothing to take from (cannot happen while live > 0).
+                break;
+            }
+        }
+        // Looked up only now: making room may have emptied, and so freed,
+        // the owner's entry.
+        let o = self.owner_index(owner);
+        self.next_seq = seq + 1;
+        let slot = self.base + self.records.len() as u64;
+        let hash = Self::hash(key);
+        self.records.push_back(Record {
             key,
             fingerprint,
             outcome,
             committed_ns: self.ns(now),
-        })
+            seq,
+            owner: o,
+        });
+        self.live += 1;
+        self.reweigh(o, |slots| slots.push_back(slot as u32));
+        let (records, base) = (&self.records, self.base);
+        // The rehash closure recomputes a stored entry's hash from its
+        // record: the index keeps no hashes, to stay at 4 bytes per entry.
+        self.index.insert_unique(hash, slot as u32, |&s| {
+            records
+                .get(Self::offset(base, s))
+                .map_or(0, |r| Self::hash(r.key))
+        });
     }
 
     /// Re-inserts a record read back from durable storage with its original
-    /// sequence number, which must continue the store's sequence (the first
-    /// one restored sets it). Its TTL restarts at `now`: the monotonic clock
-    /// of a previous process means nothing to this one, and retaining longer
-    /// is the safe side. The capacity bound still holds.
+    /// sequence number and owner; sequence numbers must increase (records
+    /// evicted out of order leave gaps). Its TTL restarts at `now`: the
+    /// monotonic clock of a previous process means nothing to this one,
+    /// and retaining longer is the safe side. The bounds still hold.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &mut self,
         seq: u64,
         key: IdDigest,
         fingerprint: u64,
         outcome: StoredOutcome,
+        owner: OwnerKey,
         now: Instant,
         on_evict: impl FnMut(Evicted),
     ) -> Result<(), RestoreError> {
-        if self.records.is_empty() {
-            self.front_seq = seq;
-        } else if seq != self.next_seq() {
-            return Err(RestoreError::Gap {
-                expected: self.next_seq(),
+        if seq < self.next_seq {
+            return Err(RestoreError::OutOfOrder {
+                after: self.next_seq - 1,
                 got: seq,
             });
         }
         if self.position(key).is_some() {
             return Err(RestoreError::DuplicateId { seq, key });
         }
-        self.append(key, fingerprint, outcome, now, on_evict);
+        self.append(seq, key, fingerprint, outcome, owner, now, on_evict);
         Ok(())
     }
 
@@ -421,45 +561,140 @@ impl DedupStore {
             if now_ns.saturating_sub(front.committed_ns) < ttl_ns {
                 break;
             }
-            self.pop_front(EvictReason::Ttl, &mut on_evict);
+            let o = front.owner;
+            self.reweigh(o, |slots| {
+                slots.pop_front();
+            });
+            self.kill(0, EvictReason::Ttl, &mut on_evict);
         }
     }
 
-    fn push_back(&mut self, record: Record) -> u64 {
-        let seq = self.next_seq();
-        let hash = Self::hash(record.key);
-        self.records.push_back(record);
-        let (records, front) = (&self.records, self.front_seq);
-        // The rehash closure recomputes a stored entry's hash from its
-        // record: the index keeps no hashes, to stay at 4 bytes per entry.
-        self.index.insert_unique(hash, seq as u32, |&s| {
-            records
-                .get(Self::offset(front, s))
-                .map_or(0, |r| Self::hash(r.key))
-        });
-        seq
+    fn held(&self, o: u32) -> usize {
+        self.owners
+            .get(o as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |o| o.slots.len())
     }
 
-    fn pop_front(&mut self, reason: EvictReason, on_evict: &mut impl FnMut(Evicted)) {
-        let Some(record) = self.records.pop_front() else {
+    /// The index of `owner`'s entry, created if it holds nothing yet.
+    fn owner_index(&mut self, owner: OwnerKey) -> u32 {
+        if let Some(&o) = self.by_owner.get(&owner) {
+            return o;
+        }
+        let entry = Owner {
+            key: owner,
+            slots: VecDeque::new(),
+        };
+        let o = match self.free.pop() {
+            Some(o) => {
+                self.owners[o as usize] = Some(entry);
+                o
+            }
+            None => {
+                self.owners.push(Some(entry));
+                (self.owners.len() - 1) as u32
+            }
+        };
+        self.by_owner.insert(owner, o);
+        o
+    }
+
+    /// Changes owner `o`'s slots with `change`, keeping `weights` in step;
+    /// an owner left with nothing is forgotten.
+    fn reweigh(&mut self, o: u32, change: impl FnOnce(&mut VecDeque<u32>)) {
+        let Some(Some(owner)) = self.owners.get_mut(o as usize) else {
             return;
         };
-        let seq = self.front_seq;
-        self.front_seq += 1;
+        let before = owner.slots.len();
+        change(&mut owner.slots);
+        let after = owner.slots.len();
+        let key = owner.key;
+        if before != after {
+            self.weights.remove(&(before, o));
+            if after > 0 {
+                self.weights.insert((after, o));
+            }
+        }
+        if after == 0 {
+            self.owners[o as usize] = None;
+            self.free.push(o);
+            self.by_owner.remove(&key);
+        }
+    }
+
+    /// Evicts owner `o`'s oldest record (a capacity eviction, inside its
+    /// TTL); false if it holds none.
+    fn evict_oldest_of(&mut self, o: u32, on_evict: &mut impl FnMut(Evicted)) -> bool {
+        let mut oldest = None;
+        self.reweigh(o, |slots| oldest = slots.pop_front());
+        let Some(slot) = oldest else {
+            return false;
+        };
+        let pos = Self::offset(self.base, slot);
+        if pos >= self.records.len() {
+            return false;
+        }
+        self.evictions_early += 1;
+        self.kill(pos, EvictReason::Capacity, on_evict);
+        true
+    }
+
+    /// Evicts the live record at `pos` (its owner's slots are updated by
+    /// the caller), then drops dead slots from the front, and compacts the
+    /// ring when dead slots outnumber live ones.
+    fn kill(&mut self, pos: usize, reason: EvictReason, on_evict: &mut impl FnMut(Evicted)) {
+        let slot = self.base + pos as u64;
+        let Some(record) = self.records.get_mut(pos) else {
+            return;
+        };
+        record.owner = DEAD;
+        let (key, seq) = (record.key, record.seq);
         if let Ok(entry) = self
             .index
-            .find_entry(Self::hash(record.key), |&s| s == seq as u32)
+            .find_entry(Self::hash(key), |&s| s == slot as u32)
         {
             entry.remove();
         }
+        self.live -= 1;
         self.evictions += 1;
-        on_evict(Evicted {
-            key: record.key,
-            seq,
-            reason,
-        });
+        on_evict(Evicted { key, seq, reason });
+        while self.records.front().is_some_and(|r| r.owner == DEAD) {
+            self.records.pop_front();
+            self.base += 1;
+        }
+        let dead = self.records.len() - self.live;
+        if dead > self.live.max(COMPACT_MIN) {
+            self.compact();
+        }
+    }
+
+    /// Drops every dead slot and renumbers: O(records), once per as many
+    /// out-of-order evictions as records retained, so O(1) amortised.
+    fn compact(&mut self) {
+        self.records.retain(|r| r.owner != DEAD);
+        self.base = 0;
+        self.index.clear();
+        for owner in self.owners.iter_mut().flatten() {
+            owner.slots.clear();
+        }
+        for (slot, record) in self.records.iter().enumerate() {
+            if let Some(Some(owner)) = self.owners.get_mut(record.owner as usize) {
+                owner.slots.push_back(slot as u32);
+            }
+        }
+        let records = &self.records;
+        for (slot, record) in records.iter().enumerate() {
+            self.index
+                .insert_unique(Self::hash(record.key), slot as u32, |&s| {
+                    records.get(s as usize).map_or(0, |r| Self::hash(r.key))
+                });
+        }
     }
 }
+
+/// Dead slots tolerated before compacting, whatever the store holds, so a
+/// small store does not compact on every eviction.
+const COMPACT_MIN: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -477,6 +712,9 @@ mod tests {
     fn applied(value: f64) -> StoredOutcome {
         StoredOutcome::Applied { value }
     }
+
+    /// The one client of the tests that do not care who sends.
+    const A: OwnerKey = OwnerKey(1);
 
     /// The digest of a test ID (one fixed key, the default scope).
     fn k(id: &str) -> IdDigest {
@@ -501,7 +739,7 @@ mod tests {
         let mut s = store(10, 60_000);
         let mut ev = Vec::new();
         assert_eq!(s.lookup(k("a"), 1, t0, log(&mut ev)), Lookup::Miss);
-        assert_eq!(s.insert(k("a"), 1, applied(2.0), t0, log(&mut ev)), 0);
+        assert_eq!(s.insert(k("a"), 1, applied(2.0), A, t0, log(&mut ev)), 0);
         assert_eq!(
             s.lookup(k("a"), 1, t0, log(&mut ev)),
             Lookup::Hit(applied(2.0))
@@ -519,6 +757,7 @@ mod tests {
                 entries: 1,
                 hits: 1,
                 evictions: 0,
+                evictions_early: 0,
                 mismatches: 1
             }
         );
@@ -529,8 +768,8 @@ mod tests {
     fn first_outcome_is_never_overwritten() {
         let t0 = Instant::now();
         let mut s = store(10, 60_000);
-        s.insert(k("a"), 1, applied(2.0), t0, |_| {});
-        assert_eq!(s.insert(k("a"), 1, applied(99.0), t0, |_| {}), 0);
+        s.insert(k("a"), 1, applied(2.0), A, t0, |_| {});
+        assert_eq!(s.insert(k("a"), 1, applied(99.0), A, t0, |_| {}), 0);
         assert_eq!(s.len(), 1);
         assert_eq!(s.lookup(k("a"), 1, t0, |_| {}), Lookup::Hit(applied(2.0)));
     }
@@ -541,7 +780,7 @@ mod tests {
         let mut s = store(3, 60_000);
         let mut ev = Vec::new();
         for (i, id) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
-            let seq = s.insert(k(id), 0, applied(i as f64), t0, log(&mut ev));
+            let seq = s.insert(k(id), 0, applied(i as f64), A, t0, log(&mut ev));
             assert_eq!(seq, i as u64);
         }
         assert_eq!(ev, ["a:capacity", "b:capacity"]);
@@ -559,8 +798,8 @@ mod tests {
         let ms = Duration::from_millis;
         let mut s = store(10, 100);
         let mut ev = Vec::new();
-        s.insert(k("a"), 0, applied(1.0), t0, log(&mut ev));
-        s.insert(k("b"), 0, applied(2.0), t0 + ms(50), log(&mut ev));
+        s.insert(k("a"), 0, applied(1.0), A, t0, log(&mut ev));
+        s.insert(k("b"), 0, applied(2.0), A, t0 + ms(50), log(&mut ev));
         // Just under the TTL: still there.
         assert_eq!(
             s.lookup(k("a"), 0, t0 + ms(99), log(&mut ev)),
@@ -574,11 +813,11 @@ mod tests {
         assert_eq!(ev, ["a:ttl"]);
         assert_eq!(s.lookup(k("a"), 0, t0 + ms(100), |_| {}), Lookup::Miss);
         // An insert expires too, before making room.
-        s.insert(k("c"), 0, applied(3.0), t0 + ms(150), log(&mut ev));
+        s.insert(k("c"), 0, applied(3.0), A, t0 + ms(150), log(&mut ev));
         assert_eq!(ev, ["a:ttl", "b:ttl"]);
         assert_eq!(s.len(), 1);
         // An expired ID may be used again: it is a new request.
-        s.insert(k("a"), 0, applied(4.0), t0 + ms(160), |_| {});
+        s.insert(k("a"), 0, applied(4.0), A, t0 + ms(160), |_| {});
         assert_eq!(
             s.lookup(k("a"), 0, t0 + ms(160), |_| {}),
             Lookup::Hit(applied(4.0))
@@ -589,8 +828,15 @@ mod tests {
     fn time_going_backwards_only_delays_expiry() {
         let t0 = Instant::now() + Duration::from_secs(10);
         let mut s = store(10, 100);
-        s.insert(k("a"), 0, applied(1.0), t0, |_| {});
-        s.insert(k("b"), 0, applied(1.0), t0 - Duration::from_secs(5), |_| {});
+        s.insert(k("a"), 0, applied(1.0), A, t0, |_| {});
+        s.insert(
+            k("b"),
+            0,
+            applied(1.0),
+            A,
+            t0 - Duration::from_secs(5),
+            |_| {},
+        );
         s.expire(t0 + Duration::from_millis(100), |_| {});
         assert_eq!(s.len(), 0, "both expire once the front does");
     }
@@ -600,25 +846,28 @@ mod tests {
         let t0 = Instant::now();
         let mut s = store(2, 100);
         let mut ev = Vec::new();
-        s.restore(40, k("x"), 1, applied(1.0), t0, log(&mut ev))
+        s.restore(40, k("x"), 1, applied(1.0), A, t0, log(&mut ev))
             .unwrap();
-        s.restore(41, k("y"), 1, applied(2.0), t0, log(&mut ev))
+        s.restore(41, k("y"), 1, applied(2.0), A, t0, log(&mut ev))
             .unwrap();
         // Over capacity after a config change: the oldest goes.
-        s.restore(42, k("z"), 1, applied(3.0), t0, log(&mut ev))
+        s.restore(42, k("z"), 1, applied(3.0), A, t0, log(&mut ev))
             .unwrap();
         assert_eq!(ev, ["x:capacity"]);
         assert_eq!((s.front_seq(), s.next_seq()), (41, 43));
         assert_eq!(
-            s.restore(50, k("w"), 1, applied(0.0), t0, |_| {}),
-            Err(RestoreError::Gap {
-                expected: 43,
-                got: 50
-            })
+            s.restore(42, k("w"), 1, applied(0.0), A, t0, |_| {}),
+            Err(RestoreError::OutOfOrder { after: 42, got: 42 })
         );
-        assert!(s.restore(43, k("y"), 1, applied(0.0), t0, |_| {}).is_err());
-        assert_eq!(s.insert(k("n"), 1, applied(5.0), t0, |_| {}), 43);
-        assert_eq!(s.lookup(k("z"), 1, t0, |_| {}), Lookup::Hit(applied(3.0)));
+        assert!(
+            s.restore(43, k("y"), 1, applied(0.0), A, t0, |_| {})
+                .is_err()
+        );
+        // A gap is a record evicted out of commit order: allowed.
+        s.restore(50, k("w"), 1, applied(0.0), A, t0, |_| {})
+            .unwrap();
+        assert_eq!(s.insert(k("n"), 1, applied(5.0), A, t0, |_| {}), 51);
+        assert_eq!(s.lookup(k("w"), 1, t0, |_| {}), Lookup::Hit(applied(0.0)));
     }
 
     #[test]
@@ -630,7 +879,7 @@ mod tests {
         let mut s = store(64, 60_000);
         for i in 0..10_000u64 {
             let id = format!("id-{i}");
-            s.insert(k(&id), i, applied(i as f64), t0, |_| {});
+            s.insert(k(&id), i, applied(i as f64), A, t0, |_| {});
             assert!(s.len() <= 64);
             if i >= 63 {
                 let old = format!("id-{}", i - 63);
@@ -654,5 +903,142 @@ mod tests {
             assert_eq!(StoredOutcome::of(&o.result("r", 1e308)), Some(o));
         }
         assert_eq!(StoredOutcome::of(&Err(CalcError::EmptyRegisterName)), None);
+    }
+
+    fn per_client(entries_max: usize, per_client_max: usize) -> DedupStore {
+        DedupStore::new(&DedupConfig {
+            entries_max,
+            entries_per_client_max: Some(per_client_max),
+            ttl_ms: 60_000,
+            ..DedupConfig::default()
+        })
+    }
+
+    #[test]
+    fn one_clients_fresh_ids_evict_its_own_records_not_anothers() {
+        // The flush: a victim's record, then an attacker's fresh IDs, more
+        // than the whole store holds.
+        let t0 = Instant::now();
+        let (victim, attacker) = (OwnerKey(7), OwnerKey(9));
+        let mut s = per_client(10, 10);
+        s.insert(k("v"), 1, applied(100.0), victim, t0, |_| {});
+        let mut evicted = Vec::new();
+        for i in 0..11u64 {
+            let id = format!("attack-{i}");
+            s.insert(k(&id), 0, applied(0.0), attacker, t0, |e| evicted.push(e));
+        }
+        assert_eq!(s.lookup(k("v"), 1, t0, |_| {}), Lookup::Hit(applied(100.0)));
+        assert_eq!(
+            (s.held_by(victim), s.held_by(attacker), s.len()),
+            (1, 9, 10)
+        );
+        assert_eq!(evicted.len(), 2);
+        assert!(evicted.iter().all(|e| e.reason == EvictReason::Capacity));
+        assert_eq!(s.lookup(k("attack-0"), 0, t0, |_| {}), Lookup::Miss);
+        assert_eq!(
+            s.lookup(k("attack-10"), 0, t0, |_| {}),
+            Lookup::Hit(applied(0.0))
+        );
+        assert_eq!(s.stats().evictions_early, 2);
+        // The victim's record went out of commit order: the front is still
+        // its record, and the evicted ones are named by sequence number.
+        assert_eq!(s.front_seq(), 0);
+        assert_eq!(evicted.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn negative_control_a_single_owner_is_flushed_as_before() {
+        // The same traffic charged to one owner flushes the victim's
+        // record: the test above can fail.
+        let t0 = Instant::now();
+        let mut s = per_client(10, 10);
+        s.insert(k("v"), 1, applied(100.0), A, t0, |_| {});
+        for i in 0..11u64 {
+            s.insert(k(&format!("attack-{i}")), 0, applied(0.0), A, t0, |_| {});
+        }
+        assert_eq!(s.lookup(k("v"), 1, t0, |_| {}), Lookup::Miss);
+    }
+
+    #[test]
+    fn the_heaviest_client_gives_way_and_the_inserting_one_on_a_tie() {
+        let t0 = Instant::now();
+        let (a, b, c) = (OwnerKey(1), OwnerKey(2), OwnerKey(3));
+        let mut s = per_client(6, 6);
+        for (i, owner) in [a, a, a, b, b, c].into_iter().enumerate() {
+            s.insert(k(&format!("r{i}")), 0, applied(0.0), owner, t0, |_| {});
+        }
+        // Full. c (1 record) inserts: a, the heaviest, loses its oldest.
+        s.insert(k("c1"), 0, applied(0.0), c, t0, |_| {});
+        assert_eq!(s.lookup(k("r0"), 0, t0, |_| {}), Lookup::Miss);
+        assert_eq!((s.held_by(a), s.held_by(b), s.held_by(c)), (2, 2, 2));
+        // A three-way tie: b, inserting, gives its own oldest.
+        s.insert(k("b1"), 0, applied(0.0), b, t0, |_| {});
+        assert_eq!(s.lookup(k("r3"), 0, t0, |_| {}), Lookup::Miss);
+        assert_eq!((s.held_by(a), s.held_by(b), s.held_by(c)), (2, 2, 2));
+    }
+
+    #[test]
+    fn a_client_at_its_own_bound_evicts_its_oldest() {
+        let t0 = Instant::now();
+        let (a, b) = (OwnerKey(1), OwnerKey(2));
+        let mut s = per_client(100, 3);
+        s.insert(k("b"), 0, applied(0.0), b, t0, |_| {});
+        for id in ["p", "q", "r", "s"] {
+            s.insert(k(id), 0, applied(0.0), a, t0, |_| {});
+        }
+        assert_eq!(s.lookup(k("p"), 0, t0, |_| {}), Lookup::Miss);
+        assert_eq!((s.held_by(a), s.held_by(b), s.len()), (3, 1, 4));
+    }
+
+    #[test]
+    fn out_of_order_evictions_compact_and_keep_every_retained_id_found() {
+        // One long-lived record pins the front while another client churns
+        // through many times the store's size: the ring compacts, and the
+        // index, the ring and the owners' lists keep agreeing.
+        let t0 = Instant::now();
+        let (pinned, churn) = (OwnerKey(1), OwnerKey(2));
+        let mut s = per_client(64, 64);
+        s.insert(k("pin"), 5, applied(5.0), pinned, t0, |_| {});
+        for i in 0..20_000u64 {
+            let id = format!("id-{i}");
+            s.insert(k(&id), i, applied(i as f64), churn, t0, |_| {});
+            assert!(s.len() <= 64);
+            assert!(
+                s.records.len() <= 2 * 64 + COMPACT_MIN + 1,
+                "dead slots are bounded"
+            );
+            if i >= 62 {
+                let old = format!("id-{}", i - 62);
+                assert_eq!(
+                    s.lookup(k(&old), i - 62, t0, |_| {}),
+                    Lookup::Hit(applied((i - 62) as f64)),
+                    "{old}"
+                );
+            }
+        }
+        assert_eq!(s.lookup(k("pin"), 5, t0, |_| {}), Lookup::Hit(applied(5.0)));
+        assert_eq!(s.index.len(), 64);
+        assert_eq!(s.held_by(churn), 63);
+        // The TTL still expires the pinned record first.
+        s.expire(t0 + Duration::from_secs(60), |_| {});
+        assert!(s.is_empty());
+        assert_eq!(s.held_by(pinned), 0);
+    }
+
+    #[test]
+    fn restored_records_are_exempt_from_the_client_bound_and_give_way_first() {
+        let t0 = Instant::now();
+        let mut s = per_client(4, 1);
+        for seq in 0..3u64 {
+            let id = format!("old-{seq}");
+            s.restore(seq, k(&id), 0, applied(0.0), OwnerKey::RESTORED, t0, |_| {})
+                .unwrap();
+        }
+        assert_eq!(s.held_by(OwnerKey::RESTORED), 3);
+        s.insert(k("a"), 0, applied(0.0), A, t0, |_| {});
+        // Full: the restored records, the most, give way to a new client.
+        s.insert(k("b"), 0, applied(0.0), OwnerKey(2), t0, |_| {});
+        assert_eq!((s.held_by(OwnerKey::RESTORED), s.len()), (2, 4));
+        assert_eq!(s.lookup(k("old-0"), 0, t0, |_| {}), Lookup::Miss);
     }
 }

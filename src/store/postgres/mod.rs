@@ -224,6 +224,9 @@ struct Counters {
     applied: AtomicU64,
     /// Shared with the sweeper, which does the evicting.
     evictions: Arc<AtomicU64>,
+    /// Of those, records deleted inside their TTL (beyond their client's
+    /// newest `entries_per_client_max`).
+    evictions_early: Arc<AtomicU64>,
 }
 
 /// Registers and dedup records in PostgreSQL: see the module doc.
@@ -319,7 +322,13 @@ impl PgLedger {
             "PostgreSQL ledger ready: registers and dedup records shared by every replica on this database"
         );
         let counters = Counters::default();
-        let sweeper = Sweeper::new(&pool, &config, &dedup, &counters.evictions);
+        let sweeper = Sweeper::new(
+            &pool,
+            &config,
+            &dedup,
+            &counters.evictions,
+            &counters.evictions_early,
+        );
         let sweeper = tokio::spawn(sweeper.run()).abort_handle();
         Ok(Self {
             pool,
@@ -341,6 +350,7 @@ impl PgLedger {
             &self.config,
             &self.dedup,
             &self.counters.evictions,
+            &self.counters.evictions_early,
         )
         .sweep()
         .await
@@ -493,13 +503,17 @@ impl PgLedger {
         let fp = fingerprint as i64;
         let now = self.config.clock.now_ms();
         let ttl = i64::try_from(self.dedup.ttl().as_millis()).unwrap_or(i64::MAX);
-        let entries = self.dedup.entries_max as i64;
+        let entries = self.dedup.entries_per_client_max() as i64;
+        let owner = args.caller.quota_key().to_string();
         let claimed = wait
             .run(async {
                 let (begun, row) = join(conn.batch_execute(&begin), async {
                     let st = conn.prepare_cached(sql::CLAIM).await?;
-                    conn.query_opt(&st, &[&scope, &args.request_id, &fp, &now, &ttl, &entries])
-                        .await
+                    conn.query_opt(
+                        &st,
+                        &[&scope, &args.request_id, &fp, &now, &ttl, &entries, &owner],
+                    )
+                    .await
                 })
                 .await;
                 begun?;
@@ -678,6 +692,7 @@ impl Ledger for PgLedger {
                 dedup_entries: entries,
                 dedup_hits: c.hits.load(Ordering::Relaxed),
                 dedup_evictions: c.evictions.load(Ordering::Relaxed),
+                dedup_evictions_early: c.evictions_early.load(Ordering::Relaxed),
                 dedup_mismatches: c.mismatches.load(Ordering::Relaxed),
                 dedup_in_flight: self.flights.len() as u64,
                 applied: c.applied.load(Ordering::Relaxed),

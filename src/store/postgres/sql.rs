@@ -25,10 +25,13 @@ macro_rules! now_ms {
     };
 }
 
-/// A record is dead (expired, or beyond the newest `entries_max`) when
-/// `committed_ms <= now - ttl_ms` or `seq <= max(seq) - entries_max`: the
-/// same rule the in-memory store applies, so a lookup never sees a record
-/// the sweeper merely has not deleted yet.
+/// A record is dead when `committed_ms <= now - ttl_ms` (expired) or when
+/// its owner has committed `entries` newer records (beyond its newest
+/// `entries_per_client_max`): the per-client rule the in-memory store
+/// applies, so a lookup never sees a record the sweeper merely has not
+/// deleted yet, and one client's records never push out another's. The
+/// count walks the `(owner, seq)` index upward from the record and stops
+/// at `entries`: cheap for the recent records retries look up.
 macro_rules! dead {
     ($table:literal, $now:literal, $ttl:literal, $entries:literal) => {
         concat!(
@@ -38,11 +41,13 @@ macro_rules! dead {
             now_ms!($now),
             " - $",
             $ttl,
-            " OR ",
+            " OR EXISTS (SELECT 1 FROM abacus_requests o WHERE o.owner = ",
             $table,
-            ".seq <= (SELECT max(seq) FROM abacus_requests) - $",
+            ".owner AND o.seq > ",
+            $table,
+            ".seq ORDER BY o.seq OFFSET (CAST($",
             $entries,
-            ")"
+            " AS BIGINT) - 1) LIMIT 1))"
         )
     };
 }
@@ -54,10 +59,11 @@ macro_rules! dead {
 /// join), up to `lock_timeout`.
 ///
 /// `$1` scope, `$2` id, `$3` fingerprint, `$4` now (nullable), `$5` TTL in
-/// ms, `$6` entries_max.
+/// ms, `$6` entries_per_client_max, `$7` owner (the caller's quota key).
 pub const CLAIM: &str = concat!(
-    "INSERT INTO abacus_requests AS r (scope, id, fingerprint) VALUES ($1, $2, $3) ",
+    "INSERT INTO abacus_requests AS r (scope, id, fingerprint, owner) VALUES ($1, $2, $3, $7) ",
     "ON CONFLICT (scope, id) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, ",
+    "owner = EXCLUDED.owner, ",
     "seq = NULL, committed_ms = NULL, outcome = NULL, value = NULL WHERE ",
     dead!("r", "4", "5", "6"),
     " RETURNING 1"
@@ -116,11 +122,16 @@ pub(crate) const STATS: &str = "SELECT (SELECT n FROM abacus_counters WHERE name
      (SELECT min(seq) FROM abacus_requests), (SELECT max(seq) FROM abacus_requests)";
 
 /// Deletes the dead among the `$1` oldest records: `$2` now (nullable),
-/// `$3` TTL in ms, `$4` entries_max.
+/// `$3` TTL in ms, `$4` entries_per_client_max. One row per record
+/// deleted: true when it was still inside its TTL (deleted to keep its
+/// client within bounds).
 pub(crate) const SWEEP: &str = concat!(
     "DELETE FROM abacus_requests WHERE seq IN ",
     "(SELECT seq FROM abacus_requests WHERE seq IS NOT NULL ORDER BY seq LIMIT $1) AND ",
-    dead!("abacus_requests", "2", "3", "4")
+    dead!("abacus_requests", "2", "3", "4"),
+    " RETURNING committed_ms > ",
+    now_ms!("2"),
+    " - $3"
 );
 
 /// The schema, one list of idempotent statements per version. A version is
@@ -155,6 +166,9 @@ pub(crate) const MIGRATIONS: &[&[&str]] = &[
     &[
         "ALTER TABLE abacus_registers ADD COLUMN IF NOT EXISTS owner TEXT",
         "CREATE INDEX IF NOT EXISTS abacus_registers_by_owner ON abacus_registers (owner)",
+        // Whom each dedup record is charged to (retention per client).
+        "ALTER TABLE abacus_requests ADD COLUMN IF NOT EXISTS owner TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX IF NOT EXISTS abacus_requests_by_owner ON abacus_requests (owner, seq)",
     ],
 ];
 

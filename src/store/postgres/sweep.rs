@@ -47,6 +47,8 @@ pub(crate) struct Sweeper {
     pub(crate) op_timeout: Duration,
     /// Records this process deleted (the `dedup_evictions` counter).
     pub(crate) evictions: Arc<AtomicU64>,
+    /// Of those, deleted inside their TTL (`dedup_evictions_early`).
+    pub(crate) evictions_early: Arc<AtomicU64>,
 }
 
 impl Sweeper {
@@ -55,16 +57,18 @@ impl Sweeper {
         config: &PgConfig,
         dedup: &DedupConfig,
         evictions: &Arc<AtomicU64>,
+        evictions_early: &Arc<AtomicU64>,
     ) -> Self {
         Self {
             pool: pool.clone(),
             clock: config.clock.clone(),
             ttl_ms: i64::try_from(dedup.ttl().as_millis()).unwrap_or(i64::MAX),
-            entries_max: i64::try_from(dedup.entries_max).unwrap_or(i64::MAX),
+            entries_max: i64::try_from(dedup.entries_per_client_max()).unwrap_or(i64::MAX),
             batch: i64::from(config.sweep_batch.max(1)),
             interval: config.sweep_interval.max(Duration::from_millis(1)),
             op_timeout: config.op_timeout,
             evictions: Arc::clone(evictions),
+            evictions_early: Arc::clone(evictions_early),
         }
     }
 
@@ -111,7 +115,7 @@ impl Sweeper {
         ))
         .await?;
         let deleted = conn
-            .execute(
+            .query(
                 sql::SWEEP,
                 &[
                     &self.batch,
@@ -123,10 +127,16 @@ impl Sweeper {
             .await;
         // On any error or timeout the TxConn is dropped: closed, rolled
         // back, never returned to the pool mid-transaction.
-        let n = deleted?;
+        let rows = deleted?;
         conn.batch_execute("COMMIT").await?;
         conn.release();
-        Ok(n)
+        let early = rows
+            .iter()
+            .filter(|row| row.try_get::<_, bool>(0).unwrap_or(false))
+            .count();
+        self.evictions_early
+            .fetch_add(early as u64, Ordering::Relaxed);
+        Ok(rows.len() as u64)
     }
 }
 

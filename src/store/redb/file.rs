@@ -43,7 +43,8 @@ use crate::{
     core::Registers,
     store::{
         dedup::{
-            DedupStore, DigestKey, Evicted, IdDigest, RestoreError, StoredOutcome, key::checksum,
+            DedupStore, DigestKey, Evicted, IdDigest, OwnerKey, RestoreError, StoredOutcome,
+            key::checksum,
         },
         journal::Write,
     },
@@ -55,6 +56,13 @@ const REGISTERS: TableDefinition<'_, &str, (f64, u64)> = TableDefinition::new("r
 /// Sequence number → (request digest, payload fingerprint, outcome tag,
 /// outcome number, checksum). See [`encode`] and [`record_check`].
 const DEDUP: TableDefinition<'_, u64, (u128, u64, u8, f64, u64)> = TableDefinition::new("dedup");
+
+/// Sequence number → the record's owner (an [`OwnerKey`]: a digest of the
+/// caller's identity or address, so a restart keeps each client's share).
+/// A table of its own, added without a format change: a record without a
+/// row here (written by an older build) is charged to
+/// [`OwnerKey::RESTORED`].
+const DEDUP_OWNERS: TableDefinition<'_, u64, u64> = TableDefinition::new("dedup_owners");
 
 /// `format` → on-disk format version; `digest_key_0`, `digest_key_1` → the
 /// key of the request-ID digests (chosen when the file is created).
@@ -504,6 +512,18 @@ impl Durable {
                 registers.set(name, value);
                 loaded.registers += 1;
             }
+            // Absent in files written before owners were kept.
+            let mut owners = std::collections::HashMap::new();
+            match txn.open_table(DEDUP_OWNERS) {
+                Ok(table) => {
+                    for row in table.iter().map_err(|x| e(x.into()))? {
+                        let (seq, owner) = row.map_err(|x| e(x.into()))?;
+                        owners.insert(seq.value(), OwnerKey(owner.value()));
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(x) => return Err(e(x.into())),
+            }
             let dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
             for row in dedup.iter().map_err(|x| e(x.into()))? {
                 let (seq, value) = row.map_err(|x| e(x.into()))?;
@@ -516,8 +536,9 @@ impl Durable {
                 }
                 let outcome = decode(tag, number)
                     .ok_or_else(|| format!("dedup record {seq}: unknown outcome tag {tag}"))?;
+                let owner = owners.get(&seq).copied().unwrap_or(OwnerKey::RESTORED);
                 store
-                    .restore(seq, key, fingerprint, outcome, now, &mut on_evict)
+                    .restore(seq, key, fingerprint, outcome, owner, now, &mut on_evict)
                     .map_err(|e: RestoreError| format!("dedup record {seq}: {e}"))?;
                 loaded.records += 1;
             }
@@ -552,7 +573,8 @@ impl Durable {
     /// refuses further writes after an I/O error): reopen the file.
     pub(crate) fn write_batch(&mut self, batch: &[Write]) -> Result<(), StorageError> {
         let delete_below = batch.iter().map(|w| w.delete_below).max().unwrap_or(0);
-        let delete = delete_below > self.deleted_below;
+        let delete =
+            delete_below > self.deleted_below || batch.iter().any(|w| !w.deletes.is_empty());
         if !delete
             && batch
                 .iter()
@@ -564,6 +586,7 @@ impl Durable {
         {
             let mut registers = txn.open_table(REGISTERS)?;
             let mut dedup = txn.open_table(DEDUP)?;
+            let mut owners = txn.open_table(DEDUP_OWNERS)?;
             for write in batch {
                 if let Some(name) = &write.delete {
                     registers.remove(&**name)?;
@@ -576,12 +599,18 @@ impl Durable {
                     let (tag, number) = encode(r.outcome);
                     let check = record_check(r.seq, r.key, r.fingerprint, tag, number);
                     dedup.insert(r.seq, (r.key.0, r.fingerprint, tag, number, check))?;
+                    owners.insert(r.seq, r.owner.0)?;
                 }
+            }
+            for seq in batch.iter().flat_map(|w| &w.deletes) {
+                dedup.remove(seq)?;
+                owners.remove(seq)?;
             }
             // After the inserts: a record inserted and evicted within one
             // batch (a tiny capacity) goes too.
-            if delete {
+            if delete_below > self.deleted_below {
                 dedup.retain_in(self.deleted_below..delete_below, |_, _| false)?;
+                owners.retain_in(self.deleted_below..delete_below, |_, _| false)?;
             }
         }
         txn.commit()?;
@@ -620,8 +649,10 @@ mod tests {
                 key: k(id),
                 fingerprint,
                 outcome,
+                owner: OwnerKey(1),
             }),
             delete_below,
+            deletes: Vec::new(),
         }
     }
 
