@@ -273,6 +273,45 @@ fn call_against_a_running_server() {
         (vec!["acc", "-r", "r", "10"], ok(&["r += 10 -> 7.5"])),
         (vec!["get", "r"], ok(&["r = 7.5"])),
         (vec!["stats"], ok(&["applied=3", "registers=1"])),
+        (vec!["delete", "r"], ok(&["r deleted (it held 7.5)"])),
+        (
+            vec!["del", "r"],
+            ok(&["r does not exist: nothing to delete"]),
+        ),
+        (vec!["stats"], ok(&["applied=3", "registers=0"])),
+        (
+            vec!["get", "a\u{202E}b"],
+            fails(1, &["INVALID_ARGUMENT", "U+202E at character 2"]),
+        ),
+    ];
+    for (rpc, expect) in table {
+        let mut args = vec!["call", "--addr", addr];
+        args.extend(rpc);
+        check(&args, expect);
+    }
+}
+
+#[test]
+fn the_register_quota_names_its_flag_and_a_delete_makes_room() {
+    let server = Server::start(&["--registers-per-client-max", "1"]);
+    let addr = server.addr.as_str();
+    let table: Vec<(Vec<&str>, Expect)> = vec![
+        (vec!["acc", "-r", "a", "1"], ok(&["a += 1 -> 1"])),
+        (
+            vec!["acc", "-r", "b", "1"],
+            fails(
+                1,
+                &[
+                    "RESOURCE_EXHAUSTED",
+                    "--registers-per-client-max 1",
+                    "abacus call delete NAME",
+                    "NOT applied",
+                ],
+            ),
+        ),
+        (vec!["acc", "-r", "a", "1"], ok(&["a += 1 -> 2"])),
+        (vec!["delete", "a"], ok(&["a deleted (it held 2)"])),
+        (vec!["acc", "-r", "b", "1"], ok(&["b += 1 -> 1"])),
     ];
     for (rpc, expect) in table {
         let mut args = vec!["call", "--addr", addr];

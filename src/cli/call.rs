@@ -57,6 +57,15 @@ pub enum Rpc {
         /// Register name.
         register: String,
     },
+    /// Remove a register (writers only). Idempotent: deleting a register
+    /// that does not exist says so and succeeds. Dedup records of earlier
+    /// accumulates into it are kept: a retry of one replays and does not
+    /// re-create it. Gives the register's creator its quota back.
+    #[command(alias = "del")]
+    Delete {
+        /// Register name.
+        register: String,
+    },
     /// Show the server's counters (applied updates, dedup store).
     Stats,
 }
@@ -119,6 +128,10 @@ pub async fn execute(client: &Client, rpc: &Rpc) -> Result<String, CallError> {
             )
         }
         Rpc::Get { register } => format!("{register} = {}", client.get(register).await?),
+        Rpc::Delete { register } => match client.delete(register).await? {
+            Some(value) => format!("{register} deleted (it held {value})"),
+            None => format!("{register} does not exist: nothing to delete"),
+        },
         Rpc::Stats => format!("{}", crate::client::Reply::Stats(client.stats().await?)),
     })
 }

@@ -55,6 +55,11 @@ pub enum Request {
         /// Register name.
         register: String,
     },
+    /// `DeleteRegister`: removes `register` (idempotent).
+    DeleteRegister {
+        /// Register name.
+        register: String,
+    },
     /// `GetStats`: the server's counters.
     GetStats,
 }
@@ -66,6 +71,7 @@ impl Request {
             Self::Binary { op, .. } => Method::from(*op),
             Self::Accumulate { .. } => Method::Accumulate,
             Self::GetRegister { .. } => Method::GetRegister,
+            Self::DeleteRegister { .. } => Method::DeleteRegister,
             Self::GetStats => Method::GetStats,
         }
     }
@@ -79,7 +85,8 @@ impl Request {
     }
 
     /// True when sending this request twice cannot apply it twice: the RPC
-    /// is pure, or it carries a request ID for the server to deduplicate.
+    /// is idempotent (pure, or `DeleteRegister`), or it carries a request
+    /// ID for the server to deduplicate.
     ///
     /// ```
     /// use abacus::client::Request;
@@ -90,7 +97,7 @@ impl Request {
     /// assert!(Request::GetStats.is_idempotent());
     /// ```
     pub fn is_idempotent(&self) -> bool {
-        self.method().is_pure() || !self.request_id().is_empty()
+        self.method().is_idempotent() || !self.request_id().is_empty()
     }
 }
 
@@ -108,6 +115,13 @@ pub enum Reply {
     },
     /// Value of a register.
     Register(f64),
+    /// Result of DeleteRegister.
+    Deleted {
+        /// False when the register did not exist.
+        deleted: bool,
+        /// Its last value, when deleted.
+        value: f64,
+    },
     /// Server counters.
     Stats(pb::Stats),
 }
@@ -119,6 +133,11 @@ impl fmt::Display for Reply {
             Self::Accumulated { value, replayed } => {
                 write!(f, "{value}{}", if *replayed { " (replayed)" } else { "" })
             }
+            Self::Deleted {
+                deleted: true,
+                value,
+            } => write!(f, "deleted (it held {value})"),
+            Self::Deleted { deleted: false, .. } => f.write_str("nothing to delete"),
             Self::Stats(s) => write!(
                 f,
                 "applied={} registers={} dedup: entries={} hits={} evictions={} mismatches={}",
@@ -299,6 +318,13 @@ mod tests {
                     register: "r".into(),
                 },
                 Method::GetRegister,
+                true,
+            ),
+            (
+                Request::DeleteRegister {
+                    register: "r".into(),
+                },
+                Method::DeleteRegister,
                 true,
             ),
             (Request::GetStats, Method::GetStats, true),

@@ -468,6 +468,18 @@ impl Client {
         }
     }
 
+    /// Removes `register`: its last value, or `None` when it did not exist
+    /// (deleting is idempotent, so a retried delete is harmless).
+    pub async fn delete(&self, register: &str) -> Result<Option<f64>, CallError> {
+        let request = Request::DeleteRegister {
+            register: register.to_owned(),
+        };
+        match self.call(request).await? {
+            Reply::Deleted { deleted, value } => Ok(deleted.then_some(value)),
+            other => Err(wrong_reply(Method::DeleteRegister, &other)),
+        }
+    }
+
     /// The server's counters.
     pub async fn stats(&self) -> Result<pb::Stats, CallError> {
         match self.call(Request::GetStats).await? {

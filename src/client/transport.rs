@@ -322,6 +322,21 @@ impl tower::Service<Call> for Transport {
                     ))
                     .await
                     .map(|r| Reply::Register(r.into_inner().value)),
+                Request::DeleteRegister { register } => client
+                    .delete_register(request(
+                        pb::DeleteRegisterRequest { register },
+                        deadline,
+                        attempt,
+                        token.as_ref(),
+                    ))
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        Reply::Deleted {
+                            deleted: r.deleted,
+                            value: r.value,
+                        }
+                    }),
                 Request::GetStats => client
                     .get_stats(request(
                         pb::GetStatsRequest {},

@@ -57,6 +57,24 @@ async fn each_request_is_sent_as_the_rpc_it_names() {
             },
             Reply::Register(3.0),
         ),
+        (
+            Request::DeleteRegister {
+                register: "r".into(),
+            },
+            Reply::Deleted {
+                deleted: true,
+                value: 3.0,
+            },
+        ),
+        (
+            Request::DeleteRegister {
+                register: "r".into(),
+            },
+            Reply::Deleted {
+                deleted: false,
+                value: 0.0,
+            },
+        ),
     ];
     let mut methods = Vec::new();
     for (request, expect) in table {
