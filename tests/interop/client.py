@@ -111,8 +111,9 @@ def main(args):
     # The served descriptors keep the proto's options.
     no_side_effects = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
     unknown = descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN
+    idempotent = descriptor_pb2.MethodOptions.IDEMPOTENT
     for name, want in [("Add", no_side_effects), ("GetRegister", no_side_effects),
-                       ("Accumulate", unknown)]:
+                       ("DeleteRegister", idempotent), ("Accumulate", unknown)]:
         level = calc.method(name).GetOptions().idempotency_level
         check(f"{name} idempotency_level", level, want)
 
@@ -146,6 +147,13 @@ def main(args):
     resp, err = calc.call("GetStats")
     check("GetStats applied, registers",
           (resp.applied, resp.registers) if resp else err, (2, 1))
+    resp, err = calc.call("DeleteRegister", register="py")
+    check("DeleteRegister(py)", (resp.deleted, resp.value) if resp else err, (True, 3))
+    resp, err = calc.call("DeleteRegister", register="py")
+    check("DeleteRegister(py) again", resp.deleted if resp else err, False)
+    _, err = calc.call("GetRegister", register="py")
+    check("GetRegister(py) after delete", err.code() if err else "answered",
+          grpc.StatusCode.NOT_FOUND)
 
     check("every RPC was called", calc.called, set(calc.service.methods_by_name))
 
