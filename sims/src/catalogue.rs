@@ -88,8 +88,8 @@ pub fn pure(name: &'static str, windows: Vec<Window>) -> Scenario {
     s
 }
 
-/// The breaker of the breaker scenarios: quick to probe, so recovery is
-/// measured in seconds.
+/// The breaker of the breaker and replica-aware scenarios: quick to
+/// probe, so recovery is measured in seconds.
 pub fn breaker_config() -> BreakerConfig {
     BreakerConfig {
         open_ms: 300,
@@ -455,11 +455,7 @@ pub fn aware(name: &'static str, fault: ReplicaFault, seed: u64) -> Scenario {
     s.deadline = Duration::from_secs(1);
     let slow = fault == ReplicaFault::Slow;
     s.attempt_timeout = Duration::from_millis(if slow { 400 } else { 150 });
-    s.breaker = Some(BreakerConfig {
-        open_ms: 300,
-        open_ms_max: 1_200,
-        ..BreakerConfig::default()
-    });
+    s.breaker = Some(breaker_config());
     // Linkerd's ratio budget, as `abacus bench`'s kill test uses: gRPC's
     // token bucket is sized in absolute tokens, and an Accumulate waiting
     // on the claim a crashed replica orphaned spends its retries' tokens
