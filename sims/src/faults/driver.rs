@@ -328,23 +328,18 @@ fn step(
     match fault {
         // A crash is a power cut: the host's disk keeps what it synced
         // (and, of the rest, what the cut lets through) before the
-        // software is torn down, so the teardown writes nothing.
-        SimFault::Crash(n) => {
+        // software is torn down, so the teardown writes nothing. A restart
+        // of a host that is still running tears it down first: the same
+        // power cut, as silent.
+        SimFault::Crash(n) | SimFault::Restart(n) => {
+            let restart = matches!(fault, SimFault::Restart(_));
             for h in hosts.node(n) {
                 if let Some(note) = hosts.disks.get(h).and_then(|d| d.crash()) {
                     history.push_at(now, h, Entry::Disk(note));
                 }
-                silently(sim, h, hosts, links, |sim| sim.crash(h));
-            }
-        }
-        // A restart of a host that is still running tears it down first:
-        // silently too.
-        SimFault::Restart(n) => {
-            for h in hosts.node(n) {
-                if let Some(note) = hosts.disks.get(h).and_then(|d| d.crash()) {
-                    history.push_at(now, h, Entry::Disk(note));
-                }
-                silently(sim, h, hosts, links, |sim| sim.bounce(h));
+                silently(sim, h, hosts, links, |sim| {
+                    if restart { sim.bounce(h) } else { sim.crash(h) }
+                });
             }
         }
         SimFault::Partition(l) => hosts.pairs(l).into_iter().for_each(|pair| {
