@@ -31,7 +31,6 @@ use crate::{
     scenario::Scenario,
     seed::derive_seed,
     sweep::run_checked,
-    world::Run,
 };
 pub use corpus::Seed;
 pub use mutate::World;
@@ -188,9 +187,9 @@ pub fn world(scenario: &Scenario) -> World {
     }
 }
 
-/// The features of one run.
-fn features(run: &Run, violated: &[&'static str]) -> BTreeSet<Feature> {
-    let c = Coverage::of(run);
+/// The features of one run, from its coverage and the invariants it
+/// violated.
+fn features(c: &Coverage, violated: &[&'static str]) -> BTreeSet<Feature> {
     let mut out: BTreeSet<Feature> = Probe::ALL
         .iter()
         .filter(|p| c.hits(**p) > 0)
@@ -360,8 +359,9 @@ pub fn search(
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                let features = features(&run, &violated);
-                (Coverage::of(&run), violated, features)
+                let coverage = Coverage::of(&run);
+                let features = features(&coverage, &violated);
+                (coverage, violated, features)
             },
             |_| false,
         );
