@@ -12,10 +12,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use abacus::{client::breaker::config::CALLER_CODES, trace::Event};
+use abacus::trace::Event;
 
 use crate::{
-    check::Violation,
+    check::{Violation, call_trace::answered},
     history::{Entry, Record},
     scenario::CascadeBounds,
     world::Run,
@@ -51,11 +51,7 @@ fn pure_calls(latency_max: Duration, records: &[Record], v: &mut Vec<Violation>)
                     continue;
                 };
                 let took = r.at - at;
-                let answered = match result {
-                    Ok(_) => true,
-                    Err(code) => CALLER_CODES.contains(code),
-                };
-                if !answered || took > latency_max {
+                if !answered(result) || took > latency_max {
                     v.push(
                         Violation::new(
                             "pure-calls-unaffected",

@@ -26,8 +26,12 @@
 //!   `hedges-bounded`, `hedge-only-repeatable`, `failover-within-bound`,
 //!   `tail-within-bound`.
 //! - [`notes`]: what the workload caught (`correct-results`, `liveness`).
+//! - [`call_trace`]: logical calls read from the clients' trace, what
+//!   counts as an answer, the nearest-rank percentile — shared by the
+//!   checks above and the scenario tests' figures.
 
 pub mod breaker;
+pub mod call_trace;
 pub mod calls;
 pub mod cascade;
 pub mod delivery;

@@ -19,45 +19,19 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use abacus::{
-    client::breaker::config::CALLER_CODES,
     rpc::{HealthScope, Method, Serving},
     trace::Event,
 };
-use tonic::Code;
 
 use crate::{
-    check::Violation,
+    check::{
+        Violation,
+        call_trace::{CallTrace, answered, calls, nearest_rank},
+    },
     history::{Entry, Record},
     scenario::Scenario,
     world::aware::{Bounds, ReplicaClient},
 };
-
-/// One logical call as the client's trace shows it.
-#[derive(Debug)]
-struct CallTrace<'a> {
-    method: Method,
-    request_id: &'a str,
-    started: Duration,
-    /// When it finished, and how (`Err` carries the code).
-    finished: Option<(Duration, Result<(), Code>)>,
-    /// Each attempt's endpoint, in order.
-    endpoints: Vec<&'a str>,
-    /// Attempt numbers of the hedges sent.
-    hedges: Vec<u32>,
-}
-
-impl CallTrace<'_> {
-    /// How long it took; a failed or unfinished call never ended well.
-    fn latency(&self) -> Duration {
-        match self.finished {
-            Some((at, Ok(()))) => at.saturating_sub(self.started),
-            Some((at, Err(code))) if CALLER_CODES.contains(&code) => {
-                at.saturating_sub(self.started)
-            }
-            _ => Duration::MAX,
-        }
-    }
-}
 
 /// Every check of this module that applies to `scenario`.
 pub fn check(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
@@ -70,52 +44,6 @@ pub fn check(scenario: &Scenario, records: &[Record], v: &mut Vec<Violation>) {
         hedges(h.attempts_max, &calls, v);
     }
     bounds(aware.bounds, &calls, v);
-}
-
-/// Every logical call in `records`, by (client host, call number).
-fn calls(records: &[Record]) -> BTreeMap<(&str, u64), CallTrace<'_>> {
-    let mut calls: BTreeMap<(&str, u64), CallTrace<'_>> = BTreeMap::new();
-    for r in records {
-        let Entry::Event(e) = &r.entry else { continue };
-        let host = r.host.as_str();
-        match e {
-            Event::CallStarted {
-                call,
-                method,
-                request_id,
-                ..
-            } => {
-                calls.insert(
-                    (host, *call),
-                    CallTrace {
-                        method: *method,
-                        request_id,
-                        started: r.at,
-                        finished: None,
-                        endpoints: Vec::new(),
-                        hedges: Vec::new(),
-                    },
-                );
-            }
-            Event::AttemptStarted { call, endpoint, .. } => {
-                if let Some(c) = calls.get_mut(&(host, *call)) {
-                    c.endpoints.push(endpoint);
-                }
-            }
-            Event::HedgeSent { call, attempt, .. } => {
-                if let Some(c) = calls.get_mut(&(host, *call)) {
-                    c.hedges.push(*attempt);
-                }
-            }
-            Event::CallFinished { call, result, .. } => {
-                if let Some(c) = calls.get_mut(&(host, *call)) {
-                    c.finished = Some((r.at, result.as_ref().map(drop).map_err(|code| *code)));
-                }
-            }
-            _ => {}
-        }
-    }
-    calls
 }
 
 /// `not-serving-gets-nothing`, per client host and endpoint.
@@ -199,7 +127,7 @@ fn bounds(bounds: Bounds, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &mut 
             };
             let took = at.saturating_sub(c.started);
             let how = match result {
-                Err(code) if !CALLER_CODES.contains(&code) => {
+                Err(code) if !answered(&result) => {
                     format!("failed {}", abacus::error::code_name(code))
                 }
                 _ if took > bound => "succeeded".to_owned(),
@@ -222,9 +150,7 @@ fn bounds(bounds: Bounds, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &mut 
             .map(|(k, c)| (c.latency(), *k))
             .collect();
         latencies.sort();
-        // Nearest rank: the smallest latency at or above 99 % of calls.
-        let rank = (latencies.len() * 99).div_ceil(100);
-        if let Some((p99, (host, id))) = rank.checked_sub(1).and_then(|i| latencies.get(i))
+        if let Some((p99, (host, id))) = nearest_rank(&latencies, 99)
             && *p99 > bound
         {
             let c = &calls[&(*host, *id)];

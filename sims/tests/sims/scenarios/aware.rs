@@ -17,12 +17,13 @@
 //! caught on a seed of the default sweep, and the same seed with the real
 //! client must pass.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use abacus::{client::breaker::State, trace::Event};
 use abacus_sims::{
     Scenario, Topology,
     catalogue::{ReplicaFault, aware, round_robin_with_breaker, round_robin_without_ejection},
+    check::call_trace::{CallTrace, calls, nearest_rank},
     faults::{Fault, Link, Node, Side},
     history::Entry,
     sweep::{expect_violation_with, failed_calls, run_checked, sweep_with},
@@ -48,62 +49,24 @@ fn victim(s: &Scenario) -> String {
     format!("replica-{n}")
 }
 
-/// One call of a run: its attempts' endpoints and whether it succeeded,
-/// and how long it took (simulated).
-struct Trace {
-    endpoints: Vec<String>,
-    hedged: bool,
-    ok: bool,
-    took: Duration,
-    pure: bool,
+/// The finished calls of a run (the library's reading of the trace).
+fn traces(run: &Run) -> Vec<CallTrace<'_>> {
+    calls(&run.records)
+        .into_values()
+        .filter(|c| c.finished.is_some())
+        .collect()
 }
 
-fn traces(run: &Run) -> Vec<Trace> {
-    // Calls in flight: when each started, and its trace so far.
-    let mut calls: BTreeMap<(&str, u64), (Duration, Trace)> = BTreeMap::new();
-    let mut done = Vec::new();
-    for r in &run.records {
-        let Entry::Event(e) = &r.entry else { continue };
-        let key = |call: &u64| (r.host.as_str(), *call);
-        match e {
-            Event::CallStarted { call, method, .. } => {
-                let trace = Trace {
-                    endpoints: Vec::new(),
-                    hedged: false,
-                    ok: false,
-                    took: Duration::ZERO,
-                    pure: method.is_pure(),
-                };
-                calls.insert(key(call), (r.at, trace));
-            }
-            Event::AttemptStarted { call, endpoint, .. } => {
-                if let Some((_, t)) = calls.get_mut(&key(call)) {
-                    t.endpoints.push(endpoint.clone());
-                }
-            }
-            Event::HedgeSent { call, .. } => {
-                if let Some((_, t)) = calls.get_mut(&key(call)) {
-                    t.hedged = true;
-                }
-            }
-            Event::CallFinished { call, result, .. } => {
-                if let Some((at, mut t)) = calls.remove(&key(call)) {
-                    t.ok = result.is_ok();
-                    t.took = r.at - at;
-                    done.push(t);
-                }
-            }
-            _ => {}
-        }
-    }
-    done
+/// It succeeded.
+fn ok(c: &CallTrace<'_>) -> bool {
+    matches!(c.finished, Some((_, Ok(()))))
 }
 
 /// Some call's first attempt went to the victim and another replica
 /// answered it.
 fn failed_over(run: &Run, victim: &str) -> bool {
     traces(run).iter().any(|t| {
-        t.ok && t.endpoints.len() > 1 && t.endpoints[0] == victim && t.endpoints[1] != victim
+        ok(t) && t.endpoints.len() > 1 && t.endpoints[0] == victim && t.endpoints[1] != victim
     })
 }
 
@@ -126,19 +89,19 @@ fn figures(name: &str, runs: &[Run], make: impl Fn(u64) -> Scenario) {
         let traces = traces(run);
         if let Some(w) = traces
             .iter()
-            .filter(|t| t.pure && t.endpoints.contains(&v))
-            .map(|t| t.took)
+            .filter(|t| t.method.is_pure() && t.endpoints.contains(&v.as_str()))
+            .filter_map(CallTrace::took)
             .max()
         {
             worst.push(w);
         }
-        let mut all: Vec<Duration> = traces.iter().filter(|t| t.pure).map(|t| t.took).collect();
+        let mut all: Vec<Duration> = traces
+            .iter()
+            .filter(|t| t.method.is_pure())
+            .filter_map(CallTrace::took)
+            .collect();
         all.sort();
-        if let Some(p) = (all.len() * 99)
-            .div_ceil(100)
-            .checked_sub(1)
-            .and_then(|i| all.get(i))
-        {
+        if let Some(p) = nearest_rank(&all, 99) {
             p99s.push(*p);
         }
     }
@@ -220,10 +183,12 @@ fn aware_client_hedges_around_a_slow_replica() {
         let v = victim(&make(run.seed));
         traces(run)
             .iter()
-            .any(|t| t.ok && t.hedged && t.endpoints[0] == v)
+            .any(|t| ok(t) && !t.hedges.is_empty() && t.endpoints[0] == v)
     });
     sweep.reached_by("a hedged Accumulate (it carries a request ID)", |run| {
-        traces(run).iter().any(|t| !t.pure && t.hedged)
+        traces(run)
+            .iter()
+            .any(|t| !t.method.is_pure() && !t.hedges.is_empty())
     });
     figures(NAME, sweep.runs(), make);
 }
