@@ -9,7 +9,8 @@
 //! - `hedges-bounded`: a hedged call sends at most `maxAttempts` attempts
 //!   in all, each hedge numbered within it;
 //! - `hedge-only-repeatable`: only calls that may be repeated are hedged
-//!   (pure RPCs, `Accumulate` with a request ID);
+//!   (idempotent RPCs, `Accumulate` with a request ID: the library's own
+//!   rule, [`Method::is_idempotent`]);
 //! - `failover-within-bound`: every call that takes no claim at the store
 //!   succeeds (or is refused as a caller error) within the scenario's
 //!   failover bound ([`Bounds::failover`]);
@@ -78,12 +79,19 @@ fn not_serving_gets_nothing(records: &[Record], v: &mut Vec<Violation>) {
                     v.push(Violation::new("not-serving-gets-nothing",format!(
                             "{host} at {:?}: attempt #{call}.{attempt} ({method}) went to {endpoint}, which reported {scope} NOT_SERVING",
                             r.at
-                        )));
+                        )).at(host, r.at, r.at));
                 }
             }
             _ => {}
         }
     }
+}
+
+/// `violation`, spotted on call `c` of `host`: from its start to its end
+/// (or its start, if it never ended).
+fn spotted(host: &str, c: &CallTrace<'_>, violation: Violation) -> Violation {
+    let end = c.finished.map_or(c.started, |(at, _)| at);
+    violation.at(host, c.started, end)
 }
 
 /// `hedges-bounded` and `hedge-only-repeatable`.
@@ -95,17 +103,21 @@ fn hedges(attempts_max: u32, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &m
         let attempts = c.endpoints.len();
         let numbers_ok = c.hedges.iter().all(|n| (2..=attempts_max).contains(n));
         if attempts > attempts_max as usize || !numbers_ok {
-            v.push(Violation::new("hedges-bounded",format!(
+            v.push(spotted(host, c, Violation::new("hedges-bounded",format!(
                     "{host} call #{id}: {attempts} attempts, hedges numbered {:?}; maxAttempts {attempts_max}",
                     c.hedges
-                )));
+                ))));
         }
-        if !c.method.is_pure() && c.request_id.is_empty() {
-            v.push(Violation::new(
-                "hedge-only-repeatable",
-                format!(
-                    "{host} call #{id}: {} without a request ID was hedged",
-                    c.method
+        if !c.method.is_idempotent() && c.request_id.is_empty() {
+            v.push(spotted(
+                host,
+                c,
+                Violation::new(
+                    "hedge-only-repeatable",
+                    format!(
+                        "{host} call #{id}: {} without a request ID was hedged",
+                        c.method
+                    ),
                 ),
             ));
         }
@@ -133,10 +145,10 @@ fn bounds(bounds: Bounds, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &mut 
                 _ if took > bound => "succeeded".to_owned(),
                 _ => continue,
             };
-            v.push(Violation::new("failover-within-bound",format!(
+            v.push(spotted(host, c, Violation::new("failover-within-bound",format!(
                     "{host} call #{id} ({}) {how} after {took:?} (bound {bound:?}), attempts to {:?}",
                     c.method, c.endpoints
-                )));
+                ))));
         }
     }
     if let Some(bound) = bounds.p99 {
@@ -159,12 +171,12 @@ fn bounds(bounds: Bounds, calls: &BTreeMap<(&str, u64), CallTrace<'_>>, v: &mut 
             } else {
                 format!("{p99:?}")
             };
-            v.push(Violation::new("tail-within-bound",format!(
+            v.push(spotted(host, c, Violation::new("tail-within-bound",format!(
                     "p99 of {} calls is {p99} (bound {bound:?}); at that rank: {host} call #{id} ({}), attempts to {:?}",
                     latencies.len(),
                     c.method,
                     c.endpoints
-                )));
+                ))));
         }
     }
 }
@@ -274,6 +286,8 @@ mod tests {
         ]
     }
 
+    /// The invariants `check` reports, each of which must say where in
+    /// the timeline it broke (for the picture to outline).
     fn found(s: &Scenario, records: Vec<Record>) -> Vec<&'static str> {
         let run = Run {
             seed: 0,
@@ -283,7 +297,11 @@ mod tests {
             sim_result: Ok(()),
             store_calls_peak: Vec::new(),
         };
-        check(s, &run).into_iter().map(|v| v.invariant).collect()
+        let violations = check(s, &run);
+        for v in &violations {
+            assert!(!v.spots.is_empty(), "no spot in {v:?}");
+        }
+        violations.into_iter().map(|v| v.invariant).collect()
     }
 
     fn health(ms: u64, endpoint: &str, scope: HealthScope, status: Serving) -> Record {
@@ -377,6 +395,11 @@ mod tests {
             Vec::<&str>::new()
         );
         assert!(found(&s, hedged(1, Method::Accumulate, "")).contains(&"hedge-only-repeatable"));
+        // A delete is idempotent: repeating it is harmless without an ID.
+        assert_eq!(
+            found(&s, hedged(1, Method::DeleteRegister, "")),
+            Vec::<&str>::new()
+        );
     }
 
     /// Every call that takes no claim succeeds within the failover bound
