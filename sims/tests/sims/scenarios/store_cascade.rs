@@ -1,4 +1,4 @@
-//! The store cascade: the store turns slow (2 s per operation) under 24
+//! The store cascade: the store turns slow (2 s per operation) under 18
 //! callers over three replicas. With each replica's store guard, the pure
 //! calls keep their latency (`pure-calls-unaffected`), each replica's store
 //! work in flight stays within the guard's bound (`store-work-bounded`),
