@@ -16,7 +16,7 @@
 //! line, so there is no port race and no polling.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
 };
@@ -90,13 +90,10 @@ fn check(args: &[&str], expect: Expect) {
     }
 }
 
-/// An `abacus serve` child process, killed when dropped.
-#[derive(Debug)]
+/// An `abacus serve` child process, killed when dropped ([`Served`]).
 struct Server {
-    child: Child,
+    served: Served,
     addr: String,
-    /// Every log line after the address, as it comes.
-    lines: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -112,18 +109,7 @@ impl Server {
         let extra: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
         let served = Served::spawn(std::path::Path::new(BIN), &extra, log);
         let addr = served.addr();
-        Self {
-            child: served.child,
-            addr,
-            lines: served.lines,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Self { served, addr }
     }
 }
 
@@ -504,6 +490,7 @@ fn a_replica_killed_during_a_bench_fails_no_pure_call() {
     while served < 200 {
         // A hang guard, not a timing assertion.
         let line = b
+            .served
             .lines
             .recv_timeout(Duration::from_secs(60))
             .expect("the replica serves the bench");
@@ -511,8 +498,8 @@ fn a_replica_killed_during_a_bench_fails_no_pure_call() {
             served += 1;
         }
     }
-    b.child.kill().expect("SIGKILL the replica");
-    let _ = b.child.wait();
+    b.served.child.kill().expect("SIGKILL the replica");
+    let _ = b.served.child.wait();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(bench.wait_with_output());

@@ -48,7 +48,7 @@ impl Drop for TempDir {
     }
 }
 
-/// A spawned `abacus serve`, killed on drop, its log collected.
+/// A spawned `abacus serve`, killed on drop ([`Served`]), its log collected.
 struct Process(Served);
 
 impl Process {
@@ -84,13 +84,6 @@ impl Process {
         }
         let status = self.0.child.wait().expect("wait for the server");
         (status, self.logs())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
     }
 }
 

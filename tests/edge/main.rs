@@ -18,6 +18,8 @@
 
 #[path = "../support/certs.rs"]
 mod certs;
+#[path = "../support/listening.rs"]
+mod listening;
 mod support;
 
 mod auth;

@@ -4,9 +4,10 @@
 //! fail, and `abacus call` with a wrong token.
 
 use std::{
-    io::{BufRead, BufReader},
+    ffi::OsStr,
+    net::SocketAddr,
+    path::Path,
     process::{Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -15,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     certs::Pki,
+    listening::{Seen, Served, listening_addr},
     support::{READER_TOKEN, WRITER_TOKEN, client, quick_config, rest_request},
 };
 
@@ -28,15 +30,6 @@ fn assert_clean(text: &str, secrets: &[&str]) {
     for secret in secrets {
         assert!(!text.contains(secret), "a secret leaked:\n{text}");
     }
-}
-
-/// `addr=HOST:PORT` from a "listening" log line (no colours: NO_COLOR).
-fn addr_in(line: &str, what: &str) -> Option<String> {
-    if !line.contains(what) {
-        return None;
-    }
-    let rest = &line[line.find("addr=")? + "addr=".len()..];
-    Some(rest.split_whitespace().next()?.to_owned())
 }
 
 #[tokio::test]
@@ -95,56 +88,32 @@ async fn no_secret_in_logs_or_errors() {
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 
     // A server at DEBUG, every line kept.
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--rest-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--auth-tokens")
-        .arg(&tokens)
-        .arg("--tls-cert")
-        .arg(dir.join("server.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("server.key"))
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (addrs, got_addrs) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = addr_in(&line, "abacus listening") {
-                let _ = addrs.send(("grpc", addr));
-            } else if let Some(addr) = addr_in(&line, "REST twin listening") {
-                let _ = addrs.send(("rest", addr));
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let (mut grpc, mut rest) = (None, None);
-    while grpc.is_none() || rest.is_none() {
-        // A hang guard: the lines come right after binding.
-        let (front, addr) = got_addrs
+    let (server_pem, server_key) = (dir.join("server.pem"), dir.join("server.key"));
+    let extra: Vec<&OsStr> = vec![
+        "--rest-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--auth-tokens".as_ref(),
+        tokens.as_os_str(),
+        "--tls-cert".as_ref(),
+        server_pem.as_os_str(),
+        "--tls-key".as_ref(),
+        server_key.as_os_str(),
+    ];
+    let mut served = Served::spawn(Path::new(BIN), &extra, "debug");
+    // The gRPC front logs its address first, then the REST twin.
+    let grpc: SocketAddr = served.addr().parse().unwrap();
+    let rest: SocketAddr = loop {
+        // A hang guard: the line comes right after binding.
+        let line = served
+            .lines
             .recv_timeout(Duration::from_secs(60))
-            .expect("the server logs its addresses");
-        let addr: std::net::SocketAddr = addr.parse().unwrap();
-        match front {
-            "grpc" => grpc = Some(addr),
-            _ => rest = Some(addr),
+            .unwrap_or_else(|_| panic!("no REST address logged:\n{}", served.logs()));
+        if line.contains("REST twin listening")
+            && let Some(addr) = listening_addr(&line)
+        {
+            break addr.parse().unwrap();
         }
-    }
-    let (grpc, rest) = (grpc.unwrap(), rest.unwrap());
+    };
     let tls = ClientTls::from_pem(
         abacus::tls::PemSource {
             flag: "--tls-ca",
@@ -201,12 +170,19 @@ async fn no_secret_in_logs_or_errors() {
 
     // Stop it gracefully, so every queued line is written, then read all.
     let stopped = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &served.child.id().to_string()])
         .status()
         .unwrap();
     assert!(stopped.success());
-    let _ = child.wait();
-    let log = reader.join().unwrap();
+    let _ = served.child.wait();
+    assert!(
+        matches!(
+            served.seen.recv_timeout(Duration::from_secs(60)),
+            Ok(Seen::Closed)
+        ),
+        "the log did not end with the process"
+    );
+    let log = served.logs();
     assert!(log.contains("TLS handshake failed"), "{log}");
     assert!(log.contains("DEBUG"), "the log ran at DEBUG:\n{log}");
     assert_clean(&log, &secrets);

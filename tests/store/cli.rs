@@ -3,13 +3,14 @@
 //! what to fix (never the password), and a good URL serves.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Output, Stdio},
-    sync::mpsc,
-    time::Duration,
+    path::Path,
+    process::{Command, Output},
 };
 
-use crate::support::{closed_port::ClosedPort, pg};
+use crate::{
+    listening::Served,
+    support::{closed_port::ClosedPort, pg},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_abacus");
 
@@ -92,40 +93,11 @@ fn a_good_url_serves_from_the_shared_database() {
     let Some(db) = database("cli_serves") else {
         return;
     };
-    let mut child = Command::new(BIN)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("ABACUS_STORE", &db.url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run abacus serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let listening = loop {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => {
-                let done = line.contains("abacus listening");
-                log.push(line);
-                if done {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = log.join("\n");
-    assert!(listening, "serve did not start:\n{log}");
+    let mut command = Served::command(Path::new(BIN), "info");
+    command.env("ABACUS_STORE", &db.url);
+    let served = Served::from_command(command);
+    served.addr();
+    let log = served.logs();
     assert!(log.contains("PostgreSQL ledger ready"), "{log}");
     let (head, _) = db.url.rsplit_once('@').unwrap();
     let password = head.rsplit_once(':').unwrap().1;

@@ -49,18 +49,12 @@ const FAIL_FAST: Duration = Duration::from_secs(3);
 /// The deadline every register call carries here.
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
-/// One `abacus serve --store URL` process, killed (SIGKILL) on drop.
+/// One `abacus serve --store URL` process, killed (SIGKILL) on drop
+/// ([`Served`]).
 struct Replica {
     served: Served,
     calc: CalculatorClient<Channel>,
     health: HealthClient<Channel>,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.served.child.kill();
-        let _ = self.served.child.wait();
-    }
 }
 
 impl Replica {

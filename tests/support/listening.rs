@@ -50,7 +50,8 @@ pub(crate) enum Seen {
 /// A spawned `abacus serve --addr 127.0.0.1:0 ...`, its log piped to a
 /// thread that reads every line (so the server never blocks on a full
 /// pipe), keeps them for failure messages, and reports the listening line
-/// or the end of the log.
+/// or the end of the log. Killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves no server behind.
 pub(crate) struct Served {
     pub(crate) child: std::process::Child,
     pub(crate) log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -66,17 +67,33 @@ impl Served {
     /// Starts `bin serve --addr 127.0.0.1:0 extra...` logging at `rust_log`
     /// (which must keep the listening line, `abacus::cli::serve` at INFO).
     pub(crate) fn spawn(bin: &std::path::Path, extra: &[&std::ffi::OsStr], rust_log: &str) -> Self {
-        use std::io::BufRead as _;
-        let mut child = std::process::Command::new(bin)
+        let mut command = Self::command(bin, rust_log);
+        command.args(extra);
+        Self::from_command(command)
+    }
+
+    /// `bin serve --addr 127.0.0.1:0` logging at `rust_log`, without
+    /// colours, for a caller to add flags or environment to and hand to
+    /// [`Served::from_command`].
+    pub(crate) fn command(bin: &std::path::Path, rust_log: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(bin);
+        command
             .args(["serve", "--addr", "127.0.0.1:0"])
-            .args(extra)
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", rust_log)
+            .env("RUST_LOG", rust_log);
+        command
+    }
+
+    /// Spawns `command` (an `abacus serve` that logs its listening line),
+    /// its stderr read as [`Served::spawn`] does.
+    pub(crate) fn from_command(mut command: std::process::Command) -> Self {
+        use std::io::BufRead as _;
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} serve: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, seen) = std::sync::mpsc::channel();
@@ -86,12 +103,14 @@ impl Served {
             let mut listening = false;
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Kept before it is reported: `logs()` after `addr()`
+                // holds every line up to the listening one.
+                kept.lock().unwrap().push(line.clone());
                 if !listening && let Some(addr) = listening_addr(&line) {
                     listening = true;
                     let _ = tx.send(Seen::Listening(addr));
                 }
-                let _ = lines_tx.send(line.clone());
-                kept.lock().unwrap().push(line);
+                let _ = lines_tx.send(line);
             }
             let _ = tx.send(Seen::Closed);
         });
@@ -116,5 +135,13 @@ impl Served {
             Ok(Seen::Closed) => panic!("abacus serve exited early:\n{}", self.logs()),
             Err(_) => panic!("abacus serve did not log its address:\n{}", self.logs()),
         }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // Fails only when the process was already reaped; nothing to do.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
