@@ -11,9 +11,11 @@
 
 #[path = "support/listening.rs"]
 mod listening;
+#[path = "support/temp_dir.rs"]
+mod temp_dir;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::ExitStatus,
     sync::{Arc, Mutex},
     time::Duration,
@@ -23,30 +25,12 @@ use abacus::pb::{
     AccumulateRequest, GetRegisterRequest, GetStatsRequest, calculator_client::CalculatorClient,
 };
 use listening::{Seen, Served};
+use temp_dir::TempDir;
 use tonic::{Code, transport::Channel};
 
 /// A hang guard, not a timing assertion: a healthy server logs its address
 /// or exits within a second.
 const HANG_GUARD: Duration = Duration::from_secs(60);
-
-/// A scratch directory under the system temp dir, unique to this process
-/// and test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("abacus-it-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A spawned `abacus serve`, killed on drop ([`Served`]), its log collected.
 struct Process(Served);
@@ -145,8 +129,8 @@ async fn get(client: &mut Client, register: &str) -> Result<f64, tonic::Status> 
 
 #[tokio::test]
 async fn registers_and_dedup_records_survive_a_crash() {
-    let tmp = TempDir::new("durable");
-    let data = tmp.0.join("data");
+    let tmp = TempDir::new("it-durable");
+    let data = tmp.path().join("data");
     let rival_dir = data.clone();
 
     let (first, mut c) = Server::start(Some(&data)).await;
@@ -232,8 +216,8 @@ async fn a_crash_under_concurrent_load_loses_nothing_acknowledged_and_applies_no
 
     const CALLERS: usize = 16;
     const ACKED_BEFORE_CRASH: usize = 300;
-    let tmp = TempDir::new("load");
-    let data = tmp.0.join("data");
+    let tmp = TempDir::new("it-load");
+    let data = tmp.path().join("data");
     let (server, c) = Server::start(Some(&data)).await;
 
     let sent = Arc::new(Mutex::new(Vec::new()));
@@ -339,8 +323,8 @@ fn damage(path: &Path, how: Damage) {
 
 #[tokio::test]
 async fn a_damaged_file_stops_abacus_serve_with_a_clear_error_not_a_panic() {
-    let tmp = TempDir::new("damaged");
-    let data = tmp.0.join("data");
+    let tmp = TempDir::new("it-damaged");
+    let data = tmp.path().join("data");
     // x = 1000, then x = 141044, then a crash: the file is left as a
     // SIGKILL leaves it (redb repairs such a file when it opens it).
     let (server, mut c) = Server::start(Some(&data)).await;
@@ -408,12 +392,12 @@ async fn a_full_disk_answers_unavailable_reports_not_serving_and_heals_by_itself
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
 
-    let tmp = TempDir::new("full");
+    let tmp = TempDir::new("it-full");
     let faults = DiskFaults::new();
     let ledger = RedbLedger::open_with_faults(
         Default::default(),
         EventSink::log_only(),
-        &tmp.0,
+        tmp.path(),
         Arc::clone(&faults),
     )
     .expect("open");

@@ -18,9 +18,12 @@ use tokio::net::TcpStream;
 use tonic::{Code, Request, metadata::MetadataValue};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::support::{
-    Fronts, OTHER_WRITER_TOKEN, READER_TOKEN, WRITER_TOKEN, authenticator, client, http1,
-    quick_config, rest_request,
+use crate::{
+    support::{
+        Fronts, OTHER_WRITER_TOKEN, READER_TOKEN, WRITER_TOKEN, authenticator, client, http1,
+        quick_config, rest_request,
+    },
+    temp_dir::TempDir,
 };
 
 fn auth_edge(rate: Option<RateLimit>) -> Edge {
@@ -215,11 +218,10 @@ async fn request_ids_are_scoped_by_identity_in_memory() {
 
 #[tokio::test]
 async fn request_ids_are_scoped_by_identity_in_redb() {
-    let dir = std::env::temp_dir().join(format!("abacus-scope-{}", std::process::id()));
-    let ledger = RedbLedger::open(DedupConfig::default(), EventSink::log_only(), &dir)
+    let dir = TempDir::new("scope");
+    let ledger = RedbLedger::open(DedupConfig::default(), EventSink::log_only(), dir.path())
         .expect("a fresh data directory");
     request_ids_are_scoped_by_identity(Arc::new(ledger)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@ mod certs;
 #[path = "../support/listening.rs"]
 mod listening;
 mod support;
+#[path = "../support/temp_dir.rs"]
+mod temp_dir;
 
 mod auth;
 mod metrics;

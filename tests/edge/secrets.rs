@@ -18,6 +18,7 @@ use crate::{
     certs::Pki,
     listening::{Seen, Served, listening_addr},
     support::{READER_TOKEN, WRITER_TOKEN, client, quick_config, rest_request},
+    temp_dir::TempDir,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_abacus");
@@ -35,8 +36,8 @@ fn assert_clean(text: &str, secrets: &[&str]) {
 #[tokio::test]
 async fn no_secret_in_logs_or_errors() {
     let pki = Pki::generate();
-    let dir = std::env::temp_dir().join(format!("abacus-secrets-{}", std::process::id()));
-    pki.write_to(&dir).unwrap();
+    let scratch = TempDir::new("secrets");
+    let dir = pki.write_to(scratch.path()).unwrap();
     let tokens = dir.join("tokens");
     // The writer's token appears only as a digest; the reader's in clear.
     let digest: String = abacus::server::auth::tokens::digest(WRITER_TOKEN.as_bytes())
@@ -186,7 +187,6 @@ async fn no_secret_in_logs_or_errors() {
     assert!(log.contains("TLS handshake failed"), "{log}");
     assert!(log.contains("DEBUG"), "the log ran at DEBUG:\n{log}");
     assert_clean(&log, &secrets);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs the binary with `args`; its exit code and stderr.

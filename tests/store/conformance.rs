@@ -7,7 +7,7 @@
 //! A failure prints the seed, the first differing operation and both
 //! observations.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use abacus::{
     store::dedup::DedupConfig,
@@ -20,7 +20,7 @@ use abacus::{
     trace::EventSink,
 };
 
-use crate::support::pg;
+use crate::support::{pg, temp_dir::TempDir};
 
 /// Operations per sequence.
 const LEN: usize = 80;
@@ -66,22 +66,10 @@ fn memory(ops: &[Op], dedup: DedupConfig) -> Vec<Seen> {
     })
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn redb(ops: &[Op], seed: u64) -> Vec<Seen> {
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("abacus-conformance-{}-{seed}", std::process::id())),
-    );
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new(&format!("conformance-{seed}"));
     paused_runtime().block_on(async {
-        let ledger = RedbLedger::open(conformance::limits(), EventSink::default(), &dir.0)
+        let ledger = RedbLedger::open(conformance::limits(), EventSink::default(), dir.path())
             .expect("open redb in a temp dir");
         assert_eq!(ledger.backend(), abacus::store::Backend::Redb);
         conformance::run(&ledger, &Paused, ops).await

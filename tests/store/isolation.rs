@@ -5,7 +5,7 @@
 //! replay, and the register stay at 100. Charged to one client, the same
 //! traffic does flush the record (the negative control).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::net::IpAddr;
 
 use abacus::{
     store::{
@@ -16,7 +16,7 @@ use abacus::{
     trace::EventSink,
 };
 
-use crate::support::pg;
+use crate::support::{pg, temp_dir::TempDir};
 
 const ENTRIES_MAX: usize = 1_000;
 
@@ -105,27 +105,17 @@ async fn negative_control_one_clients_traffic_does_flush_its_own_record() {
     assert_eq!(value, 200.0);
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test]
 async fn an_attackers_fresh_ids_do_not_flush_a_victims_record_in_redb_across_a_restart() {
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("abacus-isolation-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new("isolation");
     let (victim, attacker) = (peer("10.0.0.1"), peer("10.0.0.2"));
     {
-        let ledger = RedbLedger::open(limits(), EventSink::default(), &dir.0).expect("open");
+        let ledger = RedbLedger::open(limits(), EventSink::default(), dir.path()).expect("open");
         assert_isolated("redb", flush(&ledger, &victim, &attacker).await);
     }
     // Reloaded, every record keeps its owner: the attacker's next fresh IDs
     // still evict only its own.
-    let ledger = RedbLedger::open(limits(), EventSink::default(), &dir.0).expect("reopen");
+    let ledger = RedbLedger::open(limits(), EventSink::default(), dir.path()).expect("reopen");
     for i in 0..10 {
         let fresh = call(&attacker, "attacker", 1.0, &format!("after-{i}"));
         store::accumulate(&ledger, &fresh, None)

@@ -11,6 +11,8 @@ mod support {
     pub(crate) mod closed_port;
     pub(crate) mod pg;
     pub(crate) mod proxy;
+    #[path = "../../support/temp_dir.rs"]
+    pub(crate) mod temp_dir;
 }
 
 #[path = "../support/listening.rs"]
