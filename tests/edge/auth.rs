@@ -291,17 +291,21 @@ async fn over_the_rate_limit_the_client_waits_the_pushback_it_is_given() {
     );
 
     // REST: 429 with Retry-After.
-    let tcp = TcpStream::connect(fronts.rest).await.unwrap();
-    let req = rest_request("GET", "/v1/stats", Some(READER_TOKEN), None);
-    let (first, _, _) = http1(tcp, req).await;
-    let tcp = TcpStream::connect(fronts.rest).await.unwrap();
-    let req = rest_request("GET", "/v1/stats", Some(READER_TOKEN), None);
-    let (second, headers, body) = http1(tcp, req).await;
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(fronts.rest).await.unwrap();
+        let req = rest_request("GET", "/v1/stats", Some(READER_TOKEN), None);
+        answers.push(http1(tcp, req).await);
+    }
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|(status, _, _)| status.as_u16() == 429)
+        .collect();
     assert!(
-        first.as_u16() == 429 || second.as_u16() == 429,
-        "two calls at once over a 4/s limit with no burst: {first} {second}"
+        !limited.is_empty(),
+        "two calls at once over a 4/s limit with no burst: {answers:?}"
     );
-    if second.as_u16() == 429 {
+    for (_, headers, body) in limited {
         assert_eq!(headers["retry-after"], "1", "{body}");
     }
 }

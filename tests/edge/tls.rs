@@ -242,16 +242,17 @@ async fn a_handshake_never_finished_is_cut_at_the_first_byte_timeout() {
 #[test]
 fn bad_files_are_refused_at_start_with_the_flag_and_never_the_key() {
     let pki = Pki::generate();
-    let pem = |flag, text: &'static str| PemSource {
-        flag,
-        path: std::path::Path::new("/etc/abacus/x.pem"),
-        pem: text.as_bytes(),
-    };
-    let leak = |s: &str| Box::leak(s.to_owned().into_boxed_str()) as &'static str;
+    fn pem<'a>(flag: &'static str, text: &'a str) -> PemSource<'a> {
+        PemSource {
+            flag,
+            path: std::path::Path::new("/etc/abacus/x.pem"),
+            pem: text.as_bytes(),
+        }
+    }
     let (cert, key, other_key) = (
-        leak(&pki.server.cert),
-        leak(&pki.server.key),
-        leak(&pki.client.key),
+        pki.server.cert.as_str(),
+        pki.server.key.as_str(),
+        pki.client.key.as_str(),
     );
     let mut errors = Vec::new();
     let mut err = |r: Result<ServerTls, abacus::tls::TlsConfigError>| {
