@@ -11,7 +11,8 @@ Usage: python3 client.py HOST:PORT [--tls-ca CA [--tls-cert CERT --tls-key KEY]]
 with --tls-cert/--tls-key); with --token-file it sends the token as gRPC
 access-token call credentials (`authorization: Bearer ...`), which grpcio
 only allows over TLS.
-Exits 1 on any mismatch, listing every one.
+Exits 1 on any mismatch, listing every one; 2 when the first call (a health
+check) fails, saying why (a refused handshake answers UNAVAILABLE at once).
 """
 
 import argparse
@@ -99,7 +100,15 @@ def open_channel(args):
 
 def main(args):
     channel = open_channel(args)
-    grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)
+    # The server logged its address after binding: the first call connects.
+    # Its failure is reported as such, not as a timeout waiting for a
+    # channel that can never be ready.
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=TIMEOUT_S)
+    except grpc.RpcError as err:
+        print(f"cannot reach the server: {err.code().name}: {err.details()}")
+        return 2
 
     db = ProtoReflectionDescriptorDatabase(channel)
     services = set(db.get_services())

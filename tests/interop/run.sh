@@ -111,17 +111,27 @@ run_client "mutual TLS with a token" --tls-ca "$certs/ca.pem" \
     --tls-cert "$certs/client.pem" --tls-key "$certs/client.key" --token-file "$certs/token"
 
 # Negative controls: the mutual-TLS server refuses a client without a
-# certificate, and one without a token; neither may pass.
+# certificate (at the handshake: client.py exits 2, UNAVAILABLE), and one
+# without a token (its calls: exit 1, UNAUTHENTICATED mismatches). Each must
+# fail for its own reason, not for any other (a crash, a timeout).
 for control in "no client certificate" "no token"; do
     case "$control" in
-        "no client certificate") extra=(--token-file "$certs/token") ;;
-        *) extra=(--tls-cert "$certs/client.pem" --tls-key "$certs/client.key") ;;
+        "no client certificate")
+            extra=(--token-file "$certs/token")
+            want_status=2
+            want='^cannot reach the server: UNAVAILABLE: '
+            ;;
+        *)
+            extra=(--tls-cert "$certs/client.pem" --tls-key "$certs/client.key")
+            want_status=1
+            want='^FAIL .*UNAUTHENTICATED'
+            ;;
     esac
     status=0
     timeout 120 "$python" "$here/client.py" "$addr" --tls-ca "$certs/ca.pem" "${extra[@]}" \
         >"$log.control" 2>&1 || status=$?
-    if [ "$status" -eq 0 ]; then
-        echo "interop: FAILED: the mutual-TLS server served a client with $control:"
+    if [ "$status" -ne "$want_status" ] || ! grep -Eq "$want" "$log.control"; then
+        echo "interop: FAILED: with $control, client.py should exit $want_status with a line matching '$want' (exit $status):"
         cat "$log.control"
         exit 1
     fi
