@@ -24,7 +24,7 @@ use crate::{
     client::{
         call::{Call, Reply},
         error::{CallError, Cause},
-        retry::{Shared, Stop},
+        retry::{Failed, Shared, Stop},
     },
     trace::Outcome,
 };
@@ -64,13 +64,12 @@ pin_project! {
         live: Vec<u32>,
         // Attempts launched so far.
         launched: u32,
-        // Attempts that went out (a refusal sends nothing).
-        sent: u32,
+        // The attempts that failed so far.
+        failed: Failed,
         // When the next attempt may go and why; `None`: no more.
         next: Option<(Instant, HedgeTrigger)>,
         // Why no more will go, once that is decided.
         stop: Option<Stop>,
-        outcome: Outcome,
         last_error: Option<CallError>,
         #[pin]
         timer: Sleep,
@@ -96,10 +95,9 @@ impl<S: Service<Call>> HedgeFuture<S> {
             in_flight: FuturesUnordered::new(),
             live: Vec::new(),
             launched: 0,
-            sent: 0,
+            failed: Failed::NONE,
             next: Some((now, HedgeTrigger::Delay)),
             stop: None,
-            outcome: Outcome::NotApplied,
             last_error: None,
             timer: tokio::time::sleep_until(now),
         }
@@ -135,10 +133,7 @@ where
                     }
                     Err(e) => e,
                 };
-                if !matches!(err.cause, Cause::CircuitOpen { .. } | Cause::NoEndpoint) {
-                    *this.sent += 1;
-                }
-                *this.outcome = this.outcome.merge(err.outcome);
+                this.failed.add(&err);
                 let now = Instant::now();
                 match this.shared.hedge_after_failure(this.call, &err, now) {
                     AfterFailure::Fatal => {
@@ -148,8 +143,7 @@ where
                             this.call,
                             err,
                             stop,
-                            *this.sent,
-                            *this.outcome,
+                            *this.failed,
                         )));
                     }
                     AfterFailure::Next { at, trigger } => {
@@ -239,13 +233,7 @@ where
         )
     });
     let stop = this.stop.unwrap_or(Stop::AttemptsExhausted);
-    Poll::Ready(Err(this.shared.give_up(
-        this.call,
-        err,
-        stop,
-        *this.sent,
-        *this.outcome,
-    )))
+    Poll::Ready(Err(this.shared.give_up(this.call, err, stop, *this.failed)))
 }
 
 /// Cancels every attempt still in flight, announcing each.

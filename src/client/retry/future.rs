@@ -21,14 +21,14 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::Service;
 
-use super::{Decision, Shared};
+use super::{Decision, Failed, Shared};
 use crate::{
     client::{
         call::{Call, Reply},
-        error::{CallError, Cause},
+        error::CallError,
         hedge::HedgeFuture,
     },
-    trace::{Event, Outcome},
+    trace::Event,
 };
 
 pin_project! {
@@ -103,10 +103,8 @@ pin_project! {
         inner: S,
         call: Call,
         shared: Arc<Shared>,
-        // What the attempts so far say about the request's effect.
-        outcome: Outcome,
-        // Attempts that went out (a circuit-open refusal sends nothing).
-        sent: u32,
+        // The attempts that failed so far.
+        failed: Failed,
         #[pin]
         state: State<S::Future>,
     }
@@ -139,8 +137,7 @@ impl<S: Service<Call>> RetryFuture<S> {
             inner,
             call,
             shared,
-            outcome: Outcome::NotApplied,
-            sent: 0,
+            failed: Failed::NONE,
             state: State::Ready,
         }
     }
@@ -169,10 +166,7 @@ where
                         }
                         Err(e) => e,
                     };
-                    if !matches!(err.cause, Cause::CircuitOpen { .. } | Cause::NoEndpoint) {
-                        *this.sent += 1;
-                    }
-                    *this.outcome = this.outcome.merge(err.outcome);
+                    this.failed.add(&err);
                     match this.shared.decide(this.call, &err) {
                         Decision::Retry { after, pushback } => {
                             this.shared.events.emit(Event::Backoff {
@@ -190,8 +184,7 @@ where
                                 this.call,
                                 err,
                                 stop,
-                                *this.sent,
-                                *this.outcome,
+                                *this.failed,
                             )));
                         }
                     }

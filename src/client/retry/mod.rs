@@ -86,6 +86,34 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// What the failed attempts of one call add up to, for the error it ends
+/// with: retried and hedged calls keep the same account.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failed {
+    /// Attempts that went out (a refusal by an open breaker, or by a
+    /// balancer with no endpoint to offer, sends nothing).
+    sent: u32,
+    /// What they say about the request's effect, merged: once any may have
+    /// been applied, the call may have been.
+    outcome: Outcome,
+}
+
+impl Failed {
+    /// No attempt has failed yet.
+    pub(crate) const NONE: Self = Self {
+        sent: 0,
+        outcome: Outcome::NotApplied,
+    };
+
+    /// Adds a failed attempt.
+    pub(crate) fn add(&mut self, err: &CallError) {
+        if !matches!(err.cause, Cause::CircuitOpen { .. } | Cause::NoEndpoint) {
+            self.sent += 1;
+        }
+        self.outcome = self.outcome.merge(err.outcome);
+    }
+}
+
 /// State shared by every clone of the layer's services, behind one `Arc`
 /// (one reference count per call, not one per field): the throttle is per
 /// client (gRPC keeps one per server name, which a client's endpoint set
@@ -210,8 +238,7 @@ impl Shared {
         call: &Call,
         mut err: CallError,
         stop: Stop,
-        sent: u32,
-        outcome: Outcome,
+        failed: Failed,
     ) -> CallError {
         if stop != Stop::NonRetryable || call.attempt > 1 {
             self.events.emit(Event::GaveUp {
@@ -219,8 +246,8 @@ impl Shared {
                 reason: stop,
             });
         }
-        err.attempts = sent;
-        err.outcome = outcome;
+        err.attempts = failed.sent;
+        err.outcome = failed.outcome;
         match stop {
             Stop::BudgetExhausted => err.cause = Cause::BudgetExhausted,
             Stop::ServerPushback => err.cause = Cause::PushbackStop,
