@@ -417,6 +417,45 @@ async fn a_hedge_to_another_endpoint_wins_and_the_slow_attempt_is_cancelled() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_attempts_a_late_hedge_beats_are_cancelled_in_launch_order() {
+    let slow = || Endpoint::new(Mode::Slow(Duration::from_millis(500)));
+    let endpoints = [
+        slow(),
+        slow(),
+        Endpoint::new(Mode::Slow(Duration::from_millis(5))),
+    ];
+    let refs: Vec<&Endpoint> = endpoints.iter().collect();
+    let hedge = HedgeConfig {
+        attempts_max: 3,
+        delay: Duration::from_millis(20),
+        non_fatal_codes: vec![Code::Unavailable],
+    };
+    let rig = Rig::with(&refs, Some(hedge), None, Balancing::RoundRobin);
+    let t0 = Instant::now();
+    assert_eq!(rig.add(1).await, Ok(Reply::Calc(1.0)));
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_millis(45),
+        "third attempt at 40 ms"
+    );
+    let cancelled: Vec<_> = rig
+        .events
+        .take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::HedgeCancelled { call: 1, attempt } => Some(attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancelled, [1, 2]);
+    let c = rig.retry.counters();
+    assert_eq!((c.hedges, c.hedges_won, c.hedges_cancelled), (2, 1, 2));
+    for i in 0..2 {
+        assert_eq!(rig.snapshot(i).counters.cancelled, 1, "endpoint {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn hedges_stop_on_negative_pushback_and_a_failure_sends_the_next_at_once() {
     let stop = Endpoint::new(Mode::Stop);
     let down = Endpoint::new(Mode::Down);

@@ -60,8 +60,6 @@ pin_project! {
         call: Call,
         shared: Arc<Shared>,
         in_flight: FuturesUnordered<Tagged<S::Future>>,
-        // Attempt numbers in flight, to announce their cancellation.
-        live: Vec<u32>,
         // Attempts launched so far.
         launched: u32,
         // The attempts that failed so far.
@@ -93,7 +91,6 @@ impl<S: Service<Call>> HedgeFuture<S> {
             call,
             shared,
             in_flight: FuturesUnordered::new(),
-            live: Vec::new(),
             launched: 0,
             failed: Failed::NONE,
             next: Some((now, HedgeTrigger::Delay)),
@@ -121,14 +118,13 @@ where
             while let Poll::Ready(Some((attempt, result))) =
                 Pin::new(&mut *this.in_flight).poll_next(cx)
             {
-                this.live.retain(|&a| a != attempt);
                 let err = match result {
                     Ok(reply) => {
                         this.shared.on_success();
                         if *this.launched > 1 {
                             this.shared.on_hedge_won(this.call.id, attempt);
                         }
-                        cancel(this.shared, this.call.id, this.live, this.in_flight);
+                        cancel(this.shared, this.call.id, *this.launched, this.in_flight);
                         return Poll::Ready(Ok(reply));
                     }
                     Err(e) => e,
@@ -137,7 +133,7 @@ where
                 let now = Instant::now();
                 match this.shared.hedge_after_failure(this.call, &err, now) {
                     AfterFailure::Fatal => {
-                        cancel(this.shared, this.call.id, this.live, this.in_flight);
+                        cancel(this.shared, this.call.id, *this.launched, this.in_flight);
                         let stop = Stop::NonRetryable;
                         return Poll::Ready(Err(this.shared.give_up(
                             this.call,
@@ -200,7 +196,6 @@ where
                         }
                         let future = this.inner.call(this.call.clone());
                         this.in_flight.push(Tagged { attempt, future });
-                        this.live.push(attempt);
                         *this.next = (attempt < hedge.config().attempts_max)
                             .then(|| (now + delay, HedgeTrigger::Delay));
                         if this.next.is_none() {
@@ -236,9 +231,22 @@ where
     Poll::Ready(Err(this.shared.give_up(this.call, err, stop, *this.failed)))
 }
 
-/// Cancels every attempt still in flight, announcing each.
-fn cancel<F>(shared: &Shared, call: u64, live: &mut Vec<u32>, in_flight: &mut FuturesUnordered<F>) {
-    for attempt in live.drain(..) {
+/// Cancels every attempt still in flight, announcing each in the order
+/// they were launched. The set itself knows which are in flight: a call
+/// launches at most five attempts, so asking it per number is cheaper
+/// than a second list kept in step with it.
+fn cancel<F>(
+    shared: &Shared,
+    call: u64,
+    launched: u32,
+    in_flight: &mut FuturesUnordered<Tagged<F>>,
+) {
+    let live = |attempt: &u32| {
+        Pin::new(&*in_flight)
+            .iter_pin_ref()
+            .any(|t| t.attempt == *attempt)
+    };
+    for attempt in (1..=launched).filter(live) {
         shared.on_hedge_cancelled(call, attempt);
     }
     in_flight.clear();
