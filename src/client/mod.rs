@@ -277,7 +277,7 @@ impl Client {
                 }
             })
         };
-        for name in &names {
+        for name in balance::within_limit(&names) {
             if let Some((service, channel)) = make(name) {
                 balance.insert(name, service, channel);
             }

@@ -129,6 +129,26 @@ impl Default for BalanceConfig {
     }
 }
 
+/// Most endpoints one balancer keeps. Each holds a connection and two
+/// health watch streams, and every pick looks at all of them under the
+/// balancer's lock: a DNS name answering with hundreds of addresses must
+/// not become hundreds of connections and a per-call scan over them.
+/// Past it, names are kept in the resolver's (stable) order and the rest
+/// left out, with a warning.
+pub const ENDPOINTS_MAX: usize = 64;
+
+/// The first [`ENDPOINTS_MAX`] of `names`, warning when some are left out.
+pub(crate) fn within_limit(names: &[String]) -> &[String] {
+    if names.len() > ENDPOINTS_MAX {
+        tracing::warn!(
+            resolved = names.len(),
+            kept = ENDPOINTS_MAX,
+            "the target resolved to more endpoints than a client keeps; the first ones are used"
+        );
+    }
+    &names[..names.len().min(ENDPOINTS_MAX)]
+}
+
 /// Builds the service for a named endpoint (its transport and the layers
 /// below the breaker), and the channel its health is watched over; `None`
 /// when the name cannot be dialled (it is then left out, and logged).
@@ -201,15 +221,25 @@ impl<S> Shared<S> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds `name` unless it is there; returns whether it was added.
+    /// Adds `name` unless it is there or the set is full; returns whether
+    /// it was added. Logs only once the lock is released.
     fn insert(&self, name: &str, service: S, health_channel: Option<Channel>) -> bool {
         let mut state = self.lock();
         if state.slots.iter().any(|s| &*s.name == name) {
             return false;
         }
+        if state.slots.len() >= ENDPOINTS_MAX {
+            drop(state);
+            tracing::warn!(
+                endpoint = name,
+                max = ENDPOINTS_MAX,
+                "endpoint left out: the set is full"
+            );
+            return false;
+        }
         state.next_id += 1;
         let id = state.next_id;
-        let breaker = self.breaker.as_ref().and_then(|config| {
+        let breaker = self.breaker.as_ref().map(|config| {
             BreakerLayer::try_new(
                 name,
                 config.clone(),
@@ -217,9 +247,12 @@ impl<S> Shared<S> {
                 self.events.clone(),
             )
             .map(|layer| layer.handle())
-            .map_err(|e| tracing::warn!(endpoint = name, error = %e, "breaker off"))
-            .ok()
         });
+        let (breaker, breaker_error) = match breaker {
+            Some(Ok(b)) => (Some(b), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
         let health_channel = health_channel.filter(|_| self.config.health_check);
         if health_channel.is_some() {
             state.watches_due = true;
@@ -237,14 +270,20 @@ impl<S> Shared<S> {
             pending: 0,
             counters: EndpointCounters::default(),
         });
+        drop(state);
+        if let Some(e) = breaker_error {
+            tracing::warn!(endpoint = name, error = %e, "breaker off");
+        }
         true
     }
 
-    /// Makes the set exactly `names` (in that order for new ones): adds the
-    /// new, drops the gone (their watches stop; their calls in flight
-    /// finish on the service they hold), and announces both. (The set a
-    /// client starts with is not announced: its configuration says it.)
+    /// Makes the set exactly `names` (in that order for new ones; the first
+    /// [`ENDPOINTS_MAX`]): adds the new, drops the gone (their watches
+    /// stop; their calls in flight finish on the service they hold), and
+    /// announces both. (The set a client starts with is not announced: its
+    /// configuration says it.)
     fn update(&self, names: &[String], make: &MakeEndpoint<S>) {
+        let names = within_limit(names);
         let gone: Vec<Arc<str>> = {
             let mut state = self.lock();
             let mut gone = Vec::new();
@@ -453,8 +492,8 @@ where
 
     /// Adds an endpoint named `name` sending through `service`, with its
     /// health watched over `health_channel` (if given and health checking
-    /// is on). A name already in the set is left as it is; returns whether
-    /// it was added.
+    /// is on). A name already in the set is left as it is, and nothing is
+    /// added to a set of [`ENDPOINTS_MAX`]; returns whether it was added.
     pub fn insert(&self, name: &str, service: S, health_channel: Option<Channel>) -> bool {
         self.shared.insert(name, service, health_channel)
     }

@@ -487,3 +487,71 @@ async fn hedges_stop_on_negative_pushback_and_a_failure_sends_the_next_at_once()
     assert_eq!((err.cause.clone(), err.attempts), (Cause::PushbackStop, 1));
     assert_eq!(ok.hits(), 1, "only the first rig's hedge reached it");
 }
+
+#[tokio::test(start_paused = true)]
+async fn re_resolution_adds_and_drops_endpoints_within_the_limit() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = EventSink::with_hook(move |e| {
+        if matches!(
+            e,
+            Event::EndpointAdded { .. } | Event::EndpointRemoved { .. }
+        ) {
+            let _ = tx.send(e.clone());
+        }
+    });
+    let config = BalanceConfig {
+        resolve_every: Duration::from_secs(1),
+        ..BalanceConfig::default()
+    };
+    let balance: Balance<Fake> = Balance::new(config, None, 7, sink);
+    let up = Endpoint::new(Mode::Ok);
+    assert!(balance.insert("a:1", up.service(), None));
+    let make: MakeEndpoint<Fake> = {
+        let up = up.clone();
+        Arc::new(move |_: &str| Some((up.service(), None)))
+    };
+    let resolver = ManualResolver::new(["a:1", "b:1"]);
+    balance.refresh_from(Arc::new(resolver.clone()), make);
+    let names = || {
+        balance
+            .handle()
+            .endpoints()
+            .into_iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>()
+    };
+    let added = |endpoint: &str| Event::EndpointAdded {
+        endpoint: endpoint.into(),
+    };
+    assert_eq!(rx.recv().await, Some(added("b:1")));
+    assert_eq!(names(), ["a:1", "b:1"]);
+
+    resolver.set(["b:1"]);
+    let removed = Event::EndpointRemoved {
+        endpoint: "a:1".into(),
+    };
+    assert_eq!(rx.recv().await, Some(removed));
+    assert_eq!(names(), ["b:1"]);
+
+    // A name answering with more addresses than a client keeps: the first
+    // ENDPOINTS_MAX, in the resolver's order.
+    let many: Vec<String> = (0..ENDPOINTS_MAX + 10)
+        .map(|i| format!("10.0.{}.{}:1", i / 256, i % 256))
+        .collect();
+    resolver.set(many.clone());
+    assert_eq!(
+        rx.recv().await,
+        Some(Event::EndpointRemoved {
+            endpoint: "b:1".into()
+        })
+    );
+    for name in &many[..ENDPOINTS_MAX] {
+        assert_eq!(rx.recv().await, Some(added(name)));
+    }
+    assert_eq!(names(), many[..ENDPOINTS_MAX]);
+    assert!(
+        !balance.insert("c:1", up.service(), None),
+        "the set is full"
+    );
+    assert_eq!(names().len(), ENDPOINTS_MAX);
+}
