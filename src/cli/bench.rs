@@ -356,12 +356,6 @@ fn report(
     let per_endpoint = endpoints
         .iter()
         .map(|e| {
-            let breaker = match e.breaker {
-                None => "none",
-                Some(BreakerState::Closed) => "closed",
-                Some(BreakerState::Open) => "open",
-                Some(BreakerState::HalfOpen) => "half-open",
-            };
             (
                 e.name.clone(),
                 EndpointShare {
@@ -369,7 +363,7 @@ fn report(
                     answered: e.counters.answered,
                     failed: e.counters.failed,
                     cancelled: e.counters.cancelled,
-                    breaker,
+                    breaker: e.breaker.map_or("none", BreakerState::name),
                 },
             )
         })
