@@ -6,6 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
 
 use crate::{
     client::{Client, ClientConfig, tcp_channel},
@@ -104,8 +105,12 @@ pub(super) fn narrated_client(addr: SocketAddr, mut config: ClientConfig) -> Cli
 
 /// A client to `addr` with `config` as is.
 pub(super) fn client(addr: SocketAddr, config: ClientConfig) -> Client {
-    let channel = tcp_channel(&addr.to_string()).expect("a socket address is a valid authority");
-    Client::new(channel, config)
+    Client::new(channel(addr), config)
+}
+
+/// A plaintext channel to an embedded server.
+pub(super) fn channel(addr: SocketAddr) -> Channel {
+    tcp_channel(&addr.to_string()).expect("a socket address is a valid authority")
 }
 
 #[cfg(test)]

@@ -21,11 +21,12 @@ use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::tally::{Count, Tally};
+use super::{
+    embedded,
+    tally::{Count, Tally},
+};
 use crate::{
-    client::{
-        BreakerConfig, Client, ClientConfig, Delivery, HedgeConfig, breaker::State, tcp_channel,
-    },
+    client::{BreakerConfig, Client, ClientConfig, Delivery, HedgeConfig, breaker::State},
     server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig},
     store::{self, MemoryLedger as Ledger},
     trace::{Event, EventSink},
@@ -175,11 +176,7 @@ pub(super) async fn section(
         }),
         ..policy.clone()
     };
-    let endpoints = [a1, a2, a3].map(|a| {
-        let name = a.to_string();
-        let channel = tcp_channel(&name).expect("a socket address is a valid authority");
-        (name, channel)
-    });
+    let endpoints = [a1, a2, a3].map(|a| (a.to_string(), embedded::channel(a)));
     let client = Client::with_endpoints(endpoints, config);
     let mut seen = Observed::default();
 
