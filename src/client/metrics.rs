@@ -47,7 +47,7 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
+    collections::BTreeMap,
     sync::{Arc, Mutex},
 };
 
@@ -67,6 +67,13 @@ use crate::{
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
+/// Most calls the recorder follows at once. A call whose future is dropped
+/// before it ends (the caller's own timeout, an aborted task) never says
+/// so; past this many, the oldest (the lowest number: a client numbers its
+/// calls in order) is forgotten, so such calls cannot grow the map without
+/// bound. A forgotten call that does end records no call duration.
+const CALLS_TRACKED_MAX: usize = 65_536;
+
 /// The client's metrics. Cheap to clone; clones share the registry.
 #[derive(Debug, Clone)]
 pub struct ClientMetrics {
@@ -85,9 +92,10 @@ struct Inner {
     gave_up: Family<Labels<2>, Counter>,
     transitions: Family<Vec<(&'static str, String)>, Counter>,
     rejected: Family<Labels<1>, Counter>,
-    /// Calls in progress, by the client's call number. A std mutex held
-    /// for a map update per event, never across an await.
-    calls: Mutex<HashMap<u64, CallState>>,
+    /// Calls in progress, by the client's call number (ordered, so the
+    /// oldest is the first). A std mutex held for a map update per event,
+    /// never across an await.
+    calls: Mutex<BTreeMap<u64, CallState>>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,7 +225,7 @@ impl ClientMetrics {
         sink.and_hook(move |event| metrics.record(event))
     }
 
-    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CallState>> {
+    fn calls(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CallState>> {
         // Each update is one insert, lookup or remove.
         self.inner.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -232,7 +240,11 @@ impl ClientMetrics {
         let now = Instant::now();
         match event {
             Event::CallStarted { call, method, .. } => {
-                self.calls().insert(
+                let mut calls = self.calls();
+                if calls.len() >= CALLS_TRACKED_MAX {
+                    calls.pop_first();
+                }
+                calls.insert(
                     *call,
                     CallState {
                         method: method_label(*method),
@@ -452,5 +464,38 @@ mod tests {
         let sum = "grpc_client_attempt_duration_seconds_sum";
         assert_eq!(v(sum, &[add, ok]), Some(0.005), "{text}");
         assert_eq!(v(sum, &[add, cancelled]), Some(0.035), "{text}");
+    }
+
+    #[test]
+    fn calls_that_never_end_are_forgotten_oldest_first() {
+        let metrics = ClientMetrics::new("a");
+        let start = |call| Event::CallStarted {
+            call,
+            method: Method::Add,
+            request_id: String::new(),
+            deadline_ms: 1000,
+        };
+        // Every one of these callers dropped its call before it ended.
+        for call in 1..=CALLS_TRACKED_MAX as u64 + 1 {
+            metrics.record(&start(call));
+        }
+        let calls = metrics.calls();
+        assert_eq!(calls.len(), CALLS_TRACKED_MAX);
+        assert_eq!(calls.keys().next(), Some(&2), "call 1 was forgotten");
+        drop(calls);
+        let finished = |call| Event::CallFinished {
+            call,
+            attempts: 1,
+            result: Ok(Reply::Calc(3.0)),
+            outcome: Outcome::Applied,
+        };
+        metrics.record(&finished(1));
+        metrics.record(&finished(2));
+        let text = metrics.encode();
+        assert_eq!(
+            value(&text, "grpc_client_call_duration_seconds_count", &[]),
+            Some(1.0),
+            "only the call still followed is timed: {text}"
+        );
     }
 }
