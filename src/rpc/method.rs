@@ -99,6 +99,12 @@ impl Method {
         !matches!(self, Self::Accumulate | Self::DeleteRegister)
     }
 
+    /// True when repeating the RPC has the effect of sending it once: the
+    /// pure ones, and `DeleteRegister` (marked `IDEMPOTENT` in the proto).
+    pub const fn is_idempotent(self) -> bool {
+        self.is_pure() || matches!(self, Self::DeleteRegister)
+    }
+
     /// The method a gRPC request path names, if it is one of ours.
     ///
     /// ```
@@ -106,13 +112,6 @@ impl Method {
     /// assert_eq!(Method::from_path("/abacus.v1.Calculator/GetStats"), Some(Method::GetStats));
     /// assert_eq!(Method::from_path("/grpc.health.v1.Health/Check"), None);
     /// ```
-    /// True when repeating the RPC has the effect of sending it once: the
-    /// pure ones, and `DeleteRegister` (marked `IDEMPOTENT` in the proto).
-    pub const fn is_idempotent(self) -> bool {
-        self.is_pure() || matches!(self, Self::DeleteRegister)
-    }
-
-    /// The method whose HTTP/2 path is `path`.
     pub fn from_path(path: &str) -> Option<Method> {
         Self::ALL.into_iter().find(|m| m.path() == path)
     }
