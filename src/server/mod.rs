@@ -25,6 +25,8 @@
 //!   reflection).
 //! - [`strict`]: refuses requests that break the gRPC protocol (content
 //!   type, extra request messages).
+//! - [`frames`]: gRPC's message framing, read from a body as it streams
+//!   (for [`strict`] and [`metrics`]).
 //! - [`tally`]: counts for rate-limited log lines.
 //! - [`edge`]: what a deployment adds on both fronts ([`Edge`]): TLS
 //!   ([`tls`]), tokens and roles ([`auth`]), metrics ([`metrics`]).
@@ -33,6 +35,7 @@ pub mod auth;
 pub mod deadline;
 pub mod edge;
 pub mod faults;
+pub mod frames;
 pub mod grpc;
 pub mod limits;
 pub mod listener;

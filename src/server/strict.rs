@@ -29,7 +29,7 @@ use tonic::{
 };
 use tower::{Layer, Service};
 
-use crate::error::ProtocolError;
+use crate::{error::ProtocolError, server::frames::Frames};
 
 /// Path prefix of the one service whose requests are a stream of messages
 /// (reflection's `ServerReflectionInfo` is bidirectional).
@@ -103,17 +103,14 @@ where
 }
 
 pin_project! {
-    /// A request body that fails once a second gRPC message begins. gRPC
-    /// frames each message as a 1-byte flag, a 4-byte big-endian length and
-    /// the payload, so the first message's end is known from its first five
-    /// bytes, and any byte past it starts another.
+    /// A request body that fails once a second gRPC message begins: any
+    /// byte past the first message's end ([`Frames`] knows it from the
+    /// first five bytes) starts another.
     #[derive(Debug)]
     pub struct OneMessage<B> {
         #[pin]
         inner: B,
-        header: [u8; 5],
-        seen: u64,
-        end: Option<u64>,
+        frames: Frames,
     }
 }
 
@@ -121,32 +118,16 @@ impl<B> OneMessage<B> {
     fn new(inner: B) -> Self {
         Self {
             inner,
-            header: [0; 5],
-            seen: 0,
-            end: None,
+            frames: Frames::default(),
         }
     }
 }
 
-/// Counts `chunk` into the framing; false once bytes run past the first
+/// Reads `chunk` into the framing; false once bytes run past the first
 /// message.
-fn within_first_message(
-    header: &mut [u8; 5],
-    seen: &mut u64,
-    end: &mut Option<u64>,
-    chunk: &[u8],
-) -> bool {
-    let start = *seen;
-    *seen = seen.saturating_add(chunk.len() as u64);
-    if let Ok(at @ 0..5) = usize::try_from(start) {
-        let n = (5 - at).min(chunk.len());
-        header[at..at + n].copy_from_slice(&chunk[..n]);
-    }
-    if end.is_none() && *seen >= 5 {
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        *end = Some(5 + u64::from(len));
-    }
-    end.is_none_or(|end| *seen <= end)
+fn within_first_message(frames: &mut Frames, chunk: &[u8]) -> bool {
+    frames.feed(chunk);
+    frames.messages() <= 1
 }
 
 impl<B> HttpBody for OneMessage<B>
@@ -164,7 +145,7 @@ where
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
-            && !within_first_message(this.header, this.seen, this.end, data)
+            && !within_first_message(this.frames, data)
         {
             return Poll::Ready(Some(Err(ProtocolError::ExtraRequestMessage.into())));
         }
@@ -210,11 +191,11 @@ mod tests {
     /// Feeds `stream` in chunks of `chunk` bytes; the number of bytes fed
     /// when the framing first refused, if it did.
     fn refused_at(stream: &[u8], chunk: usize) -> Option<usize> {
-        let (mut header, mut seen, mut end) = ([0; 5], 0, None);
+        let mut frames = Frames::default();
         let mut fed = 0;
         for piece in stream.chunks(chunk) {
             fed += piece.len();
-            if !within_first_message(&mut header, &mut seen, &mut end, piece) {
+            if !within_first_message(&mut frames, piece) {
                 return Some(fed);
             }
         }

@@ -28,7 +28,7 @@ use tonic::{
 use tower::{Layer, Service};
 
 use super::{CallRecord, Front, ServerMetrics};
-use crate::rpc::metrics::path_label;
+use crate::{rpc::metrics::path_label, server::frames::Frames};
 
 /// Counts calls into a [`ServerMetrics`].
 #[derive(Debug, Clone)]
@@ -151,44 +151,6 @@ fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     value.trim().parse::<i32>().ok().map(Code::from_i32)
 }
 
-/// Sums the payload lengths of the gRPC messages in a byte stream (each
-/// framed as a 1-byte flag, a 4-byte big-endian length, the payload),
-/// whatever its chunking.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Frames {
-    header: [u8; 5],
-    header_seen: usize,
-    payload_left: u64,
-    /// Payload bytes seen so far.
-    pub payload_bytes: u64,
-}
-
-impl Frames {
-    /// Counts `chunk`.
-    pub fn feed(&mut self, mut chunk: &[u8]) {
-        while !chunk.is_empty() {
-            if self.payload_left > 0 {
-                let n = chunk
-                    .len()
-                    .min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
-                self.payload_left -= n as u64;
-                self.payload_bytes += n as u64;
-                chunk = &chunk[n..];
-                continue;
-            }
-            let n = (5 - self.header_seen).min(chunk.len());
-            self.header[self.header_seen..self.header_seen + n].copy_from_slice(&chunk[..n]);
-            self.header_seen += n;
-            chunk = &chunk[n..];
-            if self.header_seen == 5 {
-                let [_, a, b, c, d] = self.header;
-                self.payload_left = u64::from(u32::from_be_bytes([a, b, c, d]));
-                self.header_seen = 0;
-            }
-        }
-    }
-}
-
 pin_project! {
     /// A request body whose message bytes are counted into `total`.
     #[derive(Debug)]
@@ -218,7 +180,7 @@ where
         {
             this.frames.feed(data);
             this.total
-                .store(this.frames.payload_bytes, Ordering::Relaxed);
+                .store(this.frames.payload_bytes(), Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }
@@ -274,7 +236,7 @@ where
         if let Some(code) = ended
             && let Some(mut record) = this.record.take()
         {
-            record.sent_bytes = this.frames.payload_bytes;
+            record.sent_bytes = this.frames.payload_bytes();
             record.rcvd_bytes = this.rcvd.load(Ordering::Relaxed);
             record.finish(code.unwrap_or(Code::Unknown));
         }
@@ -287,29 +249,5 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn framed(payload_len: u32) -> Vec<u8> {
-        let mut bytes = vec![0];
-        bytes.extend(payload_len.to_be_bytes());
-        bytes.extend(std::iter::repeat_n(7u8, payload_len as usize));
-        bytes
-    }
-
-    #[test]
-    fn payload_bytes_in_any_chunking() {
-        let stream = [framed(300), framed(0), framed(17)].concat();
-        for chunk in [1, 2, 3, 5, 6, 64, 1000] {
-            let mut frames = Frames::default();
-            for piece in stream.chunks(chunk) {
-                frames.feed(piece);
-            }
-            assert_eq!(frames.payload_bytes, 317, "chunk {chunk}");
-        }
     }
 }
