@@ -26,6 +26,11 @@ pub const TOKEN_CHARS_MIN: usize = 16;
 /// Longest identity name, in bytes.
 pub const NAME_BYTES_MAX: usize = 64;
 
+/// Largest token file read, in bytes: room for thousands of identities,
+/// and a bound on what a wrong path (a log file, `/dev/zero`) makes the
+/// server read before it refuses to start.
+pub const FILE_BYTES_MAX: u64 = 1024 * 1024;
+
 /// What an identity may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -145,6 +150,14 @@ pub enum TokenFileError {
         /// What is wrong.
         error: LineError,
     },
+    /// Larger than [`FILE_BYTES_MAX`]: not a token file.
+    #[error("--auth-tokens {path}: larger than {max} bytes; is it the token file?")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// [`FILE_BYTES_MAX`].
+        max: u64,
+    },
     /// No identity at all: every call would be refused.
     #[error("--auth-tokens {path}: no identity in it (lines are `NAME ROLE TOKEN`)")]
     Empty {
@@ -155,11 +168,23 @@ pub enum TokenFileError {
 
 /// Reads and parses the token file at `path`.
 pub fn read_file(path: &std::path::Path) -> Result<Vec<Entry>, TokenFileError> {
+    use std::io::Read as _;
+
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+    let read_error = |source| TokenFileError::Read {
         path: shown.clone(),
         source,
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(FILE_BYTES_MAX + 1).read_to_string(&mut text))
+        .map_err(read_error)?;
+    if text.len() as u64 > FILE_BYTES_MAX {
+        return Err(TokenFileError::TooLarge {
+            path: shown,
+            max: FILE_BYTES_MAX,
+        });
+    }
     parse(&text).map_err(|e| match e {
         ParseError::Line { line, error } => TokenFileError::Line {
             path: shown,
@@ -360,6 +385,36 @@ mod tests {
             })
         );
         assert_eq!(parse("# nobody\n\n"), Err(ParseError::Empty));
+    }
+
+    #[test]
+    fn a_file_past_the_size_bound_is_refused_without_reading_it_all() {
+        let dir = std::env::temp_dir().join(format!("abacus-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = format!("ci write {TOKEN}\n");
+        let at_bound = dir.join("at-bound");
+        let padding = "#".repeat(FILE_BYTES_MAX as usize - line.len() - 1) + "\n";
+        std::fs::write(&at_bound, format!("{line}{padding}")).unwrap();
+        assert_eq!(read_file(&at_bound).map(|e| e.len()).ok(), Some(1));
+        let over = dir.join("over");
+        std::fs::write(&over, format!("{line}{padding}#")).unwrap();
+        let refused = read_file(&over).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                TokenFileError::TooLarge {
+                    max: FILE_BYTES_MAX,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        // A device that never ends is refused too, not read forever.
+        assert!(matches!(
+            read_file(std::path::Path::new("/dev/zero")),
+            Err(TokenFileError::TooLarge { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
