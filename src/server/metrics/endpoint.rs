@@ -1,8 +1,10 @@
 //! [`serve_metrics`]: `GET /metrics` over HTTP/1.1, for Prometheus to
 //! scrape, on its own listener (`--metrics-addr`), behind the same
-//! listener guard as the fronts. Anything else is 404 (405 for another
-//! method on `/metrics`). No TLS and no token: metrics hold counts, never
-//! request data; serve them on an address only the scraper reaches.
+//! listener guard as the fronts but with its own connection cap
+//! ([`CONNECTIONS_MAX`]): a scraper needs one or two, and every scrape
+//! reads the store. Anything else is 404 (405 for another method on
+//! `/metrics`). No TLS and no token: metrics hold counts, never request
+//! data; serve them on an address only the scraper reaches.
 
 use std::{convert::Infallible, future::Future};
 
@@ -23,6 +25,12 @@ use crate::server::{
     Limits, listener,
     rest::serve::{HEADER_READ_TIMEOUT, HTTP1_BUF_BYTES_MAX},
 };
+
+/// Connections the endpoint holds at once (fewer if the fronts' cap is
+/// lower). Each serves one scrape at a time, and a scrape asks the store
+/// for its counters: without a cap of its own the endpoint would accept as
+/// many connections as a front, each able to keep the store busy.
+pub const CONNECTIONS_MAX: usize = 16;
 
 /// The content type of the text `/metrics` returns (prometheus-client
 /// writes OpenMetrics text, which Prometheus reads).
@@ -69,7 +77,11 @@ pub async fn serve_metrics<I, IO, IE>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     IE: std::fmt::Display,
 {
-    let incoming = listener::guard(incoming, limits, "metrics");
+    let limits = Limits {
+        connections_max: limits.connections_max.min(CONNECTIONS_MAX),
+        ..limits.clone()
+    };
+    let incoming = listener::guard(incoming, &limits, "metrics");
     tokio::pin!(incoming, shutdown);
     loop {
         let io = tokio::select! {
@@ -95,5 +107,56 @@ pub async fn serve_metrics<I, IO, IE>(
                 tracing::debug!(error = %e, "metrics connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::server;
+
+    /// Silent connections beyond [`CONNECTIONS_MAX`] close the oldest at
+    /// once, well before the first-byte timeout or hyper's header read
+    /// timeout ([`HEADER_READ_TIMEOUT`], 10 s) would.
+    #[tokio::test]
+    async fn the_endpoint_has_a_small_connection_cap_of_its_own() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            first_byte_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        };
+        assert!(limits.connections_max > CONNECTIONS_MAX);
+        let server = tokio::spawn(async move {
+            serve_metrics(
+                ServerMetrics::new(),
+                &limits,
+                server::tcp_incoming(listener),
+                std::future::pending(),
+            )
+            .await;
+        });
+        let mut first = TcpStream::connect(addr).await.expect("connect");
+        let mut others = Vec::new();
+        for _ in 0..CONNECTIONS_MAX {
+            others.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // The oldest silent connection made room for the newest: it ends
+        // (EOF or reset), where under the fronts' cap it would stay open
+        // until a timeout.
+        let mut buf = [0u8; 1];
+        let bound = HEADER_READ_TIMEOUT / 2;
+        let ended = tokio::time::timeout(bound, first.read(&mut buf))
+            .await
+            .expect("closed under the endpoint's own cap, not the timeout");
+        assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+        server.abort();
     }
 }

@@ -126,6 +126,9 @@ struct Inner {
     /// What scrapes read from. A std mutex: set at start, cloned out at
     /// each scrape, never held across an await.
     sources: Mutex<Sources>,
+    /// One scrape reads the store at a time: concurrent scrapes queue
+    /// rather than each taking one of the store's in-flight slots.
+    scraping: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -231,6 +234,7 @@ impl ServerMetrics {
                 shed,
                 store_duration,
                 sources: Mutex::default(),
+                scraping: tokio::sync::Semaphore::new(1),
             }),
         }
     }
@@ -325,12 +329,14 @@ impl ServerMetrics {
     pub async fn scrape(&self) -> String {
         let sources = self.sources().clone();
         let stats = match &sources.ledger {
-            Some(ledger) => Some(
+            Some(ledger) => Some({
+                // Never closed, so acquiring only waits.
+                let _one = self.inner.scraping.acquire().await;
                 tokio::time::timeout(STORE_SCRAPE_TIMEOUT, ledger.stats())
                     .await
                     .ok()
-                    .and_then(Result::ok),
-            ),
+                    .and_then(Result::ok)
+            }),
             None => None,
         };
         let mut snapshot = Registry::default();
