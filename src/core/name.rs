@@ -36,8 +36,28 @@ pub const REGISTER_NAME_BYTES_MAX: usize = 64;
 /// braille blank. Not a category, so listed.
 const BLANK_LETTERS: [char; 5] = ['\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}', '\u{2800}'];
 
+/// Longest name accepted *as sent*, in bytes: four times the limit. No
+/// normalisation shrinks text that much (the most NFC composes is about
+/// 3.5 bytes into 1: a Greek iota written as U+1FBE, 3 bytes, with two
+/// accents, 2 each, into U+0390, 2 bytes; Hangul jamo compose 3:1), so a
+/// longer name is refused on its length before any per-character work — a
+/// name is as long as the message allows (16 KiB) until it is checked.
+const RAW_NAME_BYTES_MAX: usize = 4 * REGISTER_NAME_BYTES_MAX;
+
 /// Why a character may not appear in a register name (`None`: it may).
 pub fn forbidden(ch: char) -> Option<&'static str> {
+    // Most names are ASCII: the only forbidden ASCII characters are the
+    // controls (Cc), and the category lookup is a table search per char.
+    if ch.is_ascii() {
+        return ch.is_ascii_control().then_some(CONTROL);
+    }
+    forbidden_by_category(ch)
+}
+
+const CONTROL: &str = "a control character (Cc)";
+
+/// [`forbidden`] without its ASCII shortcut.
+fn forbidden_by_category(ch: char) -> Option<&'static str> {
     if ch == ' ' {
         return None;
     }
@@ -45,7 +65,7 @@ pub fn forbidden(ch: char) -> Option<&'static str> {
         return Some("a letter that renders as blank");
     }
     Some(match ch.general_category() {
-        GeneralCategory::Control => "a control character (Cc)",
+        GeneralCategory::Control => CONTROL,
         GeneralCategory::Format => "an invisible format character (Cf)",
         GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
             "a line or paragraph separator (Zl/Zp)"
@@ -79,22 +99,34 @@ impl fmt::Display for CodePoint {
 /// assert!(validate_register_name("a\u{202E}b").is_err());
 /// ```
 pub fn validate_register_name(name: &str) -> Result<(), CalcError> {
+    check_length(name)?;
+    check_characters(name)?;
+    if !is_nfc(name) {
+        return Err(CalcError::RegisterNameNotNormalized);
+    }
+    Ok(())
+}
+
+/// 1..=[`REGISTER_NAME_BYTES_MAX`] bytes.
+fn check_length(name: &str) -> Result<(), CalcError> {
     if name.is_empty() {
         return Err(CalcError::EmptyRegisterName);
     }
     if name.len() > REGISTER_NAME_BYTES_MAX {
         return Err(CalcError::RegisterNameTooLong { len: name.len() });
     }
-    if let Some((position, ch)) = (1..)
+    Ok(())
+}
+
+/// Nothing [`forbidden`]; the first offender named by its position.
+fn check_characters(name: &str) -> Result<(), CalcError> {
+    match (1..)
         .zip(name.chars())
         .find(|&(_, c)| forbidden(c).is_some())
     {
-        return Err(CalcError::RegisterNameForbiddenChar { ch, position });
+        Some((position, ch)) => Err(CalcError::RegisterNameForbiddenChar { ch, position }),
+        None => Ok(()),
     }
-    if !is_nfc(name) {
-        return Err(CalcError::RegisterNameNotNormalized);
-    }
-    Ok(())
 }
 
 fn is_nfc(name: &str) -> bool {
@@ -115,21 +147,20 @@ fn is_nfc(name: &str) -> bool {
 /// assert!(register_name("a\u{200B}b").is_err());
 /// ```
 pub fn register_name(raw: &str) -> Result<Cow<'_, str>, CalcError> {
+    if raw.len() > RAW_NAME_BYTES_MAX {
+        return Err(CalcError::RegisterNameTooLong { len: raw.len() });
+    }
     // Refuse what is forbidden before normalising, so the position named
     // is the one the caller sent.
-    if let Some((position, ch)) = (1..)
-        .zip(raw.chars())
-        .find(|&(_, c)| forbidden(c).is_some())
-    {
-        return Err(CalcError::RegisterNameForbiddenChar { ch, position });
+    check_characters(raw)?;
+    if is_nfc(raw) {
+        // Characters and form already checked: only the length is left.
+        check_length(raw)?;
+        return Ok(Cow::Borrowed(raw));
     }
-    let name = if is_nfc(raw) {
-        Cow::Borrowed(raw)
-    } else {
-        Cow::Owned(raw.nfc().collect())
-    };
+    let name: String = raw.nfc().collect();
     validate_register_name(&name)?;
-    Ok(name)
+    Ok(Cow::Owned(name))
 }
 
 /// A register name escaped for a log or trace line: printable text as is,
@@ -233,6 +264,31 @@ mod tests {
             Err(E::RegisterNameTooLong { len: 66 })
         );
         assert_eq!(register_name(""), Err(E::EmptyRegisterName));
+    }
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_the_categories() {
+        for ch in (0..=0x7f_u8).map(char::from) {
+            assert_eq!(forbidden(ch), forbidden_by_category(ch), "{ch:?}");
+        }
+    }
+
+    #[test]
+    fn a_name_sent_far_over_the_limit_is_refused_on_its_length() {
+        let long = format!("{}\n", "x".repeat(RAW_NAME_BYTES_MAX));
+        assert_eq!(
+            register_name(&long),
+            Err(E::RegisterNameTooLong {
+                len: RAW_NAME_BYTES_MAX + 1
+            })
+        );
+        // The densest composition known fits the raw bound with room:
+        // 21 iotas with two accents, 7 bytes each sent, 2 bytes stored.
+        let dense = "\u{1FBE}\u{308}\u{301}".repeat(21);
+        assert_eq!(dense.len(), 147);
+        assert_eq!(register_name(&dense).unwrap(), "\u{390}".repeat(21));
+        let hangul = "\u{1100}\u{1161}\u{11A8}".repeat(21);
+        assert_eq!(register_name(&hangul).unwrap(), "\u{AC01}".repeat(21));
     }
 
     #[test]
