@@ -17,11 +17,11 @@ pub fn method_label(method: Method) -> &'static str {
     path.strip_prefix('/').unwrap_or(path)
 }
 
-/// The `grpc_method` value of a request path: the method's, or `other`
-/// for any path outside the [`Method`] table (A66: unregistered methods are
-/// all `other`, so a caller cannot grow the label set).
-pub fn path_label(path: &str) -> &'static str {
-    Method::from_path(path).map_or("other", method_label)
+/// The `grpc_method` value of a call: its method's, or `other` for a call
+/// outside the [`Method`] table (A66: unregistered methods are all
+/// `other`, so a caller cannot grow the label set).
+pub fn call_label(method: Option<Method>) -> &'static str {
+    method.map_or("other", method_label)
 }
 
 /// The `grpc_status` value: the code's canonical name (`OK`,
@@ -76,10 +76,13 @@ mod tests {
     fn labels() {
         assert_eq!(method_label(Method::Add), "abacus.v1.Calculator/Add");
         assert_eq!(
-            path_label("/abacus.v1.Calculator/Accumulate"),
+            call_label(Method::from_path("/abacus.v1.Calculator/Accumulate")),
             "abacus.v1.Calculator/Accumulate"
         );
-        assert_eq!(path_label("/grpc.health.v1.Health/Check"), "other");
+        assert_eq!(
+            call_label(Method::from_path("/grpc.health.v1.Health/Check")),
+            "other"
+        );
         assert_eq!(status_label(Code::Unavailable), "UNAVAILABLE");
         assert!(LATENCY_BUCKETS_SECONDS.is_sorted());
         assert!(SIZE_BUCKETS_BYTES.is_sorted());

@@ -28,7 +28,7 @@ use tonic::{
 use tower::{Layer, Service};
 
 use super::{CallRecord, Front, ServerMetrics};
-use crate::{rpc::metrics::path_label, server::frames::Frames};
+use crate::{rpc::Method, server::frames::Frames};
 
 /// Counts calls into a [`ServerMetrics`].
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let record = self
             .metrics
-            .start_call(Front::Grpc, path_label(req.uri().path()));
+            .start_call(Front::Grpc, Method::from_path(req.uri().path()));
         let rcvd = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&rcvd);
         let req = req.map(|body| {

@@ -72,7 +72,7 @@ use super::{auth::Authenticator, listener::ListenerStats, tls::HandshakeStats};
 use crate::{
     rpc::{
         Method,
-        metrics::{HistogramFn, latency_histogram, method_label, size_histogram, status_label},
+        metrics::{HistogramFn, call_label, latency_histogram, size_histogram, status_label},
     },
     store::{Ledger, StoreHealth},
     trace::{Event, EventSink},
@@ -290,16 +290,19 @@ impl ServerMetrics {
                     .inc();
             }
             Event::Shed { method } => {
-                let label = method.map_or("other", method_label);
-                m.shed.get_or_create(&[("grpc_method", label)]).inc();
+                m.shed
+                    .get_or_create(&[("grpc_method", call_label(*method))])
+                    .inc();
             }
             _ => {}
         }
     }
 
-    /// Counts a call of `method` (a `grpc_method` value) starting on
-    /// `front`; finish the record when the call ends.
-    pub fn start_call(&self, front: Front, method: &'static str) -> CallRecord {
+    /// Counts a call of `method` (`None`: anything outside the [`Method`]
+    /// table, labelled `other`) starting on `front`; finish the record
+    /// when the call ends.
+    pub fn start_call(&self, front: Front, method: Option<Method>) -> CallRecord {
+        let method = call_label(method);
         self.inner
             .started
             .get_or_create(&[("grpc_method", method), ("front", front.label())])
@@ -497,9 +500,4 @@ impl Drop for CallRecord {
     fn drop(&mut self) {
         self.finish(Code::Cancelled);
     }
-}
-
-/// The `grpc_method` label of a method, for callers holding a [`Method`].
-pub fn label(method: Option<Method>) -> &'static str {
-    method.map_or("other", method_label)
 }

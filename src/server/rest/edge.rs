@@ -28,10 +28,7 @@ use super::{
     error::{AnsweredCode, RestError},
     handlers::method_of,
 };
-use crate::server::{
-    metrics::{self, Front},
-    service::Calculator,
-};
+use crate::server::{metrics::Front, service::Calculator};
 
 /// Checks the caller's token for a calculator route and passes its
 /// identity on to the handler (as an extension); open when the server has
@@ -60,7 +57,7 @@ pub async fn record(State(calculator): State<Calculator>, req: Request, next: Ne
     let Some(server_metrics) = &calculator.edge().metrics else {
         return next.run(req).await;
     };
-    let method = metrics::label(method_of(req.method(), req.uri().path()));
+    let method = method_of(req.method(), req.uri().path());
     let mut call = server_metrics.start_call(Front::Rest, method);
     let rcvd = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&rcvd);
