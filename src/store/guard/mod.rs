@@ -118,26 +118,27 @@ impl Shared {
         self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits an operation now, or refuses it with the error callers get.
-    fn admit(self: &Arc<Self>) -> Result<Admitted, ServiceError> {
+    /// Admits an operation now, bounded by the earlier of the caller's
+    /// `deadline` and the guard's own limit, or refuses it with the error
+    /// callers get.
+    fn admit(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Admitted, ServiceError> {
         let now = Instant::now();
         let (admitted, transition) = {
             let mut policy = self.lock();
             match policy.admit(now) {
                 Ok((op, t)) => {
                     self.moved(t);
-                    let limit = policy.config().timeout();
-                    (Ok((op, limit)), t)
+                    (Ok((op, policy.limit(now, deadline))), t)
                 }
                 Err(refusal) => (Err(refusal), None),
             }
         };
         self.announce(transition);
-        let (op, timeout) = admitted.map_err(ServiceError::StoreRefused)?;
+        let (op, limit) = admitted.map_err(ServiceError::StoreRefused)?;
         Ok(Admitted {
             shared: Arc::clone(self),
             op: Some(op),
-            timeout,
+            limit,
         })
     }
 
@@ -186,22 +187,51 @@ impl Shared {
 struct Admitted {
     shared: Arc<Shared>,
     op: Option<Op>,
-    timeout: Duration,
+    /// The bound of every store call of the operation: fixed at
+    /// admission, so a commit keeps the bound its claim was given.
+    limit: CallLimit,
 }
 
 impl Admitted {
-    /// Runs one store call bounded by `limit` (plus the backstop), adding
-    /// its duration to the operation's store time. `None` when the
-    /// backstop fired.
-    async fn call<T>(&mut self, limit: CallLimit, fut: impl Future<Output = T>) -> Option<T> {
+    /// Runs one store call bounded by the operation's limit (plus the
+    /// backstop), adding its duration to the operation's store time, and
+    /// judges it: the caller's answer and what it says about the store.
+    /// When the backstop fired (a backend that ignored its deadline), the
+    /// answer is UNAVAILABLE with fate `cut`: what the guard can vouch for
+    /// about a call it gave up on.
+    async fn call<T>(
+        &mut self,
+        fut: impl Future<Output = Result<T, ServiceError>>,
+        cut: WriteFate,
+    ) -> (Result<T, ServiceError>, CallEnd) {
         let started = Instant::now();
-        let result = tokio::time::timeout_at(limit.at + BACKSTOP_GRACE, fut)
-            .await
-            .ok();
+        let result = tokio::time::timeout_at(self.limit.at + BACKSTOP_GRACE, fut).await;
         if let Some(op) = &mut self.op {
             op.spent(started.elapsed());
         }
+        match result {
+            Ok(result) => judge(result, self.limit.limit),
+            Err(_) => (
+                Err(ServiceError::StoreUnavailable { fate: cut }),
+                CallEnd::Failed,
+            ),
+        }
+    }
+
+    /// The whole operation as one store call: run, judge, finish.
+    async fn run<T>(
+        mut self,
+        fut: impl Future<Output = Result<T, ServiceError>>,
+        cut: WriteFate,
+    ) -> Result<T, ServiceError> {
+        let (result, end) = self.call(fut, cut).await;
+        self.finish(end);
         result
+    }
+
+    /// The deadline a backend is given for each store call.
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.limit.at)
     }
 
     /// Ends the operation as `end` says.
@@ -339,26 +369,20 @@ impl GuardedLedger {
         args: &'a AccumulateArgs,
         deadline: Option<Instant>,
     ) -> Result<Begin<'a>, ServiceError> {
-        let mut admitted = self.shared.admit()?;
-        let limit = CallLimit::new(Instant::now(), deadline, admitted.timeout);
-        let Some(result) = admitted
-            .call(limit, self.inner.begin(args, Some(limit.at)))
-            .await
-        else {
-            admitted.finish(CallEnd::Failed);
-            // The backend ignored its deadline: it may have claimed, or be
-            // waiting for another attempt of this request that may apply.
-            return Err(ServiceError::StoreUnavailable {
-                fate: WriteFate::Unknown,
-            });
-        };
-        let (result, end) = judge(result, limit.limit);
+        let mut admitted = self.shared.admit(deadline)?;
+        // Cut off by the backstop, the backend may have claimed, or be
+        // waiting for another attempt of this request that may apply.
+        let (result, end) = admitted
+            .call(
+                self.inner.begin(args, admitted.deadline()),
+                WriteFate::Unknown,
+            )
+            .await;
         match result {
             // The operation goes on: the claim carries it to its commit.
             Ok(Begin::Execute(claim)) => Ok(Begin::Execute(Box::new(GuardedClaim {
-                inner: Some(claim),
+                inner: claim,
                 admitted,
-                limit,
             }))),
             other => {
                 admitted.finish(end);
@@ -369,12 +393,11 @@ impl GuardedLedger {
 }
 
 /// A claim of the guarded ledger: the backend's claim and the operation
-/// it belongs to.
+/// it belongs to (whose limit, given to the backend at `begin`, the
+/// commit keeps).
 struct GuardedClaim<'a> {
-    inner: Option<Box<dyn Claim<'a> + 'a>>,
+    inner: Box<dyn Claim<'a> + 'a>,
     admitted: Admitted,
-    /// The bound given to the backend at `begin`, which its commit keeps.
-    limit: CallLimit,
 }
 
 impl fmt::Debug for GuardedClaim<'_> {
@@ -387,33 +410,12 @@ impl fmt::Debug for GuardedClaim<'_> {
 
 impl<'a> Claim<'a> for GuardedClaim<'a> {
     fn request_id(&self) -> &str {
-        self.inner.as_ref().map_or("", |c| c.request_id())
+        self.inner.request_id()
     }
 
     fn commit(self: Box<Self>) -> BoxFuture<'a, Result<Accumulated, ServiceError>> {
-        Box::pin(async move {
-            let Self {
-                inner,
-                mut admitted,
-                limit,
-            } = *self;
-            let Some(claim) = inner else {
-                // Never: a claim is built with its backend's.
-                admitted.finish(CallEnd::Answered);
-                return Err(ServiceError::StoreUnavailable {
-                    fate: WriteFate::NotApplied,
-                });
-            };
-            let Some(result) = admitted.call(limit, claim.commit()).await else {
-                admitted.finish(CallEnd::Failed);
-                return Err(ServiceError::StoreUnavailable {
-                    fate: WriteFate::Unknown,
-                });
-            };
-            let (result, end) = judge(result, limit.limit);
-            admitted.finish(end);
-            result
-        })
+        let Self { inner, admitted } = *self;
+        Box::pin(admitted.run(inner.commit(), WriteFate::Unknown))
     }
 }
 
@@ -432,21 +434,10 @@ impl Ledger for GuardedLedger {
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<f64, ServiceError>> {
         Box::pin(async move {
-            let mut admitted = self.shared.admit()?;
-            let limit = CallLimit::new(Instant::now(), deadline, admitted.timeout);
-            let Some(result) = admitted
-                .call(limit, self.inner.get(register, Some(limit.at)))
-                .await
-            else {
-                admitted.finish(CallEnd::Failed);
-                // A read applies nothing.
-                return Err(ServiceError::StoreUnavailable {
-                    fate: WriteFate::NotApplied,
-                });
-            };
-            let (result, end) = judge(result, limit.limit);
-            admitted.finish(end);
-            result
+            let admitted = self.shared.admit(deadline)?;
+            let get = self.inner.get(register, admitted.deadline());
+            // A read applies nothing.
+            admitted.run(get, WriteFate::NotApplied).await
         })
     }
 
@@ -456,27 +447,16 @@ impl Ledger for GuardedLedger {
         deadline: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<f64>, ServiceError>> {
         Box::pin(async move {
-            let mut admitted = self.shared.admit()?;
-            let limit = CallLimit::new(Instant::now(), deadline, admitted.timeout);
-            let Some(result) = admitted
-                .call(limit, self.inner.delete(register, Some(limit.at)))
-                .await
-            else {
-                admitted.finish(CallEnd::Failed);
-                // It may have reached the store; deleting again is harmless.
-                return Err(ServiceError::StoreUnavailable {
-                    fate: WriteFate::Unknown,
-                });
-            };
-            let (result, end) = judge(result, limit.limit);
-            admitted.finish(end);
-            result
+            let admitted = self.shared.admit(deadline)?;
+            let delete = self.inner.delete(register, admitted.deadline());
+            // It may have reached the store; deleting again is harmless.
+            admitted.run(delete, WriteFate::Unknown).await
         })
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<StatsView, ServiceError>> {
         Box::pin(async move {
-            let admitted = self.shared.admit()?;
+            let admitted = self.shared.admit(None)?;
             probe(admitted, &*self.inner).await
         })
     }
@@ -492,17 +472,8 @@ impl Ledger for GuardedLedger {
 
 /// A stats call within the guard's limit: `GetStats`, and the monitor's
 /// probe.
-async fn probe(mut admitted: Admitted, inner: &dyn Ledger) -> Result<StatsView, ServiceError> {
-    let limit = CallLimit::new(Instant::now(), None, admitted.timeout);
-    let Some(result) = admitted.call(limit, inner.stats()).await else {
-        admitted.finish(CallEnd::Failed);
-        return Err(ServiceError::StoreUnavailable {
-            fate: WriteFate::NotApplied,
-        });
-    };
-    let (result, end) = judge(result, limit.limit);
-    admitted.finish(end);
-    result
+async fn probe(admitted: Admitted, inner: &dyn Ledger) -> Result<StatsView, ServiceError> {
+    admitted.run(inner.stats(), WriteFate::NotApplied).await
 }
 
 /// Publishes the guard's health (the backend's, and NOT_SERVING while the
@@ -543,7 +514,7 @@ async fn monitor(
                 inner_live = changed.is_ok();
             }
             () = sleep_until_some(probe_at) => {
-                match shared.admit() {
+                match shared.admit(None) {
                     // The state changes (to half-open) with the admission.
                     Ok(admitted) => {
                         let _ = probe(admitted, &*inner).await;
