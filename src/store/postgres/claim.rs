@@ -16,7 +16,7 @@ use crate::{
         postgres::{
             PgLedger,
             conn::TxConn,
-            failure::{Budget, Failure},
+            failure::{Budget, Failure, expect_one},
             flights::FlightGuard,
             sql,
         },
@@ -113,30 +113,7 @@ impl PgClaim<'_> {
             Ok(Ok(result)) => result,
             Ok(Err(f)) | Err(f) => return Err(f.not_applied("commit")),
         };
-        // A connection that broke before COMMIT was sent cannot have
-        // committed; past this check, it may have.
-        if conn.is_closed() {
-            return Err(Failure::Closed.not_applied("commit"));
-        }
-        match budget.run(conn.batch_execute("COMMIT")).await {
-            Ok(Ok(())) => conn.release(),
-            Ok(Err(e)) => {
-                let f = Failure::Db(e);
-                return Err(if f.is_server_refusal() {
-                    // The server answered COMMIT with an error (e.g. a
-                    // serialization failure on a distributed engine):
-                    // rolled back.
-                    f.not_applied("commit")
-                } else {
-                    // Sent, and the connection broke: it may have
-                    // committed. A retry under the same request ID finds
-                    // out (replayed, or executed).
-                    f.unknown("commit")
-                });
-            }
-            // No answer in time: the same.
-            Err(f) => return Err(f.unknown("commit")),
-        }
+        conn.commit(budget, "commit").await?;
         ledger.committed(args, &result);
         // The flight ends only now: local duplicates wake to find the record.
         drop(flight);
@@ -253,13 +230,4 @@ async fn write(
     register?;
     record?;
     Ok(result)
-}
-
-/// A write that must touch exactly one row.
-fn expect_one(rows: u64) -> Result<(), Failure> {
-    if rows == 1 {
-        Ok(())
-    } else {
-        Err(Failure::Unexpected("a write touched no row or several"))
-    }
 }

@@ -13,6 +13,11 @@ use std::ops::Deref;
 
 use deadpool_postgres::{ClientWrapper, Object};
 
+use crate::{
+    error::ServiceError,
+    store::postgres::failure::{Budget, Failure},
+};
+
 /// See the module doc.
 #[derive(Debug)]
 pub(crate) struct TxConn(Option<Object>);
@@ -26,6 +31,42 @@ impl TxConn {
     /// been committed or rolled back (or none was begun).
     pub(crate) fn release(mut self) {
         drop(self.0.take());
+    }
+
+    /// Commits the open transaction within `budget`, then returns the
+    /// connection to the pool; `op` names the operation in the log. A
+    /// failure is answered with what it says about the write: not applied
+    /// when COMMIT was never sent or the server refused it, unknown when
+    /// it was sent and no answer came.
+    pub(crate) async fn commit(self, budget: Budget, op: &'static str) -> Result<(), ServiceError> {
+        // A connection that broke before COMMIT was sent cannot have
+        // committed; past this check, it may have.
+        if self.is_closed() {
+            return Err(Failure::Closed.not_applied(op));
+        }
+        match budget.run(self.batch_execute("COMMIT")).await {
+            Ok(Ok(())) => {
+                self.release();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                let f = Failure::Db(e);
+                Err(if f.is_server_refusal() {
+                    // The server answered COMMIT with an error (e.g. a
+                    // serialization failure on a distributed engine):
+                    // rolled back.
+                    f.not_applied(op)
+                } else {
+                    // Sent, and the connection broke: it may have
+                    // committed. A retry under the same request ID finds
+                    // out (replayed, or executed); a delete, idempotent,
+                    // is simply sent again.
+                    f.unknown(op)
+                })
+            }
+            // No answer in time: the same.
+            Err(f) => Err(f.unknown(op)),
+        }
     }
 }
 

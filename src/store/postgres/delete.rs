@@ -14,7 +14,7 @@ use crate::{
     store::postgres::{
         PgLedger,
         conn::TxConn,
-        failure::{Budget, Failure},
+        failure::{Budget, Failure, expect_one},
         sql,
     },
 };
@@ -38,21 +38,7 @@ impl PgLedger {
             .await
             .and_then(|removed| removed)
             .map_err(|f| f.not_applied("delete"))?;
-        if conn.is_closed() {
-            return Err(Failure::Closed.not_applied("delete"));
-        }
-        match budget.run(conn.batch_execute("COMMIT")).await {
-            Ok(Ok(())) => conn.release(),
-            Ok(Err(e)) => {
-                let f = Failure::Db(e);
-                return Err(if f.is_server_refusal() {
-                    f.not_applied("delete")
-                } else {
-                    f.unknown("delete")
-                });
-            }
-            Err(f) => return Err(f.unknown("delete")),
-        }
+        conn.commit(budget, "delete").await?;
         Ok(removed)
     }
 }
@@ -74,8 +60,6 @@ async fn remove(conn: &TxConn, register: &str, budget: Budget) -> Result<Option<
     };
     let value: f64 = row.try_get(0)?;
     let drop = conn.prepare_cached(sql::COUNT_DROP).await?;
-    if conn.execute(&drop, &[]).await? != 1 {
-        return Err(Failure::Unexpected("a write touched no row or several"));
-    }
+    expect_one(conn.execute(&drop, &[]).await?)?;
     Ok(Some(value))
 }

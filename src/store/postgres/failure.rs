@@ -149,3 +149,12 @@ impl Failure {
         }
     }
 }
+
+/// A write that must touch exactly one row.
+pub(crate) fn expect_one(rows: u64) -> Result<(), Failure> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(Failure::Unexpected("a write touched no row or several"))
+    }
+}
