@@ -40,7 +40,8 @@ pub(crate) struct Sweeper {
     pub(crate) pool: Pool,
     pub(crate) clock: RetentionClock,
     pub(crate) ttl_ms: i64,
-    pub(crate) entries_max: i64,
+    /// A record is dead once its client committed this many newer ones.
+    pub(crate) entries_per_client_max: i64,
     pub(crate) batch: i64,
     pub(crate) interval: Duration,
     /// Bounds each batch, connection wait included.
@@ -63,7 +64,8 @@ impl Sweeper {
             pool: pool.clone(),
             clock: config.clock.clone(),
             ttl_ms: i64::try_from(dedup.ttl().as_millis()).unwrap_or(i64::MAX),
-            entries_max: i64::try_from(dedup.entries_per_client_max()).unwrap_or(i64::MAX),
+            entries_per_client_max: i64::try_from(dedup.entries_per_client_max())
+                .unwrap_or(i64::MAX),
             batch: i64::from(config.sweep_batch.max(1)),
             interval: config.sweep_interval.max(Duration::from_millis(1)),
             op_timeout: config.op_timeout,
@@ -121,7 +123,7 @@ impl Sweeper {
                     &self.batch,
                     &self.clock.now_ms(),
                     &self.ttl_ms,
-                    &self.entries_max,
+                    &self.entries_per_client_max,
                 ],
             )
             .await;
