@@ -122,7 +122,9 @@ fn load(
     let mut store = DedupStore::new(dedup);
     let loaded = durable.load(&mut registers, &mut store, Instant::now(), |e| {
         // Only when the capacity shrank since the records were written;
-        // no lock is held here, so the event may be emitted at once.
+        // no ledger lock is held here (on recovery, only the disk's, which
+        // no caller waits on: they `try_lock` it), so the event may be
+        // emitted at once.
         events.emit(Event::DedupEvicted {
             request_id: e.key.to_string(),
             reason: e.reason,

@@ -21,7 +21,8 @@
 //! std `Mutex` held across the fsync on purpose: it *is* the disk, and only
 //! the writer thread ever blocks on it; a caller only `try_lock`s it and
 //! hands over to the writer thread when it is taken, so no task ever waits
-//! for another's fsync.
+//! for another's fsync. A batch's log line is written after the lock is
+//! released.
 
 use std::{
     path::PathBuf,
@@ -145,12 +146,14 @@ impl Writer {
                 Work::Closed => return,
                 Work::Writes => loop {
                     let mut disk = self.lock();
-                    if disk.durable.is_none() {
+                    let wrote = if disk.durable.is_none() {
                         self.recover(&mut disk);
+                        Wrote::Nothing
                     } else {
-                        self.write_queued(&mut disk);
-                    }
+                        self.write_queued(&mut disk)
+                    };
                     drop(disk);
+                    wrote.log();
                     match self.queue.after_batch(self.runtime.is_some()) {
                         Next::Wait => break,
                         Next::Write => continue,
@@ -178,15 +181,18 @@ impl Writer {
         }
     }
 
-    /// Takes everything queued and writes it as one batch, then reports.
-    /// A failure fails the batch and every commit decided so far, and
-    /// closes the file: the writer thread reopens it.
-    fn write_queued(&self, disk: &mut Disk) {
+    /// Takes everything queued and writes it as one batch, then reports to
+    /// the ledger; what happened is for the caller to log once the disk's
+    /// lock is released. A failure fails the batch and every commit decided
+    /// so far, and closes the file: the writer thread reopens it.
+    fn write_queued(&self, disk: &mut Disk) -> Wrote {
         let batch = self.queue.take();
         let Some(through) = batch.last().map(|w| w.seq) else {
-            return;
+            return Wrote::Nothing;
         };
-        let Some(memory) = self.memory() else { return };
+        let Some(memory) = self.memory() else {
+            return Wrote::Nothing;
+        };
         let started = std::time::Instant::now();
         let written = match &mut disk.durable {
             None => Err("the database is not open".to_owned()),
@@ -196,34 +202,27 @@ impl Writer {
                 Err(panic) => Err(format!("the storage engine panicked: {panic}")),
             },
         };
+        let commits = batch.len();
         match written {
             Ok(()) => {
-                self.queue.wrote(batch.len(), started.elapsed());
+                let took = started.elapsed();
+                self.queue.wrote(commits, took);
                 self.batches.fetch_add(1, Ordering::Relaxed);
-                self.commits
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.commits.fetch_add(commits as u64, Ordering::Relaxed);
                 memory.synced_through(through);
-                tracing::debug!(
-                    commits = batch.len(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "durable batch"
-                );
+                Wrote::Durable { commits, took }
             }
-            Err(why) => {
-                // The engine's message names paths and internals: it goes
-                // to the log, callers get a stable UNAVAILABLE.
-                tracing::error!(
-                    dir = %disk.dir.display(),
-                    error = %why,
-                    commits = batch.len(),
-                    "durable write failed: the batch's fate is unknown; refusing register \
-                     calls until the file is reopened and memory reloaded from it"
-                );
+            Err(error) => {
                 disk.durable = None;
                 memory.sync_failed();
                 // Decided before the failure, so failed with it already.
                 self.queue.discard();
                 self.queue.request_recovery();
+                Wrote::Failed {
+                    dir: disk.dir.clone(),
+                    error,
+                    commits,
+                }
             }
         }
     }
@@ -273,6 +272,45 @@ impl Writer {
     }
 }
 
+/// What one [`Writer::write_queued`] came to, logged after the disk's lock
+/// is released: a slow log sink then delays no batch but its own.
+enum Wrote {
+    /// Nothing was queued (or the ledger is gone).
+    Nothing,
+    /// A batch of `commits` is durable.
+    Durable { commits: usize, took: Duration },
+    /// A batch of `commits` failed: its fate is unknown.
+    Failed {
+        dir: PathBuf,
+        error: String,
+        commits: usize,
+    },
+}
+
+impl Wrote {
+    fn log(self) {
+        match self {
+            Self::Nothing => {}
+            Self::Durable { commits, took } => {
+                tracing::debug!(commits, micros = took.as_micros() as u64, "durable batch")
+            }
+            // The engine's message names paths and internals: it goes to
+            // the log, callers get a stable UNAVAILABLE.
+            Self::Failed {
+                dir,
+                error,
+                commits,
+            } => tracing::error!(
+                dir = %dir.display(),
+                %error,
+                commits,
+                "durable write failed: the batch's fate is unknown; refusing register \
+                 calls until the file is reopened and memory reloaded from it"
+            ),
+        }
+    }
+}
+
 /// The pause after `pause` between recovery attempts.
 pub(super) fn next_pause(pause: Duration) -> Duration {
     (pause * 2).min(RECOVERY_PAUSE_MAX)
@@ -318,8 +356,9 @@ impl Lead for Writer {
         if disk.durable.is_none() {
             return false;
         }
-        self.write_queued(&mut disk);
+        let wrote = self.write_queued(&mut disk);
         drop(disk);
+        wrote.log();
         // Commits queued while we wrote found the queue busy and took no
         // kick: the writer thread writes them.
         if self.queue.after_batch(false) == Next::Write {
