@@ -31,7 +31,9 @@ impl MeteredLedger {
 
 /// Runs `fut`, observing its time and whether it succeeded. A result that
 /// is the caller's fault (a rule error) still counts as the store having
-/// answered: `error` means the store itself failed.
+/// answered: `error` means the store itself failed, or has been failing
+/// (the store guard refused the operation: its breaker is open, or too
+/// much store work is in flight), never an `ok` that took no time.
 async fn timed<T>(
     metrics: &ServerMetrics,
     operation: &'static str,
@@ -39,7 +41,10 @@ async fn timed<T>(
 ) -> Result<T, ServiceError> {
     let start = Instant::now();
     let result = fut.await;
-    let store_failed = matches!(result, Err(ServiceError::StoreUnavailable { .. }));
+    let store_failed = matches!(
+        result,
+        Err(ServiceError::StoreUnavailable { .. } | ServiceError::StoreRefused(_))
+    );
     metrics.observe_store(operation, !store_failed, start.elapsed());
     result
 }
@@ -115,5 +120,30 @@ impl<'a> Claim<'a> for MeteredClaim<'a> {
     fn commit(self: Box<Self>) -> BoxFuture<'a, Result<Accumulated, ServiceError>> {
         let Self { inner, metrics } = *self;
         Box::pin(async move { timed(&metrics, "commit", inner.commit()).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::guard::Refusal;
+
+    #[tokio::test]
+    async fn a_guard_refusal_counts_as_a_store_error_not_an_instant_success() {
+        let metrics = ServerMetrics::new();
+        let refused = ServiceError::StoreRefused(Refusal::CircuitOpen { probe_in_ms: 500 });
+        let answered = timed(&metrics, "get", async { Err::<f64, _>(refused) }).await;
+        assert!(matches!(answered, Err(ServiceError::StoreRefused(_))));
+        let rule = ServiceError::RequestIdRequired;
+        let _ = timed(&metrics, "get", async { Err::<f64, _>(rule) }).await;
+        let text = metrics.scrape().await;
+        let count = |result: &str| {
+            format!(
+                "abacus_store_operation_duration_seconds_count{{operation=\"get\",result=\"{result}\"}} 1"
+            )
+        };
+        assert!(text.contains(&count("error")), "{text}");
+        // The caller's mistake: the store answered.
+        assert!(text.contains(&count("ok")), "{text}");
     }
 }
