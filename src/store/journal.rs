@@ -434,10 +434,9 @@ pub(crate) struct Journal {
     pub(crate) queue: Arc<Queue>,
     /// Writes inline a commit that is alone.
     pub(crate) lead: Arc<dyn Lead>,
-    /// The next commit's sequence number.
+    /// The next commit's sequence number. (What is durable is published
+    /// in the ledger's [`Synced`] watch, which readers wait on.)
     pub(crate) next: CommitSeq,
-    /// What the writer last reported durable.
-    pub(crate) durable: CommitSeq,
     /// Failures so far (see [`Synced::epoch`]).
     pub(crate) epoch: u64,
     /// Register → sequence number of its last write not yet durable. Only
@@ -457,7 +456,6 @@ impl Journal {
             queue,
             lead,
             next: durable + 1,
-            durable,
             epoch: 0,
             unsynced: HashMap::new(),
             awaiting: VecDeque::new(),

@@ -625,7 +625,6 @@ impl MemoryLedger {
             let Some(journal) = &mut inner.journal else {
                 return;
             };
-            journal.durable = journal.durable.max(through);
             while journal.awaiting.front().is_some_and(|a| a.seq <= through) {
                 let Some(done) = journal.awaiting.pop_front() else {
                     break;
