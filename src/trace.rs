@@ -264,8 +264,9 @@ pub enum Event {
     CallFinished {
         /// Client-local call number.
         call: u64,
-        /// Attempts sent, for failed calls (0 for successes: the
-        /// `attempt` lines before it tell).
+        /// Attempts sent, for failed calls (0 for successes and for calls
+        /// their caller dropped, CANCELLED: the `attempt` lines before it
+        /// tell).
         attempts: u32,
         /// The reply, or the code the call failed with.
         result: Result<Reply, Code>,

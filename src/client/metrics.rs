@@ -67,11 +67,13 @@ use crate::{
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
-/// Most calls the recorder follows at once. A call whose future is dropped
-/// before it ends (the caller's own timeout, an aborted task) never says
-/// so; past this many, the oldest (the lowest number: a client numbers its
-/// calls in order) is forgotten, so such calls cannot grow the map without
-/// bound. A forgotten call that does end records no call duration.
+/// Most calls the recorder follows at once. Every call ends its record,
+/// a dropped one too (the observe layer reports it CANCELLED when its
+/// future goes), so this is a backstop, not the mechanism: it bounds the
+/// map against futures that are neither finished nor dropped (held
+/// forever, leaked) and events emitted by hand. Past this many, the oldest
+/// (the lowest number: a client numbers its calls in order) is forgotten;
+/// a forgotten call that does end records no call duration.
 const CALLS_TRACKED_MAX: usize = 65_536;
 
 /// The client's metrics. Cheap to clone; clones share the registry.
@@ -351,6 +353,18 @@ impl ClientMetrics {
                         .get_or_create(&labels)
                         .observe(now.saturating_duration_since(start).as_secs_f64());
                 }
+                // A call its caller dropped takes its attempts in flight
+                // with it: each ends CANCELLED, timed from its own start.
+                if code == Code::Cancelled {
+                    for start in answered
+                        .into_iter()
+                        .chain(state.attempts.drain(..).map(|(_, start)| start))
+                    {
+                        m.attempt_duration
+                            .get_or_create(&labels)
+                            .observe(now.saturating_duration_since(start).as_secs_f64());
+                    }
+                }
                 m.call_duration
                     .get_or_create(&labels)
                     .observe(now.saturating_duration_since(state.start).as_secs_f64());
@@ -464,6 +478,56 @@ mod tests {
         let sum = "grpc_client_attempt_duration_seconds_sum";
         assert_eq!(v(sum, &[add, ok]), Some(0.005), "{text}");
         assert_eq!(v(sum, &[add, cancelled]), Some(0.035), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_dropped_mid_flight_ends_its_record_as_cancelled() {
+        use tower::{Layer, ServiceBuilder, util::BoxCloneSyncService};
+
+        use crate::client::{AttemptLayer, CallError, Client, ObserveLayer, call::Call};
+
+        let metrics = ClientMetrics::new("a");
+        let events = metrics.hook_into(EventSink::log_only());
+        let hangs = tower::service_fn(|_: Call| std::future::pending::<Result<Reply, CallError>>());
+        let client = Client::from_stack(BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .layer(ObserveLayer::new(events.clone()))
+                .service(AttemptLayer::new(Duration::from_secs(10), events).layer(hangs)),
+        ));
+        // The caller's own timeout drops the call while its attempt is in
+        // flight.
+        let call = tokio::time::timeout(Duration::from_millis(40), client.add(1.0, 2.0));
+        assert!(call.await.is_err(), "the call cannot end by itself");
+        assert!(
+            metrics.calls().is_empty(),
+            "the dropped call is still followed"
+        );
+        let text = metrics.encode();
+        let v = |name: &str| {
+            value(
+                &text,
+                name,
+                &[
+                    r#"grpc_method="abacus.v1.Calculator/Add""#,
+                    r#"grpc_status="CANCELLED""#,
+                ],
+            )
+        };
+        assert_eq!(
+            v("grpc_client_call_duration_seconds_count"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            v("grpc_client_call_duration_seconds_sum"),
+            Some(0.04),
+            "{text}"
+        );
+        assert_eq!(
+            v("grpc_client_attempt_duration_seconds_sum"),
+            Some(0.04),
+            "the attempt in flight ends with its call: {text}"
+        );
     }
 
     #[test]

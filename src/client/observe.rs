@@ -1,6 +1,14 @@
 //! Records the start and end of every logical call (`call` and
 //! `call-finished` trace lines), with the request ID and deadline the outer
 //! layers attached and the outcome the inner layers concluded.
+//!
+//! Every `call` line gets exactly one `call-finished`, also when the
+//! caller drops the call before it ends (its own timeout, a `select!`, an
+//! aborted task): the response future then reports it from `Drop` as
+//! CANCELLED with an unknown outcome (an attempt may have reached a
+//! server). Whoever pairs the two events — the metrics recorder's record
+//! of calls in flight, a history — is never left holding a call that will
+//! not end.
 
 use std::{
     future::Future,
@@ -10,6 +18,7 @@ use std::{
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+use tonic::Code;
 use tower::{Layer, Service};
 
 use crate::{
@@ -80,20 +89,46 @@ where
         }
         ResponseFuture {
             inner: self.inner.call(call),
-            events,
-            id,
+            end: End { events, id },
         }
     }
 }
 
 pin_project! {
-    /// Response future of [`Observe`]: reports the call's end.
+    /// Response future of [`Observe`]: reports the call's end, or, if it is
+    /// dropped first, that the caller cancelled it.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
+        // Declared first, so dropped first: the layers below finish their
+        // own cancellation (the breaker abandons its ticket, the balancer
+        // records the attempt as cancelled) before the call's end is
+        // reported.
         #[pin]
         inner: F,
-        events: Option<EventSink>,
-        id: u64,
+        end: End,
+    }
+}
+
+/// The call's end, still to report: taken when the call finishes, reported
+/// as cancelled by `Drop` if it never does.
+#[derive(Debug)]
+struct End {
+    /// `None` for a quiet client, and once the end was reported.
+    events: Option<EventSink>,
+    id: u64,
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        if let Some(events) = self.events.take() {
+            events.emit(Event::CallFinished {
+                call: self.id,
+                // Unknown here: the attempt lines before it tell.
+                attempts: 0,
+                result: Err(Code::Cancelled),
+                outcome: Outcome::Unknown,
+            });
+        }
     }
 }
 
@@ -106,8 +141,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let Some(events) = this.events {
-            let call = *this.id;
+        if let Some(events) = this.end.events.take() {
+            let call = this.end.id;
             events.emit(match &result {
                 Ok(reply) => Event::CallFinished {
                     call,
@@ -124,5 +159,86 @@ where
             });
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::pending,
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+    use crate::{client::call::Request, core::BinaryOp};
+
+    fn add(id: u64) -> Call {
+        Call::new(
+            id,
+            Request::Binary {
+                op: BinaryOp::Add,
+                a: 1.0,
+                b: 2.0,
+            },
+        )
+    }
+
+    /// A sink keeping every `call-finished` event.
+    fn finished() -> (EventSink, Arc<Mutex<Vec<Event>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = {
+            let seen = Arc::clone(&seen);
+            EventSink::with_hook(move |e| {
+                if matches!(e, Event::CallFinished { .. }) {
+                    seen.lock().unwrap().push(e.clone());
+                }
+            })
+        };
+        (sink, seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_dropped_mid_flight_is_reported_cancelled_once() {
+        let (sink, seen) = finished();
+        let hangs = service_fn(|_: Call| pending::<Result<Reply, CallError>>());
+        let call = ObserveLayer::new(sink).layer(hangs).oneshot(add(7));
+        // The caller's own timeout gives up on the call and drops it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), call)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [Event::CallFinished {
+                call: 7,
+                attempts: 0,
+                result: Err(Code::Cancelled),
+                outcome: Outcome::Unknown,
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_that_ended_is_not_reported_again_when_dropped() {
+        let (sink, seen) = finished();
+        let answers = service_fn(|_: Call| async { Ok::<_, CallError>(Reply::Calc(3.0)) });
+        let mut service = ObserveLayer::new(sink).layer(answers);
+        let mut call = Box::pin(service.ready().await.unwrap().call(add(1)));
+        assert_eq!(call.as_mut().await, Ok(Reply::Calc(3.0)));
+        // The finished future outlives its answer, then goes.
+        drop(call);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [Event::CallFinished {
+                call: 1,
+                attempts: 0,
+                result: Ok(Reply::Calc(3.0)),
+                outcome: Outcome::Applied,
+            }]
+        );
     }
 }
