@@ -36,6 +36,7 @@ use crate::{
     },
     pb::SERVICE_NAME,
     resilience::ratio_budget::RatioBudgetConfig,
+    rpc::duration::{NotADuration, parse_json_duration},
 };
 
 /// gRPC's cap on `maxAttempts`.
@@ -48,13 +49,8 @@ pub enum ServiceConfigError {
     #[error("service config is not valid: {0}")]
     Json(#[from] serde_json::Error),
     /// A duration not in `"1.5s"` form.
-    #[error("{field}: {value:?} is not a duration like \"0.1s\"")]
-    Duration {
-        /// Field name.
-        field: &'static str,
-        /// Value given.
-        value: String,
-    },
+    #[error(transparent)]
+    Duration(#[from] NotADuration),
     /// An unknown status code name.
     #[error("unknown status code {0:?}")]
     Code(String),
@@ -140,22 +136,6 @@ struct RawRetryPolicy {
     retryable_status_codes: Vec<serde_json::Value>,
 }
 
-fn duration(field: &'static str, value: &str) -> Result<Duration, ServiceConfigError> {
-    let bad = || ServiceConfigError::Duration {
-        field,
-        value: value.to_owned(),
-    };
-    let secs: f64 = value
-        .strip_suffix('s')
-        .ok_or_else(bad)?
-        .parse()
-        .map_err(|_| bad())?;
-    if !(0.0..=315_576_000_000.0).contains(&secs) {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// Parses a code given as `"UNAVAILABLE"` or as its number.
 pub fn parse_code(value: &serde_json::Value) -> Result<Code, ServiceConfigError> {
     let text = value.to_string();
@@ -226,7 +206,7 @@ impl ServiceConfig {
         let timeout = mc
             .timeout
             .as_deref()
-            .map(|t| duration("timeout", t))
+            .map(|t| parse_json_duration("timeout", t))
             .transpose()?;
         let retry = match mc.retry_policy {
             None => None,
@@ -239,8 +219,8 @@ impl ServiceConfig {
                 let config = RetryConfig {
                     attempts_max: p.max_attempts.min(GRPC_ATTEMPTS_MAX),
                     backoff: Backoff {
-                        initial: duration("initialBackoff", &p.initial_backoff)?,
-                        max: duration("maxBackoff", &p.max_backoff)?,
+                        initial: parse_json_duration("initialBackoff", &p.initial_backoff)?,
+                        max: parse_json_duration("maxBackoff", &p.max_backoff)?,
                         multiplier: p.backoff_multiplier,
                     },
                     retryable_codes: codes,
@@ -258,7 +238,7 @@ impl ServiceConfig {
                     delay: h
                         .hedging_delay
                         .as_deref()
-                        .map(|d| duration("hedgingDelay", d))
+                        .map(|d| parse_json_duration("hedgingDelay", d))
                         .transpose()?
                         .unwrap_or(Duration::ZERO),
                     non_fatal_codes: h
@@ -310,6 +290,43 @@ mod tests {
         for (json, expect) in cases {
             let err = ServiceConfig::from_json(json).unwrap_err().to_string();
             assert!(err.contains(expect), "{json}: {err:?} lacks {expect:?}");
+        }
+    }
+
+    #[test]
+    fn every_duration_is_read_alike_whichever_field_holds_it() {
+        // The method's timeout and the ratio budget's ttl (each within
+        // the ttl's range of 1 to 60 s): the same text is accepted as the
+        // same duration, or refused in the same words.
+        let check = |text: &str, expect: Option<Duration>| {
+            let timeout = ServiceConfig::from_json(&format!(
+                r#"{{"methodConfig":[{{"name":[],"timeout":"{text}"}}]}}"#
+            ));
+            let ttl = ServiceConfig::from_json(&format!(
+                r#"{{"methodConfig":[{{"name":[]}}],"retryBudget":{{"retryRatio":0.2,"minRetriesPerSecond":10,"ttl":"{text}"}}}}"#
+            ));
+            match expect {
+                Some(d) => {
+                    assert_eq!(timeout.unwrap().timeout, Some(d), "{text}");
+                    let Some(Throttle::Ratio(budget)) = ttl.unwrap().throttle else {
+                        panic!("{text}: no ratio budget");
+                    };
+                    assert_eq!(budget.ttl, d, "{text}");
+                }
+                None => {
+                    for (field, result) in [("timeout", timeout), ("ttl", ttl)] {
+                        let err = result.expect_err(text).to_string();
+                        let words = format!(r#"{field}: "{text}" is not a duration like "0.1s""#);
+                        assert!(err.contains(&words), "{err:?} lacks {words:?}");
+                    }
+                }
+            }
+        };
+        check("7.5s", Some(Duration::from_millis(7500)));
+        check("1e1s", Some(Duration::from_secs(10)));
+        check("60s", Some(Duration::from_secs(60)));
+        for bad in ["10", "10 s", "s", "-5s", "infs", "NaNs", "10ms"] {
+            check(bad, None);
         }
     }
 

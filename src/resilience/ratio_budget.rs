@@ -27,6 +27,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::rpc::duration::parse_json_duration;
+
 /// Slices of the sliding window.
 const SLICES: usize = 10;
 
@@ -101,16 +103,10 @@ impl RatioBudgetConfig {
 }
 
 /// Reads `"10s"` (a protobuf JSON duration, as gRPC's service config writes
-/// them).
+/// them) with the parser every service-config duration goes through.
 fn ttl_from_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    text.strip_suffix('s')
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!("ttl: {text:?} is not a duration like \"10s\""))
-        })
+    parse_json_duration("ttl", &text).map_err(serde::de::Error::custom)
 }
 
 /// The budget's state: a leaky window of deposits and withdrawals.

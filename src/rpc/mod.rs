@@ -1,7 +1,7 @@
 //! The wire contract beyond what the proto's generated code gives: which
 //! RPCs `abacus.v1.Calculator` has and how each side names them
-//! ([`Method`]), and the `grpc-timeout` header both sides read or write
-//! ([`timeout`]).
+//! ([`Method`]), the `grpc-timeout` header both sides read or write
+//! ([`timeout`]), and the service config's durations ([`duration`]).
 //!
 //! Client, server, REST twin, load shedder and traces all name methods
 //! through [`Method`], so one table says what `Accumulate` is called on the
@@ -14,7 +14,9 @@
 //! - [`metrics`]: gRFC A66's names, labels and buckets, shared by the
 //!   server's and the client's metrics.
 //! - [`health`]: which `grpc.health.v1` name answers for which RPC.
+//! - [`duration`]: durations as gRPC's service config writes them.
 
+pub mod duration;
 pub mod health;
 pub mod method;
 pub mod metrics;
