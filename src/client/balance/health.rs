@@ -14,31 +14,26 @@
 //!
 //! A stream that breaks (the replica went away) leaves the status unknown
 //! and is re-opened after a full-jitter backoff drawn from a seeded RNG,
-//! on the tokio clock: the simulation drives both.
+//! on the tokio clock: the simulation drives both. The backoff resets only
+//! after a stream that stayed up ([`Rewatch`]), so an endpoint whose
+//! stream flaps is not re-dialled at the smallest pause forever.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
+use futures_util::{Stream, StreamExt};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::task::JoinHandle;
-use tonic::{Code, transport::Channel};
+use tokio::{task::JoinHandle, time::Instant};
+use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
 };
 
-use super::endpoint::HealthCell;
+use super::{endpoint::HealthCell, rewatch::Rewatch};
 use crate::{
-    resilience::backoff::Backoff,
     rpc::{HealthScope, Serving},
     trace::{Event, EventSink},
-};
-
-/// Pause before re-opening a broken watch: full jitter under a ceiling
-/// growing from 100 ms to 5 s.
-const REWATCH: Backoff = Backoff {
-    initial: Duration::from_millis(100),
-    max: Duration::from_secs(5),
-    multiplier: 2.0,
 };
 
 /// Aborts its task when dropped: the watch lives as long as the endpoint.
@@ -112,22 +107,42 @@ async fn watch(
     events: EventSink,
     seed: u64,
 ) {
+    let open = move |request| {
+        let mut client = HealthClient::new(channel.clone());
+        async move { Ok(client.watch(request).await?.into_inner()) }
+    };
+    follow(scope, open, &endpoint, &cell, &events, seed).await;
+}
+
+/// [`watch`] over any way to `open` a `Watch` stream (a test's, or a
+/// channel's).
+async fn follow<Open, Opening, Messages>(
+    scope: HealthScope,
+    mut open: Open,
+    endpoint: &str,
+    cell: &HealthCell,
+    events: &EventSink,
+    seed: u64,
+) where
+    Open: FnMut(HealthCheckRequest) -> Opening,
+    Opening: Future<Output = Result<Messages, Status>>,
+    Messages: Stream<Item = Result<HealthCheckResponse, Status>> + Unpin,
+{
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut broken: u32 = 0;
+    let mut rewatch = Rewatch::default();
     loop {
         let request = HealthCheckRequest {
             service: scope.service_name().to_owned(),
         };
-        match HealthClient::new(channel.clone()).watch(request).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                while let Ok(Some(message)) = stream.message().await {
-                    broken = 0;
-                    report(&cell, &events, &endpoint, scope, serving(message.status));
+        match open(request).await {
+            Ok(mut stream) => {
+                rewatch.opened(Instant::now());
+                while let Some(Ok(message)) = stream.next().await {
+                    report(cell, events, endpoint, scope, serving(message.status));
                 }
             }
             Err(status) if status.code() == Code::Unimplemented => {
-                report(&cell, &events, &endpoint, scope, Serving::Unknown);
+                report(cell, events, endpoint, scope, Serving::Unknown);
                 return;
             }
             // NOT_FOUND is what tonic's health server answers for a name it
@@ -136,15 +151,48 @@ async fn watch(
             // register the name once its store is up.
             Err(_) => {}
         }
-        report(&cell, &events, &endpoint, scope, Serving::Unknown);
-        broken = broken.saturating_add(1);
-        tokio::time::sleep(REWATCH.pause(broken, &mut rng)).await;
+        report(cell, events, endpoint, scope, Serving::Unknown);
+        tokio::time::sleep(rewatch.broke(Instant::now(), &mut rng)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        sync::atomic::{AtomicU32, Ordering},
+        time::Duration,
+    };
+
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_flaps_is_reopened_ever_more_slowly() {
+        // Every stream says SERVING once and drops at once.
+        let opened = Arc::new(AtomicU32::new(0));
+        let open = {
+            let opened = Arc::clone(&opened);
+            move |_: HealthCheckRequest| {
+                opened.fetch_add(1, Ordering::Relaxed);
+                let serving = HealthCheckResponse {
+                    status: ServingStatus::Serving as i32,
+                };
+                async move { Ok(futures_util::stream::iter([Ok(serving)])) }
+            }
+        };
+        let watching = tokio::spawn(async move {
+            let (cell, events) = (HealthCell::default(), EventSink::log_only());
+            follow(HealthScope::ALL[0], open, "a", &cell, &events, 1).await;
+        });
+        // A minute of the paused clock. No stream stays up long enough to
+        // reset the backoff, so the pauses' ceilings go 0.1, 0.2, 0.4, 0.8,
+        // 1.6, 3.2 s, then 5 s: at least 17 streams in a minute, and about
+        // 30 on average (full jitter). With a reset after every message,
+        // every pause is at most 100 ms: over 600 streams.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        watching.abort();
+        let opened = opened.load(Ordering::Relaxed);
+        assert!((17..100).contains(&opened), "{opened} streams in a minute");
+    }
 
     #[test]
     fn statuses_map_to_serving() {

@@ -55,6 +55,7 @@
 //! - [`ewma`]: the peak-EWMA latency estimate.
 //! - [`endpoint`]: health cells, counters, snapshots.
 //! - [`health`]: the `grpc.health.v1` watch per endpoint.
+//! - [`rewatch`]: when a broken watch is re-opened (its backoff).
 //! - [`resolve`]: where endpoint names come from (static, manual, DNS).
 //! - [`future`]: the response future (reports the outcome to the breaker
 //!   and the estimate).
@@ -69,6 +70,7 @@ pub mod ewma;
 pub mod future;
 pub mod health;
 pub mod resolve;
+pub mod rewatch;
 
 use std::{
     fmt,
