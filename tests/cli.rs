@@ -7,7 +7,8 @@
 //!   connection reported as not applied.
 //! - `abacus demo` runs to its summary, showing what each section is about,
 //!   and takes the client policy flags.
-//! - Replicas: `abacus call --addr DEAD,LIVE` fails over within a second;
+//! - Replicas: `abacus call --addr DEAD,LIVE` fails over after one
+//!   backoff pause, without waiting out the dead endpoint's timeout;
 //!   `abacus bench` over three `abacus serve` processes, one SIGKILLed
 //!   mid-run, fails no pure call.
 //!
@@ -413,18 +414,29 @@ fn check_fails_on_a_wrong_exit_code() {
 }
 
 #[test]
-fn call_fails_over_from_a_dead_first_address_within_a_second() {
+fn call_fails_over_from_a_dead_first_address_within_one_backoff_pause() {
     let live = Server::start(&[]);
     let closed = ClosedPort::new();
     let dead = closed.addr().to_string();
     let addrs = format!("{dead},{}", live.addr);
+    // Timeouts far above anything this call needs: a client that waited
+    // out the dead endpoint's attempt timeout before failing over would
+    // take 20 s and say DEADLINE_EXCEEDED. The bound below is half that, a
+    // margin no busy machine's process start comes near; what is asserted
+    // exactly is the trace.
+    let attempt_timeout = Duration::from_secs(20);
+    let attempt_timeout_ms = attempt_timeout.as_millis().to_string();
+    let backoff_ms: u64 = 50;
     // The pick is seeded: over a few seeds, some try the dead address
-    // first. Each call must succeed on the live one, within a second.
+    // first. Each call must succeed on the live one.
     let mut failed_over = 0;
     for seed in 1..=6 {
         let started = std::time::Instant::now();
         let out = Command::new(BIN)
             .args(["call", "--addr", &addrs, "--client-seed", &seed.to_string()])
+            .args(["--attempt-timeout-ms", &attempt_timeout_ms])
+            .args(["--deadline-ms", "60000"])
+            .args(["--backoff-ms", &backoff_ms.to_string()])
             .args(["-v", "add", "1", "2"])
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
@@ -441,14 +453,38 @@ fn call_fails_over_from_a_dead_first_address_within_a_second() {
             "seed {seed}: {stdout} {stderr}"
         );
         assert!(
-            elapsed < Duration::from_secs(1),
-            "seed {seed}: took {elapsed:?}"
+            elapsed < attempt_timeout / 2,
+            "seed {seed}: took {elapsed:?}, as if waiting for the dead endpoint's timeout: {stderr}"
+        );
+        assert!(
+            !stderr.contains("DEADLINE_EXCEEDED"),
+            "seed {seed}: an attempt timed out: {stderr}"
         );
         if stderr.contains(&format!("attempt #1.1 -> {dead}")) {
             failed_over += 1;
+            // Refused at once, certainly not applied: one pause of the
+            // first retry's backoff, then the live replica.
+            assert!(
+                stderr.contains("attempt-failed #1.1 UNAVAILABLE not-applied"),
+                "seed {seed}: the dead address did not fail as refused: {stderr}"
+            );
+            let pause_ms: u64 = stderr
+                .split("backoff #1 ")
+                .nth(1)
+                .and_then(|rest| rest.split("ms before attempt 2").next())
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| panic!("seed {seed}: no pause before attempt 2: {stderr}"));
+            assert!(
+                pause_ms <= backoff_ms,
+                "seed {seed}: paused {pause_ms} ms, more than one first backoff: {stderr}"
+            );
             assert!(
                 stderr.contains(&format!("attempt #1.2 -> {}", live.addr)),
                 "seed {seed}: the retry did not go to the live replica: {stderr}"
+            );
+            assert!(
+                !stderr.contains("attempt #1.3"),
+                "seed {seed}: more than one failover: {stderr}"
             );
         }
     }
