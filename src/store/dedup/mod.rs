@@ -14,6 +14,7 @@
 //!   by (the caller's scope and request ID, hashed to 16 bytes), and the
 //!   payload [`fingerprint`].
 //! - [`store`]: [`DedupStore`], the bounded digest → first-outcome map.
+//! - `record`: one retained record, packed into 48 bytes.
 //!
 //! # The protocol, per request ID
 //! 1. *Lookup*: a retained record with the same fingerprint is replayed
@@ -81,6 +82,7 @@
 
 pub mod config;
 pub mod key;
+mod record;
 pub mod store;
 
 pub use config::{DedupConfig, DedupConfigError};
