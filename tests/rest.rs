@@ -9,11 +9,16 @@
 //! - `Idempotency-Key`: replay, reuse with another payload, a replayed
 //!   recorded error, a concurrent duplicate, keys required;
 //! - both fronts share registers, dedup records and the in-flight limit;
+//! - tokenless callers from two addresses keep separate dedup retention;
 //! - h2c (prior knowledge) on the same port as HTTP/1.1.
 //!
 //! Every table runs through [`check`].
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use abacus::{
     pb::{self, calculator_client::CalculatorClient},
@@ -149,6 +154,29 @@ enum Proto {
 /// Sends `req` on a fresh connection.
 async fn send(addr: SocketAddr, proto: Proto, req: Req) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    exchange(stream, addr, proto, req).await
+}
+
+/// Sends `req` on a fresh connection from loopback address `source` (any
+/// of 127.0.0.0/8 reaches a server on 127.0.0.1), so that the server sees
+/// distinct peers.
+async fn send_from(source: IpAddr, addr: SocketAddr, req: Req) -> Reply {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    let stream = socket.connect(addr).await.expect("connect");
+    assert_eq!(stream.local_addr().expect("local address").ip(), source);
+    exchange(stream, addr, Proto::Http1, req).await
+}
+
+/// Sends `req` on `stream`, connected to `addr`.
+async fn exchange(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    proto: Proto,
+    req: Req,
+) -> Reply {
     let io = TokioIo::new(stream);
     let mut builder = Request::builder()
         .method(req.method)
@@ -789,4 +817,63 @@ async fn both_fronts_share_one_in_flight_limit() {
     )
     .await;
     holder.abort();
+}
+
+/// The adversarial report's flush, over REST without tokens: a victim's
+/// record survives an attacker's fresh keys when the two connect from
+/// different addresses, because the REST front passes each peer's address
+/// to the store as the gRPC front does. From one address (the negative
+/// control) the same traffic flushes it.
+#[tokio::test]
+async fn tokenless_rest_callers_from_two_addresses_keep_separate_retention() {
+    const ENTRIES_MAX: usize = 10;
+    let victim: IpAddr = "127.0.0.2".parse().unwrap();
+    let attacker: IpAddr = "127.0.0.3".parse().unwrap();
+    // (attacker's address, the victim's retry replayed, register after).
+    for (from, replayed, value) in [(attacker, true, 100.0), (victim, false, 200.0)] {
+        let state = Arc::new(MemoryLedger::new(
+            DedupConfig {
+                entries_max: ENTRIES_MAX,
+                ..DedupConfig::default()
+            },
+            EventSink::log_only(),
+        ));
+        let calculator = Calculator::from_config(&ServerConfig::default(), state.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server::serve_rest(
+            calculator,
+            server::tcp_incoming(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let accumulate = |register: &str, delta: f64, key: &str| {
+            post(
+                format!("/v1/registers/{register}:accumulate"),
+                json!({"delta": delta}),
+            )
+            .key(key)
+        };
+        let first = send_from(victim, addr, accumulate("victim", 100.0, "victim-1")).await;
+        assert_eq!(first.json, json!({"value": 100.0, "replayed": false}));
+        for i in 0..=ENTRIES_MAX {
+            let fresh = send_from(
+                from,
+                addr,
+                accumulate("attacker", 1.0, &format!("attack-{i}")),
+            )
+            .await;
+            assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.json);
+        }
+        let retry = send_from(victim, addr, accumulate("victim", 100.0, "victim-1")).await;
+        assert_eq!(
+            retry.json,
+            json!({"value": value, "replayed": replayed}),
+            "attacker at {from}"
+        );
+        assert_eq!(retry.replayed(), replayed);
+        assert_eq!(state.get("victim", None).await.expect("read"), value);
+    }
 }

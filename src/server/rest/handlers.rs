@@ -17,6 +17,7 @@ use super::{
         AccumulateBody, AccumulatedBody, BinaryBody, DeletedBody, JsonBody, RegisterBody,
         ResultBody, StatsBody, json_response,
     },
+    peer::PeerAddr,
 };
 use crate::{
     core::BinaryOp,
@@ -55,6 +56,7 @@ fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, RestE
 pub async fn register_action(
     State(calculator): State<Calculator>,
     identity: Option<Extension<Identity>>,
+    peer: Option<Extension<PeerAddr>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<JsonBody<AccumulateBody>, RestError>,
@@ -77,10 +79,11 @@ pub async fn register_action(
         delta,
         request_id,
         // The identity the authenticator admitted scopes the key, as on
-        // the gRPC front.
+        // the gRPC front; without one, per-client bounds charge the peer's
+        // address (put there by the accept loop, see `peer`).
         caller: Caller {
             identity: identity.map(|Extension(i)| i.name),
-            peer: None,
+            peer: peer.map(|Extension(PeerAddr(addr))| addr.ip()),
         },
     };
     match calculator.accumulate(&args, deadline).await {

@@ -52,6 +52,7 @@
 //! - [`serve`]: [`serve_rest`], HTTP/1.1 keep-alive and h2c on one port
 //!   (and TLS, with ALPN, when the server has a certificate).
 //! - [`edge`]: tokens and metrics, shared with the gRPC front.
+//! - [`peer`]: the caller's address, for per-client bounds.
 //! - [`openapi`]: the OpenAPI document (`GET /openapi.json`,
 //!   `docs/openapi.json`).
 
@@ -61,6 +62,7 @@ pub mod handlers;
 pub mod headers;
 pub mod json;
 pub mod openapi;
+pub mod peer;
 pub mod serve;
 
 use axum::{

@@ -18,8 +18,10 @@ use hyper_util::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::Connected;
+use tower::ServiceExt;
 
-use super::router;
+use super::{peer::PeerAddr, router};
 use crate::server::{
     Limits, listener,
     metrics::Front,
@@ -43,7 +45,7 @@ pub async fn serve_rest<I, IO, IE>(
     shutdown: impl Future<Output = ()>,
 ) where
     I: Stream<Item = Result<IO, IE>>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: std::fmt::Display,
 {
     serve_rest_with(calculator, &Limits::default(), incoming, shutdown).await;
@@ -62,7 +64,7 @@ pub async fn serve_rest_with<I, IO, IE>(
     shutdown: impl Future<Output = ()>,
 ) where
     I: Stream<Item = Result<IO, IE>>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: std::fmt::Display,
 {
     calculator.shed().start_probe();
@@ -123,7 +125,7 @@ async fn accept_loop<I, IO>(
     shutdown: impl Future<Output = ()>,
 ) where
     I: Stream<Item = Result<IO, Infallible>>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
 {
     tokio::pin!(incoming, shutdown);
     loop {
@@ -137,7 +139,16 @@ async fn accept_loop<I, IO>(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(app.clone());
+        // Read once per connection, like tonic does for the gRPC front.
+        let peer = PeerAddr::of(&io);
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(peer) = peer {
+                    request.extensions_mut().insert(peer);
+                }
+                request
+            },
+        ));
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
