@@ -8,13 +8,16 @@
 //!    36-byte UUID-shaped IDs and with 128-byte IDs (the longest allowed).
 //!    Target: at most 64 bytes per record, whatever the ID's length.
 //! 2. **Store operations**, ns/op: lookup (hit and miss) in the full store,
-//!    and insert at capacity (every insert evicts the oldest record).
+//!    and insert at capacity (every insert evicts the oldest record), from
+//!    one client and from 1,000 clients in turn.
 //! 3. **`Accumulate` throughput over loopback gRPC**, with a fresh request ID
 //!    per call versus without, measured side by side in alternating rounds
 //!    (ABBA order, so drift hits both alike). Target: with ≥ 80% of without.
 //!
 //! Run: `cargo bench --bench dedup` (release). `-- --quick` shrinks every
-//! size for a smoke run (`cargo bench --profile dev --bench dedup -- --quick`).
+//! size for a smoke run (`cargo bench --profile dev --bench dedup -- --quick`);
+//! `-- --memory 36` (or `128`) measures only the memory for that ID length,
+//! and `-- --store` skips the gRPC measurement.
 
 use std::{
     fmt::Write as _,
@@ -67,7 +70,16 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--memory") {
         let id_bytes = args.get(at + 1).and_then(|n| n.parse().ok()).unwrap_or(36);
-        drop(memory_bench(&sizes, id_bytes, DigestKey::random()));
+        // `--clients C`: records charged to C clients in turn (default 1),
+        // to measure what each client holding records adds.
+        let clients = args
+            .iter()
+            .position(|a| a == "--clients")
+            .and_then(|at| args.get(at + 1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1u64)
+            .max(1);
+        drop(memory_bench(&sizes, id_bytes, clients, DigestKey::random()));
         return;
     }
     println!(
@@ -76,7 +88,10 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     store_bench(&sizes, quick);
-    grpc_bench(&sizes);
+    // `--store`: the store's measurements only (to alternate two builds).
+    if !args.iter().any(|a| a == "--store") {
+        grpc_bench(&sizes);
+    }
 }
 
 // ---------------------------------------------------------------- store ----
@@ -153,7 +168,14 @@ fn store_bench(sizes: &Sizes, quick: bool) {
 }
 
 /// Inserts records `0..n` of `id_bytes`-byte IDs (digested with `key`).
-fn fill(store: &mut DedupStore, n: usize, id_bytes: usize, key: DigestKey, id: &mut String) {
+fn fill(
+    store: &mut DedupStore,
+    n: usize,
+    id_bytes: usize,
+    clients: u64,
+    key: DigestKey,
+    id: &mut String,
+) {
     let now = Instant::now();
     let outcome = StoredOutcome::Applied { value: 1.0 };
     for i in 0..n as u64 {
@@ -162,7 +184,7 @@ fn fill(store: &mut DedupStore, n: usize, id_bytes: usize, key: DigestKey, id: &
             key.digest("", id),
             fingerprint("r", 1.0),
             outcome,
-            OwnerKey(1),
+            OwnerKey(1 + i % clients),
             now,
             |_| {},
         );
@@ -171,7 +193,7 @@ fn fill(store: &mut DedupStore, n: usize, id_bytes: usize, key: DigestKey, id: &
 
 /// Fills a store with `sizes.entries` records of `id_bytes`-byte IDs and
 /// prints its resident-set growth; returns the store, to keep it alive.
-fn memory_bench(sizes: &Sizes, id_bytes: usize, key: DigestKey) -> DedupStore {
+fn memory_bench(sizes: &Sizes, id_bytes: usize, clients: u64, key: DigestKey) -> DedupStore {
     let n = sizes.entries;
     let config = DedupConfig {
         entries_max: n,
@@ -180,10 +202,12 @@ fn memory_bench(sizes: &Sizes, id_bytes: usize, key: DigestKey) -> DedupStore {
     let mut id = String::with_capacity(REQUEST_ID_BYTES_MAX);
     long_request_id(0, 0, id_bytes, &mut id);
     assert_eq!(id.len(), id_bytes);
-    println!("\n(a) memory per retained record ({n} records, {id_bytes}-byte IDs)");
+    println!(
+        "\n(a) memory per retained record ({n} records, {id_bytes}-byte IDs, {clients} client(s))"
+    );
     let before = rss_bytes();
     let mut store = DedupStore::new(&config);
-    fill(&mut store, n, id_bytes, key, &mut id);
+    fill(&mut store, n, id_bytes, clients, key, &mut id);
     match (before, rss_bytes()) {
         (Some(b), Some(a)) => {
             let delta = a.saturating_sub(b);
@@ -229,7 +253,7 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
 
     let mut store = DedupStore::new(&config);
     let t = StdInstant::now();
-    fill(&mut store, n, id_bytes, key, &mut id);
+    fill(&mut store, n, id_bytes, 1, key, &mut id);
     let fill = t.elapsed();
     assert_eq!(store.len(), n);
 
@@ -294,6 +318,34 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
     );
     assert_eq!(store.len(), n);
     assert_eq!(store.stats().evictions, n as u64);
+
+    // The same IDs again, from 1,000 clients in turn: every insert makes
+    // room from the heaviest client (the one that filled the store, then
+    // each in turn), which exercises the per-client bookkeeping.
+    let again: Vec<String> = (0..n as u64)
+        .map(|i| {
+            let mut s = String::new();
+            long_request_id(i, FRESH_SALT << 1, id_bytes, &mut s);
+            s
+        })
+        .collect();
+    let t = StdInstant::now();
+    for (i, id) in again.iter().enumerate() {
+        store.insert(
+            key.digest("", black_box(id)),
+            fp,
+            outcome,
+            OwnerKey(2 + (i % 1_000) as u64),
+            now,
+            |_| {},
+        );
+    }
+    println!(
+        "    insert at capacity, 1,000 clients in turn:          {:>6.0} ns/op",
+        ns_per_op(t.elapsed(), n)
+    );
+    assert_eq!(store.len(), n);
+    assert_eq!(store.stats().evictions, 2 * n as u64);
 }
 
 // ----------------------------------------------------------------- gRPC ----

@@ -855,7 +855,7 @@ mod tests {
     fn memory_stays_bounded_under_churn() {
         // Many more distinct IDs than the capacity, with lookups between:
         // the store never holds more than entries_max and every retained ID
-        // is still found (the index and the ring agree).
+        // is still found (the index and the slab agree).
         let t0 = Instant::now();
         let mut s = store(64, 60_000);
         for i in 0..10_000u64 {
