@@ -7,8 +7,9 @@ use std::time::Duration;
 use crate::core::REGISTERS_MAX;
 
 /// Hard ceiling on [`DedupConfig::entries_max`]: ten million records is
-/// roughly 760 MiB (see `benches/dedup.rs`), past what this
-/// service should ever hold in memory.
+/// roughly 540 MiB (48 bytes a record and 5 an index entry, see
+/// [`crate::store::dedup::store`]), past what this service should ever
+/// hold in memory.
 pub const DEDUP_ENTRIES_LIMIT: usize = 10_000_000;
 
 /// Hard ceiling on [`DedupConfig::ttl_ms`]: one day. Retention is measured on
@@ -34,7 +35,8 @@ pub const REGISTERS_PER_CLIENT_DEFAULT: usize = 1_000;
 pub struct DedupConfig {
     /// Most dedup records retained in all. To make room, the client holding
     /// the most gives up its oldest (see [`crate::store::dedup::store`]).
-    /// The default, 1,000,000, takes about 76 MiB (`benches/dedup.rs`).
+    /// The default, 1,000,000, takes about 56 MiB (`benches/dedup.rs`), plus
+    /// about 150 bytes per client holding records.
     pub entries_max: usize,
     /// Most dedup records one client (an identity, or a peer IP address
     /// without tokens) retains; its own oldest is evicted beyond. `None`:

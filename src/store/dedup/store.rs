@@ -40,12 +40,13 @@
 //! gaps where records left out of commit order.
 //!
 //! # Memory
-//! A record is 48 bytes whatever the ID's length (see [`super::record`]
-//! for the layout), an index entry 5 (4 + a control byte) at a load
-//! between 7/16 and 7/8: at most about 59 bytes per record, 58 at
-//! 1,000,000 records, measured by `benches/dedup.rs` for 36- and 128-byte
-//! IDs alike. Each client holding records costs about 150 bytes more
-//! (its entry, its key in a hash map, its two ordered-set entries).
+//! A record is 48 bytes whatever the ID's length (see `super::record` for
+//! the layout), an index entry 5 (4 + a control byte) at a load between
+//! 7/16 and 7/8, so at most about 60 bytes per record: 59 measured at
+//! 1,000,000 records by `benches/dedup.rs`, for 36- and 128-byte IDs
+//! alike. Each client holding records costs about 150 bytes more (its
+//! entry, its key in a hash map, its two ordered-set entries): 209 bytes
+//! per record when every record has a client of its own.
 //!
 //! The index hashes a digest by taking 64 of its bits: a keyed digest is
 //! already uniformly distributed, and peers cannot aim at buckets without
