@@ -240,6 +240,23 @@ pub enum Retention {
     /// and the network instant: outside the bound, so a late retry may
     /// meet an expired record and apply again (the negative control).
     Naive,
+    /// The bound for true clocks (`rate_max` 0): the retry window plus the
+    /// latency, enough without skew and not with it (the replicated
+    /// world's negative control: what the skew terms of the bound buy).
+    TrueClocks,
+}
+
+impl Retention {
+    /// The TTL for a client retrying for `window`, whose retries reach the
+    /// place records are judged within `latency` of leaving, with
+    /// simulation step `tick`.
+    fn ttl(self, window: Duration, latency: Duration, tick: Duration) -> Duration {
+        match self {
+            Self::WithinBound => dedup_ttl_min(window, latency, SKEW_RATE_MAX, tick),
+            Self::Naive => window,
+            Self::TrueClocks => dedup_ttl_min(window, latency, 0.0, tick),
+        }
+    }
 }
 
 /// Exactly-once Accumulates against a server that applies then loses half
@@ -260,15 +277,47 @@ pub fn clock_skew(name: &'static str, retention: Retention) -> Scenario {
     s.retry.throttle = None;
     s.skew_rate_max = SKEW_RATE_MAX;
     s.tick = Duration::from_millis(10);
-    s.dedup_ttl = Some(match retention {
-        Retention::WithinBound => dedup_ttl_min(
-            s.deadline,
-            Duration::from_millis(s.plan.latency_ms.1),
-            SKEW_RATE_MAX,
-            s.tick,
-        ),
-        Retention::Naive => s.deadline,
-    });
+    s.dedup_ttl = Some(retention.ttl(
+        s.deadline,
+        Duration::from_millis(s.plan.latency_ms.1),
+        s.tick,
+    ));
+    s
+}
+
+/// [`clock_skew`] on the replicated system: three replicas over the store
+/// host, three client hosts each calling through one replica-aware client
+/// (retries go on at other replicas under the same request ID), every
+/// replica applying then losing half of its responses, and every host —
+/// each replica, the store, each client — on its own clock, up to
+/// [`SKEW_RATE_MAX`] fast or slow. The store keeps the records and judges
+/// their age on its own clock; a fifth of the calls read.
+///
+/// The retention is the one `retention` gives for the path a retry takes
+/// to the store: two hops (client to replica, replica to store), each as
+/// long as the plan's latency plus one step of rounding.
+/// A replica measures the deadline it received on its own clock, which
+/// lets an attempt reach the store as late as the slowest clock's window
+/// allows and no later (docs/simulation.md), so the window term is the
+/// single server's.
+pub fn replicated_clock_skew(name: &'static str, retention: Retention) -> Scenario {
+    let mut s = clock_skew(name, retention);
+    let mut replicated = Replicated::new(REPLICAS);
+    replicated.client = ReplicaClient::Aware(Box::new(Aware {
+        balance: BalanceConfig::default(),
+        hedge: None,
+        bounds: Bounds::default(),
+    }));
+    s.topology = Topology::Replicated(replicated);
+    s.clients = 3;
+    s.accumulate_share = 0.8;
+    s.read_share = 1.0;
+    // Three registers: the linearizability check runs per register, and
+    // refuting a history with a double apply costs exponentially in its
+    // length (a control's violating seed, every time).
+    s.registers = 3;
+    let hop = Duration::from_millis(s.plan.latency_ms.1) + s.tick;
+    s.dedup_ttl = Some(retention.ttl(s.deadline, 2 * hop, s.tick));
     s
 }
 
@@ -372,6 +421,10 @@ pub fn store_cascade(name: &'static str, guarded: bool) -> Scenario {
         in_flight_max: CASCADE_STORE_CALLS,
         ..GuardConfig::default()
     });
+    if guarded {
+        // What the guard is for: its breaker opening on the slow store.
+        s.probes = vec![Probe::StoreBreakerOpened];
+    }
     s.topology = Topology::Replicated(replicated);
     s.clients = 18;
     s.calls_per_client = 10;
@@ -490,6 +543,10 @@ pub fn aware(name: &'static str, fault: ReplicaFault, seed: u64) -> Scenario {
         }
     }
     let mut replicated = Replicated::new(REPLICAS);
+    if slow {
+        // What hedging is for: a hedge answering before the slow attempt.
+        s.probes = vec![Probe::HedgeWon];
+    }
     replicated.client = ReplicaClient::Aware(Box::new(Aware {
         balance: BalanceConfig::default(),
         hedge: slow.then(aware_hedging),
@@ -519,6 +576,7 @@ pub fn round_robin_without_ejection(s: &mut Scenario) {
         };
         a.hedge = None;
     }
+    s.probes.retain(|p| *p != Probe::HedgeWon);
 }
 
 /// The breaker alone ejects: round robin (blind to latency) with the
@@ -538,7 +596,7 @@ type Make = fn(u64) -> Scenario;
 
 /// The scenarios the `sim` example runs by name. One table, so a name
 /// cannot be listed without a scenario behind it.
-const REGISTRY: [(&str, Make); 29] = [
+const REGISTRY: [(&str, Make); 31] = [
     ("standard", standard),
     ("happy", |_| happy()),
     ("plain-tonic", |_| plain_tonic()),
@@ -591,6 +649,15 @@ const REGISTRY: [(&str, Make); 29] = [
     }),
     ("clock-skew-naive-ttl", |_| {
         clock_skew("clock-skew-naive-ttl", Retention::Naive)
+    }),
+    ("replicated-clock-skew", |_| {
+        replicated_clock_skew("replicated-clock-skew", Retention::WithinBound)
+    }),
+    ("replicated-clock-skew-true-clock-ttl", |_| {
+        replicated_clock_skew(
+            "replicated-clock-skew-true-clock-ttl",
+            Retention::TrueClocks,
+        )
     }),
     ("replicated", |_| replicated_failover("replicated")),
     ("replicated-swarm", |seed| {

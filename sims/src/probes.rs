@@ -28,6 +28,7 @@ use std::{
 
 use abacus::{
     client::{Reply, breaker::State, retry::Stop},
+    store::guard,
     trace::{self, Event, Outcome},
 };
 
@@ -58,6 +59,8 @@ pub enum Probe {
     HalfOpenProbeFailed,
     /// A half-open breaker's probes succeeded, and it closed.
     BreakerClosedAfterProbe,
+    /// A hedged call was answered by a hedge, not by its first attempt.
+    HedgeWon,
     /// A logical call failed at one replica and went on at another.
     Failover,
     /// Commit ambiguity resolved by replay: an attempt failed with an
@@ -89,13 +92,16 @@ pub enum Probe {
     ClaimRolledBack,
     /// The store committed and the reply was lost on the way back.
     CommitReplyLost,
+    /// A replica's store guard opened its breaker from closed: the store
+    /// is failing or slow, and the replica stops sending it work.
+    StoreBreakerOpened,
     /// A replica answered a store failure with an unknown fate.
     StoreFateUnknown,
 }
 
 impl Probe {
     /// Every probe, in report order.
-    pub const ALL: [Probe; 21] = [
+    pub const ALL: [Probe; 23] = [
         Self::Retry,
         Self::PushbackHonoured,
         Self::RetryBudgetExhausted,
@@ -104,6 +110,7 @@ impl Probe {
         Self::BreakerRejected,
         Self::HalfOpenProbeFailed,
         Self::BreakerClosedAfterProbe,
+        Self::HedgeWon,
         Self::Failover,
         Self::ReplayAfterUnknown,
         Self::Shed,
@@ -116,6 +123,7 @@ impl Probe {
         Self::StoreDuplicateJoined,
         Self::ClaimRolledBack,
         Self::CommitReplyLost,
+        Self::StoreBreakerOpened,
         Self::StoreFateUnknown,
     ];
 
@@ -130,6 +138,7 @@ impl Probe {
             Self::BreakerRejected => "breaker-rejected",
             Self::HalfOpenProbeFailed => "half-open-probe-failed",
             Self::BreakerClosedAfterProbe => "breaker-closed-after-probe",
+            Self::HedgeWon => "hedge-won",
             Self::Failover => "failover",
             Self::ReplayAfterUnknown => "replay-after-unknown",
             Self::Shed => "shed",
@@ -142,6 +151,7 @@ impl Probe {
             Self::StoreDuplicateJoined => "store-duplicate-joined",
             Self::ClaimRolledBack => "claim-rolled-back",
             Self::CommitReplyLost => "commit-reply-lost",
+            Self::StoreBreakerOpened => "store-breaker-opened",
             Self::StoreFateUnknown => "store-fate-unknown",
         }
     }
@@ -208,6 +218,15 @@ fn of_record(r: &Record) -> Option<Probe> {
                 (State::HalfOpen, State::Closed) => Probe::BreakerClosedAfterProbe,
                 _ => return None,
             },
+            // The guard in front of a replica's store reports its breaker
+            // like a client's, from the replica's host.
+            Event::BreakerTransition {
+                endpoint,
+                from: State::Closed,
+                to: State::Open,
+            } if endpoint == guard::ENDPOINT => Probe::StoreBreakerOpened,
+            // Attempt 1 winning a hedged call is the hedge not needed.
+            Event::HedgeWon { attempt, .. } if *attempt > 1 => Probe::HedgeWon,
             Event::BreakerRejected { .. } => Probe::BreakerRejected,
             Event::Shed { .. } => Probe::Shed,
             Event::ServerDeadlineExpired { .. } => Probe::ServerDeadlineExpired,
@@ -483,12 +502,12 @@ mod tests {
                 },
             )
         };
-        let opened = |host| {
+        let opened = |host, endpoint: &str| {
             at(
                 0,
                 host,
                 Event::BreakerTransition {
-                    endpoint: "x".into(),
+                    endpoint: endpoint.into(),
                     from: State::Closed,
                     to: State::Open,
                 },
@@ -498,16 +517,30 @@ mod tests {
             probes(&[
                 joined("store"),
                 joined("replica-1"),
-                opened("client-2"),
-                opened("replica-1"),
+                opened("client-2", "replica-1"),
+                opened("replica-1", "x"),
+                opened("replica-1", guard::ENDPOINT),
                 at(0, "replica-2", Event::Probe(trace::Probe::StoreFateUnknown)),
             ]),
             [
                 Probe::StoreDuplicateJoined,
                 Probe::DuplicateJoined,
                 Probe::BreakerOpened,
+                Probe::StoreBreakerOpened,
                 Probe::StoreFateUnknown,
             ]
+        );
+    }
+
+    /// A hedge won only when an attempt after the first answered: the
+    /// first attempt beating its hedges is the hedge not needed.
+    #[test]
+    fn hedge_won_is_a_later_attempt_answering() {
+        let won = |attempt| at(0, "client-1", Event::HedgeWon { call: 1, attempt });
+        assert_eq!(probes(&[won(1)]), []);
+        assert_eq!(
+            probes(&[won(2), won(3)]),
+            [Probe::HedgeWon, Probe::HedgeWon]
         );
     }
 

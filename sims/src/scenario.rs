@@ -62,13 +62,14 @@ pub struct Scenario {
     pub in_flight_max: usize,
     /// Server-side deduplication on (the default) or off (negative controls).
     pub dedup: bool,
-    /// The server's dedup retention, when not the default (10 minutes).
-    /// Single-server world.
+    /// The dedup retention, when not the default (10 minutes): the single
+    /// server's, or the store's in the replicated world.
     pub dedup_ttl: Option<Duration>,
     /// Clock skew and drift: every host's clock runs at `1 + rate` with
     /// `rate` drawn from `[-skew_rate_max, skew_rate_max]` (0: true
-    /// clocks). Skews the single server's dedup retention and each client's
-    /// timers (`world::clock`).
+    /// clocks). Skews the dedup retention (the single server's, or the
+    /// store host's), each client's timers and each replica's store timers
+    /// (`world::clock`).
     pub skew_rate_max: f64,
     /// What becomes of the single server's state at a crash. Single-server
     /// world only: the replicated world's store is always durable, its
@@ -267,6 +268,19 @@ impl Scenario {
             vec![crate::workload::REGISTER.to_owned()]
         } else {
             (1..=self.registers).map(|i| format!("r{i}")).collect()
+        }
+    }
+
+    /// The dedup settings of the server (single world) or the store
+    /// (replicated world): on or off, and the retention.
+    pub fn dedup_config(&self) -> abacus::server::DedupConfig {
+        let default = abacus::server::DedupConfig::default();
+        abacus::server::DedupConfig {
+            enabled: self.dedup,
+            ttl_ms: self
+                .dedup_ttl
+                .map_or(default.ttl_ms, |t| t.as_millis() as u64),
+            ..default
         }
     }
 

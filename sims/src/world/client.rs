@@ -10,7 +10,6 @@ use abacus::{
     },
     trace::EventSink,
 };
-use std::time::Duration;
 
 use tower::{ServiceBuilder, util::BoxCloneSyncService};
 
@@ -52,13 +51,29 @@ pub fn config(
     endpoint: &str,
     events: EventSink,
 ) -> ClientConfig {
+    on_host_clock(
+        scenario,
+        seed,
+        host,
+        true_clock_config(scenario, seed, host, endpoint, events),
+    )
+}
+
+/// [`config`] before `host`'s clock skew is applied.
+fn true_clock_config(
+    scenario: &Scenario,
+    seed: u64,
+    host: &str,
+    endpoint: &str,
+    events: EventSink,
+) -> ClientConfig {
     // The single server's client keeps the stream it always had, so its
     // scenarios replay as before; one client per replica gets one each.
     let stream = match scenario.replicated() {
         None => host.to_owned(),
         Some(_) => format!("{host}/{endpoint}"),
     };
-    let config = ClientConfig {
+    ClientConfig {
         deadline: scenario.deadline,
         attempt_timeout: scenario.attempt_timeout,
         mode: scenario.mode,
@@ -75,7 +90,12 @@ pub fn config(
         seed: Some(derive_seed(seed, &stream)),
         events,
         token: None,
-    };
+    }
+}
+
+/// `config` on `host`'s clock in the run of `seed`: scaled by its skew,
+/// if the scenario skews clocks.
+fn on_host_clock(scenario: &Scenario, seed: u64, host: &str, config: ClientConfig) -> ClientConfig {
     match scenario.skew(seed, host) {
         Some(skew) => skewed(config, skew),
         None => config,
@@ -85,16 +105,16 @@ pub fn config(
 /// `config` as a client whose clock has `skew` lives it: every duration
 /// it measures lasts `1 / (1 + rate)` times as long in real time.
 fn skewed(mut config: ClientConfig, skew: Skew) -> ClientConfig {
-    let ms = |ms: u64| skew.real(Duration::from_millis(ms)).as_millis() as u64;
     config.deadline = skew.real(config.deadline);
     config.attempt_timeout = skew.real(config.attempt_timeout);
     let backoff = &mut config.retry.backoff;
     backoff.initial = skew.real(backoff.initial);
     backoff.max = skew.real(backoff.max);
     if let Some(b) = &mut config.breaker {
-        b.open_ms = ms(b.open_ms);
-        b.open_ms_max = ms(b.open_ms_max);
-        b.slow_call_ms = b.slow_call_ms.map(ms);
+        skew.breaker(b);
+    }
+    if let Some(h) = &mut config.hedge {
+        h.delay = skew.real(h.delay);
     }
     config
 }
@@ -171,10 +191,12 @@ impl Clients {
         if let Some(ReplicaClient::Aware(a)) = scenario.replicated().map(|r| &r.client) {
             // One client over every replica: its events are the host's,
             // each attempt naming the replica it went to.
-            let mut config = config(scenario, seed, host, "replicas", history.sink(host));
+            let mut config =
+                true_clock_config(scenario, seed, host, "replicas", history.sink(host));
             config.seed = Some(derive_seed(seed, host));
             config.balance = a.balance.clone();
             config.hedge = a.hedge.clone();
+            let config = on_host_clock(scenario, seed, host, config);
             let client = aware::build(scenario.stack, &scenario.server_hosts(), config);
             return Self {
                 first: ("replicas".to_owned(), client),

@@ -6,11 +6,21 @@
 //! - the **server's dedup retention** reads an injected [`Clock`]: the
 //!   simulated time since the start, times `1 + rate`, plus an offset. A
 //!   record's TTL then lasts `ttl / (1 + rate)` of real (simulated) time;
-//! - a **client's timers** (deadline, attempt timeout, backoff, breaker)
-//!   run on tokio's clock; a client whose clock runs at `1 + rate` measures
-//!   every duration `1 / (1 + rate)` times too long or short, so its
-//!   configured durations are scaled by that factor instead — what the
-//!   client's clock would do to them, seen from real time.
+//!   In the replicated world that is the **store host's** clock, which
+//!   stamps and judges every record (as the PostgreSQL ledger uses the
+//!   database server's clock), never a replica's;
+//! - a **client's timers** (deadline, attempt timeout, backoff, breaker,
+//!   hedging delay) run on tokio's clock; a client whose clock runs at
+//!   `1 + rate` measures every duration `1 / (1 + rate)` times too long or
+//!   short, so its configured durations are scaled by that factor instead
+//!   — what the client's clock would do to them, seen from real time;
+//! - a **replica's store timers** (the per-call bound, the store guard's
+//!   breaker and slow threshold, the in-process join wait) and the
+//!   **store host's** idle-claim bound are scaled the same way.
+//!
+//! Not skewed: a deadline a server or replica receives is measured on
+//! true time (the header carries the client's remaining real time), and
+//! the servers' connection timers.
 //!
 //! The offset changes nothing the service decides (no instant crosses
 //! hosts: deadlines travel as durations); it is drawn so that a bug that
@@ -18,7 +28,7 @@
 
 use std::time::Duration;
 
-use abacus::store::Clock;
+use abacus::{client::BreakerConfig, store::Clock};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -60,6 +70,24 @@ impl Skew {
     /// What a configured duration lasts in real time on this clock.
     pub fn real(self, d: Duration) -> Duration {
         d.div_f64(1.0 + self.rate)
+    }
+
+    /// [`Skew::real`] of a duration configured in whole milliseconds.
+    pub fn real_ms(self, ms: u64) -> u64 {
+        self.real(Duration::from_millis(ms)).as_millis() as u64
+    }
+
+    /// `breaker` as a host on this clock lives it: its open times and slow
+    /// threshold scaled to real time.
+    pub fn breaker(self, breaker: &mut BreakerConfig) {
+        breaker.open_ms = self.real_ms(breaker.open_ms);
+        breaker.open_ms_max = self.real_ms(breaker.open_ms_max);
+        breaker.slow_call_ms = breaker.slow_call_ms.map(|ms| self.real_ms(ms));
+    }
+
+    /// The clock of `skew`, or tokio's when there is none.
+    pub fn clock_or_tokio(skew: Option<Self>) -> Clock {
+        skew.map_or(Clock::Tokio, Self::clock)
     }
 }
 

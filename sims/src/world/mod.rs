@@ -104,14 +104,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
             let store = store::Store::new(
                 store::StoreConfig {
                     model: r.store,
-                    dedup: abacus::server::DedupConfig {
-                        enabled: scenario.dedup,
-                        ..Default::default()
-                    },
+                    dedup: scenario.dedup_config(),
                     delay_ms: plan.store_delay_ms,
                     lose_rate: plan.store_lose_rate,
                     seed: derive_seed(seed, "store-faults"),
                     idle_claim: store::idle_claim_default(),
+                    skew: scenario.skew(seed, store::HOST),
+                    key: crate::seed::digest_key(seed, store::HOST),
                 },
                 &history,
             );

@@ -16,7 +16,10 @@ use std::sync::Arc;
 
 use abacus::{
     server::{DedupConfig, FaultConfig, FaultSwitch, ServerConfig},
-    store::{Ledger, guard::GuardedLedger},
+    store::{
+        Ledger,
+        guard::{GuardConfig, GuardedLedger},
+    },
 };
 
 use crate::{
@@ -24,6 +27,7 @@ use crate::{
     scenario::{Replicated, Scenario},
     seed::derive_seed,
     world::{
+        clock::Skew,
         server,
         store::{RemoteConfig, RemoteLedger, StoreCalls},
     },
@@ -65,13 +69,16 @@ pub fn hosts(
         };
         let calls = Arc::new(StoreCalls::default());
         counts.push((name.clone(), Arc::clone(&calls)));
-        let remote = RemoteConfig {
+        let mut remote = RemoteConfig {
             dedup: dedup.clone(),
             bug: replicated.bug,
             calls: Some(calls),
             ..RemoteConfig::default()
         };
-        let guard = replicated.guard.clone();
+        let mut guard = replicated.guard.clone();
+        if let Some(skew) = scenario.skew(seed, &name) {
+            on_clock(skew, &mut remote, guard.as_mut());
+        }
         let guard_seed = derive_seed(seed, &format!("{name}-guard"));
         sim.host(name.as_str(), move || {
             let (config, remote, guard) = (config.clone(), remote.clone(), guard.clone());
@@ -94,4 +101,18 @@ pub fn hosts(
         });
     }
     (switch, counts)
+}
+
+/// A replica's store timers as a replica whose clock has `skew` lives
+/// them: the per-call bound, the in-process join wait, the guard's slow
+/// threshold and breaker. (Its dedup retention is never read: records
+/// live at the store, on the store host's clock.)
+fn on_clock(skew: Skew, remote: &mut RemoteConfig, guard: Option<&mut GuardConfig>) {
+    remote.op_timeout = skew.real(remote.op_timeout);
+    remote.dedup.join_wait_ms_max = skew.real_ms(remote.dedup.join_wait_ms_max);
+    if let Some(g) = guard {
+        g.timeout_ms = skew.real_ms(g.timeout_ms);
+        g.slow_ms = skew.real_ms(g.slow_ms);
+        skew.breaker(&mut g.breaker);
+    }
 }

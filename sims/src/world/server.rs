@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use abacus::{
     error::{CalcError, ServiceError},
     server::{self, DedupConfig, FaultConfig, FaultSwitch, ServerConfig},
-    store::{Clock, Ledger, StoreHealth, redb::RedbLedger},
+    store::{Ledger, StoreHealth, redb::RedbLedger},
 };
 
 use crate::{
@@ -16,6 +16,7 @@ use crate::{
     scenario::{Scenario, ServerState},
     seed::{derive_seed, digest_key},
     world::{
+        clock::Skew,
         disk::{self, DiskFaultRates, DiskNote, SimDisk, SimVolume},
         net,
         store::MemoryLedger,
@@ -48,16 +49,8 @@ pub fn host(
         in_flight_max: scenario.in_flight_max,
         ..ServerConfig::default()
     };
-    let dedup = DedupConfig {
-        enabled: scenario.dedup,
-        ttl_ms: scenario
-            .dedup_ttl
-            .map_or(DedupConfig::default().ttl_ms, |t| t.as_millis() as u64),
-        ..DedupConfig::default()
-    };
-    let clock = scenario
-        .skew(seed, HOST)
-        .map_or(Clock::Tokio, |skew| skew.clock());
+    let dedup = scenario.dedup_config();
+    let clock = Skew::clock_or_tokio(scenario.skew(seed, HOST));
     let key = digest_key(seed, HOST);
     match scenario.server_state {
         ServerState::Disk { bug } => {

@@ -36,8 +36,10 @@ use tokio::time::Instant;
 
 use crate::{
     history::History,
-    seed::derive_seed,
-    world::store::{MemoryLedger, RemoteConfig, RemoteLedger, Store, StoreConfig, StoreModel},
+    seed::{derive_seed, digest_key},
+    world::store::{
+        HOST, MemoryLedger, RemoteConfig, RemoteLedger, Store, StoreConfig, StoreModel,
+    },
 };
 
 /// The simulation's step.
@@ -183,6 +185,8 @@ pub fn observe(ops: &[Op], dedup: DedupConfig, seed: u64) -> Result<Observed, St
             // them and tell the two apart on something the suite does not
             // compare. (The idle bound has tests of its own.)
             idle_claim: Duration::from_secs(24 * 3_600),
+            skew: None,
+            key: digest_key(seed, HOST),
         },
         &history,
     );

@@ -8,7 +8,7 @@ use std::{
 
 use abacus::{
     server::{DedupConfig, FaultSwitch},
-    store::{Begin, Ledger},
+    store::{Begin, Ledger, dedup::DigestKey},
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,9 +20,12 @@ use turmoil::net::{
 
 use crate::{
     history::{Entry, History},
-    world::store::{
-        HOST, MemoryLedger, PORT, SplitLedger, StoreNote,
-        wire::{Reply, Request, read_frame, write_frame},
+    world::{
+        clock::Skew,
+        store::{
+            HOST, MemoryLedger, PORT, SplitLedger, StoreNote,
+            wire::{Reply, Request, read_frame, write_frame},
+        },
     },
 };
 
@@ -56,6 +59,14 @@ pub struct StoreConfig {
     /// which the PostgreSQL ledger sets to twice its per-call bound):
     /// what frees a claim orphaned by a partition.
     pub idle_claim: Duration,
+    /// The store host's clock error, if its clock is skewed: dedup
+    /// retention is judged on it (as the PostgreSQL ledger judges it on
+    /// the database server's clock, never a replica's), and the idle bound
+    /// runs on it.
+    pub skew: Option<Skew>,
+    /// The key of its request-ID digests (seeded: a digest names an
+    /// evicted record in the trace).
+    pub key: DigestKey,
 }
 
 /// The idle bound the PostgreSQL ledger sets with the store guard's
@@ -75,6 +86,7 @@ pub struct Store {
     delay_ms: (u64, u64),
     lose_rate: f64,
     idle_claim: Duration,
+    skew: Option<Skew>,
     switch: FaultSwitch,
     // A std Mutex: held for one draw, never across an await; turmoil runs
     // every host on one thread, so draws happen in a deterministic order.
@@ -86,14 +98,22 @@ impl Store {
     /// A store as `config` describes, reporting into `history` as `store`.
     pub fn new(config: StoreConfig, history: &History) -> Arc<Self> {
         let ledger: Arc<dyn Ledger> = match config.model {
-            StoreModel::Atomic => Arc::new(MemoryLedger::new(config.dedup, history.sink(HOST))),
+            StoreModel::Atomic => Arc::new(MemoryLedger::with_key_and_clock(
+                config.dedup,
+                history.sink(HOST),
+                config.key,
+                Skew::clock_or_tokio(config.skew),
+            )),
             StoreModel::SplitTransactions => Arc::new(SplitLedger::new(config.dedup, history)),
         };
         Arc::new(Self {
             ledger,
             delay_ms: config.delay_ms,
             lose_rate: config.lose_rate,
-            idle_claim: config.idle_claim,
+            idle_claim: config
+                .skew
+                .map_or(config.idle_claim, |s| s.real(config.idle_claim)),
+            skew: config.skew,
             switch: FaultSwitch::default(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed)),
             history: history.clone(),
@@ -192,7 +212,9 @@ impl Store {
     ) {
         // The replica's bound on waiting for a duplicate in flight (its
         // lock_timeout), counted from arrival.
-        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        // It is `lock_timeout`, measured on the store host's clock.
+        let wait = Duration::from_millis(wait_ms);
+        let deadline = Instant::now() + self.skew.map_or(wait, |s| s.real(wait));
         let claim = match self.ledger.begin(args, Some(deadline)).await {
             Ok(Begin::Execute(claim)) => claim,
             Ok(Begin::Replay(result)) => {

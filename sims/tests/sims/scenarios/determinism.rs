@@ -213,3 +213,13 @@ fn same_seed_same_trace_across_processes_clock_skew() {
         "scenarios::skew::control_naive_retention_double_applies_under_skew",
     );
 }
+
+/// Skewed clocks on the replicated system: every replica, the store host
+/// and every client on its own clock, records expiring at the store.
+#[test]
+fn same_seed_same_trace_across_processes_replicated_clock_skew() {
+    same_trace_across_processes(
+        "replicated-clock-skew-true-clock-ttl",
+        "scenarios::skew::control_replicated_true_clock_retention_double_applies_under_skew",
+    );
+}

@@ -7,20 +7,51 @@
 
 use std::collections::BTreeMap;
 
-use abacus::{store::dedup::EvictReason, trace::Event};
+use abacus::{rpc::Method, store::dedup::EvictReason, trace::Event};
 use abacus_sims::{
-    catalogue::{Retention, SKEW_RATE_MAX, clock_skew},
+    Scenario,
+    catalogue::{Retention, SKEW_RATE_MAX, clock_skew, replicated_clock_skew},
+    check::call_trace::calls,
     history::Entry,
-    sweep::{expect_violation_with, is_event, run_checked, sweep},
+    sweep::{Sweep, expect_violation_with, is_event, run_checked, sweep},
 };
 
 #[test]
 fn clock_skew_within_the_bound_never_double_applies() {
-    let s = clock_skew(
+    within_the_bound(&clock_skew(
         "clock_skew_within_the_bound_never_double_applies",
         Retention::WithinBound,
+    ));
+}
+
+/// The same on the replicated system: every replica, the store host and
+/// every client on its own clock; records live at the store and age on
+/// its clock, retries go on at other replicas.
+#[test]
+fn replicated_clock_skew_within_the_bound_never_double_applies() {
+    let s = replicated_clock_skew(
+        "replicated_clock_skew_within_the_bound_never_double_applies",
+        Retention::WithinBound,
     );
-    let sweep = sweep(&s);
+    let sweep = within_the_bound(&s);
+    sweep.reached_by(
+        "an Accumulate whose attempts went to two replicas and succeeded",
+        |run| {
+            calls(&run.records).values().any(|c| {
+                c.method == Method::Accumulate
+                    && matches!(c.finished, Some((_, Ok(()))))
+                    && c.endpoints.iter().any(|e| *e != c.endpoints[0])
+            })
+        },
+    );
+}
+
+/// Sweeps `s` (every invariant on every seed, exactly-once among them)
+/// and asserts the sweep reached what makes the bound matter: retries
+/// answered from their record, one of them from a record older than the
+/// naive retention lasts on the fastest clock, and records expiring.
+fn within_the_bound(s: &Scenario) -> Sweep {
+    let sweep = sweep(s);
     sweep.reached("a retry answered from its record", |e| {
         is_event(e, |ev| matches!(ev, Event::DedupHit { .. }))
     });
@@ -54,6 +85,7 @@ fn clock_skew_within_the_bound_never_double_applies() {
             )
         })
     });
+    sweep
 }
 
 /// NEGATIVE CONTROL: the retention equals the clients' retry window, as if
@@ -78,4 +110,37 @@ fn control_naive_retention_double_applies_under_skew() {
         "seed {} fails within the bound too: {left:?}",
         run.seed
     );
+}
+
+/// NEGATIVE CONTROL on the replicated system: the store's retention is
+/// the bound for true clocks — the retry window plus the two hops to the
+/// store, enough were every clock true. A slow client clock stretches the
+/// window, a fast store clock shortens the record's life, and a retry
+/// reaching the store through any replica after that life applies again.
+///
+/// The same seed passes with the bound's retention, and with true clocks:
+/// the double apply is the skew's, and the bound's skew terms prevent it.
+#[test]
+fn control_replicated_true_clock_retention_double_applies_under_skew() {
+    const NAME: &str = "control_replicated_true_clock_retention_double_applies_under_skew";
+    let Some((run, _)) = expect_violation_with(
+        |_| replicated_clock_skew(NAME, Retention::TrueClocks),
+        "applied-once-per-request-id",
+    ) else {
+        return;
+    };
+    let within = replicated_clock_skew(NAME, Retention::WithinBound);
+    let mut true_clocks = replicated_clock_skew(NAME, Retention::TrueClocks);
+    true_clocks.skew_rate_max = 0.0;
+    for (what, s) in [
+        ("within the bound", within),
+        ("with true clocks", true_clocks),
+    ] {
+        let (_, left) = run_checked(&s, run.seed);
+        assert!(
+            left.is_empty(),
+            "seed {} fails {what} too: {left:?}",
+            run.seed
+        );
+    }
 }
