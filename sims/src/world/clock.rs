@@ -18,9 +18,10 @@
 //!   breaker and slow threshold, the in-process join wait) and the
 //!   **store host's** idle-claim bound are scaled the same way.
 //!
-//! Not skewed: a deadline a server or replica receives is measured on
-//! true time (the header carries the client's remaining real time), and
-//! the servers' connection timers.
+//! Not skewed: a duration one host sends another — a deadline to a server
+//! or replica, a replica's wait to the store — is measured on true time
+//! (it carries the sender's remaining real time), and the servers'
+//! connection timers.
 //!
 //! The offset changes nothing the service decides (no instant crosses
 //! hosts: deadlines travel as durations); it is drawn so that a bug that

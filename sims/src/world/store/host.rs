@@ -86,7 +86,6 @@ pub struct Store {
     delay_ms: (u64, u64),
     lose_rate: f64,
     idle_claim: Duration,
-    skew: Option<Skew>,
     switch: FaultSwitch,
     // A std Mutex: held for one draw, never across an await; turmoil runs
     // every host on one thread, so draws happen in a deterministic order.
@@ -113,7 +112,6 @@ impl Store {
             idle_claim: config
                 .skew
                 .map_or(config.idle_claim, |s| s.real(config.idle_claim)),
-            skew: config.skew,
             switch: FaultSwitch::default(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed)),
             history: history.clone(),
@@ -212,9 +210,7 @@ impl Store {
     ) {
         // The replica's bound on waiting for a duplicate in flight (its
         // lock_timeout), counted from arrival.
-        // It is `lock_timeout`, measured on the store host's clock.
-        let wait = Duration::from_millis(wait_ms);
-        let deadline = Instant::now() + self.skew.map_or(wait, |s| s.real(wait));
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let claim = match self.ledger.begin(args, Some(deadline)).await {
             Ok(Begin::Execute(claim)) => claim,
             Ok(Begin::Replay(result)) => {
