@@ -303,6 +303,8 @@ impl Drop for RedbLedger {
 }
 
 #[cfg(test)]
+mod power_cut_tests;
+#[cfg(test)]
 mod tests;
 
 impl Ledger for RedbLedger {
