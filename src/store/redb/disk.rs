@@ -23,6 +23,9 @@ pub enum DiskFault {
     /// Every write, resize and sync fails with "no space left on device"
     /// (`ErrorKind::StorageFull`); reads work.
     Full,
+    /// Every write, resize and sync panics: a bug below the engine, met
+    /// while redb holds its own locks (which it leaves poisoned).
+    Panic,
     /// Every write, resize and sync blocks until the fault is changed: a
     /// disk that has not answered yet. For tests that need a commit held
     /// between decided and durable.
@@ -82,6 +85,10 @@ impl DiskFaults {
                         io::ErrorKind::StorageFull,
                         "no space left on device (injected)",
                     ));
+                }
+                DiskFault::Panic => {
+                    drop(fault);
+                    panic!("injected panic in the disk layer");
                 }
                 DiskFault::Stall => {
                     if !counted {

@@ -193,6 +193,32 @@ async fn a_full_disk_met_inline_fails_cleanly_and_heals_too() {
     full_disk_fails_cleanly_and_heals("full-inline").await;
 }
 
+/// A panic below the engine while it writes (it leaves redb's own locks
+/// poisoned, so closing that database panics too): the batch fails like
+/// any other, no panic reaches the caller, and the store heals by itself.
+#[tokio::test]
+async fn a_panic_while_writing_fails_the_batch_cleanly_and_the_store_heals() {
+    let tmp = TempDir::new("panic");
+    let faults = DiskFaults::new();
+    let s = open(&tmp.0, &faults);
+    accumulate(&s, &args("x", 1.0, "before"), None)
+        .await
+        .unwrap();
+    faults.set(DiskFault::Panic);
+    let lost = args("x", 10.0, "during");
+    assert_eq!(
+        accumulate(&s, &lost, None).await,
+        Err(ServiceError::StoreUnavailable {
+            fate: WriteFate::Unknown
+        })
+    );
+    health_becomes(&s, StoreHealth::NotServing).await;
+    faults.set(DiskFault::None);
+    health_becomes(&s, StoreHealth::Serving).await;
+    assert_eq!(Ledger::get(&s, "x", None).await, Ok(1.0));
+    assert_eq!(accumulate(&s, &lost, None).await, ok(11.0, false));
+}
+
 async fn full_disk_fails_cleanly_and_heals(name: &str) {
     let tmp = TempDir::new(name);
     let faults = DiskFaults::new();

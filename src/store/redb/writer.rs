@@ -213,7 +213,10 @@ impl Writer {
                 Wrote::Durable { commits, took }
             }
             Err(error) => {
-                disk.durable = None;
+                // Closed inside `catch` too: after a panic inside redb,
+                // closing its database can panic (a lock it left poisoned).
+                let broken = disk.durable.take();
+                let _ = panics::catch(move || drop(broken));
                 memory.sync_failed();
                 // Decided before the failure, so failed with it already.
                 self.queue.discard();
