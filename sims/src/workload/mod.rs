@@ -34,7 +34,7 @@ use tonic::Code;
 
 use crate::{
     history::{Entry, History},
-    scenario::{LIVENESS_BOUND, Scenario},
+    scenario::{LIVENESS_BOUND, Scenario, ServerState},
     seed::derive_seed,
     world::Clients,
 };
@@ -230,8 +230,8 @@ pub struct Workload {
     mode: Delivery,
     ids: IdGenerator,
     liveness_calls: usize,
-    /// Liveness calls go to the store too (replicated world): writes and
-    /// reads must recover, not only pure calls.
+    /// Liveness calls go to the store too (replicated world, durable
+    /// mode): writes and reads must recover, not only pure calls.
     liveness_uses_store: bool,
     heal_at: Duration,
     rng: ChaCha8Rng,
@@ -269,7 +269,8 @@ impl Workload {
             ids: IdGenerator::seeded(derive_seed(seed, &format!("hedge-ids-{host}"))),
             invalid_share: scenario.invalid_share,
             liveness_calls: scenario.liveness_calls,
-            liveness_uses_store: replicated.is_some(),
+            liveness_uses_store: replicated.is_some()
+                || matches!(scenario.server_state, ServerState::Disk { .. }),
             heal_at: scenario.heal_at(),
             rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("workload-{host}"))),
             route: ChaCha8Rng::seed_from_u64(derive_seed(seed, &format!("route-{host}"))),

@@ -11,8 +11,8 @@ use abacus::trace::{Event, Outcome};
 use abacus_sims::{
     ServerState,
     catalogue::{durable_disk, durable_disk_ack_before_fsync},
-    faults::{Node, SimFault},
-    history::Entry,
+    faults::{FaultPlan, Node, SimFault},
+    history::{self, Entry},
     sweep::{expect_violation_with, run_checked, sweep_with},
     world::disk::{DiskNote, DiskOp},
 };
@@ -73,5 +73,29 @@ fn control_ack_before_fsync_is_caught() {
         left.is_empty(),
         "seed {} fails even on a correct disk: {left:?}",
         run.seed
+    );
+}
+
+/// Seed 116 of the sweep, with the plan it shrank to: a power cut in a
+/// commit, then power cuts inside redb's repair at two restarts. In redb's
+/// v2 file format the second one kept the repair's header and lost the
+/// allocator state it vouched for; the next open trusted a stale one, and
+/// the commits after it overwrote live pages (a panic inside redb, then
+/// one escaping from closing the poisoned database, and a store that never
+/// answered again; in release, a table name that was not UTF-8). Fixed at
+/// the cause (`store::redb::file::builder`, and a unit test that places
+/// that power cut exactly); kept here as the sweep found it.
+#[test]
+fn seed_116_power_cuts_inside_redbs_repair() {
+    const NAME: &str = "seed_116_power_cuts_inside_redbs_repair";
+    let mut scenario = durable_disk(NAME, 116);
+    scenario.plan = "latency=1..5 link=0 fail=0 delay=0..0 drop=0 disk-cut=0.15 windows="
+        .parse::<FaultPlan>()
+        .expect("a fault plan");
+    let (run, left) = run_checked(&scenario, 116);
+    assert!(
+        left.is_empty(),
+        "seed 116 violates {left:?}\n{}",
+        history::render(&run.records)
     );
 }
