@@ -332,6 +332,11 @@ impl SimDisk {
     /// to what the last sync left: the durable image, and the bug's
     /// lagging sectors over it).
     fn revert(s: &mut State) {
+        // The length first: sectors a shrink cut off since the last sync
+        // are dirty, and come back below with their synced bytes (not as
+        // the zeroes a regrowth would leave).
+        let len = s.lagging_len.unwrap_or(s.durable.len());
+        s.volatile.resize(len, 0);
         for sector in std::mem::take(&mut s.dirty) {
             let State {
                 volatile,
@@ -351,8 +356,6 @@ impl SimDisk {
                 }
             }
         }
-        let len = s.lagging_len.unwrap_or(s.durable.len());
-        s.volatile.resize(len, 0);
         s.epoch_fails = None;
     }
 
@@ -655,6 +658,29 @@ mod tests {
         assert!(h.read(0, 512).is_err(), "every read fails too");
         disk.lock().quiet = true;
         assert_eq!(h.read(0, 512).unwrap(), [1; 512]);
+        assert_eq!(disk.crash(), None, "nothing unsynced is left");
+    }
+
+    /// A failed sync after a shrink gives back the synced bytes the shrink
+    /// cut off: the file is as the last sync left it, not zero-filled.
+    #[test]
+    fn a_failed_sync_undoes_a_shrink_with_the_synced_bytes() {
+        let (disk, h) = new_disk(
+            DiskFaultRates {
+                error_rate: 1.0,
+                cut_rate: 0.0,
+            },
+            None,
+        );
+        disk.lock().quiet = true;
+        h.write(0, &[1; 1024]).unwrap();
+        h.sync_data(false).unwrap();
+        h.set_len(300).unwrap();
+        disk.lock().quiet = false;
+        assert!(h.sync_data(false).is_err());
+        disk.lock().quiet = true;
+        assert_eq!(h.len().unwrap(), 1024);
+        assert_eq!(h.read(0, 1024).unwrap(), [1; 1024]);
         assert_eq!(disk.crash(), None, "nothing unsynced is left");
     }
 
