@@ -25,6 +25,8 @@
 //! - [`workload`]: what each client does, and the notes it takes.
 //! - [`history`]: the recorded, typed timeline.
 //! - [`check`]: invariants over a history.
+//! - [`panics`]: every panic on a run's thread, spawned tasks' included
+//!   (which tokio swallows), recorded to fail the run.
 //! - [`picture`]: one run's history as an SVG timeline (and HTML page).
 //! - [`probes`]: named paths a run reached, and a sweep's coverage of them.
 //! - [`sweep`]: seeds, sweeps and replays, reports, negative controls.
@@ -43,6 +45,7 @@ pub mod check;
 pub mod explore;
 pub mod faults;
 pub mod history;
+pub mod panics;
 pub mod parallel;
 pub mod picture;
 pub mod probes;

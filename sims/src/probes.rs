@@ -562,6 +562,7 @@ mod tests {
             accumulates: vec![],
             reads: vec![],
             sim_result: Ok(()),
+            panics: Vec::new(),
             store_calls_peak: vec![],
         };
         let mut c = Coverage::of(&run);

@@ -26,6 +26,8 @@
 //!   `hedges-bounded`, `hedge-only-repeatable`, `failover-within-bound`,
 //!   `tail-within-bound`.
 //! - [`notes`]: what the workload caught (`correct-results`, `liveness`).
+//! - `no-panic` (here): no panic during the run, not even in a task a host
+//!   spawned, which tokio swallows ([`crate::panics`]).
 //! - [`call_trace`]: logical calls read from the clients' trace, what
 //!   counts as an answer, the nearest-rank percentile — shared by the
 //!   checks above and the scenario tests' figures.
@@ -95,6 +97,12 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
         v.push(Violation::new(
             "liveness",
             format!("the simulation did not complete: {e}"),
+        ));
+    }
+    for p in &run.panics {
+        v.push(Violation::new(
+            "no-panic",
+            format!("a host's code {p} (a spawned task's panic is swallowed by tokio: the host went on without that task)"),
         ));
     }
     let reconciled;
@@ -265,6 +273,7 @@ mod tests {
             accumulates,
             reads: Vec::new(),
             sim_result: Ok(()),
+            panics: Vec::new(),
             store_calls_peak: Vec::new(),
         };
         check(s, &run)
@@ -305,6 +314,7 @@ mod tests {
             accumulates,
             reads,
             sim_result: Ok(()),
+            panics: Vec::new(),
             store_calls_peak: Vec::new(),
         };
         let invariants = |run: &Run| -> Vec<&'static str> {

@@ -295,6 +295,7 @@ mod tests {
             accumulates: Vec::new(),
             reads: Vec::new(),
             sim_result: Ok(()),
+            panics: Vec::new(),
             store_calls_peak: Vec::new(),
         };
         let violations = check(s, &run);

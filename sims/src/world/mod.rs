@@ -47,6 +47,7 @@ pub use client::{Clients, Stack};
 use crate::{
     faults::{Hosts, driver},
     history::{Entry, History, Record},
+    panics::{self, Panic},
     scenario::{Scenario, Topology},
     seed::derive_seed,
     workload::{LogicalAccumulate, LogicalRead, Outcomes, Workload},
@@ -69,14 +70,26 @@ pub struct Run {
     /// Replicated world: the most store connections each replica had open
     /// at once (its store work in flight), by replica name.
     pub store_calls_peak: Vec<(String, usize)>,
+    /// Every panic during the run but those abacus catches on purpose,
+    /// tasks' that tokio swallowed included ([`crate::panics`]): each one
+    /// fails the run.
+    pub panics: Vec<Panic>,
 }
 
 /// Simulated time limit: far above any scenario's needs, so hitting it means
 /// a client stopped making progress.
 const SIM_DURATION: Duration = Duration::from_secs(300);
 
-/// Runs `scenario` with `seed`.
+/// Runs `scenario` with `seed`, recording every panic meanwhile (until
+/// the world is dropped, hosts' tasks with it).
 pub fn run(scenario: &Scenario, seed: u64) -> Run {
+    let (mut run, panics) = panics::record(|| simulate(scenario, seed));
+    run.panics = panics;
+    run
+}
+
+/// [`run`] but for its panics.
+fn simulate(scenario: &Scenario, seed: u64) -> Run {
     let history = History::default();
     let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
 
@@ -168,5 +181,6 @@ pub fn run(scenario: &Scenario, seed: u64) -> Run {
             .into_iter()
             .map(|(name, calls)| (name, calls.peak()))
             .collect(),
+        panics: Vec::new(),
     }
 }

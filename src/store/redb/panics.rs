@@ -25,6 +25,13 @@ thread_local! {
 
 static QUIET_HOOK: Once = Once::new();
 
+/// True while this thread is inside [`catch`]: a panic now becomes an
+/// error, so a panic hook that fails on panics (the simulation's) must
+/// leave it alone.
+pub fn is_catching() -> bool {
+    CATCHING.with(Cell::get)
+}
+
 /// Runs `f`; a panic inside it becomes `Err(its message)`, unprinted.
 pub(super) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     QUIET_HOOK.call_once(|| {

@@ -1,0 +1,170 @@
+//! Panics during a run, recorded so that they fail it.
+//!
+//! A panic in a task a host spawns (`tokio::spawn`: a server's connection
+//! task, the store's serving task, the durable server's reload watcher)
+//! does not reach the harness: tokio catches it and hands it to a
+//! `JoinHandle` nobody awaits, and the host goes on without that task.
+//! What follows (a connection reset, a store that stops answering) may or
+//! may not break an invariant. So [`record`] runs a whole run with a
+//! process-wide panic hook noting every panic on its thread, and the
+//! checker turns each into a `no-panic` violation naming the message and
+//! where it was raised.
+//!
+//! Thread-local is exact: turmoil drives every host of a `Sim` (their
+//! current-thread runtimes) on the thread that steps it, and a sweep runs
+//! each seed's whole world on one thread (`crate::parallel`). Nothing in a
+//! run starts threads of its own (no `spawn_blocking` on its path).
+//!
+//! A panic abacus catches on purpose is not a failure: the redb ledger
+//! turns redb's panics on a damaged file into a typed error
+//! ([`abacus::store::redb::is_catching`] is true while it does), and the
+//! checks judge what the ledger made of it. Whichever of the two hooks is
+//! installed first, such a panic is not recorded: redb's hook does not
+//! pass it on, and this one skips it.
+
+use std::{
+    cell::RefCell,
+    fmt,
+    panic::{self, PanicHookInfo},
+    sync::Once,
+    time::Duration,
+};
+
+/// One panic during a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panic {
+    /// Its message.
+    pub message: String,
+    /// Where it was raised: `file:line:column`.
+    pub location: String,
+    /// Simulated time of the host that was running, when one was.
+    pub at: Option<Duration>,
+}
+
+impl fmt::Display for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "panicked at {}", self.location)?;
+        if let Some(at) = self.at {
+            write!(f, " ({at:?} into the run)")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+thread_local! {
+    /// The panics of the run on this thread; `None` outside a run.
+    static RECORDED: RefCell<Option<Vec<Panic>>> = const { RefCell::new(None) };
+}
+
+static HOOK: Once = Once::new();
+
+/// Runs `f` (one run), returning what it returns and every panic raised on
+/// this thread meanwhile, but those abacus catches on purpose. A panic that
+/// unwinds out of `f` propagates as before.
+pub fn record<T>(f: impl FnOnce() -> T) -> (T, Vec<Panic>) {
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            note(info);
+            previous(info);
+        }));
+    });
+    /// Restores the outer state however `f` ends.
+    struct Recording(Option<Vec<Panic>>);
+    impl Drop for Recording {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            let _ = RECORDED.try_with(|r| *r.borrow_mut() = outer);
+        }
+    }
+    let outer = Recording(RECORDED.with(|r| r.replace(Some(Vec::new()))));
+    let value = f();
+    let panics = RECORDED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    drop(outer);
+    (value, panics)
+}
+
+/// The hook's part: notes `info` if a run is recording on this thread.
+fn note(info: &PanicHookInfo<'_>) {
+    if abacus::store::redb::is_catching() {
+        return;
+    }
+    let panic = Panic {
+        message: message(info.payload()),
+        location: info
+            .location()
+            .map_or_else(|| "an unknown place".to_owned(), ToString::to_string),
+        at: turmoil::sim_elapsed(),
+    };
+    let _ = RECORDED.try_with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut()
+            && let Some(panics) = r.as_mut()
+        {
+            panics.push(panic);
+        }
+    });
+}
+
+/// A panic payload's message (`panic!` makes a `&str` or a `String`).
+fn message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// NEGATIVE CONTROL for the recorder: a task a host spawns panics,
+    /// tokio swallows it, the simulation completes, and the panic is still
+    /// recorded with its message and place.
+    #[test]
+    fn a_panic_in_a_spawned_task_is_recorded_though_the_sim_completes() {
+        let (result, panics) = record(|| {
+            let mut sim = turmoil::Builder::new().build();
+            sim.client("host", async {
+                let task = tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    panic!("the task's own bug");
+                });
+                let joined = task.await;
+                assert!(joined.is_err_and(|e| e.is_panic()), "tokio caught it");
+                Ok(())
+            });
+            sim.run()
+        });
+        assert!(result.is_ok(), "the run itself goes on: {result:?}");
+        assert_eq!(panics.len(), 1, "{panics:?}");
+        assert_eq!(panics[0].message, "the task's own bug");
+        assert!(
+            panics[0].location.starts_with("sims/src/panics.rs:"),
+            "{}",
+            panics[0].location
+        );
+        assert!(panics[0].at.is_some_and(|t| t >= Duration::from_millis(5)));
+    }
+
+    /// Outside a run nothing is recorded, and a run records only its own
+    /// panics (nested runs too).
+    #[test]
+    fn only_the_running_record_sees_a_panic() {
+        let _ = std::panic::catch_unwind(|| panic!("before any run"));
+        let (((), inner), outer) = record(|| {
+            let inner = record(|| {
+                let _ = std::panic::catch_unwind(|| panic!("inner"));
+            });
+            let _ = std::panic::catch_unwind(|| panic!("outer"));
+            inner
+        });
+        let messages = |p: &[Panic]| p.iter().map(|p| p.message.clone()).collect::<Vec<_>>();
+        assert_eq!(messages(&inner), ["inner"]);
+        assert_eq!(messages(&outer), ["outer"]);
+        let ((), after) = record(|| ());
+        assert!(after.is_empty(), "{after:?}");
+    }
+}
