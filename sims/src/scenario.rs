@@ -16,6 +16,7 @@ use crate::{
         Stack,
         aware::ReplicaClient,
         disk::DiskBug,
+        panicky::ServerBug,
         store::{ReplicaBug, StoreModel},
     },
 };
@@ -75,6 +76,8 @@ pub struct Scenario {
     /// world only: the replicated world's store is always durable, its
     /// replicas always stateless.
     pub server_state: ServerState,
+    /// The single server's bug, for a negative control (none by default).
+    pub server_bug: Option<ServerBug>,
     /// Faults to inject.
     pub plan: FaultPlan,
     /// Simulated time per turmoil step: the resolution of every timer and
@@ -218,6 +221,7 @@ impl Scenario {
             dedup_ttl: None,
             skew_rate_max: 0.0,
             server_state: ServerState::Survives,
+            server_bug: None,
             plan: FaultPlan::default(),
             tick: Duration::from_millis(1),
             promise: Promise::ExactlyOnceEffect,

@@ -102,7 +102,7 @@ pub fn check(scenario: &Scenario, run: &Run) -> Vec<Violation> {
     for p in &run.panics {
         v.push(Violation::new(
             "no-panic",
-            format!("a host's code {p} (a spawned task's panic is swallowed by tokio: the host went on without that task)"),
+            format!("a panic during the run (tokio swallows a spawned task's, and its host goes on without the task): {p}"),
         ));
     }
     let reconciled;

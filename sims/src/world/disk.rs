@@ -65,7 +65,16 @@ pub enum DiskBug {
     /// `sync_data` returns before the data is durable (it becomes durable
     /// at the next sync): the ledger acknowledges before the fsync.
     AckBeforeFsync,
+    /// Where a sync would fail with an injected I/O error, the disk panics
+    /// instead (its state left exactly as by the error): a panic inside
+    /// redb, which the ledger catches and turns into a failed batch. Not
+    /// a bug the checks must find: a run on this disk must pass, which
+    /// shows that a panic abacus catches on purpose fails no run.
+    PanicsForSyncErrors,
 }
+
+/// The message of [`DiskBug::PanicsForSyncErrors`]'s panics.
+pub const SYNC_PANIC: &str = "injected: the disk panics in a sync";
 
 /// What the disk did that the history should show.
 #[derive(Debug, Clone, PartialEq)]
@@ -444,15 +453,19 @@ impl StorageBackend for Handle {
             return Err(dead());
         }
         if !quiet && disk.rates.error_rate > 0.0 && s.writes.random_bool(disk.rates.error_rate) {
+            let bug = s.bug;
             SimDisk::revert(&mut s);
             drop(s);
             disk.note(DiskNote::Error(DiskOp::Sync));
+            if bug == Some(DiskBug::PanicsForSyncErrors) {
+                panic!("{SYNC_PANIC}");
+            }
             return Err(injected());
         }
         s.epoch_fails = None;
         let dirty = std::mem::take(&mut s.dirty);
         match s.bug {
-            None => {
+            None | Some(DiskBug::PanicsForSyncErrors) => {
                 let State {
                     volatile, durable, ..
                 } = &mut *s;

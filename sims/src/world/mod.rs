@@ -19,6 +19,7 @@
 //! - [`server`]: the single server host, its state surviving crashes or not,
 //!   or durable mode on a simulated disk.
 //! - [`disk`]: the simulated disk: lost, torn and failing writes.
+//! - [`panicky`]: a server ledger that panics, for the `no-panic` control.
 //! - [`replica`]: the replica hosts.
 //! - [`store`]: the store host, its protocol, and the replicas' ledger.
 //! - [`aware`]: the replica-aware client (one client over every replica)
@@ -32,6 +33,7 @@ pub mod client;
 pub mod clock;
 pub mod disk;
 pub mod net;
+pub mod panicky;
 pub mod replica;
 pub mod server;
 pub mod store;

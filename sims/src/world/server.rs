@@ -3,7 +3,10 @@
 //! dedup setting; in durable mode, the redb ledger on a simulated disk
 //! ([`super::disk`]), opened again at every restart as `--data-dir` is.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use abacus::{
     error::{CalcError, ServiceError},
@@ -19,6 +22,7 @@ use crate::{
         clock::Skew,
         disk::{self, DiskFaultRates, DiskNote, SimDisk, SimVolume},
         net,
+        panicky::{PanickyLedger, ServerBug},
         store::MemoryLedger,
     },
 };
@@ -35,7 +39,7 @@ pub fn host(
     seed: u64,
     history: &History,
 ) -> (FaultSwitch, Option<Arc<SimDisk>>) {
-    let plan = &scenario.plan;
+    let (plan, bug) = (&scenario.plan, scenario.server_bug);
     let fault_switch = FaultSwitch::default();
     let config = ServerConfig {
         fault_switch: fault_switch.clone(),
@@ -52,6 +56,15 @@ pub fn host(
     let dedup = scenario.dedup_config();
     let clock = Skew::clock_or_tokio(scenario.skew(seed, HOST));
     let key = digest_key(seed, HOST);
+    let panicked = Arc::new(AtomicBool::new(false));
+    let bugged = move |ledger: Arc<dyn Ledger>| -> Arc<dyn Ledger> {
+        match bug {
+            None => ledger,
+            Some(ServerBug::PanicOnFirstRead) => {
+                Arc::new(PanickyLedger::new(ledger, Arc::clone(&panicked)))
+            }
+        }
+    };
     match scenario.server_state {
         ServerState::Disk { bug } => {
             let rates = DiskFaultRates {
@@ -72,16 +85,17 @@ pub fn host(
                 scenario.register_names(),
             );
             sim.host(HOST, move || {
-                let (config, volume, history, registers, dedup) = (
+                let (config, volume, history, registers, dedup, bugged) = (
                     config.clone(),
                     volume.clone(),
                     history.clone(),
                     registers.clone(),
                     dedup.clone(),
+                    bugged.clone(),
                 );
                 async move {
                     let ledger = open_durable(dedup, &config, volume, &history, &registers).await;
-                    serve(config, ledger).await
+                    serve(config, bugged(ledger)).await
                 }
             });
             (fault_switch, Some(disk))
@@ -110,7 +124,7 @@ pub fn host(
                         clock.clone(),
                     ))
                 });
-                serve(config, state)
+                serve(config, bugged(state))
             });
             (fault_switch, None)
         }

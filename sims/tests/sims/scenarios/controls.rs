@@ -1,5 +1,6 @@
 //! Negative controls: deliberately broken client stacks that the default
-//! sweep must catch, one per checker, proving each checker can see its bug.
+//! sweep must catch, one per checker, proving each checker can see its bug
+//! (and a server whose spawned task panics, for `no-panic`).
 
 use std::time::Duration;
 
@@ -7,8 +8,11 @@ use abacus::client::Delivery;
 use abacus_sims::{
     Scenario,
     faults::{NetFault, Window},
-    sweep::{expect_violation, sweep},
-    world::Stack,
+    sweep::{expect_violation, report, sweep},
+    world::{
+        Stack,
+        panicky::{self, ServerBug},
+    },
 };
 use tonic::Code;
 
@@ -60,4 +64,36 @@ fn controls_pass_with_the_real_stack() {
     s.invalid_share = 0.3;
     s.mode = Delivery::ExactlyOnce;
     sweep(&s);
+}
+
+/// NEGATIVE CONTROL for `no-panic`: the server's first register read
+/// panics in the task tonic spawned for its connection. tokio swallows
+/// it, the client retries on a new connection and gets its answer, so
+/// every other invariant holds: only the panic check fails the run, and
+/// it names the panic's message and place.
+#[test]
+fn control_a_panic_in_a_server_task_fails_the_run() {
+    let mut s = Scenario::new("control_a_panic_in_a_server_task_fails_the_run");
+    s.read_share = 0.5;
+    s.server_bug = Some(ServerBug::PanicOnFirstRead);
+    let Some((run, violations)) = expect_violation(&s, "no-panic") else {
+        return;
+    };
+    let panics: Vec<_> = violations
+        .iter()
+        .filter(|v| v.invariant == "no-panic")
+        .collect();
+    assert_eq!(panics.len(), 1, "{violations:?}");
+    assert!(
+        panics[0].detail.contains(panicky::MESSAGE)
+            && panics[0].detail.contains("sims/src/world/panicky.rs:"),
+        "the violation names the panic and where: {}",
+        panics[0].detail
+    );
+    assert!(
+        violations.iter().all(|v| v.invariant == "no-panic"),
+        "nothing else failed, so without the check the run passed: {violations:?}"
+    );
+    let report = report(s.name, &run, &violations, None);
+    assert!(report.contains("replay: SIM_SEED="), "{report}");
 }

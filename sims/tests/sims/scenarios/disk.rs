@@ -14,7 +14,7 @@ use abacus_sims::{
     faults::{FaultPlan, Node, SimFault},
     history::{self, Entry},
     sweep::{expect_violation_with, run_checked, sweep_with},
-    world::disk::{DiskNote, DiskOp},
+    world::disk::{DiskBug, DiskNote, DiskOp},
 };
 use tonic::Code;
 
@@ -51,6 +51,24 @@ fn durable_disk_swarm_loses_nothing_acknowledged() {
                 && matches!(&r.entry, Entry::Disk(DiskNote::Loaded { registers })
                     if registers.iter().any(|(_, v)| v.is_some()))
         })
+    });
+}
+
+/// A panic abacus catches on purpose fails no run: on a disk that panics
+/// where a sync would fail, each panic is raised inside redb, the ledger
+/// catches it and fails the batch (UNAVAILABLE, fate unknown), and every
+/// seed passes every invariant, `no-panic` included.
+#[test]
+fn panics_the_ledger_catches_fail_no_run() {
+    let sweep = sweep_with(|seed| {
+        let mut s = durable_disk("panics_the_ledger_catches_fail_no_run", seed);
+        s.server_state = ServerState::Disk {
+            bug: Some(DiskBug::PanicsForSyncErrors),
+        };
+        s
+    });
+    sweep.reached("a sync that panicked inside redb", |e| {
+        matches!(e, Entry::Disk(DiskNote::Error(DiskOp::Sync)))
     });
 }
 
