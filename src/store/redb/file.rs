@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use super::{
     disk::{Disk, DiskFaults},
+    fence::{Fence, Fenced},
     volume::{Boxed, Volume},
 };
 use crate::{
@@ -192,6 +193,8 @@ pub struct Loaded {
 #[derive(Debug)]
 pub struct Durable {
     db: Database,
+    /// Stops this open's writes: see [`Durable::fence`].
+    fence: Fence,
     path: PathBuf,
     /// The key of the request-ID digests stored in this file.
     digest_key: DigestKey,
@@ -237,7 +240,11 @@ fn decode(tag: u8, number: f64) -> Option<StoredOutcome> {
 }
 
 /// Opens redb over `file` (already open), behind the fault switch.
-fn open_db(path: &Path, file: File, faults: &Arc<DiskFaults>) -> Result<Database, StorageError> {
+fn open_db(
+    path: &Path,
+    file: File,
+    faults: &Arc<DiskFaults>,
+) -> Result<(Database, Fence), StorageError> {
     let file = FileBackend::new(file).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
             path: path.to_owned(),
@@ -274,7 +281,11 @@ fn builder() -> redb::Builder {
 /// moves a file in the v2 format (older builds made those) to v3: see
 /// [`builder`]. A v2 file that needs repair is still repaired the v2 way,
 /// this once.
-fn open_backend(path: &Path, backend: impl StorageBackend) -> Result<Database, StorageError> {
+fn open_backend(
+    path: &Path,
+    backend: impl StorageBackend,
+) -> Result<(Database, Fence), StorageError> {
+    let (backend, fence) = Fenced::new(backend);
     let mut builder = builder();
     // After a crash redb repairs the file on open. If the latest commit
     // fails its checksums, redb "repairs" it by rolling back to the commit
@@ -322,7 +333,7 @@ fn open_backend(path: &Path, backend: impl StorageBackend) -> Result<Database, S
             what: format!("it cannot be moved to redb's v3 file format: {e}"),
         },
     })?;
-    Ok(db)
+    Ok((db, fence))
 }
 
 /// A write transaction committed in two phases: the data is made durable
@@ -438,8 +449,8 @@ impl Durable {
         if file.metadata().map_err(io)?.len() == 0 {
             return Err(StorageError::Empty { path });
         }
-        let db = open_db(&path, file, faults)?;
-        Self::checked(db, path)
+        let (db, fence) = open_db(&path, file, faults)?;
+        Self::checked(db, fence, path)
     }
 
     /// Opens the database on `volume`, creating it in place if the volume
@@ -452,7 +463,7 @@ impl Durable {
             path: path.clone(),
             source,
         };
-        let db = open_backend(&path, Boxed(volume.open().map_err(io)?))?;
+        let (db, fence) = open_backend(&path, Boxed(volume.open().map_err(io)?))?;
         let created = (|| {
             let txn = db.begin_read()?;
             Ok::<_, StorageError>(match txn.open_table(META) {
@@ -464,12 +475,12 @@ impl Durable {
         if !created {
             initialise(&db, volume.digest_key())?;
         }
-        Self::checked(db, path)
+        Self::checked(db, fence, path)
     }
 
     /// An open database, once its format version and digest key are read
     /// and found right.
-    fn checked(db: Database, path: PathBuf) -> Result<Self, StorageError> {
+    fn checked(db: Database, fence: Fence, path: PathBuf) -> Result<Self, StorageError> {
         let damaged = |e: &dyn std::fmt::Display| StorageError::Damaged {
             path: path.clone(),
             what: e.to_string(),
@@ -505,10 +516,19 @@ impl Durable {
         };
         Ok(Self {
             db,
+            fence,
             path,
             digest_key,
             deleted_below: 0,
         })
+    }
+
+    /// Stops every later write of this open, before it is dropped after a
+    /// failed batch: redb does not know a commit a panic cut short, and
+    /// its `Drop` would otherwise commit again from that half-done state
+    /// (see [`super::fence`]). The next open is not fenced.
+    pub(super) fn fence(&self) {
+        self.fence.raise();
     }
 
     /// The database file.

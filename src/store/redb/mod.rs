@@ -28,6 +28,7 @@
 //! - [`writer`]: the writer thread: batches, failure, recovery.
 
 mod disk;
+mod fence;
 pub mod file;
 mod panics;
 mod volume;

@@ -213,9 +213,14 @@ impl Writer {
                 Wrote::Durable { commits, took }
             }
             Err(error) => {
-                // Closed inside `catch` too: after a panic inside redb,
-                // closing its database can panic (a lock it left poisoned).
+                // Fenced first: after a panic inside a commit, redb's
+                // `Drop` would commit again from the half-done state
+                // (`fence.rs`). Closed inside `catch` too: closing can
+                // panic (a lock redb left poisoned).
                 let broken = disk.durable.take();
+                if let Some(broken) = &broken {
+                    broken.fence();
+                }
                 let _ = panics::catch(move || drop(broken));
                 memory.sync_failed();
                 // Decided before the failure, so failed with it already.
