@@ -186,6 +186,19 @@ impl Call {
         }
     }
 
+    /// `1 + 2` as call `id`: the plain call the layers' unit tests send.
+    #[cfg(test)]
+    pub(crate) fn test_add(id: u64) -> Self {
+        Self::new(
+            id,
+            Request::Binary {
+                op: BinaryOp::Add,
+                a: 1.0,
+                b: 2.0,
+            },
+        )
+    }
+
     /// The RPC this call is sent as.
     pub fn method(&self) -> Method {
         self.request.method()

@@ -173,18 +173,6 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use crate::{client::call::Request, core::BinaryOp};
-
-    fn add(id: u64) -> Call {
-        Call::new(
-            id,
-            Request::Binary {
-                op: BinaryOp::Add,
-                a: 1.0,
-                b: 2.0,
-            },
-        )
-    }
 
     /// A sink keeping every `call-finished` event.
     fn finished() -> (EventSink, Arc<Mutex<Vec<Event>>>) {
@@ -204,7 +192,9 @@ mod tests {
     async fn a_call_dropped_mid_flight_is_reported_cancelled_once() {
         let (sink, seen) = finished();
         let hangs = service_fn(|_: Call| pending::<Result<Reply, CallError>>());
-        let call = ObserveLayer::new(sink).layer(hangs).oneshot(add(7));
+        let call = ObserveLayer::new(sink)
+            .layer(hangs)
+            .oneshot(Call::test_add(7));
         // The caller's own timeout gives up on the call and drops it.
         assert!(
             tokio::time::timeout(Duration::from_millis(10), call)
@@ -227,7 +217,7 @@ mod tests {
         let (sink, seen) = finished();
         let answers = service_fn(|_: Call| async { Ok::<_, CallError>(Reply::Calc(3.0)) });
         let mut service = ObserveLayer::new(sink).layer(answers);
-        let mut call = Box::pin(service.ready().await.unwrap().call(add(1)));
+        let mut call = Box::pin(service.ready().await.unwrap().call(Call::test_add(1)));
         assert_eq!(call.as_mut().await, Ok(Reply::Calc(3.0)));
         // The finished future outlives its answer, then goes.
         drop(call);

@@ -274,7 +274,6 @@ mod tests {
     use tower::{ServiceExt, util::BoxCloneService};
 
     use super::*;
-    use crate::{client::call::Request, core::BinaryOp};
 
     /// What the fake endpoint does with a call.
     #[derive(Clone, Copy)]
@@ -356,17 +355,6 @@ mod tests {
         }
     }
 
-    fn add(id: u64) -> Call {
-        Call::new(
-            id,
-            Request::Binary {
-                op: BinaryOp::Add,
-                a: 1.0,
-                b: 2.0,
-            },
-        )
-    }
-
     fn config() -> BreakerConfig {
         BreakerConfig {
             consecutive_failures_max: Some(3),
@@ -395,7 +383,7 @@ mod tests {
         let (endpoint, handle, svc) = guarded(config());
 
         for id in 1..=3 {
-            let err = svc.clone().oneshot(add(id)).await.unwrap_err();
+            let err = svc.clone().oneshot(Call::test_add(id)).await.unwrap_err();
             assert_eq!(err.cause, Cause::Connect);
         }
         assert_eq!(endpoint.reached(), 3);
@@ -403,7 +391,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_millis(400)).await;
         for id in 4..=8 {
-            let err = svc.clone().oneshot(add(id)).await.unwrap_err();
+            let err = svc.clone().oneshot(Call::test_add(id)).await.unwrap_err();
             assert_eq!(
                 err,
                 CallError {
@@ -425,7 +413,10 @@ mod tests {
 
         tokio::time::advance(Duration::from_millis(600)).await;
         endpoint.set(Mode::Healthy);
-        assert_eq!(svc.clone().oneshot(add(9)).await, Ok(Reply::Calc(3.0)));
+        assert_eq!(
+            svc.clone().oneshot(Call::test_add(9)).await,
+            Ok(Reply::Calc(3.0))
+        );
         assert_eq!(endpoint.reached(), 4);
         assert_eq!(handle.state(), State::Closed);
 
@@ -452,9 +443,9 @@ mod tests {
         let a = layer.layer(endpoint.service());
         let b = layer.layer(endpoint.service());
         for id in 1..=3 {
-            let _ = a.clone().oneshot(add(id)).await;
+            let _ = a.clone().oneshot(Call::test_add(id)).await;
         }
-        let err = b.clone().oneshot(add(4)).await.unwrap_err();
+        let err = b.clone().oneshot(Call::test_add(4)).await.unwrap_err();
         assert!(matches!(err.cause, Cause::CircuitOpen { .. }), "{err:?}");
         assert_eq!(endpoint.reached(), 3);
         let s = layer.handle().snapshot();
@@ -472,16 +463,16 @@ mod tests {
     async fn a_dropped_probe_frees_its_slot() {
         let (endpoint, handle, svc) = guarded(config());
         for id in 1..=3 {
-            let _ = svc.clone().oneshot(add(id)).await;
+            let _ = svc.clone().oneshot(Call::test_add(id)).await;
         }
         tokio::time::advance(Duration::from_millis(1_000)).await;
 
         // The probe hangs; a caller's deadline would drop it.
         endpoint.set(Mode::Hanging);
-        let probe = tokio::spawn(svc.clone().oneshot(add(4)));
+        let probe = tokio::spawn(svc.clone().oneshot(Call::test_add(4)));
         endpoint.arrived.notified().await;
         assert_eq!(endpoint.reached(), 4);
-        let err = svc.clone().oneshot(add(5)).await.unwrap_err();
+        let err = svc.clone().oneshot(Call::test_add(5)).await.unwrap_err();
         assert_eq!(err.cause, Cause::CircuitOpen { probe_in_ms: 0 });
         assert!(err.message.contains("half-open"), "{}", err.message);
 
@@ -494,7 +485,10 @@ mod tests {
         );
 
         endpoint.set(Mode::Healthy);
-        assert_eq!(svc.clone().oneshot(add(6)).await, Ok(Reply::Calc(3.0)));
+        assert_eq!(
+            svc.clone().oneshot(Call::test_add(6)).await,
+            Ok(Reply::Calc(3.0))
+        );
         assert_eq!(handle.state(), State::Closed);
     }
 
@@ -510,7 +504,7 @@ mod tests {
         );
 
         for id in 1..=3 {
-            let _ = svc.clone().oneshot(add(id)).await;
+            let _ = svc.clone().oneshot(Call::test_add(id)).await;
         }
         tokio::time::advance(Duration::from_millis(300)).await;
         let waiting = Instant::now();
@@ -520,7 +514,10 @@ mod tests {
 
         // The next call is the probe; its success closes the breaker.
         endpoint.set(Mode::Healthy);
-        assert_eq!(svc.clone().oneshot(add(4)).await, Ok(Reply::Calc(3.0)));
+        assert_eq!(
+            svc.clone().oneshot(Call::test_add(4)).await,
+            Ok(Reply::Calc(3.0))
+        );
         assert_eq!(
             endpoint.take_events()[1..],
             [
@@ -540,7 +537,10 @@ mod tests {
         endpoint.set(Mode::Slow);
         for id in 1..=2 {
             // The caller still gets its (slow) reply.
-            assert_eq!(svc.clone().oneshot(add(id)).await, Ok(Reply::Calc(3.0)));
+            assert_eq!(
+                svc.clone().oneshot(Call::test_add(id)).await,
+                Ok(Reply::Calc(3.0))
+            );
         }
         let s = handle.snapshot();
         assert_eq!((s.state, s.counters.slow_calls), (State::Open, 2));
