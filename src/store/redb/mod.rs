@@ -68,9 +68,28 @@ use file::Durable;
 /// Where the database is: a directory (behind the fault switch), or a
 /// volume.
 struct Place {
+    /// The directory, or the volume's name (for the log).
     dir: PathBuf,
     faults: Arc<DiskFaults>,
     volume: Option<Arc<dyn Volume>>,
+}
+
+impl Place {
+    /// Opens (or creates) the database here: at start and on each reopen.
+    fn open(&self) -> Result<Durable, StorageError> {
+        match &self.volume {
+            Some(volume) => Durable::open_volume(&**volume),
+            None => Durable::open(&self.dir, &self.faults),
+        }
+    }
+
+    /// The database file, for a message.
+    fn file(&self) -> PathBuf {
+        match &self.volume {
+            Some(volume) => volume.name(),
+            None => self.dir.join(DB_FILE_NAME),
+        }
+    }
 }
 
 /// What [`RedbLedger::start`] gives: memory, the queue, the writer, the
@@ -229,10 +248,7 @@ impl RedbLedger {
         // that is a damaged file too, and must not take the process down
         // with a backtrace instead of a sentence naming the file.
         let opened = panics::catch(|| {
-            let mut durable = match &place.volume {
-                Some(volume) => Durable::open_volume(&**volume)?,
-                None => Durable::open(&place.dir, &place.faults)?,
-            };
+            let mut durable = place.open()?;
             let (registers, store) = load(&mut durable, &dedup, &events)?;
             Ok::<_, StorageError>((durable, registers, store))
         });
@@ -240,10 +256,7 @@ impl RedbLedger {
             Ok(opened) => opened?,
             Err(panic) => {
                 return Err(StorageError::Damaged {
-                    path: match &place.volume {
-                        Some(volume) => volume.name(),
-                        None => place.dir.join(DB_FILE_NAME),
-                    },
+                    path: place.file(),
                     what: format!("the storage engine panicked reading it ({panic})"),
                 });
             }
@@ -254,9 +267,7 @@ impl RedbLedger {
         let writer = Arc::new(writer::Writer::new(
             writer::Disk {
                 durable: Some(durable),
-                dir: place.dir,
-                faults: place.faults,
-                volume: place.volume,
+                place,
                 dedup: dedup.clone(),
                 events: events.clone(),
             },

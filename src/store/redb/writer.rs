@@ -44,7 +44,7 @@ use crate::{
     trace::EventSink,
 };
 
-use super::{disk::DiskFaults, file::Durable, panics, volume::Volume};
+use super::{Place, file::Durable, panics};
 
 /// First pause between recovery attempts; doubled up to
 /// [`RECOVERY_PAUSE_MAX`].
@@ -58,10 +58,7 @@ const RECOVERY_PAUSE_MAX: Duration = Duration::from_secs(1);
 pub(super) struct Disk {
     /// The open file; `None` while broken.
     pub(super) durable: Option<Durable>,
-    pub(super) dir: PathBuf,
-    pub(super) faults: Arc<DiskFaults>,
-    /// The volume the database is on, when it is not in `dir`.
-    pub(super) volume: Option<Arc<dyn Volume>>,
+    pub(super) place: Place,
     pub(super) dedup: DedupConfig,
     pub(super) events: EventSink,
 }
@@ -227,7 +224,7 @@ impl Writer {
                 self.queue.discard();
                 self.queue.request_recovery();
                 Wrote::Failed {
-                    dir: disk.dir.clone(),
+                    dir: disk.place.dir.clone(),
                     error,
                     commits,
                 }
@@ -256,12 +253,12 @@ impl Writer {
                 if let Some(memory) = self.memory() {
                     memory.reloaded(registers, store);
                 }
-                tracing::warn!(dir = %disk.dir.display(), "durable store recovered: serving again");
+                tracing::warn!(dir = %disk.place.dir.display(), "durable store recovered: serving again");
                 true
             }
             Err(why) => {
                 tracing::warn!(
-                    dir = %disk.dir.display(),
+                    dir = %disk.place.dir.display(),
                     error = %why,
                     retry_in_ms = pause.as_millis() as u64,
                     "durable store still unavailable"
@@ -337,10 +334,7 @@ fn reopen(
     String,
 > {
     let attempt = || {
-        let mut durable = match &disk.volume {
-            Some(volume) => Durable::open_volume(&**volume)?,
-            None => Durable::open(&disk.dir, &disk.faults)?,
-        };
+        let mut durable = disk.place.open()?;
         let (registers, store) = super::load(&mut durable, &disk.dedup, &disk.events)?;
         // Reading is not enough: the disk may still refuse writes.
         durable.probe()?;
