@@ -183,14 +183,14 @@ async fn nothing_is_seen_before_it_is_durable() {
 
 #[tokio::test]
 async fn a_full_disk_fails_cleanly_and_the_store_heals_by_itself() {
-    full_disk_fails_cleanly_and_heals("full").await;
+    fails_cleanly_and_heals("full", DiskFault::Full).await;
 }
 
 /// The same with callers writing inline (the multi-threaded runtime): the
 /// failure is met on a caller's thread, the recovery on the writer's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_met_inline_fails_cleanly_and_heals_too() {
-    full_disk_fails_cleanly_and_heals("full-inline").await;
+    fails_cleanly_and_heals("full-inline", DiskFault::Full).await;
 }
 
 /// A panic below the engine while it writes (it leaves redb's own locks
@@ -198,28 +198,12 @@ async fn a_full_disk_met_inline_fails_cleanly_and_heals_too() {
 /// any other, no panic reaches the caller, and the store heals by itself.
 #[tokio::test]
 async fn a_panic_while_writing_fails_the_batch_cleanly_and_the_store_heals() {
-    let tmp = TempDir::new("panic");
-    let faults = DiskFaults::new();
-    let s = open(&tmp.0, &faults);
-    accumulate(&s, &args("x", 1.0, "before"), None)
-        .await
-        .unwrap();
-    faults.set(DiskFault::Panic);
-    let lost = args("x", 10.0, "during");
-    assert_eq!(
-        accumulate(&s, &lost, None).await,
-        Err(ServiceError::StoreUnavailable {
-            fate: WriteFate::Unknown
-        })
-    );
-    health_becomes(&s, StoreHealth::NotServing).await;
-    faults.set(DiskFault::None);
-    health_becomes(&s, StoreHealth::Serving).await;
-    assert_eq!(Ledger::get(&s, "x", None).await, Ok(1.0));
-    assert_eq!(accumulate(&s, &lost, None).await, ok(11.0, false));
+    fails_cleanly_and_heals("panic", DiskFault::Panic).await;
 }
 
-async fn full_disk_fails_cleanly_and_heals(name: &str) {
+/// `fault` fails a batch: its fate is unknown, the store refuses calls
+/// while broken, and heals once the disk does.
+async fn fails_cleanly_and_heals(name: &str, fault: DiskFault) {
     let tmp = TempDir::new(name);
     let faults = DiskFaults::new();
     let s = open(&tmp.0, &faults);
@@ -227,7 +211,7 @@ async fn full_disk_fails_cleanly_and_heals(name: &str) {
         .await
         .unwrap();
 
-    faults.set(DiskFault::Full);
+    faults.set(fault);
     let lost = args("x", 10.0, "during");
     // The batch fails: its fate is unknown to the caller (never a false
     // "not applied"), and the store says it is broken.
