@@ -256,9 +256,8 @@ pub struct DedupStore {
     slab: Vec<Record>,
     /// First free slot of `slab` (a list through `next`), or [`NIL`].
     free_slot: u32,
-    /// Records retained.
-    live: usize,
-    /// The slot of each retained record, hashed by its digest.
+    /// The slot of each retained record, hashed by its digest (so its
+    /// length is the number of records retained).
     index: HashTable<u32>,
     /// Clients holding records, by index; `None` for a free entry.
     owners: Vec<Option<Owner>>,
@@ -303,7 +302,6 @@ impl DedupStore {
             ttl: config.ttl(),
             slab: Vec::new(),
             free_slot: NIL,
-            live: 0,
             index: HashTable::new(),
             owners: Vec::new(),
             free: Vec::new(),
@@ -321,12 +319,12 @@ impl DedupStore {
 
     /// Records retained.
     pub fn len(&self) -> usize {
-        self.live
+        self.index.len()
     }
 
     /// True when nothing is retained.
     pub fn is_empty(&self) -> bool {
-        self.live == 0
+        self.index.is_empty()
     }
 
     /// Sequence number of the oldest retained record: every record below it
@@ -350,7 +348,7 @@ impl DedupStore {
     /// Counters.
     pub fn stats(&self) -> DedupStats {
         DedupStats {
-            entries: self.live as u64,
+            entries: self.len() as u64,
             hits: self.hits,
             evictions: self.evictions,
             evictions_early: self.evictions_early,
@@ -486,7 +484,7 @@ impl DedupStore {
         {
             self.evict_oldest_of(o, EvictReason::Capacity, &mut on_evict);
         }
-        while self.live >= self.entries_max {
+        while self.len() >= self.entries_max {
             // The client holding the most gives a record up; the one
             // inserting does on a tie, so it never takes a record from a
             // client holding as many as itself.
@@ -497,7 +495,7 @@ impl DedupStore {
                 (None, None) => break,
             };
             if !self.evict_oldest_of(victim, EvictReason::Capacity, &mut on_evict) {
-                // Nothing to take from (cannot happen while live > 0).
+                // Nothing to take from (cannot happen while records are held).
                 break;
             }
         }
@@ -518,7 +516,6 @@ impl DedupStore {
                 slot
             }
         };
-        self.live += 1;
         let Some(Some(entry)) = self.owners.get_mut(o as usize) else {
             return;
         };
@@ -668,7 +665,6 @@ impl DedupStore {
         if let Ok(entry) = self.index.find_entry(Self::hash(key), |&s| s == slot) {
             entry.remove();
         }
-        self.live -= 1;
         self.evictions += 1;
         if reason == EvictReason::Capacity {
             self.evictions_early += 1;
@@ -1361,7 +1357,17 @@ mod tests {
                     (s.stats().evictions, s.stats().evictions_early),
                     (m.evictions, m.early)
                 );
-                assert_eq!(s.index.len(), s.len());
+                // Every indexed record is some owner's, and every slot of
+                // the slab is indexed or free.
+                let held: usize = s.owners.iter().flatten().map(|o| o.held).sum();
+                assert_eq!(held, s.len(), "seed {seed} step {step}");
+                let mut free = 0;
+                let mut slot = s.free_slot;
+                while slot != NIL {
+                    free += 1;
+                    slot = s.slab[slot as usize].next;
+                }
+                assert_eq!(s.len() + free, s.slab.len(), "seed {seed} step {step}");
                 assert!(s.slab.len() <= entries_max);
             }
             let m = model.borrow();
