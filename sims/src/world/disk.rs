@@ -214,10 +214,17 @@ fn copy_sector(s: u64, from: &[u8], to: &mut Vec<u8>) {
         return;
     }
     let end = (start + SECTOR as usize).min(from.len());
-    if to.len() < end {
-        to.resize(end, 0);
+    put_sector(s, &from[start..end], to);
+}
+
+/// Writes `bytes` (a sector's contents, or the start of them) at sector
+/// `s` of `to`, growing `to` if needed.
+fn put_sector(s: u64, bytes: &[u8], to: &mut Vec<u8>) {
+    let start = (s * SECTOR) as usize;
+    if to.len() < start + bytes.len() {
+        to.resize(start + bytes.len(), 0);
     }
-    to[start..end].copy_from_slice(&from[start..end]);
+    to[start..start + bytes.len()].copy_from_slice(bytes);
 }
 
 impl SimDisk {
@@ -302,11 +309,7 @@ impl SimDisk {
         let lagging = std::mem::take(&mut s.lagging);
         for (sector, bytes) in lagging {
             if s.cuts.random_bool(0.5) {
-                let start = (sector * SECTOR) as usize;
-                if s.durable.len() < start + bytes.len() {
-                    s.durable.resize(start + bytes.len(), 0);
-                }
-                s.durable[start..start + bytes.len()].copy_from_slice(&bytes);
+                put_sector(sector, &bytes, &mut s.durable);
                 kept += 1;
             } else {
                 lost += 1;
@@ -479,11 +482,7 @@ impl StorageBackend for Handle {
                 // The previous sync's data lands now; this one's later.
                 let lagging = std::mem::take(&mut s.lagging);
                 for (sector, bytes) in lagging {
-                    let start = (sector * SECTOR) as usize;
-                    if s.durable.len() < start + bytes.len() {
-                        s.durable.resize(start + bytes.len(), 0);
-                    }
-                    s.durable[start..start + bytes.len()].copy_from_slice(&bytes);
+                    put_sector(sector, &bytes, &mut s.durable);
                 }
                 if let Some(len) = s.lagging_len.take() {
                     s.durable.resize(len, 0);
@@ -611,6 +610,12 @@ pub fn read_back(disk: &Arc<SimDisk>, scenario: &crate::Scenario) -> DiskNote {
 mod tests {
     use super::*;
 
+    /// Every read, sync and run of writes fails (unless the disk is quiet).
+    const EVERY_OP_FAILS: DiskFaultRates = DiskFaultRates {
+        error_rate: 1.0,
+        cut_rate: 0.0,
+    };
+
     fn new_disk(
         rates: DiskFaultRates,
         bug: Option<DiskBug>,
@@ -652,13 +657,7 @@ mod tests {
     /// from what reads see, and from what a crash could keep.
     #[test]
     fn a_failed_sync_drops_the_unsynced_writes() {
-        let (disk, h) = new_disk(
-            DiskFaultRates {
-                error_rate: 1.0,
-                cut_rate: 0.0,
-            },
-            None,
-        );
+        let (disk, h) = new_disk(EVERY_OP_FAILS, None);
         disk.lock().quiet = true;
         h.write(0, &[1; 512]).unwrap();
         h.sync_data(false).unwrap();
@@ -678,13 +677,7 @@ mod tests {
     /// cut off: the file is as the last sync left it, not zero-filled.
     #[test]
     fn a_failed_sync_undoes_a_shrink_with_the_synced_bytes() {
-        let (disk, h) = new_disk(
-            DiskFaultRates {
-                error_rate: 1.0,
-                cut_rate: 0.0,
-            },
-            None,
-        );
+        let (disk, h) = new_disk(EVERY_OP_FAILS, None);
         disk.lock().quiet = true;
         h.write(0, &[1; 1024]).unwrap();
         h.sync_data(false).unwrap();
