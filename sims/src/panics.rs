@@ -90,7 +90,7 @@ fn note(info: &PanicHookInfo<'_>) {
         return;
     }
     let panic = Panic {
-        message: message(info.payload()),
+        message: abacus::store::redb::panic_message(info.payload()),
         location: info
             .location()
             .map_or_else(|| "an unknown place".to_owned(), ToString::to_string),
@@ -103,15 +103,6 @@ fn note(info: &PanicHookInfo<'_>) {
             panics.push(panic);
         }
     });
-}
-
-/// A panic payload's message (`panic!` makes a `&str` or a `String`).
-fn message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]

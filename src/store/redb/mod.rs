@@ -59,7 +59,7 @@ use crate::{
 pub use ::redb::StorageBackend;
 pub use disk::{DiskFault, DiskFaults};
 pub use file::{DB_FILE_NAME, FORMAT_VERSION, StorageError};
-pub use panics::is_catching;
+pub use panics::{is_catching, panic_message};
 pub use volume::Volume;
 pub use writer::WriteStats;
 
