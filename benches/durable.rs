@@ -13,6 +13,11 @@
 //!    binary and this build's, alternating: how the durable path compares
 //!    with an older strategy (e.g. main's commit-under-the-lock), same run.
 //!
+//! Each throughput round also prints the process's CPU use (in cores: a
+//! round that leaves CPU idle is waiting, not computing) and, for the
+//! durable ledger, how many commits shared a batch, and the share of the
+//! time and the time per batch the writer spent writing.
+//!
 //! Run: `cargo bench --bench durable` (release); `-- --quick` for a smoke
 //! run. The data directories live under the system temp dir (put `TMPDIR`
 //! on the disk you want to measure) and are removed at the end.
@@ -32,7 +37,10 @@ use std::{
 use abacus::{
     pb::{AccumulateRequest, calculator_client::CalculatorClient},
     server::{self, ServerConfig},
-    store::{Ledger, MemoryLedger, redb::RedbLedger},
+    store::{
+        Ledger, MemoryLedger,
+        redb::{RedbLedger, WriteStats},
+    },
     trace::EventSink,
 };
 use tokio::sync::oneshot;
@@ -105,7 +113,8 @@ fn main() {
         let (durable, stop_durable) = in_process("durable (redb)", durable).await;
         println!("\nIn-process servers, same process as the callers:");
         let before = redb.write_stats();
-        compare(&memory, &durable, &sizes, "durable / in memory", || {
+        let stats = || Some(redb.write_stats());
+        compare(&memory, &durable, &sizes, "durable / in memory", stats, || {
             // How well group commit batched under load: commits per redb
             // transaction (and fsync) over the throughput rounds.
             let after = redb.write_stats();
@@ -133,7 +142,7 @@ fn main() {
             )
             .await;
             println!("\n`abacus serve --data-dir` processes: {baseline} vs this build:");
-            compare(&old, &new, &sizes, "this build / baseline", || {}).await;
+            compare(&old, &new, &sizes, "this build / baseline", || None, || {}).await;
         } else {
             println!(
                 "\n(set ABACUS_BASELINE_BIN to an older abacus binary to compare durable processes)"
@@ -248,6 +257,7 @@ async fn compare(
     b: &Target,
     sizes: &Sizes,
     ratio_name: &str,
+    write_stats: impl Fn() -> Option<WriteStats>,
     after_throughput: impl FnOnce(),
 ) {
     let mut fsyncs = Vec::new();
@@ -272,8 +282,28 @@ async fn compare(
     let (mut rates_a, mut rates_b) = (Vec::new(), Vec::new());
     for r in 0..sizes.rounds {
         for t in order(r) {
+            let (threads, writes) = (Threads::now(), write_stats());
+            let started = Instant::now();
             let rate = throughput_round(t, sizes.round, r as u64).await;
-            println!("    round {r:>2}: {:<16} {rate:>8.0} calls/s", t.name);
+            let wall = started.elapsed();
+            let cpu = Threads::now().since(&threads, wall);
+            let writes = match (std::ptr::eq(t, b), writes, write_stats()) {
+                (true, Some(w0), Some(w1)) => {
+                    let n = (w1.batches - w0.batches).max(1) as f64;
+                    let busy = (w1.busy_nanos - w0.busy_nanos) as f64;
+                    format!(
+                        "; {:.1} commits/batch, writing {:.0}% of the time, {:.0} µs/batch",
+                        (w1.commits - w0.commits) as f64 / n,
+                        100.0 * busy / wall.as_nanos() as f64,
+                        busy / 1e3 / n,
+                    )
+                }
+                _ => String::new(),
+            };
+            println!(
+                "    round {r:>2}: {:<16} {rate:>8.0} calls/s  [{cpu}{writes}]",
+                t.name
+            );
             if std::ptr::eq(t, a) {
                 &mut rates_a
             } else {
@@ -433,4 +463,61 @@ fn quartiles(v: &[f64]) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
     (at(0.25), at(0.5), at(0.75))
+}
+
+/// Per-thread CPU time and time spent runnable but waiting for a CPU, of
+/// this process (`/proc/self/task/*/schedstat`, nanoseconds): whether a
+/// round was bound by CPU or by waiting (Linux only; empty elsewhere).
+struct Threads(Vec<(u64, String, u64, u64)>);
+
+impl Threads {
+    fn now() -> Self {
+        let mut out = Vec::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Self(out);
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let Some(tid) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+            else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            let mut fields = stat.split_whitespace().map(|x| x.parse().unwrap_or(0));
+            let (cpu, queued) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+            out.push((tid, comm.trim().to_owned(), cpu, queued));
+        }
+        Self(out)
+    }
+
+    /// CPU used since `before`, in cores: the whole process (callers and
+    /// servers), and the durable writer thread, with the share of the
+    /// time it was ready to run but waited for a CPU.
+    fn since(&self, before: &Self, wall: Duration) -> String {
+        let (mut all, mut writer, mut writer_queued) = (0, 0, 0);
+        for (tid, comm, cpu, queued) in &self.0 {
+            let (cpu0, queued0) = before
+                .0
+                .iter()
+                .find(|(t, ..)| t == tid)
+                .map_or((0, 0), |(_, _, c, q)| (*c, *q));
+            let d = cpu.saturating_sub(cpu0);
+            all += d;
+            if comm.starts_with("abacus-redb") {
+                writer += d;
+                writer_queued += queued.saturating_sub(queued0);
+            }
+        }
+        let w = wall.as_nanos() as f64;
+        format!(
+            "cpu {:.2} cores, writer thread {:.2} (waiting for a CPU {:.0}% of the time)",
+            all as f64 / w,
+            writer as f64 / w,
+            100.0 * writer_queued as f64 / w,
+        )
+    }
 }

@@ -77,6 +77,8 @@ pub(super) struct Writer {
     /// Batches and commits written, for [`WriteStats`].
     batches: AtomicU64,
     commits: AtomicU64,
+    /// Time spent writing them, in nanoseconds, for [`WriteStats`].
+    busy: AtomicU64,
 }
 
 /// How many commits shared each transaction (and fsync) so far.
@@ -86,6 +88,9 @@ pub struct WriteStats {
     pub batches: u64,
     /// Commits written in them.
     pub commits: u64,
+    /// Time spent writing them (transactions and fsyncs), in nanoseconds:
+    /// against the wall time, how much of it the disk was being written.
+    pub busy_nanos: u64,
 }
 
 impl std::fmt::Debug for Writer {
@@ -110,6 +115,7 @@ impl Writer {
             runtime,
             batches: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         }
     }
 
@@ -118,6 +124,7 @@ impl Writer {
         WriteStats {
             batches: self.batches.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
+            busy_nanos: self.busy.load(Ordering::Relaxed),
         }
     }
 
@@ -206,6 +213,8 @@ impl Writer {
                 self.queue.wrote(commits, took);
                 self.batches.fetch_add(1, Ordering::Relaxed);
                 self.commits.fetch_add(commits as u64, Ordering::Relaxed);
+                self.busy
+                    .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
                 memory.synced_through(through);
                 Wrote::Durable { commits, took }
             }
