@@ -129,10 +129,13 @@ impl Synced {
 /// runtime has much ready work and forms large batches. When the kick fires
 /// and its commit is alone in the queue, the caller writes it inline
 /// ([`Lead::lead`]); otherwise the writer thread is asked to write the
-/// batch. After a batch, if commits queued meanwhile, the writer hands the
-/// next kick to the runtime (a task that yields, then asks it back) rather
-/// than taking them at once: writing whatever a few microseconds brought
-/// is what made most batches hold one commit.
+/// batch. After a batch, if commits queued meanwhile, the writer writes
+/// them at once: callers overlap, and the disk is the bottleneck that
+/// must not wait. (Handing them to a kick through the runtime instead,
+/// as an earlier version did, made the disk wait behind the work of the
+/// callers just answered: on a disk with a 0.1 ms fsync the writer idled
+/// 46 % of the time, and 64 callers got 0.55× the in-memory throughput
+/// against 0.72× written at once; see docs/durable.md.)
 ///
 /// Liveness: while anything is queued, exactly one of these holds — a
 /// kick is outstanding (it fires, or asks the writer when dropped), or
@@ -209,11 +212,7 @@ pub(crate) enum Pushed {
 pub(crate) enum Next {
     /// Nothing is queued: wait for a kick.
     Wait,
-    /// Commits queued meanwhile: give the runtime a kick for them, then
-    /// wait for it.
-    Kick,
-    /// Commits queued meanwhile and no runtime to kick through: write them
-    /// now.
+    /// Commits queued meanwhile: write them now.
     Write,
 }
 
@@ -317,18 +316,15 @@ impl Queue {
     }
 
     /// After a batch, decides under the lock who writes what queued
-    /// meanwhile: nobody if nothing did (idle again), else a kick through
-    /// the runtime (`can_kick`: the writer has one) or the writer at once.
-    pub(crate) fn after_batch(&self, can_kick: bool) -> Next {
+    /// meanwhile: nobody if nothing did (idle again), else the writer at
+    /// once (see [`Queue`]).
+    pub(crate) fn after_batch(&self) -> Next {
         let mut state = self.lock();
         if state.writes.is_empty() {
             state.flush = Flush::Idle;
             Next::Wait
-        } else if state.closed || !can_kick {
-            Next::Write
         } else {
-            state.flush = Flush::Kicked;
-            Next::Kick
+            Next::Write
         }
     }
 
@@ -368,15 +364,14 @@ impl Queue {
 #[derive(Debug)]
 pub(crate) struct Kick {
     queue: Arc<Queue>,
-    /// Writes inline when the commit is alone; `None` when the kick must
-    /// go to the writer thread whatever is queued.
-    lead: Option<Arc<dyn Lead>>,
+    /// Writes inline when the commit is alone.
+    lead: Arc<dyn Lead>,
     fired: bool,
 }
 
 impl Kick {
     /// A kick that may write inline through `lead`.
-    pub(crate) fn new(queue: Arc<Queue>, lead: Option<Arc<dyn Lead>>) -> Self {
+    pub(crate) fn new(queue: Arc<Queue>, lead: Arc<dyn Lead>) -> Self {
         Self {
             queue,
             lead,
@@ -388,8 +383,7 @@ impl Kick {
     /// if this commit is the only one queued), else asks the writer thread.
     pub(crate) fn fire(mut self, alone: bool) {
         self.fired = true;
-        let led = self.lead.as_ref().is_some_and(|lead| lead.lead(alone));
-        if !led {
+        if !self.lead.lead(alone) {
             self.queue.ask();
         }
     }

@@ -537,9 +537,8 @@ impl MemoryLedger {
                     // Deletes are rare: the pusher that finds the queue idle
                     // writes inline if it can (as a commit on a
                     // current-thread runtime does), else asks the writer.
-                    let kick = (pushed == Pushed::Kick).then(|| {
-                        Kick::new(Arc::clone(&journal.queue), Some(Arc::clone(&journal.lead)))
-                    });
+                    let kick = (pushed == Pushed::Kick)
+                        .then(|| Kick::new(Arc::clone(&journal.queue), Arc::clone(&journal.lead)));
                     Some((seq, journal.epoch, Some((durable, kick))))
                 }
             };
@@ -925,7 +924,7 @@ impl<'a> Claim<'a> {
             .is_none_or(|last| journal.queue.lone(now.saturating_duration_since(last)));
         journal.last_decided = Some(now);
         let kick = (pushed == Pushed::Kick)
-            .then(|| Kick::new(Arc::clone(&journal.queue), Some(Arc::clone(&journal.lead))));
+            .then(|| Kick::new(Arc::clone(&journal.queue), Arc::clone(&journal.lead)));
         drop(guard);
         // The queue was idle: this caller sees it to the disk. On tokio's
         // multi-threaded runtime, while callers overlap, only after a

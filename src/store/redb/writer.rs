@@ -4,9 +4,8 @@
 //! off tokio's scheduler, in one of two places:
 //! - the **writer thread**, a dedicated OS thread: asked to write, it
 //!   takes everything queued as one batch, writes it as one transaction,
-//!   tells the ledger it is durable, and hands what queued meanwhile to
-//!   the next kick (see [`Queue`] for when batches are written, and why
-//!   after a yield of the runtime rather than at once);
+//!   tells the ledger it is durable, and writes what queued meanwhile at
+//!   once (see [`Queue`] for when batches are written);
 //! - the **committing caller itself**, when its kick fires and its commit
 //!   is the only one queued (callers do not overlap): it writes it inline,
 //!   on its tokio worker, with no lock held (the runtime's other worker
@@ -33,13 +32,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::runtime::Handle;
-
 use crate::{
     store::{
         MemoryLedger,
         dedup::DedupConfig,
-        journal::{Kick, Lead, Next, Queue, Work},
+        journal::{Lead, Next, Queue, Work},
     },
     trace::EventSink,
 };
@@ -70,10 +67,6 @@ pub(super) struct Writer {
     /// this writer (as its [`Lead`]).
     memory: OnceLock<Weak<MemoryLedger>>,
     queue: Arc<Queue>,
-    /// The multi-threaded runtime the ledger was opened in, to hand the
-    /// next kick to after a batch (see [`Queue`]); `None` elsewhere (then
-    /// the writer writes what queued meanwhile at once).
-    runtime: Option<Handle>,
     /// Batches and commits written, for [`WriteStats`].
     batches: AtomicU64,
     commits: AtomicU64,
@@ -101,18 +94,10 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     pub(super) fn new(disk: Disk, queue: Arc<Queue>) -> Self {
-        use tokio::runtime::RuntimeFlavor;
-        // Only a multi-threaded runtime: on a current-thread one every
-        // commit is written inline (see `Claim::decide`), and a task
-        // spawned there from this thread could let a paused clock jump.
-        let runtime = Handle::try_current()
-            .ok()
-            .filter(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
         Self {
             disk: Mutex::new(disk),
             memory: OnceLock::new(),
             queue,
-            runtime,
             batches: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             busy: AtomicU64::new(0),
@@ -158,30 +143,12 @@ impl Writer {
                     };
                     drop(disk);
                     wrote.log();
-                    match self.queue.after_batch(self.runtime.is_some()) {
+                    match self.queue.after_batch() {
                         Next::Wait => break,
                         Next::Write => continue,
-                        Next::Kick => {
-                            self.kick();
-                            break;
-                        }
                     }
                 },
             }
-        }
-    }
-
-    /// Hands the next batch to the runtime: a task that yields (so every
-    /// ready task gets its turn and its commits join), then asks this
-    /// thread back. Never inline: commits queued during a batch mean that
-    /// callers overlap.
-    fn kick(&self) {
-        let kick = Kick::new(Arc::clone(&self.queue), None);
-        match &self.runtime {
-            // On a runtime that has shut down the task is dropped unrun,
-            // and the kick asks this thread itself.
-            Some(runtime) => drop(runtime.spawn(kick.after_yield())),
-            None => kick.fire(false),
         }
     }
 
@@ -372,7 +339,7 @@ impl Lead for Writer {
         wrote.log();
         // Commits queued while we wrote found the queue busy and took no
         // kick: the writer thread writes them.
-        if self.queue.after_batch(false) == Next::Write {
+        if self.queue.after_batch() == Next::Write {
             self.queue.ask();
         }
         true
