@@ -8,7 +8,10 @@
 //!    (so every call is a real commit with a dedup record). Target: durable
 //!    ≥ 0.7 × in memory.
 //! 2. **Latency of one caller** (c = 1), p50 and p99.
-//! 3. With `ABACUS_BASELINE_BIN=/path/to/an/older/abacus`: the same two
+//! 3. The same two measurements against two `abacus serve` *processes*,
+//!    one in memory, one with `--data-dir`: the server as deployed, in its
+//!    own process, with the callers in this one.
+//! 4. With `ABACUS_BASELINE_BIN=/path/to/an/older/abacus`: the same two
 //!    measurements against two `abacus serve --data-dir` *processes*, that
 //!    binary and this build's, alternating: how the durable path compares
 //!    with an older strategy (e.g. main's commit-under-the-lock), same run.
@@ -131,14 +134,37 @@ fn main() {
         let _ = stop_memory.send(());
         let _ = stop_durable.send(());
 
+        {
+            // As deployed: each server its own process, the callers in
+            // this one (the issue's first figures were taken so).
+            let this = Path::new(env!("CARGO_BIN_EXE_abacus"));
+            let dir = Scratch::new("process");
+            let (memory, _memory_process) = spawned("in memory", this, None).await;
+            let (durable, _durable_process) = spawned("durable (redb)", this, Some(&dir.0)).await;
+            println!(
+                "
+`abacus serve` processes, in memory vs `--data-dir` (this build):"
+            );
+            compare(
+                &memory,
+                &durable,
+                &sizes,
+                "durable / in memory",
+                || None,
+                || {},
+            )
+            .await;
+        }
+
         if let Ok(baseline) = std::env::var("ABACUS_BASELINE_BIN") {
             let old_dir = Scratch::new("baseline");
             let new_dir = Scratch::new("this-build");
-            let (old, _old_process) = spawned("baseline", Path::new(&baseline), &old_dir.0).await;
+            let (old, _old_process) =
+                spawned("baseline", Path::new(&baseline), Some(&old_dir.0)).await;
             let (new, _new_process) = spawned(
                 "this build",
                 Path::new(env!("CARGO_BIN_EXE_abacus")),
-                &new_dir.0,
+                Some(&new_dir.0),
             )
             .await;
             println!("\n`abacus serve --data-dir` processes: {baseline} vs this build:");
@@ -219,12 +245,14 @@ impl Drop for Process {
     }
 }
 
-/// `bin serve --addr 127.0.0.1:0 --data-dir dir`, logging only warnings
-/// and its listening line (read for the bound address).
-async fn spawned(name: &str, bin: &Path, dir: &Path) -> (Target, Process) {
+/// `bin serve --addr 127.0.0.1:0` (with `--data-dir dir` if given),
+/// logging only warnings and its listening line (read for the bound
+/// address).
+async fn spawned(name: &str, bin: &Path, dir: Option<&Path>) -> (Target, Process) {
+    let data_dir = dir.map(|dir| [std::ffi::OsStr::new("--data-dir"), dir.as_os_str()]);
     let served = listening::Served::spawn(
         bin,
-        &[std::ffi::OsStr::new("--data-dir"), dir.as_os_str()],
+        data_dir.as_ref().map_or(&[][..], |flags| &flags[..]),
         "warn,abacus::cli::serve=info",
     );
     let addr = served.addr().parse().expect("a socket address");
