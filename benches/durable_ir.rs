@@ -6,8 +6,9 @@
 //!   spread over CALLERS tasks, straight into the ledger or over loopback
 //!   gRPC (8 connections), against an in-memory or a durable ledger (data
 //!   under the system temp dir);
-//! - `durable_ir client ADDR CALLS`: CALLS sequential calls against a
-//!   running server (e.g. `abacus serve --data-dir` under callgrind).
+//! - `durable_ir client ADDR CALLS [CALLERS]`: CALLS calls spread over
+//!   CALLERS tasks (1: sequential) against a running server (e.g.
+//!   `abacus serve --data-dir` under callgrind or perf).
 //!
 //! Not a timed benchmark: `cargo bench` runs it as `durable_ir --bench`,
 //! which does 10,000 calls straight into an in-memory ledger.
@@ -42,23 +43,44 @@ fn main() {
     if how == "client" {
         let addr = args[1].clone();
         let calls: usize = args[2].parse().unwrap();
+        let callers: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
         rt.block_on(async {
-            let ch = Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let mut c = CalculatorClient::new(ch);
-            let tag = std::process::id();
-            for n in 0..calls {
-                c.accumulate(AccumulateRequest {
-                    register: "latency".into(),
-                    delta: 1.0,
-                    request_id: format!("c{tag}-{n}"),
-                })
-                .await
-                .unwrap();
+            let mut channels = Vec::new();
+            for _ in 0..callers.clamp(1, 8) {
+                let ch = Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                channels.push(CalculatorClient::new(ch));
             }
+            let tag = std::process::id();
+            let t0 = std::time::Instant::now();
+            let tasks: Vec<_> = (0..callers)
+                .map(|caller| {
+                    let mut c = channels[caller % channels.len()].clone();
+                    tokio::spawn(async move {
+                        for n in 0..calls / callers {
+                            c.accumulate(AccumulateRequest {
+                                register: format!("latency-{caller}"),
+                                delta: 1.0,
+                                request_id: format!("c{tag}-{caller}-{n}"),
+                            })
+                            .await
+                            .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let el = t0.elapsed();
+            eprintln!(
+                "client: {calls} calls over {callers} callers in {:.3}s = {:.0}/s",
+                el.as_secs_f64(),
+                calls as f64 / el.as_secs_f64()
+            );
         });
         return;
     }
