@@ -567,18 +567,36 @@ impl Durable {
                 registers.set(name, value);
                 loaded.registers += 1;
             }
-            // Absent in files written before owners were kept.
-            let mut owners = std::collections::HashMap::new();
-            match txn.open_table(DEDUP_OWNERS) {
-                Ok(table) => {
-                    for row in table.iter().map_err(|x| e(x.into()))? {
-                        let (seq, owner) = row.map_err(|x| e(x.into()))?;
-                        owners.insert(seq.value(), OwnerKey(owner.value()));
+            // Absent in files written before owners were kept. Keyed like
+            // the records, by sequence number, so it is read in step with
+            // them rather than copied into memory first (up to
+            // `DEDUP_ENTRIES_LIMIT` rows at start-up).
+            let owners_table = match txn.open_table(DEDUP_OWNERS) {
+                Ok(table) => Some(table),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(x) => return Err(e(x.into())),
+            };
+            let mut owners = match &owners_table {
+                Some(table) => Some(table.iter().map_err(|x| e(x.into()))?.peekable()),
+                None => None,
+            };
+            // The owner of record `seq` (records come in ascending order),
+            // or `RESTORED` when it has no row.
+            let mut owner_of = |seq: u64| -> Result<OwnerKey, String> {
+                let Some(rows) = owners.as_mut() else {
+                    return Ok(OwnerKey::RESTORED);
+                };
+                while let Some(row) = rows.next_if(|row| match row {
+                    Ok((at, _)) => at.value() <= seq,
+                    Err(_) => true,
+                }) {
+                    let (at, owner) = row.map_err(|x| e(x.into()))?;
+                    if at.value() == seq {
+                        return Ok(OwnerKey(owner.value()));
                     }
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(x) => return Err(e(x.into())),
-            }
+                Ok(OwnerKey::RESTORED)
+            };
             let dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
             for row in dedup.iter().map_err(|x| e(x.into()))? {
                 let (seq, value) = row.map_err(|x| e(x.into()))?;
@@ -591,7 +609,7 @@ impl Durable {
                 }
                 let outcome = decode(tag, number)
                     .ok_or_else(|| format!("dedup record {seq}: unknown outcome tag {tag}"))?;
-                let owner = owners.get(&seq).copied().unwrap_or(OwnerKey::RESTORED);
+                let owner = owner_of(seq)?;
                 store
                     .restore(seq, key, fingerprint, outcome, owner, now, &mut on_evict)
                     .map_err(|e: RestoreError| format!("dedup record {seq}: {e}"))?;
@@ -740,6 +758,45 @@ mod tests {
             .load(&mut regs, &mut store, Instant::now(), |_| {})
             .unwrap();
         (d, regs, store, loaded)
+    }
+
+    /// Every record comes back charged to the client that made it (the
+    /// per-client bound and fair share depend on it), and a record without
+    /// an owner row (written before owners were kept) to `RESTORED`.
+    #[test]
+    fn owners_survive_reopen_in_step_with_their_records() {
+        let tmp = TempDir::new("owners");
+        let owners = [1u64, 2, 1, 2, 2, 1];
+        {
+            let mut d = Durable::open(&tmp.0, &DiskFaults::new()).unwrap();
+            for (seq, owner) in owners.iter().enumerate() {
+                let seq = seq as u64;
+                let id = format!("id-{seq}");
+                let outcome = StoredOutcome::Applied { value: 1.0 };
+                let mut w = write(None, Some((seq, &id, 7, outcome)), 0);
+                if let Some(r) = &mut w.record {
+                    r.owner = OwnerKey(*owner);
+                }
+                d.write_batch(&[w]).unwrap();
+            }
+            // Records 3 (owner 2) and 5 (owner 1, the last) lose their
+            // owner rows, as in a file from before owners were kept; an
+            // owner row for a record that does not exist is ignored.
+            let txn = begin_write(&d.db).unwrap();
+            {
+                let mut table = txn.open_table(DEDUP_OWNERS).unwrap();
+                table.remove(3).unwrap();
+                table.remove(5).unwrap();
+                table.insert(100, 9).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let (_d, _regs, store, loaded) = reload(&tmp.0, 100);
+        assert_eq!(loaded.records, 6);
+        assert_eq!(store.held_by(OwnerKey(1)), 2, "records 0 and 2");
+        assert_eq!(store.held_by(OwnerKey(2)), 2, "records 1 and 4");
+        assert_eq!(store.held_by(OwnerKey::RESTORED), 2, "records 3 and 5");
+        assert_eq!(store.held_by(OwnerKey(9)), 0);
     }
 
     #[test]
