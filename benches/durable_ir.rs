@@ -45,15 +45,7 @@ fn main() {
         let calls: usize = args[2].parse().unwrap();
         let callers: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
         rt.block_on(async {
-            let mut channels = Vec::new();
-            for _ in 0..callers.clamp(1, 8) {
-                let ch = Channel::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-                channels.push(CalculatorClient::new(ch));
-            }
+            let channels = connect(&addr, callers.clamp(1, 8)).await;
             let tag = std::process::id();
             let t0 = std::time::Instant::now();
             let tasks: Vec<_> = (0..callers)
@@ -72,15 +64,8 @@ fn main() {
                     })
                 })
                 .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-            let el = t0.elapsed();
-            eprintln!(
-                "client: {calls} calls over {callers} callers in {:.3}s = {:.0}/s",
-                el.as_secs_f64(),
-                calls as f64 / el.as_secs_f64()
-            );
+            let what = format!("client: {calls} calls over {callers} callers");
+            report_rate(tasks, t0, &what, calls).await;
         });
         return;
     }
@@ -106,16 +91,7 @@ fn main() {
                     server::tcp_incoming(listener),
                     std::future::pending(),
                 ));
-                let mut v = Vec::new();
-                for _ in 0..8 {
-                    let ch = Channel::from_shared(format!("http://{addr}"))
-                        .unwrap()
-                        .connect()
-                        .await
-                        .unwrap();
-                    v.push(CalculatorClient::new(ch));
-                }
-                v
+                connect(&addr.to_string(), 8).await
             } else {
                 Vec::new()
             };
@@ -148,16 +124,41 @@ fn main() {
                     })
                 })
                 .collect();
-            for t in tasks {
-                t.await.unwrap();
-            }
-            let el = t0.elapsed();
-            eprintln!(
-                "{how} {kind}: {calls} calls in {:.3}s = {:.0}/s",
-                el.as_secs_f64(),
-                calls as f64 / el.as_secs_f64()
-            );
+            report_rate(tasks, t0, &format!("{how} {kind}: {calls} calls"), calls).await;
         });
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits for the callers started at `t0`, then prints what they did and
+/// the rate.
+async fn report_rate(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    t0: std::time::Instant,
+    what: &str,
+    calls: usize,
+) {
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let el = t0.elapsed();
+    eprintln!(
+        "{what} in {:.3}s = {:.0}/s",
+        el.as_secs_f64(),
+        calls as f64 / el.as_secs_f64()
+    );
+}
+
+/// `n` connections to the server at `addr`.
+async fn connect(addr: &str, n: usize) -> Vec<CalculatorClient<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..n {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        channels.push(CalculatorClient::new(ch));
+    }
+    channels
 }
