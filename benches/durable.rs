@@ -29,6 +29,7 @@
 mod listening;
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -115,22 +116,8 @@ fn main() {
         let (memory, stop_memory) = in_process("in memory", memory).await;
         let (durable, stop_durable) = in_process("durable (redb)", durable).await;
         println!("\nIn-process servers, same process as the callers:");
-        let before = redb.write_stats();
         let stats = || Some(redb.write_stats());
-        compare(&memory, &durable, &sizes, "durable / in memory", stats, || {
-            // How well group commit batched under load: commits per redb
-            // transaction (and fsync) over the throughput rounds.
-            let after = redb.write_stats();
-            let (batches, commits) = (
-                after.batches - before.batches,
-                after.commits - before.commits,
-            );
-            println!(
-                "  (durable: {commits} commits in {batches} transactions, {:.1} per transaction)",
-                commits as f64 / batches.max(1) as f64
-            );
-        })
-        .await;
+        compare(&memory, &durable, &sizes, "durable / in memory", stats).await;
         let _ = stop_memory.send(());
         let _ = stop_durable.send(());
 
@@ -141,19 +128,8 @@ fn main() {
             let dir = Scratch::new("process");
             let (memory, _memory_process) = spawned("in memory", this, None).await;
             let (durable, _durable_process) = spawned("durable (redb)", this, Some(&dir.0)).await;
-            println!(
-                "
-`abacus serve` processes, in memory vs `--data-dir` (this build):"
-            );
-            compare(
-                &memory,
-                &durable,
-                &sizes,
-                "durable / in memory",
-                || None,
-                || {},
-            )
-            .await;
+            println!("\n`abacus serve` processes, in memory vs `--data-dir` (this build):");
+            compare(&memory, &durable, &sizes, "durable / in memory", || None).await;
         }
 
         if let Ok(baseline) = std::env::var("ABACUS_BASELINE_BIN") {
@@ -168,7 +144,7 @@ fn main() {
             )
             .await;
             println!("\n`abacus serve --data-dir` processes: {baseline} vs this build:");
-            compare(&old, &new, &sizes, "this build / baseline", || None, || {}).await;
+            compare(&old, &new, &sizes, "this build / baseline", || None).await;
         } else {
             println!(
                 "\n(set ABACUS_BASELINE_BIN to an older abacus binary to compare durable processes)"
@@ -279,14 +255,14 @@ fn fsync_probe(samples: &mut Vec<Duration>) {
 }
 
 /// Both measurements, `a` and `b` alternating (ABBA), and the ratios b / a.
-/// `after_throughput` runs between the two measurements.
+/// `write_stats` reads the writer's counters of `b`'s durable ledger when
+/// it runs in this process.
 async fn compare(
     a: &Target,
     b: &Target,
     sizes: &Sizes,
     ratio_name: &str,
     write_stats: impl Fn() -> Option<WriteStats>,
-    after_throughput: impl FnOnce(),
 ) {
     let mut fsyncs = Vec::new();
     // Warm-up: connections, allocator, the file's first pages.
@@ -308,13 +284,14 @@ async fn compare(
         sizes.round.as_millis()
     );
     let (mut rates_a, mut rates_b) = (Vec::new(), Vec::new());
+    let first = write_stats();
     for r in 0..sizes.rounds {
         for t in order(r) {
             let (threads, writes) = (Threads::now(), write_stats());
             let started = Instant::now();
             let rate = throughput_round(t, sizes.round, r as u64).await;
             let wall = started.elapsed();
-            let cpu = Threads::now().since(&threads, wall);
+            let cpu = Threads::now().since(&threads, wall, writes.is_some());
             let writes = match (std::ptr::eq(t, b), writes, write_stats()) {
                 (true, Some(w0), Some(w1)) => {
                     let n = (w1.batches - w0.batches).max(1) as f64;
@@ -368,7 +345,14 @@ async fn compare(
         );
     }
     fsyncs.clear();
-    after_throughput();
+    if let (Some(w0), Some(w1)) = (first, write_stats()) {
+        // How well group commit batched under load, over all the rounds.
+        let (batches, commits) = (w1.batches - w0.batches, w1.commits - w0.commits);
+        println!(
+            "  (durable: {commits} commits in {batches} transactions, {:.1} per transaction)",
+            commits as f64 / batches.max(1) as f64
+        );
+    }
 
     println!(
         "  latency of one caller, {} rounds of {} sequential calls:",
@@ -523,9 +507,10 @@ impl Threads {
     }
 
     /// CPU used since `before`, in cores: the whole process (callers and
-    /// servers), and the durable writer thread, with the share of the
+    /// servers), and, `with_writer` (a durable ledger of the comparison
+    /// runs in this process), its writer thread, with the share of the
     /// time it was ready to run but waited for a CPU.
-    fn since(&self, before: &Self, wall: Duration) -> String {
+    fn since(&self, before: &Self, wall: Duration, with_writer: bool) -> String {
         let (mut all, mut writer, mut writer_queued) = (0, 0, 0);
         for (tid, comm, cpu, queued) in &self.0 {
             let (cpu0, queued0) = before
@@ -541,11 +526,15 @@ impl Threads {
             }
         }
         let w = wall.as_nanos() as f64;
-        format!(
-            "cpu {:.2} cores, writer thread {:.2} (waiting for a CPU {:.0}% of the time)",
-            all as f64 / w,
-            writer as f64 / w,
-            100.0 * writer_queued as f64 / w,
-        )
+        let mut text = format!("cpu {:.2} cores", all as f64 / w);
+        if with_writer {
+            let _ = write!(
+                text,
+                ", writer thread {:.2} (waiting for a CPU {:.0}% of the time)",
+                writer as f64 / w,
+                100.0 * writer_queued as f64 / w,
+            );
+        }
+        text
     }
 }
