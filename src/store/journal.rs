@@ -134,8 +134,9 @@ impl Synced {
 /// must not wait. (Handing them to a kick through the runtime instead,
 /// as an earlier version did, made the disk wait behind the work of the
 /// callers just answered: on a disk with a 0.1 ms fsync the writer idled
-/// 46 % of the time, and 64 callers got 0.55× the in-memory throughput
-/// against 0.72× written at once; see docs/durable.md.)
+/// 46 % of the time, and 64 callers sharing the server's runtime got
+/// 0.55× the in-memory throughput, against a median of 0.67× written at
+/// once; see docs/durable.md.)
 ///
 /// Liveness: while anything is queued, exactly one of these holds — a
 /// kick is outstanding (it fires, or asks the writer when dropped), or
