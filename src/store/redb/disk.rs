@@ -8,11 +8,13 @@
 //! small filesystem or root.
 
 use std::{
-    fmt, io,
+    io,
     sync::{Arc, Condvar, Mutex, MutexGuard},
 };
 
-use redb::{StorageBackend, backends::FileBackend};
+use redb::backends::FileBackend;
+
+use super::gate::{Gate, Gated};
 
 /// What the disk does to writes and syncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,8 +74,10 @@ impl DiskFaults {
             fault = self.changed.wait(fault).unwrap_or_else(|p| p.into_inner());
         }
     }
+}
 
-    /// What a write, resize or sync meets: `Ok` to go ahead.
+/// What a write, resize or sync meets: `Ok` to go ahead.
+impl Gate for Arc<DiskFaults> {
     fn admit(&self) -> io::Result<()> {
         let mut fault = self.lock();
         let mut counted = false;
@@ -108,46 +112,4 @@ impl DiskFaults {
 }
 
 /// redb's file backend behind a [`DiskFaults`] switch.
-pub(super) struct Disk {
-    file: FileBackend,
-    faults: Arc<DiskFaults>,
-}
-
-impl Disk {
-    pub(super) fn new(file: FileBackend, faults: Arc<DiskFaults>) -> Self {
-        Self { file, faults }
-    }
-}
-
-impl fmt::Debug for Disk {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Disk")
-            .field("fault", &self.faults.get())
-            .finish_non_exhaustive()
-    }
-}
-
-impl StorageBackend for Disk {
-    fn len(&self) -> io::Result<u64> {
-        self.file.len()
-    }
-
-    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.file.read(offset, len)
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.faults.admit()?;
-        self.file.set_len(len)
-    }
-
-    fn sync_data(&self, eventual: bool) -> io::Result<()> {
-        self.faults.admit()?;
-        self.file.sync_data(eventual)
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.faults.admit()?;
-        self.file.write(offset, data)
-    }
-}
+pub(super) type Disk = Gated<FileBackend, Arc<DiskFaults>>;

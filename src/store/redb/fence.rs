@@ -1,4 +1,4 @@
-//! [`Fenced`]: a backend whose writes can be stopped for good, so a
+//! [`Fence`]: a gate (see `gate.rs`) that stops a backend's writes for good, so a
 //! database whose commit was cut short by a panic cannot write again.
 //!
 //! redb 2.6 marks its database as needing recovery when a commit returns
@@ -24,7 +24,9 @@ use std::{
 
 use redb::StorageBackend;
 
-/// The switch of one open's [`Fenced`] backend.
+use super::gate::{Gate, Gated};
+
+/// The switch of one open's fenced backend ([`fenced`]).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Fence(Arc<AtomicBool>);
 
@@ -33,7 +35,9 @@ impl Fence {
     pub(super) fn raise(&self) {
         self.0.store(true, Ordering::Release);
     }
+}
 
+impl Gate for Fence {
     fn admit(&self) -> io::Result<()> {
         if self.0.load(Ordering::Acquire) {
             Err(io::Error::other(
@@ -45,50 +49,11 @@ impl Fence {
     }
 }
 
-/// `B` behind a [`Fence`]: one per open of the database (a fence raised
-/// on a broken open must not stop the next).
-#[derive(Debug)]
-pub(super) struct Fenced<B> {
-    inner: B,
-    fence: Fence,
-}
-
-impl<B> Fenced<B> {
-    pub(super) fn new(inner: B) -> (Self, Fence) {
-        let fence = Fence::default();
-        (
-            Self {
-                inner,
-                fence: fence.clone(),
-            },
-            fence,
-        )
-    }
-}
-
-impl<B: StorageBackend> StorageBackend for Fenced<B> {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-
-    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.inner.read(offset, len)
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.fence.admit()?;
-        self.inner.set_len(len)
-    }
-
-    fn sync_data(&self, eventual: bool) -> io::Result<()> {
-        self.fence.admit()?;
-        self.inner.sync_data(eventual)
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.fence.admit()?;
-        self.inner.write(offset, data)
-    }
+/// `inner` behind a new [`Fence`]: one per open of the database (a fence
+/// raised on a broken open must not stop the next).
+pub(super) fn fenced<B: StorageBackend>(inner: B) -> (Gated<B, Fence>, Fence) {
+    let fence = Fence::default();
+    (Gated::new(inner, fence.clone()), fence)
 }
 
 #[cfg(test)]
@@ -99,7 +64,7 @@ mod tests {
 
     #[test]
     fn a_raised_fence_stops_writes_resizes_and_syncs_but_not_reads() {
-        let (backend, fence) = Fenced::new(InMemoryBackend::new());
+        let (backend, fence) = fenced(InMemoryBackend::new());
         backend.set_len(8).unwrap();
         backend.write(0, b"abacus!!").unwrap();
         backend.sync_data(false).unwrap();
@@ -110,7 +75,7 @@ mod tests {
         assert_eq!(backend.read(0, 8).unwrap(), b"abacus!!");
         assert_eq!(backend.len().unwrap(), 8);
         // Each open has its own fence.
-        let (next, _) = Fenced::new(InMemoryBackend::new());
+        let (next, _) = fenced(InMemoryBackend::new());
         next.set_len(1).unwrap();
     }
 }

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use super::{
     disk::{Disk, DiskFaults},
-    fence::{Fence, Fenced},
+    fence::{Fence, fenced},
     volume::{Boxed, Volume},
 };
 use crate::{
@@ -285,7 +285,7 @@ fn open_backend(
     path: &Path,
     backend: impl StorageBackend,
 ) -> Result<(Database, Fence), StorageError> {
-    let (backend, fence) = Fenced::new(backend);
+    let (backend, fence) = fenced(backend);
     let mut builder = builder();
     // After a crash redb repairs the file on open. If the latest commit
     // fails its checksums, redb "repairs" it by rolling back to the commit

@@ -30,6 +30,7 @@
 mod disk;
 mod fence;
 pub mod file;
+mod gate;
 mod panics;
 mod volume;
 mod writer;
