@@ -264,22 +264,34 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
     );
     // Keys prepared outside the timed loops: retained IDs in scattered
     // order, absent IDs, and fresh IDs for inserts that evict.
-    let stride = 7_919u64; // prime, so i * stride mod n visits every index
-    let hits: Vec<String> = (0..n as u64)
-        .map(|i| {
-            let mut s = String::new();
-            long_request_id(i * stride % n as u64, 0, id_bytes, &mut s);
-            s
-        })
-        .collect();
-    let fresh: Vec<String> = (0..n as u64)
-        .map(|i| {
-            let mut s = String::new();
-            long_request_id(i, FRESH_SALT, id_bytes, &mut s);
-            s
-        })
-        .collect();
     let fp = fingerprint("r", 1.0);
+    let stride = 7_919u64; // prime, so i * stride mod n visits every index
+    let ids = |salt: u64, index: &dyn Fn(u64) -> u64| -> Vec<String> {
+        (0..n as u64)
+            .map(|i| {
+                let mut s = String::new();
+                long_request_id(index(i), salt, id_bytes, &mut s);
+                s
+            })
+            .collect()
+    };
+    let hits = ids(0, &|i| i * stride % n as u64);
+    let fresh = ids(FRESH_SALT, &|i| i);
+    // Inserts of `ids` at capacity, the i-th charged to `owner(i)`.
+    let inserts = |store: &mut DedupStore, ids: &[String], owner: &dyn Fn(usize) -> OwnerKey| {
+        let t = StdInstant::now();
+        for (i, id) in ids.iter().enumerate() {
+            store.insert(
+                key.digest("", black_box(id)),
+                fp,
+                outcome,
+                owner(i),
+                now,
+                |_| {},
+            );
+        }
+        t.elapsed()
+    };
 
     let t = StdInstant::now();
     for id in &hits {
@@ -301,20 +313,10 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
         ns_per_op(t.elapsed(), n)
     );
 
-    let t = StdInstant::now();
-    for id in &fresh {
-        store.insert(
-            key.digest("", black_box(id)),
-            fp,
-            outcome,
-            OwnerKey(1),
-            now,
-            |_| {},
-        );
-    }
+    let took = inserts(&mut store, &fresh, &|_| OwnerKey(1));
     println!(
         "    insert at capacity (evicts the oldest):             {:>6.0} ns/op",
-        ns_per_op(t.elapsed(), n)
+        ns_per_op(took, n)
     );
     assert_eq!(store.len(), n);
     assert_eq!(store.stats().evictions, n as u64);
@@ -322,27 +324,11 @@ fn store_bench_with(sizes: &Sizes, id_bytes: usize) {
     // The same IDs again, from 1,000 clients in turn: every insert makes
     // room from the heaviest client (the one that filled the store, then
     // each in turn), which exercises the per-client bookkeeping.
-    let again: Vec<String> = (0..n as u64)
-        .map(|i| {
-            let mut s = String::new();
-            long_request_id(i, FRESH_SALT << 1, id_bytes, &mut s);
-            s
-        })
-        .collect();
-    let t = StdInstant::now();
-    for (i, id) in again.iter().enumerate() {
-        store.insert(
-            key.digest("", black_box(id)),
-            fp,
-            outcome,
-            OwnerKey(2 + (i % 1_000) as u64),
-            now,
-            |_| {},
-        );
-    }
+    let again = ids(FRESH_SALT << 1, &|i| i);
+    let took = inserts(&mut store, &again, &|i| OwnerKey(2 + (i % 1_000) as u64));
     println!(
         "    insert at capacity, 1,000 clients in turn:          {:>6.0} ns/op",
-        ns_per_op(t.elapsed(), n)
+        ns_per_op(took, n)
     );
     assert_eq!(store.len(), n);
     assert_eq!(store.stats().evictions, 2 * n as u64);
