@@ -135,14 +135,14 @@ impl Writer {
                 Work::Closed => return,
                 Work::Writes => loop {
                     let mut disk = self.lock();
-                    let wrote = if disk.durable.is_none() {
-                        self.recover(&mut disk);
-                        Wrote::Nothing
+                    if disk.durable.is_none() {
+                        drop(disk);
+                        self.recover();
                     } else {
-                        self.write_queued(&mut disk)
-                    };
-                    drop(disk);
-                    wrote.log();
+                        let wrote = self.write_queued(&mut disk);
+                        drop(disk);
+                        wrote.log();
+                    }
                     match self.queue.after_batch() {
                         Next::Wait => break,
                         Next::Write => continue,
@@ -210,37 +210,32 @@ impl Writer {
 
     /// Reopens the file and reloads memory from it, with backoff, until a
     /// probe write succeeds or the ledger closes.
-    fn recover(&self, disk: &mut Disk) {
+    /// The disk's lock is taken for each attempt only, and the attempt is
+    /// logged after it is released, as a batch is.
+    fn recover(&self) {
         let mut pause = RECOVERY_PAUSE_MIN;
         loop {
-            if self.try_recover(disk, pause) || self.queue.wait_closed(pause) {
+            let recovered = self.try_recover(&mut self.lock(), pause);
+            if recovered.log() || self.queue.wait_closed(pause) {
                 return;
             }
             pause = next_pause(pause);
         }
     }
 
-    /// One recovery attempt; true once serving again (`pause`, the wait
-    /// before the next attempt, is for the log).
-    fn try_recover(&self, disk: &mut Disk, pause: Duration) -> bool {
+    /// One recovery attempt (`pause`, the wait before the next attempt, is
+    /// for the log).
+    fn try_recover(&self, disk: &mut Disk, pause: Duration) -> Recovered {
+        let dir = disk.place.dir.clone();
         match reopen(disk) {
             Ok((durable, registers, store)) => {
                 disk.durable = Some(durable);
                 if let Some(memory) = self.memory() {
                     memory.reloaded(registers, store);
                 }
-                tracing::warn!(dir = %disk.place.dir.display(), "durable store recovered: serving again");
-                true
+                Recovered::Serving { dir }
             }
-            Err(why) => {
-                tracing::warn!(
-                    dir = %disk.place.dir.display(),
-                    error = %why,
-                    retry_in_ms = pause.as_millis() as u64,
-                    "durable store still unavailable"
-                );
-                false
-            }
+            Err(error) => Recovered::Not { dir, error, pause },
         }
     }
 
@@ -249,7 +244,46 @@ impl Writer {
     /// waits [`next_pause`]s between attempts, on its own clock.
     pub(super) fn recover_inline(&self, pause: Duration) -> bool {
         let mut disk = self.lock();
-        disk.durable.is_some() || self.try_recover(&mut disk, pause)
+        if disk.durable.is_some() {
+            return true;
+        }
+        let recovered = self.try_recover(&mut disk, pause);
+        drop(disk);
+        recovered.log()
+    }
+}
+
+/// What one recovery attempt came to, logged after the disk's lock is
+/// released (see [`Wrote`]).
+enum Recovered {
+    /// The file is open again and memory reloaded from it.
+    Serving { dir: PathBuf },
+    /// Not yet: the next attempt comes after `pause`.
+    Not {
+        dir: PathBuf,
+        error: String,
+        pause: Duration,
+    },
+}
+
+impl Recovered {
+    /// Logs the attempt; true once serving again.
+    fn log(self) -> bool {
+        match self {
+            Self::Serving { dir } => {
+                tracing::warn!(dir = %dir.display(), "durable store recovered: serving again");
+                true
+            }
+            Self::Not { dir, error, pause } => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    %error,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "durable store still unavailable"
+                );
+                false
+            }
+        }
     }
 }
 
