@@ -63,7 +63,7 @@ pub enum TlsConfigError {
     },
 }
 
-/// PEM input for [`ServerTls::from_pem`]: the bytes and where they came
+/// PEM input for [`ServerTls::from_pem`](crate::server::tls::ServerTls::from_pem): the bytes and where they came
 /// from, for error messages.
 #[derive(Debug, Clone, Copy)]
 pub struct PemSource<'a> {

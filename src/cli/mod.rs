@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`serve`]: `abacus serve`, a real server on a TCP socket.
 //! - [`call`]: `abacus call`, one RPC against a server (or replicas).
-//! - [`bench`]: `abacus bench`, load through the resilient client.
+//! - [`bench`](mod@bench): `abacus bench`, load through the resilient client.
 //! - [`client_args`]: the client policy flags shared by `call` and `demo`.
 //! - [`demo`]: `abacus demo`, a narrated tour against an embedded server.
 //! - [`log`]: the non-blocking log writer every subcommand logs through.

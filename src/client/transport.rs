@@ -146,7 +146,7 @@ pub fn tcp_channel_with(addr: &str, tls: Option<&ClientTls>) -> Result<Channel, 
 /// The layers above clone the stack for every call (the tower idiom:
 /// `clone` + `oneshot`, and the retry layer keeps its own copy), so the
 /// client sits behind an `Arc`: those clones cost a reference count, and
-/// the one real client clone per attempt happens in [`Transport::call`],
+/// the one real client clone per attempt happens in `Transport`'s `call`,
 /// where tonic needs it (its calls borrow the client mutably for as long
 /// as they run).
 #[derive(Debug, Clone)]

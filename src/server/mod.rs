@@ -210,7 +210,7 @@ where
 }
 
 /// [`serve`] over a [`Ledger`](crate::store::Ledger) the caller owns: a
-/// durable one ([`crate::store::RedbLedger`]), a shared PostgreSQL one, or, in the
+/// durable one ([`RedbLedger`](crate::store::redb::RedbLedger)), a shared PostgreSQL one, or, in the
 /// simulation, one kept outside a host so it outlives `sim.crash`/
 /// `sim.bounce` and is handed to the restarted server, which models durable
 /// storage. `config.dedup` is not used (the ledger has its limits already);

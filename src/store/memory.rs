@@ -1,7 +1,7 @@
 //! The in-memory ledger: registers, the dedup store and the in-flight claims
 //! behind one lock, with the two-step `Accumulate` protocol that makes a
 //! retried request apply at most once. It is the default backend, the
-//! simulation's model of a store, and — with a [journal](super::journal)
+//! simulation's model of a store, and — with a journal (`super::journal`)
 //! attached — the write-back cache in front of the durable backend
 //! ([`crate::store::redb`]).
 //!
@@ -23,13 +23,13 @@
 //! register update from its record.
 //!
 //! With a journal, the same critical section also queues the commit's
-//! [`Write`] for the writer, and the claim is released only once the write
-//! is durable (see [`super::journal`]): the lock is never held while the
+//! `Write` for the writer, and the claim is released only once the write
+//! is durable (see `super::journal`): the lock is never held while the
 //! disk works.
 //!
 //! # Events
 //! Events are queued under the lock and emitted after it (see
-//! [`super::outbox`]), in decision order, so a trace still shows commits in
+//! `super::outbox`), in decision order, so a trace still shows commits in
 //! commit order while a slow log sink never holds the lock.
 
 use std::{

@@ -4,7 +4,7 @@
 //! driver injects the plan.
 //!
 //! Everything random flows from the run's seed through
-//! [`derive_seed`](crate::seed::derive_seed): turmoil's RNG (latency, link
+//! [`derive_seed`]: turmoil's RNG (latency, link
 //! failures), the servers' and the store's fault RNGs, each client's
 //! jitter and request IDs, and the workload. Nothing reads the wall clock.
 //!

@@ -15,16 +15,16 @@
 //! anything contradicts a promise (a surprise, and a non-zero exit).
 //!
 //! # Layout
-//! - [`tally`]: the counts behind the summary.
-//! - [`embedded`]: embedded servers and narrated clients.
-//! - [`basics`]: sections 1–3 (arithmetic, bad input, registers).
-//! - [`retries`]: section 4, a server refusing half the requests.
-//! - [`delivery`]: section 5, a server losing half the responses, in each
+//! - `tally`: the counts behind the summary.
+//! - `embedded`: embedded servers and narrated clients.
+//! - `basics`: sections 1–3 (arithmetic, bad input, registers).
+//! - `retries`: section 4, a server refusing half the requests.
+//! - `delivery`: section 5, a server losing half the responses, in each
 //!   delivery mode.
-//! - [`breaker`]: section 6, a server failing everything, then recovering.
-//! - [`replicas`]: section 7, three replicas over one shared ledger: one
+//! - `breaker`: section 6, a server failing everything, then recovering.
+//! - `replicas`: section 7, three replicas over one shared ledger: one
 //!   slow (hedges win), one stopped (failover, ejection, readmission).
-//! - [`shared_store`]: section 8, two replicas over one shared store (in
+//! - `shared_store`: section 8, two replicas over one shared store (in
 //!   memory, or `--store postgres://…`): a retry on the other replica is
 //!   replayed, not applied again.
 

@@ -1,6 +1,6 @@
 //! [`AuthLayer`]: the gRPC front's check of every `abacus.v1.Calculator`
 //! call against the [`Authenticator`]. The identity it admits travels to
-//! the handler in the request's extensions ([`Identity`]); a refusal is
+//! the handler in the request's extensions ([`Identity`](super::Identity)); a refusal is
 //! answered here, with the status `error.rs` maps it to.
 
 use std::{

@@ -19,7 +19,7 @@
 //!    the waiting duplicate takes over.
 //!
 //! Inside one process duplicates meet in a small table first
-//! ([`flights`]), exactly as in the in-memory ledger, so they neither hold
+//! (`flights`), exactly as in the in-memory ledger, so they neither hold
 //! connections while waiting nor behave differently from it.
 //!
 //! # Commit ambiguity
@@ -46,7 +46,7 @@
 //! The same [`DedupConfig`] limits as in memory, with the same rule: a
 //! record is dead once older than the TTL or beyond the newest
 //! `entries_max`. Lookups apply the rule in the claim statement, so answers
-//! never depend on when the sweeper last ran; the sweeper ([`sweep`])
+//! never depend on when the sweeper last ran; the sweeper (`sweep`)
 //! deletes dead rows in bounded batches off the request path. As
 //! everywhere, a client's whole retry window must be shorter than the
 //! retention. "Now" is the database server's clock, shared by all replicas.
@@ -61,7 +61,7 @@
 //! # Why deadpool-postgres
 //! A pool is needed (a claim holds its connection across the caller's work,
 //! so connections cannot be shared per statement). deadpool-postgres over
-//! bb8: it can take a connection *out* of the pool ([`conn::TxConn`] relies
+//! bb8: it can take a connection *out* of the pool (`conn::TxConn` relies
 //! on that to never return one mid-transaction), it caches prepared
 //! statements per connection, and it is small (deadpool, with default
 //! features off: its timeouts are ours, bounded by each caller's deadline).
@@ -70,12 +70,12 @@
 //! - [`config`]: [`PgConfig`], the URL and bounds; [`RetentionClock`].
 //! - [`sql`]: every statement, and the schema.
 //! - [`schema`]: versioned, idempotent migration at start-up.
-//! - [`claim`]: the claim and its commit.
-//! - [`delete`]: removing a register (`DeleteRegister`).
-//! - [`conn`]: a pooled connection that never returns mid-transaction.
-//! - [`flights`]: duplicates within this process.
-//! - [`failure`]: time budgets; store failures to service errors.
-//! - [`sweep`]: retention in bounded batches.
+//! - `claim`: the claim and its commit.
+//! - `delete`: removing a register (`DeleteRegister`).
+//! - `conn`: a pooled connection that never returns mid-transaction.
+//! - `flights`: duplicates within this process.
+//! - `failure`: time budgets; store failures to service errors.
+//! - `sweep`: retention in bounded batches.
 
 pub mod config;
 pub mod schema;

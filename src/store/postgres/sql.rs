@@ -54,7 +54,7 @@ macro_rules! dead {
 
 /// Claims `(scope, id)` for this transaction: inserts a claim row, or takes
 /// over a dead record's row. Returns a row when claimed, none when a live
-/// record exists (then read it with [`RECORD`]). While another transaction
+/// record exists (then read it with `RECORD`). While another transaction
 /// holds the same key uncommitted, this waits for it (the cross-replica
 /// join), up to `lock_timeout`.
 ///

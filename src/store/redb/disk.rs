@@ -1,4 +1,4 @@
-//! The file under the database, as redb's [`StorageBackend`]: redb's own
+//! The file under the database, as redb's [`StorageBackend`](redb::StorageBackend): redb's own
 //! [`FileBackend`] (which also takes the file lock), with a switch that
 //! makes the disk misbehave on demand.
 //!

@@ -7,7 +7,7 @@
 //! disk when `commit` returns: one fsync): for each commit in it, the
 //! register's new value and the dedup record (if the request had an ID);
 //! and the deletion of records the in-memory store has evicted. The writer
-//! ([`super::writer`]) reports the batch durable only after `commit`
+//! (`super::writer`) reports the batch durable only after `commit`
 //! returned, and memory is reloaded from this file after any failure, so
 //! memory never serves what the disk does not hold.
 //!

@@ -5,10 +5,10 @@
 //!
 //! # Shape
 //! [`RedbLedger`] is a [`MemoryLedger`] with a journal attached (see
-//! [`super::journal`]): every commit is decided in memory under the
+//! `super::journal`): every commit is decided in memory under the
 //! ledger's lock, exactly as without a disk, and queued; a writer thread
 //! takes whatever is queued as a batch, writes it in one redb transaction
-//! (two-phase: two fsyncs, see [`file`]), and reports back (a lone caller finding the
+//! (two-phase: two fsyncs, see [`file`](mod@file)), and reports back (a lone caller finding the
 //! writer idle writes its own commit the same way: see `writer.rs`). So the
 //! lock is never held while the disk works, and under concurrency many
 //! commits share one fsync (group commit). A caller is answered only once
@@ -24,8 +24,8 @@
 //! succeeds. Then it serves again, by itself.
 //!
 //! # Layout
-//! - [`file`]: the database file: tables, format, load, batch write.
-//! - [`writer`]: the writer thread: batches, failure, recovery.
+//! - [`file`](mod@file): the database file: tables, format, load, batch write.
+//! - `writer`: the writer thread: batches, failure, recovery.
 //! - `gate.rs`: redb's backend behind a gate, for the two below.
 //! - `disk.rs`: the disk-fault switch (tests, simulation), kept across
 //!   reopens; `fence.rs`: the fence raised on a broken open.

@@ -25,7 +25,7 @@ thread_local! {
 
 static QUIET_HOOK: Once = Once::new();
 
-/// True while this thread is inside [`catch`]: a panic now becomes an
+/// True while this thread is inside `catch`: a panic now becomes an
 /// error, so a panic hook that fails on panics (the simulation's) must
 /// leave it alone.
 pub fn is_catching() -> bool {
