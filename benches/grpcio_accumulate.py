@@ -161,6 +161,11 @@ async def main():
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers")
     parser.add_argument("--channels", type=int, default=1, help="HTTP/2 connections")
     args = parser.parse_args()
+    for name in ("rounds", "callers", "channels"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if not args.seconds > 0:
+        parser.error("--seconds must be more than 0")
     builds = {"this build": args.bin}
     if args.baseline:
         builds["baseline"] = args.baseline
