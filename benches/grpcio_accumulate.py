@@ -164,8 +164,8 @@ async def main():
     for name in ("rounds", "callers", "channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if not args.seconds > 0:
-        parser.error("--seconds must be more than 0")
+    if not 0 < args.seconds <= 3600:
+        parser.error("--seconds must be more than 0 and at most 3600")
     builds = {"this build": args.bin}
     if args.baseline:
         builds["baseline"] = args.baseline
