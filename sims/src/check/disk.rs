@@ -98,10 +98,20 @@ pub fn reconcile(run: &Run, v: &mut Vec<Violation>) -> Option<Vec<Record>> {
                                 format!(
                                     "at {:?} (record {i}) {} loaded {name} = {loaded}, but its \
                                      durable applies give {expected} and no unresolved \
-                                     Accumulate explains the difference {}",
+                                     Accumulate explains the difference {}{}",
                                     r.at,
                                     r.host,
-                                    loaded - expected
+                                    loaded - expected,
+                                    // A checker limit, not the system's fault: say so.
+                                    if candidates.len() > CANDIDATES_MAX {
+                                        format!(
+                                            " (searched only the first {CANDIDATES_MAX} of {} \
+                                             unresolved Accumulates)",
+                                            candidates.len()
+                                        )
+                                    } else {
+                                        String::new()
+                                    }
                                 ),
                             )
                             .at(&r.host, r.at, r.at),
