@@ -55,15 +55,22 @@ use crate::{
 const REGISTERS: TableDefinition<'_, &str, (f64, u64)> = TableDefinition::new("registers");
 
 /// Sequence number → (request digest, payload fingerprint, outcome tag,
-/// outcome number, checksum). See [`encode`] and [`record_check`].
-const DEDUP: TableDefinition<'_, u64, (u128, u64, u8, f64, u64)> = TableDefinition::new("dedup");
+/// outcome number, owner, checksum): a dedup record, charged to its owner
+/// (an [`OwnerKey`]: a digest of the caller's identity or address, so a
+/// restart keeps each client's share). See [`encode`] and
+/// [`record_check`]. One row per commit, where format 2 wrote two (one in
+/// each of the tables below): a B-tree insert and a page fewer per commit.
+const RECORDS: TableDefinition<'_, u64, (u128, u64, u8, f64, u64, u64)> =
+    TableDefinition::new("records");
 
-/// Sequence number → the record's owner (an [`OwnerKey`]: a digest of the
-/// caller's identity or address, so a restart keeps each client's share).
-/// A table of its own, added without a format change: a record without a
-/// row here (written by an older build) is charged to
-/// [`OwnerKey::RESTORED`].
-const DEDUP_OWNERS: TableDefinition<'_, u64, u64> = TableDefinition::new("dedup_owners");
+/// Format 2's records: sequence number → (request digest, payload
+/// fingerprint, outcome tag, outcome number, checksum). Read only to move a
+/// format-2 file to format 3 ([`upgrade_from_2`]).
+const V2_DEDUP: TableDefinition<'_, u64, (u128, u64, u8, f64, u64)> = TableDefinition::new("dedup");
+
+/// Format 2's owners: sequence number → owner. A record without a row here
+/// (written before owners were kept) is charged to [`OwnerKey::RESTORED`].
+const V2_DEDUP_OWNERS: TableDefinition<'_, u64, u64> = TableDefinition::new("dedup_owners");
 
 /// `format` → on-disk format version; `digest_key_0`, `digest_key_1` → the
 /// key of the request-ID digests (chosen when the file is created).
@@ -71,8 +78,10 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// Bumped whenever a table's layout, the checksums, the digest or the
 /// fingerprint function changes. Version 1 kept request IDs and no
-/// checksums; version 2 keeps digests, and a checksum per row.
-pub const FORMAT_VERSION: u64 = 2;
+/// checksums; version 2 keeps digests, and a checksum per row; version 3
+/// keeps each record's owner in the record's row ([`RECORDS`]). A version-2
+/// file is moved to version 3 when opened ([`upgrade_from_2`]).
+pub const FORMAT_VERSION: u64 = 3;
 
 /// The database file inside the data directory.
 pub const DB_FILE_NAME: &str = "abacus.redb";
@@ -200,6 +209,8 @@ pub struct Durable {
     digest_key: DigestKey,
     /// Records below this sequence number are known deleted from disk.
     deleted_below: u64,
+    /// See [`Durable::upgraded`].
+    upgraded: Option<u64>,
 }
 
 fn encode(outcome: StoredOutcome) -> (u8, f64) {
@@ -217,9 +228,29 @@ fn register_check(name: &str, value: f64) -> u64 {
     checksum(&[b"register", name.as_bytes(), &value.to_bits().to_le_bytes()])
 }
 
-/// The checksum of a dedup row, key included (a flipped bit in the
+/// The checksum of a record's row, key included (a flipped bit in the
 /// sequence number would otherwise move a record unnoticed).
-fn record_check(seq: u64, key: IdDigest, fingerprint: u64, tag: u8, number: f64) -> u64 {
+fn record_check(
+    seq: u64,
+    key: IdDigest,
+    fingerprint: u64,
+    tag: u8,
+    number: f64,
+    owner: OwnerKey,
+) -> u64 {
+    checksum(&[
+        b"record3",
+        &seq.to_le_bytes(),
+        &key.0.to_le_bytes(),
+        &fingerprint.to_le_bytes(),
+        &[tag],
+        &number.to_bits().to_le_bytes(),
+        &owner.0.to_le_bytes(),
+    ])
+}
+
+/// Format 2's checksum of a `dedup` row (no owner in it).
+fn v2_record_check(seq: u64, key: IdDigest, fingerprint: u64, tag: u8, number: f64) -> u64 {
     checksum(&[
         b"record",
         &seq.to_le_bytes(),
@@ -354,13 +385,54 @@ fn begin_write(db: &Database) -> Result<redb::WriteTransaction, StorageError> {
     Ok(txn)
 }
 
+/// Moves a format-2 file to the current format in one transaction
+/// (two-phase, like every commit): each `dedup` row, its checksum
+/// verified, becomes a [`RECORDS`] row with its owner from `dedup_owners`
+/// ([`OwnerKey::RESTORED`] where it has none, as format 2 read it); both
+/// old tables go, and `format` becomes [`FORMAT_VERSION`]. A crash before
+/// the commit leaves the file in format 2, moved again at the next open;
+/// after it, an older build refuses the file (it reads format 2 only)
+/// rather than missing records. Returns the number of records moved.
+fn upgrade_from_2(db: &Database, path: &Path) -> Result<u64, StorageError> {
+    let txn = begin_write(db)?;
+    let mut moved = 0;
+    {
+        let old = txn.open_table(V2_DEDUP)?;
+        let owners = txn.open_table(V2_DEDUP_OWNERS)?;
+        let mut records = txn.open_table(RECORDS)?;
+        for row in old.iter()? {
+            let (seq, value) = row?;
+            let seq = seq.value();
+            let (key, fingerprint, tag, number, check) = value.value();
+            let key = IdDigest(key);
+            if v2_record_check(seq, key, fingerprint, tag, number) != check {
+                return Err(StorageError::Damaged {
+                    path: path.to_owned(),
+                    what: format!("dedup record {seq} fails its checksum"),
+                });
+            }
+            let owner = owners
+                .get(seq)?
+                .map_or(OwnerKey::RESTORED, |owner| OwnerKey(owner.value()));
+            let check = record_check(seq, key, fingerprint, tag, number, owner);
+            records.insert(seq, (key.0, fingerprint, tag, number, owner.0, check))?;
+            moved += 1;
+        }
+        txn.open_table(META)?.insert("format", FORMAT_VERSION)?;
+    }
+    txn.delete_table(V2_DEDUP)?;
+    txn.delete_table(V2_DEDUP_OWNERS)?;
+    txn.commit()?;
+    Ok(moved)
+}
+
 /// Creates the tables and the format version in a new database, with
 /// `key` as its digest key, in one commit.
 fn initialise(db: &Database, key: DigestKey) -> Result<(), StorageError> {
     let txn = begin_write(db)?;
     {
         txn.open_table(REGISTERS)?;
-        txn.open_table(DEDUP)?;
+        txn.open_table(RECORDS)?;
         let mut meta = txn.open_table(META)?;
         meta.insert("format", FORMAT_VERSION)?;
         let DigestKey([k0, k1]) = key;
@@ -505,8 +577,8 @@ impl Durable {
         })()?;
         let digest_key = match (found, key) {
             (None, _) => return Err(StorageError::NotAbacus { path }),
-            (Some(FORMAT_VERSION), Some(key)) => key,
-            (Some(FORMAT_VERSION), None) => {
+            (Some(2 | FORMAT_VERSION), Some(key)) => key,
+            (Some(2 | FORMAT_VERSION), None) => {
                 return Err(StorageError::Damaged {
                     path,
                     what: "its digest key is missing".into(),
@@ -514,13 +586,24 @@ impl Durable {
             }
             (Some(found), _) => return Err(StorageError::Format { path, found }),
         };
+        let upgraded = match found {
+            Some(2) => Some(upgrade_from_2(&db, &path)?),
+            _ => None,
+        };
         Ok(Self {
             db,
             fence,
             path,
             digest_key,
             deleted_below: 0,
+            upgraded,
         })
+    }
+
+    /// The records moved when this open found a format-2 file and moved it
+    /// to the current format; `None` if the file was current.
+    pub fn upgraded(&self) -> Option<u64> {
+        self.upgraded
     }
 
     /// Stops every later write of this open, before it is dropped after a
@@ -567,49 +650,18 @@ impl Durable {
                 registers.set(name, value);
                 loaded.registers += 1;
             }
-            // Absent in files written before owners were kept. Keyed like
-            // the records, by sequence number, so it is read in step with
-            // them rather than copied into memory first (up to
-            // `DEDUP_ENTRIES_LIMIT` rows at start-up).
-            let owners_table = match txn.open_table(DEDUP_OWNERS) {
-                Ok(table) => Some(table),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(x) => return Err(e(x.into())),
-            };
-            let mut owners = match &owners_table {
-                Some(table) => Some(table.iter().map_err(|x| e(x.into()))?.peekable()),
-                None => None,
-            };
-            // The owner of record `seq` (records come in ascending order),
-            // or `RESTORED` when it has no row.
-            let mut owner_of = |seq: u64| -> Result<OwnerKey, String> {
-                let Some(rows) = owners.as_mut() else {
-                    return Ok(OwnerKey::RESTORED);
-                };
-                while let Some(row) = rows.next_if(|row| match row {
-                    Ok((at, _)) => at.value() <= seq,
-                    Err(_) => true,
-                }) {
-                    let (at, owner) = row.map_err(|x| e(x.into()))?;
-                    if at.value() == seq {
-                        return Ok(OwnerKey(owner.value()));
-                    }
-                }
-                Ok(OwnerKey::RESTORED)
-            };
-            let dedup = txn.open_table(DEDUP).map_err(|x| e(x.into()))?;
-            for row in dedup.iter().map_err(|x| e(x.into()))? {
+            let records = txn.open_table(RECORDS).map_err(|x| e(x.into()))?;
+            for row in records.iter().map_err(|x| e(x.into()))? {
                 let (seq, value) = row.map_err(|x| e(x.into()))?;
                 let seq = seq.value();
                 deleted_below.get_or_insert(seq);
-                let (key, fingerprint, tag, number, check) = value.value();
-                let key = IdDigest(key);
-                if record_check(seq, key, fingerprint, tag, number) != check {
+                let (key, fingerprint, tag, number, owner, check) = value.value();
+                let (key, owner) = (IdDigest(key), OwnerKey(owner));
+                if record_check(seq, key, fingerprint, tag, number, owner) != check {
                     return Err(format!("dedup record {seq} fails its checksum"));
                 }
                 let outcome = decode(tag, number)
                     .ok_or_else(|| format!("dedup record {seq}: unknown outcome tag {tag}"))?;
-                let owner = owner_of(seq)?;
                 store
                     .restore(seq, key, fingerprint, outcome, owner, now, &mut on_evict)
                     .map_err(|e: RestoreError| format!("dedup record {seq}: {e}"))?;
@@ -658,8 +710,7 @@ impl Durable {
         let txn = begin_write(&self.db)?;
         {
             let mut registers = txn.open_table(REGISTERS)?;
-            let mut dedup = txn.open_table(DEDUP)?;
-            let mut owners = txn.open_table(DEDUP_OWNERS)?;
+            let mut records = txn.open_table(RECORDS)?;
             for write in batch {
                 if let Some(name) = &write.delete {
                     registers.remove(&**name)?;
@@ -670,20 +721,18 @@ impl Durable {
                 }
                 if let Some(r) = &write.record {
                     let (tag, number) = encode(r.outcome);
-                    let check = record_check(r.seq, r.key, r.fingerprint, tag, number);
-                    dedup.insert(r.seq, (r.key.0, r.fingerprint, tag, number, check))?;
-                    owners.insert(r.seq, r.owner.0)?;
+                    let check = record_check(r.seq, r.key, r.fingerprint, tag, number, r.owner);
+                    let row = (r.key.0, r.fingerprint, tag, number, r.owner.0, check);
+                    records.insert(r.seq, row)?;
                 }
             }
             for seq in batch.iter().flat_map(|w| &w.deletes) {
-                dedup.remove(seq)?;
-                owners.remove(seq)?;
+                records.remove(seq)?;
             }
             // After the inserts: a record inserted and evicted within one
             // batch (a tiny capacity) goes too.
             if delete_below > self.deleted_below {
-                dedup.retain_in(self.deleted_below..delete_below, |_, _| false)?;
-                owners.retain_in(self.deleted_below..delete_below, |_, _| false)?;
+                records.retain_in(self.deleted_below..delete_below, |_, _| false)?;
             }
         }
         txn.commit()?;
@@ -761,14 +810,14 @@ mod tests {
     }
 
     /// Every record comes back charged to the client that made it (the
-    /// per-client bound and fair share depend on it), and a record without
-    /// an owner row (written before owners were kept) to `RESTORED`.
+    /// per-client bound and fair share depend on it).
     #[test]
-    fn owners_survive_reopen_in_step_with_their_records() {
+    fn owners_survive_reopen() {
         let tmp = TempDir::new("owners");
         let owners = [1u64, 2, 1, 2, 2, 1];
         {
             let mut d = Durable::open(&tmp.0, &DiskFaults::new()).unwrap();
+            assert_eq!(d.upgraded(), None, "a new file is current");
             for (seq, owner) in owners.iter().enumerate() {
                 let seq = seq as u64;
                 let id = format!("id-{seq}");
@@ -779,24 +828,151 @@ mod tests {
                 }
                 d.write_batch(&[w]).unwrap();
             }
-            // Records 3 (owner 2) and 5 (owner 1, the last) lose their
-            // owner rows, as in a file from before owners were kept; an
-            // owner row for a record that does not exist is ignored.
-            let txn = begin_write(&d.db).unwrap();
-            {
-                let mut table = txn.open_table(DEDUP_OWNERS).unwrap();
-                table.remove(3).unwrap();
-                table.remove(5).unwrap();
-                table.insert(100, 9).unwrap();
-            }
-            txn.commit().unwrap();
         }
         let (_d, _regs, store, loaded) = reload(&tmp.0, 100);
         assert_eq!(loaded.records, 6);
-        assert_eq!(store.held_by(OwnerKey(1)), 2, "records 0 and 2");
-        assert_eq!(store.held_by(OwnerKey(2)), 2, "records 1 and 4");
-        assert_eq!(store.held_by(OwnerKey::RESTORED), 2, "records 3 and 5");
-        assert_eq!(store.held_by(OwnerKey(9)), 0);
+        assert_eq!(store.held_by(OwnerKey(1)), 3);
+        assert_eq!(store.held_by(OwnerKey(2)), 3);
+    }
+
+    /// Writes a format-2 file at `dir`: register `x` = 5, and a `dedup`
+    /// row per `(seq, owner)` (an owner row only where `owner` is `Some`),
+    /// plus `stray_owners` (owner rows without a record). `bad_check`
+    /// gives that record's row a wrong checksum.
+    fn write_format_2(
+        dir: &Path,
+        records: &[(u64, Option<u64>)],
+        stray_owners: &[(u64, u64)],
+        bad_check: Option<u64>,
+    ) {
+        std::fs::create_dir_all(dir).unwrap();
+        let db = Database::builder().create(dir.join(DB_FILE_NAME)).unwrap();
+        let txn = begin_write(&db).unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", 2).unwrap();
+            meta.insert("digest_key_0", 3).unwrap();
+            meta.insert("digest_key_1", 5).unwrap();
+            let mut registers = txn.open_table(REGISTERS).unwrap();
+            registers
+                .insert("x", (5.0, register_check("x", 5.0)))
+                .unwrap();
+            let mut dedup = txn.open_table(V2_DEDUP).unwrap();
+            let mut owner_rows = txn.open_table(V2_DEDUP_OWNERS).unwrap();
+            for &(seq, owner) in records {
+                let key = k(&format!("id-{seq}"));
+                let (tag, number) = encode(StoredOutcome::Applied { value: 1.0 });
+                let mut check = v2_record_check(seq, key, 7, tag, number);
+                if bad_check == Some(seq) {
+                    check ^= 1;
+                }
+                dedup.insert(seq, (key.0, 7, tag, number, check)).unwrap();
+                if let Some(owner) = owner {
+                    owner_rows.insert(seq, owner).unwrap();
+                }
+            }
+            for &(seq, owner) in stray_owners {
+                owner_rows.insert(seq, owner).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    /// The format stored in the file at `dir`, read with redb alone.
+    fn stored_format(dir: &Path) -> u64 {
+        let db = Database::builder().create(dir.join(DB_FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get("format").unwrap().unwrap().value()
+    }
+
+    /// A format-2 file (records and owners in two tables) is moved to the
+    /// current format when opened, in one transaction: every record keeps
+    /// its owner, a record without an owner row goes to `RESTORED` (as
+    /// format 2 read it), an owner row without a record is dropped, and the
+    /// register is untouched. The next open finds the file current.
+    #[test]
+    fn a_format_2_file_is_moved_with_its_owners() {
+        let tmp = TempDir::new("format2");
+        let records = [
+            (0, Some(1)),
+            (1, Some(2)),
+            (2, Some(1)),
+            (3, None),
+            (4, Some(2)),
+            (5, None),
+        ];
+        write_format_2(&tmp.0, &records, &[(100, 9)], None);
+        {
+            let (d, regs, mut store, loaded) = reload(&tmp.0, 100);
+            assert_eq!(d.upgraded(), Some(6));
+            assert_eq!((loaded.registers, regs.get("x")), (1, Ok(5.0)));
+            assert_eq!(loaded.records, 6);
+            assert_eq!(store.held_by(OwnerKey(1)), 2, "records 0 and 2");
+            assert_eq!(store.held_by(OwnerKey(2)), 2, "records 1 and 4");
+            assert_eq!(store.held_by(OwnerKey::RESTORED), 2, "records 3 and 5");
+            assert_eq!(store.held_by(OwnerKey(9)), 0);
+            assert_eq!(
+                store.lookup(k("id-4"), 7, Instant::now(), |_| {}),
+                Lookup::Hit(StoredOutcome::Applied { value: 1.0 })
+            );
+        }
+        assert_eq!(stored_format(&tmp.0), FORMAT_VERSION);
+        let (d, _regs, store, loaded) = reload(&tmp.0, 100);
+        assert_eq!(d.upgraded(), None);
+        assert_eq!(loaded.records, 6);
+        assert_eq!(store.held_by(OwnerKey::RESTORED), 2);
+    }
+
+    /// A format-2 record that fails its checksum stops the move: the file
+    /// is refused as damaged and stays in format 2, untouched.
+    #[test]
+    fn a_damaged_format_2_file_is_refused_and_left_as_it_was() {
+        let tmp = TempDir::new("format2-damaged");
+        write_format_2(&tmp.0, &[(0, Some(1)), (1, Some(1))], &[], Some(1));
+        let e = Durable::open(&tmp.0, &DiskFaults::new()).unwrap_err();
+        assert!(
+            matches!(&e, StorageError::Damaged { what, .. } if what.contains("record 1")),
+            "{e}"
+        );
+        assert_eq!(stored_format(&tmp.0), 2);
+    }
+
+    /// The owner is under the row's checksum: a row whose owner changed
+    /// is refused at load, not charged to someone else.
+    #[test]
+    fn a_record_whose_owner_changed_fails_its_checksum() {
+        let tmp = TempDir::new("owner-flip");
+        {
+            let mut d = Durable::open(&tmp.0, &DiskFaults::new()).unwrap();
+            let outcome = StoredOutcome::Applied { value: 1.0 };
+            d.write_batch(&[write(None, Some((0, "id-0", 7, outcome)), 0)])
+                .unwrap();
+            let txn = begin_write(&d.db).unwrap();
+            {
+                let mut records = txn.open_table(RECORDS).unwrap();
+                let (key, fingerprint, tag, number, owner, check) =
+                    records.get(0).unwrap().unwrap().value();
+                assert_eq!(owner, 1);
+                records
+                    .insert(0, (key, fingerprint, tag, number, 2, check))
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let mut d = Durable::open(&tmp.0, &DiskFaults::new()).unwrap();
+        let e = d
+            .load(
+                &mut Registers::new(),
+                &mut DedupStore::new(&DedupConfig::default()),
+                Instant::now(),
+                |_| {},
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, StorageError::Damaged { what, .. } if what.contains("record 0 fails its checksum")),
+            "{e}"
+        );
     }
 
     #[test]

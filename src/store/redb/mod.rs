@@ -156,6 +156,15 @@ fn load(
             reason: e.reason,
         });
     })?;
+    if let Some(records) = durable.upgraded() {
+        tracing::info!(
+            path = %durable.path().display(),
+            records,
+            from = 2,
+            to = FORMAT_VERSION,
+            "durable file moved to the current format (older builds now refuse it)"
+        );
+    }
     tracing::info!(
         path = %durable.path().display(),
         registers = loaded.registers,
