@@ -79,8 +79,8 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Bumped whenever a table's layout, the checksums, the digest or the
 /// fingerprint function changes. Version 1 kept request IDs and no
 /// checksums; version 2 keeps digests, and a checksum per row; version 3
-/// keeps each record's owner in the record's row ([`RECORDS`]). A version-2
-/// file is moved to version 3 when opened ([`upgrade_from_2`]).
+/// keeps each record's owner in the record's row (table `records`). A version-2
+/// file is moved to version 3 when opened (`upgrade_from_2`).
 pub const FORMAT_VERSION: u64 = 3;
 
 /// The database file inside the data directory.
