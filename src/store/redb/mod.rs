@@ -138,40 +138,88 @@ impl fmt::Debug for RedbLedger {
     }
 }
 
-/// Registers and dedup records read back from the file.
-fn load(
-    durable: &mut Durable,
-    dedup: &DedupConfig,
-    events: &EventSink,
-) -> Result<(Registers, DedupStore), StorageError> {
-    let mut registers = Registers::new();
-    let mut store = DedupStore::new(dedup);
-    let loaded = durable.load(&mut registers, &mut store, Instant::now(), |e| {
-        // Only when the capacity shrank since the records were written;
-        // no ledger lock is held here (on recovery, only the disk's, which
-        // no caller waits on: they `try_lock` it), so the event may be
-        // emitted at once.
-        events.emit(Event::DedupEvicted {
-            request_id: e.key.to_string(),
-            reason: e.reason,
-        });
-    })?;
-    if let Some(records) = durable.upgraded() {
+/// The file opened and read back: what start-up and each recovery attempt
+/// need.
+struct Opened {
+    durable: Durable,
+    registers: Registers,
+    store: DedupStore,
+    /// For the log, written by the caller once it holds no lock.
+    report: LoadReport,
+}
+
+/// What an open and load found.
+#[derive(Debug)]
+struct LoadReport {
+    path: PathBuf,
+    loaded: file::Loaded,
+    /// Records moved from format 2 by this open ([`Durable::upgraded`]).
+    upgraded: Option<u64>,
+}
+
+impl LoadReport {
+    fn log(&self) {
+        if let Some(records) = self.upgraded {
+            tracing::info!(
+                path = %self.path.display(),
+                records,
+                from = 2,
+                to = FORMAT_VERSION,
+                "durable file moved to the current format (older builds now refuse it)"
+            );
+        }
         tracing::info!(
-            path = %durable.path().display(),
-            records,
-            from = 2,
-            to = FORMAT_VERSION,
-            "durable file moved to the current format (older builds now refuse it)"
+            path = %self.path.display(),
+            registers = self.loaded.registers,
+            dedup_records = self.loaded.records,
+            "durable state loaded"
         );
     }
-    tracing::info!(
-        path = %durable.path().display(),
-        registers = loaded.registers,
-        dedup_records = loaded.records,
-        "durable state loaded"
-    );
-    Ok((registers, store))
+}
+
+impl Place {
+    /// Opens the database here and reads registers and dedup records back.
+    /// redb may panic on a damaged file instead of returning an error:
+    /// that is a damaged file too, and must not take the process down with
+    /// a backtrace instead of a sentence naming the file.
+    fn open_and_load(
+        &self,
+        dedup: &DedupConfig,
+        events: &EventSink,
+    ) -> Result<Opened, StorageError> {
+        let opened = panics::catch(|| {
+            let mut durable = self.open()?;
+            let mut registers = Registers::new();
+            let mut store = DedupStore::new(dedup);
+            let loaded = durable.load(&mut registers, &mut store, Instant::now(), |e| {
+                // Only when the capacity shrank since the records were
+                // written; no ledger lock is held here (on recovery, only
+                // the disk's, which no caller waits on: they `try_lock`
+                // it), so the event may be emitted at once.
+                events.emit(Event::DedupEvicted {
+                    request_id: e.key.to_string(),
+                    reason: e.reason,
+                });
+            })?;
+            let report = LoadReport {
+                path: durable.path().to_owned(),
+                loaded,
+                upgraded: durable.upgraded(),
+            };
+            Ok::<_, StorageError>(Opened {
+                durable,
+                registers,
+                store,
+                report,
+            })
+        });
+        opened.unwrap_or_else(|panic| {
+            Err(StorageError::Damaged {
+                path: self.file(),
+                what: format!("the storage engine panicked reading it ({panic})"),
+            })
+        })
+    }
 }
 
 impl RedbLedger {
@@ -258,23 +306,13 @@ impl RedbLedger {
 
     /// Opens the database, loads it, and connects memory and writer.
     fn start(dedup: DedupConfig, events: EventSink, place: Place) -> Result<Started, StorageError> {
-        // redb may panic on a damaged file instead of returning an error:
-        // that is a damaged file too, and must not take the process down
-        // with a backtrace instead of a sentence naming the file.
-        let opened = panics::catch(|| {
-            let mut durable = place.open()?;
-            let (registers, store) = load(&mut durable, &dedup, &events)?;
-            Ok::<_, StorageError>((durable, registers, store))
-        });
-        let (durable, registers, store) = match opened {
-            Ok(opened) => opened?,
-            Err(panic) => {
-                return Err(StorageError::Damaged {
-                    path: place.file(),
-                    what: format!("the storage engine panicked reading it ({panic})"),
-                });
-            }
-        };
+        let Opened {
+            durable,
+            registers,
+            store,
+            report,
+        } = place.open_and_load(&dedup, &events)?;
+        report.log();
         let digest_key = durable.digest_key();
         let path = durable.path().to_owned();
         let queue = Arc::new(Queue::default());

@@ -41,7 +41,7 @@ use crate::{
     trace::EventSink,
 };
 
-use super::{Place, file::Durable, panics};
+use super::{LoadReport, Opened, Place, file::Durable, panics};
 
 /// First pause between recovery attempts; doubled up to
 /// [`RECOVERY_PAUSE_MAX`].
@@ -228,12 +228,17 @@ impl Writer {
     fn try_recover(&self, disk: &mut Disk, pause: Duration) -> Recovered {
         let dir = disk.place.dir.clone();
         match reopen(disk) {
-            Ok((durable, registers, store)) => {
+            Ok(Opened {
+                durable,
+                registers,
+                store,
+                report,
+            }) => {
                 disk.durable = Some(durable);
                 if let Some(memory) = self.memory() {
                     memory.reloaded(registers, store);
                 }
-                Recovered::Serving { dir }
+                Recovered::Serving { dir, report }
             }
             Err(error) => Recovered::Not { dir, error, pause },
         }
@@ -257,7 +262,7 @@ impl Writer {
 /// released (see [`Wrote`]).
 enum Recovered {
     /// The file is open again and memory reloaded from it.
-    Serving { dir: PathBuf },
+    Serving { dir: PathBuf, report: LoadReport },
     /// Not yet: the next attempt comes after `pause`.
     Not {
         dir: PathBuf,
@@ -270,7 +275,8 @@ impl Recovered {
     /// Logs the attempt; true once serving again.
     fn log(self) -> bool {
         match self {
-            Self::Serving { dir } => {
+            Self::Serving { dir, report } => {
+                report.log();
                 tracing::warn!(dir = %dir.display(), "durable store recovered: serving again");
                 true
             }
@@ -333,22 +339,14 @@ pub(super) fn next_pause(pause: Duration) -> Duration {
 
 /// Opens the file again and reads it back, then proves the disk takes
 /// writes again.
-fn reopen(
-    disk: &Disk,
-) -> Result<
-    (
-        Durable,
-        crate::core::Registers,
-        crate::store::dedup::DedupStore,
-    ),
-    String,
-> {
+fn reopen(disk: &Disk) -> Result<Opened, String> {
+    // One catch around the whole attempt: an open dropped because its
+    // probe panicked is dropped inside it, as the unwinding left it.
     let attempt = || {
-        let mut durable = disk.place.open()?;
-        let (registers, store) = super::load(&mut durable, &disk.dedup, &disk.events)?;
+        let mut opened = disk.place.open_and_load(&disk.dedup, &disk.events)?;
         // Reading is not enough: the disk may still refuse writes.
-        durable.probe()?;
-        Ok::<_, super::StorageError>((durable, registers, store))
+        opened.durable.probe()?;
+        Ok::<_, super::StorageError>(opened)
     };
     match panics::catch(attempt) {
         Ok(result) => result.map_err(|e| e.to_string()),
