@@ -42,8 +42,7 @@ fn main() {
         .unwrap();
     if how == "client" {
         let addr = args[1].clone();
-        let calls: usize = args[2].parse().unwrap();
-        let callers: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+        let (per_caller, callers, calls) = split(&args, 2, None);
         rt.block_on(async {
             let channels = connect(&addr, callers.clamp(1, 8)).await;
             let tag = std::process::id();
@@ -52,7 +51,7 @@ fn main() {
                 .map(|caller| {
                     let mut c = channels[caller % channels.len()].clone();
                     tokio::spawn(async move {
-                        for n in 0..calls / callers {
+                        for n in 0..per_caller {
                             c.accumulate(AccumulateRequest {
                                 register: format!("latency-{caller}"),
                                 delta: 1.0,
@@ -70,8 +69,7 @@ fn main() {
         return;
     }
     let kind = args.get(1).map_or("memory", String::as_str);
-    let calls: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let callers: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let (per_caller, callers, calls) = split(&args, 2, Some(10_000));
     let dir = std::env::temp_dir().join(format!("abacus-durable-ir-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     {
@@ -101,7 +99,7 @@ fn main() {
                     let ledger = Arc::clone(&ledger);
                     let mut client = channels.get(c % 8).cloned();
                     tokio::spawn(async move {
-                        for n in 0..calls / callers {
+                        for n in 0..per_caller {
                             if let Some(client) = &mut client {
                                 client
                                     .accumulate(AccumulateRequest {
@@ -128,6 +126,23 @@ fn main() {
         });
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// CALLS and CALLERS from `args[at]` and `args[at + 1]` (CALLS defaults to
+/// `default_calls`, CALLERS to 1 and is at least 1): the calls each caller
+/// makes, the callers, and the calls made in all — CALLS rounded down to a
+/// multiple of CALLERS, so that the rate reported is of the calls made.
+fn split(args: &[String], at: usize, default_calls: Option<usize>) -> (usize, usize, usize) {
+    let calls = match args.get(at).map(|s| s.parse::<usize>()) {
+        Some(Ok(calls)) => calls,
+        _ => default_calls.expect("CALLS: a number of calls"),
+    };
+    let callers = args
+        .get(at + 1)
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    (calls / callers, callers, calls / callers * callers)
 }
 
 /// Waits for the callers started at `t0`, then prints what they did and
