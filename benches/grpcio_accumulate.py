@@ -25,6 +25,7 @@ fails: a failed call is not throughput.
 
 import argparse
 import asyncio
+import collections
 import os
 import re
 import statistics
@@ -43,6 +44,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 SERVICE = "abacus.v1.Calculator"
 CALL_TIMEOUT_S = 30  # a hang guard, never reached by a healthy server
+START_TIMEOUT_S = 60  # from spawning a server to its listening line
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -60,23 +62,30 @@ class Server:
             text=True,
             env=env,
         )
-        self.log = []
+        # The server's last log lines, for an error message: a long run
+        # must not grow this without bound.
+        self.log = collections.deque(maxlen=200)
         self.addr = None
-        # The server logs its bound address right after binding; every later
-        # line is drained by a thread so that a full pipe never stalls it.
-        for line in self.proc.stderr:
-            self.log.append(line)
-            found = re.search(r"listening.*addr=([0-9.]+:[0-9]+)", line)
-            if found:
-                self.addr = found.group(1)
-                break
-        if self.addr is None:
-            sys.exit(f"abacus serve {' '.join(extra)} exited without its address:\n{''.join(self.log)}")
+        self._listening = threading.Event()
+        # Every line is drained by a thread, so that a full pipe never
+        # stalls the server; the server logs its bound address right after
+        # binding, and one that does not within START_TIMEOUT_S is given up.
         threading.Thread(target=self._drain, daemon=True).start()
+        if not self._listening.wait(START_TIMEOUT_S) or self.addr is None:
+            code = self.proc.poll()
+            why = f"exited ({code})" if code is not None else f"gave none within {START_TIMEOUT_S} s"
+            self.stop()
+            sys.exit(f"abacus serve {' '.join(extra)}: no listening address, it {why}:\n" + "".join(self.log))
 
     def _drain(self):
         for line in self.proc.stderr:
             self.log.append(line)
+            if self.addr is None:
+                found = re.search(r"listening.*addr=([0-9.]+:[0-9]+)", line)
+                if found:
+                    self.addr = found.group(1)
+                    self._listening.set()
+        self._listening.set()  # exited: nothing more will come
 
     def cpu_seconds(self):
         """User + system CPU of the server process so far."""
