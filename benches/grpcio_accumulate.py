@@ -72,7 +72,10 @@ class Server:
         # binding, and one that does not within START_TIMEOUT_S is given up.
         threading.Thread(target=self._drain, daemon=True).start()
         if not self._listening.wait(START_TIMEOUT_S) or self.addr is None:
-            code = self.proc.poll()
+            try:  # stderr closed: it is exiting, if not gone already
+                code = self.proc.wait(timeout=5) if self._listening.is_set() else None
+            except subprocess.TimeoutExpired:
+                code = None
             why = f"exited ({code})" if code is not None else f"gave none within {START_TIMEOUT_S} s"
             self.stop()
             sys.exit(f"abacus serve {' '.join(extra)}: no listening address, it {why}:\n" + "".join(self.log))
