@@ -23,10 +23,7 @@ fn a_required_probe_never_reached_fails_the_sweep_only() {
     };
     let failed = catch_unwind(AssertUnwindSafe(|| sweep_seeds(Seeds::Sweep(0..2), make)))
         .expect_err("a sweep that never sheds cannot reach the shed probe");
-    let message = failed
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .unwrap_or_default();
+    let message = abacus::store::redb::panic_message(&*failed);
     assert!(
         message.contains("reached the probe shed") && message.contains("0 of"),
         "the failure names the probe and the coverage: {message}"
