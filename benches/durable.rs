@@ -43,7 +43,7 @@ use abacus::{
     server::{self, ServerConfig},
     store::{
         Ledger, MemoryLedger,
-        redb::{RedbLedger, WriteStats},
+        redb::{RedbLedger, WRITER_THREAD_NAME, WriteStats},
     },
     trace::EventSink,
 };
@@ -520,7 +520,10 @@ impl Threads {
                 .map_or((0, 0), |(_, _, c, q)| (*c, *q));
             let d = cpu.saturating_sub(cpu0);
             all += d;
-            if comm.starts_with("abacus-redb") {
+            // The kernel keeps the first 15 bytes of a thread's name.
+            if WRITER_THREAD_NAME.as_bytes().get(..comm.len()) == Some(comm.as_bytes())
+                && !comm.is_empty()
+            {
                 writer += d;
                 writer_queued += queued.saturating_sub(queued0);
             }

@@ -68,6 +68,10 @@ pub use panics::{is_catching, panic_message};
 pub use volume::Volume;
 pub use writer::WriteStats;
 
+/// The writer thread's name (as `ps -L` and `/proc/PID/task/*/comm` show
+/// it, cut to 15 bytes there: `abacus-redb-wri`).
+pub const WRITER_THREAD_NAME: &str = "abacus-redb-writer";
+
 use file::Durable;
 
 /// Where the database is: a directory (behind the fault switch), or a
@@ -251,7 +255,7 @@ impl RedbLedger {
         let (memory, queue, writer, path) = Self::start(dedup, events, place)?;
         let stats = Arc::clone(&writer);
         let writer = std::thread::Builder::new()
-            .name("abacus-redb-writer".into())
+            .name(WRITER_THREAD_NAME.into())
             .spawn(move || writer.run())
             .map_err(StorageError::Thread)?;
         Ok(Self {
